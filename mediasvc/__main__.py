@@ -1,0 +1,3 @@
+from mediasvc.cli import main
+
+main()

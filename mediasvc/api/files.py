@@ -1,0 +1,329 @@
+"""The files API: upload (raw and multipart), download with Range, metadata, list, delete.
+
+Upload endpoints declare no body parameter: FastAPI would buffer it. They read
+``request.stream()`` through the ingest pipeline and describe their body in ``openapi_extra``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from mediasvc.api.schemas import FileList, FileMetadata, UploadedFile
+from mediasvc.db import repository
+from mediasvc.db.models import FileRecord, GoneReason
+from mediasvc.delivery import conditional
+from mediasvc.delivery.disposition import content_disposition
+from mediasvc.delivery.ranges import LocalFileResponse
+from mediasvc.errors import Forbidden, Gone, InvalidInput, NotFound, ServiceUnavailable
+from mediasvc.ids import is_valid_uid, token_matches
+from mediasvc.ingest.checksum import repr_digest_header
+from mediasvc.ingest.pipeline import StoredUpload, UploadOptions
+from mediasvc.services import Services
+
+router = APIRouter(prefix="/api/v1")
+
+MAX_DOWNLOADS_LIMIT = 1_000_000
+MAX_EXPIRES_IN_S = 315_360_000  # ten years
+CACHE_PRIVATE_DAY = "private, max-age=86400"
+CACHE_NO_STORE = "private, no-store"
+
+MaxDownloads = Annotated[
+    int | None,
+    Query(ge=1, le=MAX_DOWNLOADS_LIMIT, description="Download budget: this many full downloads"),
+]
+ExpiresIn = Annotated[
+    int | None, Query(ge=1, le=MAX_EXPIRES_IN_S, description="Seconds until the file expires")
+]
+
+_UPLOAD_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "X-Checksum-Sha256",
+        "in": "header",
+        "required": False,
+        "description": "SHA-256 of the file, hex; a mismatch is 422 and nothing is kept",
+        "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+    },
+    {
+        "name": "Repr-Digest",
+        "in": "header",
+        "required": False,
+        "description": "RFC 9530 digest, e.g. sha-256=:base64:",
+        "schema": {"type": "string"},
+    },
+]
+_RAW_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The file's bytes, as they are (chunked or with Content-Length)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    "parameters": [
+        {
+            "name": "X-Filename",
+            "in": "header",
+            "required": False,
+            "description": "Original file name, percent-encoded UTF-8",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "Content-Disposition",
+            "in": "header",
+            "required": False,
+            "description": "Original file name as filename* (RFC 8187) or filename",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "filename",
+            "in": "query",
+            "required": False,
+            "description": "Original file name",
+            "schema": {"type": "string"},
+        },
+        *_UPLOAD_HEADERS,
+    ],
+}
+_MULTIPART_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    },
+    "parameters": _UPLOAD_HEADERS,
+}
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _base_url(request: Request) -> str:
+    configured = _services(request).settings.public_base_url
+    return configured or str(request.base_url).rstrip("/")
+
+
+def _created(request: Request, stored: StoredUpload) -> Response:
+    body = UploadedFile(
+        **FileMetadata.from_record(stored.record, base_url=_base_url(request)).model_dump(),
+        delete_token=stored.delete_token,
+    )
+    return Response(
+        body.model_dump_json(),
+        status_code=201,
+        media_type="application/json",
+        headers={"Location": f"/api/v1/files/{stored.record.uid}"},
+    )
+
+
+@router.post(
+    "/files/stream",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body",
+)
+async def upload_raw(
+    request: Request, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
+) -> Response:
+    options = UploadOptions(max_downloads=max_downloads, expires_in_s=expires_in)
+    stored = await _services(request).ingestor.ingest_raw(request, path_name=None, options=options)
+    return _created(request, stored)
+
+
+@router.put(
+    "/files/stream",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body (curl -T)",
+)
+async def upload_raw_put(
+    request: Request, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
+) -> Response:
+    return await upload_raw(request, max_downloads, expires_in)
+
+
+@router.put(
+    "/files/stream/{filename}",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body, named by the path (curl -T f URL/)",
+)
+async def upload_raw_named(
+    request: Request,
+    filename: str,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
+) -> Response:
+    options = UploadOptions(max_downloads=max_downloads, expires_in_s=expires_in)
+    ingestor = _services(request).ingestor
+    stored = await ingestor.ingest_raw(request, path_name=filename, options=options)
+    return _created(request, stored)
+
+
+@router.post(
+    "/files",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_MULTIPART_UPLOAD_OPENAPI,
+    summary="Upload a file as the multipart/form-data part named 'file'",
+)
+async def upload_multipart(
+    request: Request, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
+) -> Response:
+    options = UploadOptions(max_downloads=max_downloads, expires_in_s=expires_in)
+    stored = await _services(request).ingestor.ingest_multipart(request, options=options)
+    return _created(request, stored)
+
+
+@router.get("/files", response_model=FileList, summary="Live files, newest first")
+async def list_files(
+    request: Request,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> FileList:
+    services = _services(request)
+    page_size = limit or services.settings.list_default_limit
+    async with services.db.session() as session:
+        records = await repository.list_live(
+            session,
+            limit=page_size + 1,
+            after=_decode_cursor(cursor) if cursor else None,
+            now=datetime.now(UTC),
+        )
+    page = records[:page_size]
+    base_url = _base_url(request)
+    return FileList(
+        items=[FileMetadata.from_record(record, base_url=base_url) for record in page],
+        next_cursor=_encode_cursor(page[-1]) if len(records) > page_size else None,
+    )
+
+
+@router.get("/files/{uid}/metadata", response_model=FileMetadata, summary="A file's metadata")
+async def file_metadata(request: Request, uid: str) -> FileMetadata:
+    record = await _live_record(request, uid)
+    return FileMetadata.from_record(record, base_url=_base_url(request))
+
+
+@router.api_route(
+    "/files/{uid}",
+    methods=["GET", "HEAD"],
+    response_class=Response,
+    summary="Download a file (Range, conditional requests)",
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        206: {"description": "Partial content"},
+        304: {"description": "Not modified"},
+    },
+)
+async def download(
+    request: Request,
+    uid: str,
+    inline: Annotated[bool, Query(description="Content-Disposition: inline")] = False,
+) -> Response:
+    services = _services(request)
+    record = await _live_record(request, uid)
+    headers = _representation_headers(record, inline=inline)
+    outcome = conditional.evaluate(
+        request.headers,
+        method=request.method,
+        etag=headers["ETag"],
+        last_modified=record.created_at.replace(microsecond=0),
+    )
+    if outcome is conditional.Outcome.NOT_MODIFIED:
+        kept = ("ETag", "Last-Modified", "Cache-Control")
+        return Response(status_code=304, headers={name: headers[name] for name in kept})
+
+    path = services.store.path_for(uid)
+    try:
+        stat_result = await anyio.to_thread.run_sync(path.stat)
+    except FileNotFoundError as exc:
+        raise ServiceUnavailable("the file's bytes are not on this node") from exc
+    return LocalFileResponse(
+        path,
+        stat_result=stat_result,
+        media_type=record.format,
+        headers=headers,
+        chunk_size=services.settings.io_chunk_size_bytes,
+        max_ranges=services.settings.max_ranges,
+    )
+
+
+@router.delete("/files/{uid}", status_code=204, summary="Delete a file (X-Delete-Token)")
+async def delete_file(
+    request: Request,
+    uid: str,
+    x_delete_token: Annotated[str | None, Header(description="Token from the upload")] = None,
+) -> Response:
+    services = _services(request)
+    record = await _live_record(request, uid)
+    if x_delete_token is None or not token_matches(x_delete_token, record.delete_token_hash):
+        raise Forbidden("a valid X-Delete-Token is required to delete this file")
+    async with services.db.session() as session:
+        if not await repository.mark_gone(session, uid, GoneReason.DELETED, datetime.now(UTC)):
+            raise Gone("the file was deleted")
+    await anyio.to_thread.run_sync(services.store.remove, uid)
+    return Response(status_code=204)
+
+
+async def _live_record(request: Request, uid: str) -> FileRecord:
+    if not is_valid_uid(uid):
+        raise NotFound("no file has this UID")
+    async with _services(request).db.session() as session:
+        record = await repository.get(session, uid)
+    if record is None:
+        raise NotFound("no file has this UID")
+    if record.gone_reason is not None:
+        raise Gone(f"the file is gone: {record.gone_reason}")
+    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+        raise Gone(f"the file is gone: {GoneReason.EXPIRED.value}")
+    return record
+
+
+def _representation_headers(record: FileRecord, *, inline: bool) -> dict[str, str]:
+    limited = record.max_downloads is not None or record.expires_at is not None
+    return {
+        "ETag": f'"{record.sha256}"',
+        "Last-Modified": format_datetime(record.created_at, usegmt=True),
+        "Cache-Control": CACHE_NO_STORE if limited else CACHE_PRIVATE_DAY,
+        "Content-Disposition": content_disposition(
+            record.original_name, media_type=record.format, inline=inline
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox",
+        "Repr-Digest": repr_digest_header(record.sha256),
+    }
+
+
+def _encode_cursor(record: FileRecord) -> str:
+    raw = f"{record.created_at.isoformat()}|{record.uid}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+        created_at, uid = raw.split("|", 1)
+        parsed = datetime.fromisoformat(created_at)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("the cursor is not one this service made") from exc
+    if parsed.tzinfo is None or not is_valid_uid(uid):
+        raise InvalidInput("the cursor is not one this service made")
+    return parsed, uid
+

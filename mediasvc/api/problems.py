@@ -1,0 +1,97 @@
+"""Every error as RFC 9457 ``application/problem+json``: ours, the framework's, and the unexpected."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from mediasvc.errors import MediaServiceError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(
+    *,
+    status: int,
+    title: str,
+    detail: str,
+    type_uri: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    body = {"type": type_uri, "title": title, "status": status, "detail": detail, **extensions}
+    return JSONResponse(
+        jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_JSON
+    )
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MediaServiceError)
+    if exc.status >= 500:
+        logger.warning("%s: %s", type(exc).__name__, exc.detail, exc_info=exc.__cause__)
+    return problem_response(
+        status=exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        type_uri=exc.type_uri,
+        headers=exc.headers,
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    title = HTTPStatus(exc.status_code).phrase
+    return problem_response(
+        status=exc.status_code,
+        title=title,
+        detail=str(exc.detail) if exc.detail != title else title,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+    return problem_response(
+        status=422,
+        title="Unprocessable Content",
+        detail=detail or "invalid request",
+        type_uri="urn:mediasvc:problem:invalid-input",
+        errors=errors,
+    )
+
+
+async def _client_disconnect(_request: Request, _exc: Exception) -> Response:
+    # Nobody reads this: the client is gone. The upload was already cleaned up.
+    return problem_response(
+        status=400, title="Bad Request", detail="the client disconnected before the body ended"
+    )
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", exc_info=exc)
+    return problem_response(
+        status=500, title="Internal Server Error", detail="an unexpected error occurred"
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(MediaServiceError, _domain_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,41 @@
+"""``create_app(settings)``: routers, error handlers, lifespan. Nothing happens at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+import mediasvc
+from mediasvc.api import files, health, problems
+from mediasvc.config import Settings
+from mediasvc.db.migrations import check_current
+from mediasvc.services import Services
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings)
+        try:
+            await anyio.to_thread.run_sync(services.store.prepare)
+            await check_current(services.db, settings.database_url)
+            app.state.services = services
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="mediasvc",
+        version=mediasvc.__version__,
+        summary="Media ingest and delivery: streaming uploads, Range downloads, cloud copies.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(files.router)
+    return app

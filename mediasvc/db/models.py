@@ -1,0 +1,82 @@
+"""SQLAlchemy models. One table: a row per file, kept as a tombstone once the file is gone."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on PostgreSQL and SQLite alike (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class CloudStatus(enum.StrEnum):
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    UPLOADED = "uploaded"
+    FAILED = "failed"
+
+
+class GoneReason(enum.StrEnum):
+    DELETED = "deleted"
+    EXPIRED = "expired"
+    EXHAUSTED = "exhausted"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FileRecord(Base):
+    __tablename__ = "files"
+
+    uid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    original_name: Mapped[str | None] = mapped_column(Text)
+    extension: Mapped[str | None] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    max_downloads: Mapped[int | None] = mapped_column(Integer)
+    bytes_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    local: Mapped[bool] = mapped_column(Boolean, default=True)
+    cloud_status: Mapped[str] = mapped_column(String(16), default=CloudStatus.PENDING.value)
+    cloud_path: Mapped[str | None] = mapped_column(Text)
+    cloud_error: Mapped[str | None] = mapped_column(Text)
+    delete_token_hash: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(64))
+    derived_from: Mapped[str | None] = mapped_column(String(32))
+    gone_reason: Mapped[str | None] = mapped_column(String(16))
+    gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # Listing: live files, newest first, keyset-paginated on (created_at, uid).
+        Index("ix_files_live_created", "created_at", "uid", postgresql_where=gone_reason.is_(None)),
+    )
+
+    @property
+    def is_live(self) -> bool:
+        return self.gone_reason is None

@@ -1,0 +1,54 @@
+"""Engine and sessions. Opened in the app's lifespan, never at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from mediasvc.errors import DatabaseUnavailable
+
+# What a dead or unreachable database raises through SQLAlchemy and the drivers beneath it.
+_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError, ConnectionError, TimeoutError)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL lets readers run beside the one writer; busy_timeout waits instead of failing.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10
+    )
+
+
+class Database:
+    """Owns the engine; hands out sessions whose outage errors become ``DatabaseUnavailable``."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions() as session:
+                yield session
+        except _UNAVAILABLE_ERRORS as exc:
+            raise DatabaseUnavailable("the metadata database is unavailable") from exc
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

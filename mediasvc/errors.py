@@ -1,0 +1,134 @@
+"""Domain errors. Each class knows its HTTP status and RFC 9457 problem type.
+
+Routes and services raise these; ``mediasvc.api.problems`` turns them into
+``application/problem+json`` in one place.
+
+    MediaServiceError
+    ├── BadRequest (400)
+    │   ├── MalformedMultipart
+    │   └── MalformedRange
+    ├── NotFound (404)
+    ├── Forbidden (403)
+    ├── Gone (410)
+    ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)
+    ├── RangeNotSatisfiable (416)
+    ├── PreconditionFailed (412)
+    ├── InvalidInput (422)
+    │   ├── InvalidFilename
+    │   └── ChecksumMismatch
+    ├── ServiceUnavailable (503)
+    │   └── DatabaseUnavailable
+    └── InsufficientStorage (507)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MediaServiceError(Exception):
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal Server Error"
+    slug: ClassVar[str] = "internal"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+    @property
+    def type_uri(self) -> str:
+        return f"urn:mediasvc:problem:{self.slug}"
+
+
+class BadRequest(MediaServiceError):
+    status = 400
+    title = "Bad Request"
+    slug = "bad-request"
+
+
+class MalformedMultipart(BadRequest):
+    slug = "malformed-multipart"
+
+
+class MalformedRange(BadRequest):
+    slug = "malformed-range"
+
+
+class Forbidden(MediaServiceError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class NotFound(MediaServiceError):
+    status = 404
+    title = "Not Found"
+    slug = "not-found"
+
+
+class Gone(MediaServiceError):
+    status = 410
+    title = "Gone"
+    slug = "gone"
+
+
+class PreconditionFailed(MediaServiceError):
+    status = 412
+    title = "Precondition Failed"
+    slug = "precondition-failed"
+
+
+class PayloadTooLarge(MediaServiceError):
+    status = 413
+    title = "Content Too Large"
+    slug = "too-large"
+
+
+class UnsupportedMediaType(MediaServiceError):
+    status = 415
+    title = "Unsupported Media Type"
+    slug = "unsupported-media-type"
+
+
+class RangeNotSatisfiable(MediaServiceError):
+    status = 416
+    title = "Range Not Satisfiable"
+    slug = "range-not-satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"no requested range starts inside the {size}-byte file",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+
+
+class InvalidInput(MediaServiceError):
+    status = 422
+    title = "Unprocessable Content"
+    slug = "invalid-input"
+
+
+class InvalidFilename(InvalidInput):
+    slug = "invalid-filename"
+
+
+class ChecksumMismatch(InvalidInput):
+    slug = "checksum-mismatch"
+
+
+class ServiceUnavailable(MediaServiceError):
+    status = 503
+    title = "Service Unavailable"
+    slug = "unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    slug = "database-unavailable"
+
+
+class InsufficientStorage(MediaServiceError):
+    status = 507
+    title = "Insufficient Storage"
+    slug = "insufficient-storage"

@@ -1,0 +1,75 @@
+"""The ``.part`` file of one upload: written, hashed and counted in one pass.
+
+Its methods block (they write and hash), so they run in a worker thread, never on the event loop;
+hashlib releases the GIL for large inputs, so hashing overlaps with the loop receiving more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mediasvc.errors import PayloadTooLarge
+from mediasvc.storage.local import translate_os_error
+
+SNIFF_HEAD_BYTES = 8 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenBlob:
+    size: int
+    sha256: str
+    head: bytes
+
+
+class BlobFile:
+    def __init__(self, path: Path, *, max_size_bytes: int, fsync: bool) -> None:
+        self.path = path
+        self._max_size = max_size_bytes
+        self._fsync = fsync
+        self._hash = hashlib.sha256()
+        self._head = bytearray()
+        self.size = 0
+        # O_EXCL: a UID collision (or a stale file) must never be silently overwritten.
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def write(self, data: memoryview | bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self._max_size and self.size > self._max_size:
+            raise PayloadTooLarge(f"the file is larger than the {self._max_size}-byte limit")
+        if len(self._head) < SNIFF_HEAD_BYTES:
+            self._head += data[: SNIFF_HEAD_BYTES - len(self._head)]
+        self._hash.update(data)
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise translate_os_error(exc) from exc
+
+    def finish(self) -> WrittenBlob:
+        """Make the bytes durable and close the file."""
+        assert self._fd is not None
+        try:
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise translate_os_error(exc) from exc
+        finally:
+            self._close()
+        return WrittenBlob(size=self.size, sha256=self._hash.hexdigest(), head=bytes(self._head))
+
+    def discard(self) -> None:
+        """Close and delete the ``.part`` file; safe to call more than once."""
+        self._close()
+        self.path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)

@@ -1,0 +1,186 @@
+"""One upload, start to finish: limits → ``.part`` file (hash + size) → fsync → rename → row.
+
+A 201 means the bytes are durable and the row is committed. Any failure before that removes what
+was written: the ``.part`` file, or the renamed file when the row could not be committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+from starlette.requests import Request
+
+from mediasvc.config import Settings
+from mediasvc.db import repository
+from mediasvc.db.models import CloudStatus, FileRecord
+from mediasvc.db.session import Database
+from mediasvc.errors import PayloadTooLarge, UnsupportedMediaType
+from mediasvc.ids import hash_token, new_delete_token, new_uid
+from mediasvc.ingest import checksum
+from mediasvc.ingest.blob import BlobFile, WrittenBlob
+from mediasvc.ingest.feeder import BatchingFeeder
+from mediasvc.ingest.multipart import MultipartFileReader
+from mediasvc.ingest.names import extension_of, name_from_request
+from mediasvc.ingest.sniff import choose_format, is_multipart
+from mediasvc.storage.local import LocalStore
+
+# Room for the multipart framing around the file: boundaries, part headers, small fields.
+MULTIPART_FRAMING_ALLOWANCE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UploadOptions:
+    max_downloads: int | None = None
+    expires_in_s: int | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUpload:
+    record: FileRecord
+    delete_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    blob: WrittenBlob
+    name: str | None
+    declared_type: str | None
+
+
+# Called after the row is committed (e.g. to enqueue the cloud push); must not raise.
+AfterCommit = Callable[[FileRecord], Awaitable[None]]
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: LocalStore,
+        db: Database,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._db = db
+        self._after_commit = after_commit
+
+    async def ingest_raw(
+        self, request: Request, *, path_name: str | None, options: UploadOptions
+    ) -> StoredUpload:
+        """A raw body (``--data-binary``, ``-T``): the bytes are the file."""
+        content_type = request.headers.get("content-type")
+        if is_multipart(content_type):
+            raise UnsupportedMediaType(
+                "this endpoint takes the raw file as the body; send multipart/form-data "
+                "to POST /api/v1/files"
+            )
+        name = name_from_request(request.headers, request.query_params, path_name)
+        self._check_declared_length(request, allowance_bytes=0)
+
+        async def receive(blob: BlobFile) -> _Received:
+            await self._pump(request, blob.write)
+            return _Received(await anyio.to_thread.run_sync(blob.finish), name, content_type)
+
+        return await self._ingest(request, receive, options)
+
+    async def ingest_multipart(self, request: Request, *, options: UploadOptions) -> StoredUpload:
+        """A multipart/form-data body whose part named ``file`` is the file."""
+        if not is_multipart(request.headers.get("content-type")):
+            raise UnsupportedMediaType(
+                "this endpoint takes multipart/form-data; send raw bodies to /api/v1/files/stream"
+            )
+        self._check_declared_length(request, allowance_bytes=MULTIPART_FRAMING_ALLOWANCE_BYTES)
+
+        async def receive(blob: BlobFile) -> _Received:
+            reader = MultipartFileReader(request.headers, blob)
+            await self._pump(request, reader.process)
+            reader.check_complete()
+            written = await anyio.to_thread.run_sync(blob.finish)
+            return _Received(written, reader.filename, reader.content_type)
+
+        return await self._ingest(request, receive, options)
+
+    async def _pump(self, request: Request, process: Callable[[memoryview], None]) -> None:
+        """Stream the body through ``process`` in a worker thread, one batch at a time."""
+        feeder = BatchingFeeder(process, batch_bytes=self._settings.io_chunk_size_bytes)
+        try:
+            async for chunk in request.stream():
+                await feeder.feed(chunk)
+            await feeder.close()
+        finally:
+            await feeder.drain()
+
+    def _check_declared_length(self, request: Request, *, allowance_bytes: int) -> None:
+        declared = request.headers.get("content-length")
+        length = int(declared) if declared and declared.isdigit() else None
+        limit = self._settings.max_upload_size_bytes
+        if length is not None and limit and length > limit + allowance_bytes:
+            raise PayloadTooLarge(
+                f"the body is {length} bytes; files may be at most {limit} bytes"
+            )
+        self._store.ensure_room_for(length or 0)
+
+    async def _ingest(
+        self,
+        request: Request,
+        receive: Callable[[BlobFile], Awaitable[_Received]],
+        options: UploadOptions,
+    ) -> StoredUpload:
+        expected_sha256 = checksum.expected_sha256(request.headers)
+        uid = new_uid()
+        part_path = self._store.part_path_for(uid)
+        blob = BlobFile(
+            part_path,
+            max_size_bytes=self._settings.max_upload_size_bytes,
+            fsync=self._settings.fsync,
+        )
+        try:
+            received = await receive(blob)
+            checksum.verify(expected_sha256, received.blob.sha256)
+            await anyio.to_thread.run_sync(self._store.commit, part_path, uid)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(blob.discard)
+            raise
+
+        delete_token = new_delete_token()
+        record = self._new_record(uid, received, options, delete_token)
+        try:
+            async with self._db.session() as session:
+                await repository.add(session, record)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._store.remove, uid)
+            raise
+        if self._after_commit is not None:
+            await self._after_commit(record)
+        return StoredUpload(record=record, delete_token=delete_token)
+
+    @staticmethod
+    def _new_record(
+        uid: str, received: _Received, options: UploadOptions, delete_token: str
+    ) -> FileRecord:
+        now = datetime.now(UTC)
+        return FileRecord(
+            uid=uid,
+            original_name=received.name,
+            extension=extension_of(received.name),
+            format=choose_format(received.declared_type, received.blob.head),
+            size=received.blob.size,
+            sha256=received.blob.sha256,
+            created_at=now,
+            expires_at=(
+                now + timedelta(seconds=options.expires_in_s) if options.expires_in_s else None
+            ),
+            max_downloads=options.max_downloads,
+            bytes_served=0,
+            local=True,
+            cloud_status=CloudStatus.PENDING.value,
+            delete_token_hash=hash_token(delete_token),
+            owner=options.owner,
+        )
+

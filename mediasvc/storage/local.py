@@ -1,0 +1,82 @@
+"""Local disk layout: ``<root>/.incoming/<uid>.part`` while writing, ``<root>/<uid[:2]>/<uid>`` after.
+
+Paths come from the UID alone; original file names never touch the filesystem.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from mediasvc.errors import InsufficientStorage
+
+INCOMING_DIR = ".incoming"
+PART_SUFFIX = ".part"
+
+
+class LocalStore:
+    """The media root on local disk."""
+
+    def __init__(self, root: Path, *, fsync: bool, min_free_bytes: int) -> None:
+        self.root = root.resolve()
+        self.incoming = self.root / INCOMING_DIR
+        self.fsync = fsync
+        self.min_free_bytes = min_free_bytes
+
+    def prepare(self) -> None:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, uid: str) -> Path:
+        return self.root / uid[:2] / uid
+
+    def part_path_for(self, uid: str) -> Path:
+        return self.incoming / f"{uid}{PART_SUFFIX}"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def ensure_room_for(self, size_bytes: int) -> None:
+        """Refuse (507) before reading a body that cannot fit beside the headroom we keep."""
+        free = self.free_bytes()
+        if size_bytes + self.min_free_bytes > free:
+            raise InsufficientStorage(
+                f"{size_bytes} bytes do not fit: {free} bytes free on the media disk"
+            )
+
+    def commit(self, part_path: Path, uid: str) -> Path:
+        """Atomically move a finished, fsynced ``.part`` file to its UID path (blocking)."""
+        final = self.path_for(uid)
+        final.parent.mkdir(exist_ok=True)
+        os.replace(part_path, final)
+        if self.fsync:
+            _fsync_dir(final.parent)
+            _fsync_dir(part_path.parent)
+        return final
+
+    def remove(self, uid: str) -> bool:
+        """Delete the local copy (blocking); True if there was one."""
+        try:
+            self.path_for(uid).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def exists(self, uid: str) -> bool:
+        return self.path_for(uid).is_file()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def translate_os_error(exc: OSError) -> Exception:
+    """Map disk-full errors to 507; anything else stays what it is."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("the media disk is full")
+    return exc
