@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import context
 from sqlalchemy.engine import Connection
 
+from alembic import context
 from mediasvc.db.models import Base
 from mediasvc.db.session import make_engine
 

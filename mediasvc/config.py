@@ -30,7 +30,9 @@ class Settings(BaseSettings):
         ge=4 * KiB,
         description="Batch size for disk writes and hashing on upload, read size on download.",
     )
-    fsync: bool = Field(default=True, description="fsync files and directories before answering 201.")
+    fsync: bool = Field(
+        default=True, description="fsync files and directories before answering 201."
+    )
     public_base_url: str | None = Field(
         default=None, description="Absolute base for download_url, e.g. https://media.example.com."
     )
@@ -38,7 +40,9 @@ class Settings(BaseSettings):
         default=64 * MiB, ge=0, description="Headroom kept free on the media disk (507 below it)."
     )
     max_ranges: int = Field(
-        default=100, ge=1, description="More ranges than this in one request get the full file (200)."
+        default=100,
+        ge=1,
+        description="More ranges than this in one request get the full file (200).",
     )
     list_default_limit: int = Field(default=50, ge=1)
     list_max_limit: int = Field(default=1000, ge=1)

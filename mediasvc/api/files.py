@@ -326,4 +326,3 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     if parsed.tzinfo is None or not is_valid_uid(uid):
         raise InvalidInput("the cursor is not one this service made")
     return parsed, uid
-

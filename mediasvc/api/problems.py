@@ -1,4 +1,4 @@
-"""Every error as RFC 9457 ``application/problem+json``: ours, the framework's, and the unexpected."""
+"""Every error as RFC 9457 ``application/problem+json``: ours, the framework's, the unexpected."""
 
 from __future__ import annotations
 

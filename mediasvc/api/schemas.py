@@ -47,7 +47,9 @@ class FileMetadata(BaseModel):
 
 
 class UploadedFile(FileMetadata):
-    delete_token: str = Field(description="Shown once: send it as X-Delete-Token to delete the file")
+    delete_token: str = Field(
+        description="Shown once: send it as X-Delete-Token to delete the file"
+    )
 
 
 class FileList(BaseModel):

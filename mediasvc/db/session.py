@@ -8,12 +8,24 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from mediasvc.errors import DatabaseUnavailable
 
 # What a dead or unreachable database raises through SQLAlchemy and the drivers beneath it.
-_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError, ConnectionError, TimeoutError)
+_UNAVAILABLE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    DBAPIError,
+    OSError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 def make_engine(url: str) -> AsyncEngine:

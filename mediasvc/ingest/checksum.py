@@ -1,4 +1,4 @@
-"""Client-declared SHA-256 of an upload: ``X-Checksum-Sha256`` (hex) or ``Repr-Digest`` (RFC 9530)."""
+"""The SHA-256 a client declares: ``X-Checksum-Sha256`` (hex) or ``Repr-Digest`` (RFC 9530)."""
 
 from __future__ import annotations
 

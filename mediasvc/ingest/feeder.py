@@ -10,6 +10,7 @@ memory stays at two buffers whatever the body size, and reusing them avoids touc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import anyio
@@ -41,12 +42,9 @@ class BatchingFeeder:
         await self._wait()
 
     async def drain(self) -> None:
-        """Wait, even when cancelled, until no worker touches our buffers or files; ignore errors."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._wait()
-            except Exception:
-                pass
+        """Wait, even if cancelled, until no worker uses our buffers or files; ignore its errors."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self._wait()
 
     async def _submit(self) -> None:
         await self._wait()  # the other buffer is free once its batch is done

@@ -71,9 +71,10 @@ class MultipartFileReader:
 
     @property
     def filename(self) -> str | None:
-        return self._target.multipart_filename or None
+        name: str | None = self._target.multipart_filename
+        return name or None
 
     @property
     def content_type(self) -> str | None:
-        return self._target.multipart_content_type
-
+        content_type: str | None = self._target.multipart_content_type
+        return content_type

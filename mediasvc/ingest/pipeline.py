@@ -119,9 +119,7 @@ class Ingestor:
         length = int(declared) if declared and declared.isdigit() else None
         limit = self._settings.max_upload_size_bytes
         if length is not None and limit and length > limit + allowance_bytes:
-            raise PayloadTooLarge(
-                f"the body is {length} bytes; files may be at most {limit} bytes"
-            )
+            raise PayloadTooLarge(f"the body is {length} bytes; files may be at most {limit} bytes")
         self._store.ensure_room_for(length or 0)
 
     async def _ingest(
@@ -183,4 +181,3 @@ class Ingestor:
             delete_token_hash=hash_token(delete_token),
             owner=options.owner,
         )
-

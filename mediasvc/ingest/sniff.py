@@ -1,4 +1,4 @@
-"""The stored ``format``: the client's media type unless it is generic, else sniffed from the bytes."""
+"""The stored ``format``: the client's media type unless it is generic, else sniffed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Local disk layout: ``<root>/.incoming/<uid>.part`` while writing, ``<root>/<uid[:2]>/<uid>`` after.
+"""Local disk layout: ``<root>/.incoming/<uid>.part``, then ``<root>/<uid[:2]>/<uid>``.
 
 Paths come from the UID alone; original file names never touch the filesystem.
 """

@@ -1,0 +1,44 @@
+# mediasvc — the two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test migrate lint typecheck services bench-loop clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Set up and run the service on its embedded defaults (SQLite under ./data, files in ./data/media).
+run: $(STAMP)
+	$(BIN)/mediasvc migrate
+	$(BIN)/mediasvc serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+
+migrate: $(STAMP)
+	$(BIN)/mediasvc migrate
+
+## Set up and pass the tests (needs PostgreSQL on 127.0.0.1:5432; `make services` starts it).
+test: $(STAMP) services
+	$(BIN)/ruff check mediasvc tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+## Start the local PostgreSQL and Redis if they are installed but stopped.
+services:
+	@bash .ci/services
+
+lint: $(STAMP)
+	$(BIN)/ruff check mediasvc tests benchmarks
+	$(BIN)/ruff format --check mediasvc tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench-loop: $(STAMP)
+	$(BIN)/python benchmarks/loop_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,174 @@
+"""Fixtures: a fresh PostgreSQL database per run, a fresh app and media root per test.
+
+Tests talk to the real PostgreSQL on 127.0.0.1:5432 (MEDIASVC_TEST_PG overrides the server URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from mediasvc.app import create_app
+from mediasvc.config import Settings
+from mediasvc.db.migrations import upgrade
+
+PG_SERVER = os.environ.get("MEDIASVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A database made for this run, migrated to head, dropped at the end."""
+    name = f"mediasvc_test_{secrets.token_hex(4)}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    url = f"{PG_SERVER.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _pg_admin(statement: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, pg_url: str) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": pg_url,
+            "media_root": tmp_path / "media",
+            "io_chunk_size_bytes": 64 * 1024,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+async def truncate(url: str) -> None:
+    from mediasvc.db.session import make_engine
+
+    engine = make_engine(url)
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(text("TRUNCATE files"))
+        else:
+            await connection.execute(text("DELETE FROM files"))
+    await engine.dispose()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """A fresh app with its lifespan running, on an empty files table."""
+    await truncate(settings.database_url)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def leftovers(media_root: Path) -> list[Path]:
+    """Every file under the media root: a failed upload must leave none."""
+    return sorted(p for p in media_root.rglob("*") if p.is_file())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, media_root: Path) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.media_root = media_root
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM: the most resident memory the process has ever had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start `mediasvc serve` (real uvicorn) in its own process; stopped after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str], *, cwd: Path | None = None) -> RunningServer:
+        port = free_port()
+        media_root = Path(env.get("MEDIASVC_MEDIA_ROOT", tmp_path / "media"))
+        full_env = {**os.environ, "MEDIASVC_MEDIA_ROOT": str(media_root), **env}
+        full_env.pop("GLIBC_TUNABLES", None)
+        with (tmp_path / f"server-{port}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mediasvc", "serve", "--port", str(port)],
+                env=full_env,
+                cwd=cwd or tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(process)
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited: {(tmp_path / f'server-{port}.log').read_text()}"
+                )
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    return RunningServer(process, base_url, media_root)
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start within 30 s")
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
