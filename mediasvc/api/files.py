@@ -221,16 +221,28 @@ async def file_metadata(request: Request, uid: str) -> FileMetadata:
     return FileMetadata.from_record(record, base_url=_base_url(request))
 
 
-@router.api_route(
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}},
+    206: {"description": "Partial content (one range, or multipart/byteranges)"},
+    304: {"description": "Not modified"},
+    412: {"description": "Precondition failed"},
+    416: {"description": "Range not satisfiable"},
+}
+
+
+@router.get(
     "/files/{uid}",
-    methods=["GET", "HEAD"],
     response_class=Response,
+    operation_id="download_file",
     summary="Download a file (Range, conditional requests)",
-    responses={
-        200: {"content": {"application/octet-stream": {}}},
-        206: {"description": "Partial content"},
-        304: {"description": "Not modified"},
-    },
+    responses=_DOWNLOAD_RESPONSES,
+)
+@router.head(
+    "/files/{uid}",
+    response_class=Response,
+    operation_id="download_file_headers",
+    summary="A download's headers, without the body",
+    responses=_DOWNLOAD_RESPONSES,
 )
 async def download(
     request: Request,

@@ -1,0 +1,142 @@
+"""Listing, metadata, deletion, health, and the framework's own errors as problem+json."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from fastapi import FastAPI
+
+from mediasvc.config import Settings
+from tests.conftest import leftovers
+
+
+async def upload(client: httpx.AsyncClient, body: bytes, name: str = "f.bin") -> dict[str, object]:
+    response = await client.post("/api/v1/files/stream", content=body, headers={"X-Filename": name})
+    assert response.status_code == 201, response.text
+    meta: dict[str, object] = response.json()
+    return meta
+
+
+async def test_list_is_newest_first_and_pages_with_a_cursor(client: httpx.AsyncClient) -> None:
+    uids = [(await upload(client, f"file {i}".encode()))["uid"] for i in range(7)]
+    seen: list[object] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, str | int] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/api/v1/files", params=params)).json()
+        pages += 1
+        seen += [item["uid"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(uids))
+    assert pages == 3
+
+
+async def test_list_default_limit_and_bounds(client: httpx.AsyncClient) -> None:
+    await upload(client, b"x")
+    page = (await client.get("/api/v1/files")).json()
+    assert len(page["items"]) == 1 and page["next_cursor"] is None
+    for bad in ("0", "1001", "ten"):
+        response = await client.get("/api/v1/files", params={"limit": bad})
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_list_rejects_a_forged_cursor(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/files", params={"cursor": "not-a-cursor"})
+    assert response.status_code == 422
+    assert response.json()["type"] == "urn:mediasvc:problem:invalid-input"
+
+
+async def test_list_hides_deleted_files(client: httpx.AsyncClient) -> None:
+    kept = await upload(client, b"kept")
+    gone = await upload(client, b"gone")
+    deleted = await client.delete(
+        f"/api/v1/files/{gone['uid']}", headers={"X-Delete-Token": str(gone["delete_token"])}
+    )
+    assert deleted.status_code == 204
+    items = (await client.get("/api/v1/files")).json()["items"]
+    assert [item["uid"] for item in items] == [kept["uid"]]
+    assert "delete_token" not in items[0]
+
+
+async def test_metadata_matches_the_upload_response(client: httpx.AsyncClient) -> None:
+    meta = await upload(client, b"hello", "Hello.TXT")
+    response = await client.get(f"/api/v1/files/{meta['uid']}/metadata")
+    assert response.status_code == 200
+    body = response.json()
+    assert body == {k: v for k, v in meta.items() if k != "delete_token"}
+    assert body["extension"] == "txt" and body["format"] == "text/plain"
+
+
+async def test_delete_needs_the_right_token_and_removes_the_bytes(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    meta = await upload(client, b"secret")
+    url = f"/api/v1/files/{meta['uid']}"
+    assert (await client.delete(url)).status_code == 403
+    assert (await client.delete(url, headers={"X-Delete-Token": "wrong"})).status_code == 403
+    assert (await client.get(url)).status_code == 200
+    token = {"X-Delete-Token": str(meta["delete_token"])}
+    assert (await client.delete(url, headers=token)).status_code == 204
+    assert leftovers(settings.media_root) == []
+    for response in (
+        await client.get(url),
+        await client.head(url),
+        await client.get(f"{url}/metadata"),
+        await client.delete(url, headers=token),
+    ):
+        assert response.status_code == 410
+
+
+async def test_unknown_route_and_method_are_problem_json(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["status"] == 404
+    wrong_method = await client.patch("/api/v1/files")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["content-type"] == "application/problem+json"
+    assert "allow" in wrong_method.headers
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "storage": "ok"}
+
+
+async def test_readiness_reports_a_dead_database(
+    make_settings: Callable[..., Settings], app: FastAPI
+) -> None:
+    # Point the running app's engine at a port where nothing listens: a real connection failure.
+    from mediasvc.db.session import Database
+
+    services = app.state.services
+    await services.db.dispose()
+    services.db = Database("postgresql+asyncpg://postgres@127.0.0.1:9/none")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "unavailable"
+        listing = await client.get("/api/v1/files")
+        assert listing.status_code == 503
+        assert listing.headers["content-type"] == "application/problem+json"
+    await services.db.dispose()
+
+
+async def test_openapi_describes_raw_bodies_as_octet_stream(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    raw = schema["paths"]["/api/v1/files/stream"]["post"]
+    assert "application/octet-stream" in raw["requestBody"]["content"]
+    headers = {p["name"] for p in raw["parameters"] if p["in"] == "header"}
+    assert {"X-Filename", "X-Checksum-Sha256", "Repr-Digest"} <= headers
+    multipart = schema["paths"]["/api/v1/files"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in multipart
