@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await anyio.to_thread.run_sync(services.store.prepare)
             await check_current(services.db, settings.database_url)
+            await services.queue.start()
             app.state.services = services
             yield
         finally:

@@ -1,4 +1,4 @@
-"""``mediasvc serve | migrate``."""
+"""``mediasvc serve | worker | migrate``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,18 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
+def _worker(args: argparse.Namespace) -> None:
+    from arq.worker import check_health, run_worker
+
+    from mediasvc.config import Settings
+    from mediasvc.jobs.worker import worker_settings
+
+    settings_cls = worker_settings(Settings())
+    if args.check:
+        raise SystemExit(check_health(settings_cls))
+    run_worker(settings_cls)
+
+
 def _migrate(_args: argparse.Namespace) -> None:
     from mediasvc.config import Settings
     from mediasvc.db.migrations import upgrade
@@ -59,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         "--no-malloc-tuning", action="store_true", help="don't set GLIBC_TUNABLES (see cli.py)"
     )
     serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="run the arq worker (push, cleanup, reconcile)")
+    worker.add_argument("--check", action="store_true", help="health check of a running worker")
+    worker.set_defaults(handler=_worker)
 
     migrate = commands.add_parser("migrate", help="bring the database schema to the latest")
     migrate.set_defaults(handler=_migrate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,8 +45,57 @@ class Settings(BaseSettings):
         ge=1,
         description="More ranges than this in one request get the full file (200).",
     )
-    list_default_limit: int = Field(default=50, ge=1)
-    list_max_limit: int = Field(default=1000, ge=1)
+    list_default_limit: int = Field(default=50, ge=1, le=1000)
+
+    # --- jobs -----------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="arq's Redis, e.g. redis://127.0.0.1:6379/0; unset: jobs run in-process.",
+    )
+    push_max_tries: int = Field(default=8, ge=1, description="Attempts before a push is failed.")
+    push_backoff_base_s: float = Field(default=2.0, gt=0, description="First retry delay.")
+    push_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")
+    push_timeout_s: int = Field(default=6 * 3600, ge=1, description="arq timeout of one push.")
+    reconcile_every_s: int = Field(default=60, ge=1, description="How often the reconciler runs.")
+    reconcile_stale_after_s: int = Field(
+        default=600, ge=1, description="A pending/uploading push older than this is re-enqueued."
+    )
+    reconcile_failed_after_s: int = Field(
+        default=3600, ge=1, description="A failed push is tried again after this long."
+    )
+    cleanup_every_s: int = Field(default=300, ge=1, description="How often the cleanup runs.")
+    local_retention_s: int = Field(
+        default=7 * 86400,
+        ge=0,
+        description="Local copies older than this are evicted once safe in the cloud; 0 = never.",
+    )
+    disk_high_watermark: float = Field(
+        default=0.90, gt=0, le=1, description="Disk usage that starts LRU eviction."
+    )
+    disk_low_watermark: float = Field(
+        default=0.80, gt=0, le=1, description="LRU eviction stops below this usage."
+    )
+    part_grace_s: int = Field(
+        default=86400, ge=60, description="A .part file untouched this long is swept."
+    )
+
+    # --- cloud ----------------------------------------------------------------------------
+    cloud_backend: Literal["local", "s3"] = Field(
+        default="local", description="local: a directory acting as the bucket; s3: S3/MinIO."
+    )
+    cloud_root: Path = Field(
+        default=Path("./data/bucket"), description="The 'bucket' directory of the local backend."
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="None = AWS; MinIO: http://…")
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "mediasvc"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_part_size_bytes: int = Field(
+        default=16 * MiB, ge=5 * MiB, description="Multipart part size (grows for huge objects)."
+    )
+    s3_concurrency: int = Field(default=8, ge=1, description="Parts uploaded at once.")
+    s3_timeout_s: float = Field(default=300.0, gt=0, description="Per-request timeout.")
 
     @field_validator("public_base_url")
     @classmethod

@@ -1,12 +1,16 @@
-"""What a running app holds: settings, database, local store, ingest pipeline."""
+"""What a running app holds: settings, database, local and cloud stores, job queue, ingest."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mediasvc.config import Settings
+from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
 from mediasvc.ingest.pipeline import Ingestor
+from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.queue import ArqQueue, InProcessQueue, JobQueue
+from mediasvc.storage.cloud import CloudStore
 from mediasvc.storage.local import LocalStore
 
 
@@ -15,15 +19,34 @@ class Services:
     settings: Settings
     db: Database
     store: LocalStore
+    cloud: CloudStore
+    queue: JobQueue
     ingestor: Ingestor
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        db = Database(settings.database_url)
-        store = LocalStore(
-            settings.media_root, fsync=settings.fsync, min_free_bytes=settings.min_free_disk_bytes
+        jobs = JobContext.build(settings)
+        queue: JobQueue = (
+            ArqQueue(settings.redis_url) if settings.redis_url else InProcessQueue(jobs)
         )
-        return cls(settings=settings, db=db, store=store, ingestor=Ingestor(settings, store, db))
+
+        async def enqueue_push(record: FileRecord) -> None:
+            await queue.enqueue_push(record.uid)
+
+        return cls(
+            settings=settings,
+            db=jobs.db,
+            store=jobs.store,
+            cloud=jobs.cloud,
+            queue=queue,
+            ingestor=Ingestor(settings, jobs.store, jobs.db, after_commit=enqueue_push),
+        )
+
+    @property
+    def jobs(self) -> JobContext:
+        return JobContext(settings=self.settings, db=self.db, store=self.store, cloud=self.cloud)
 
     async def close(self) -> None:
+        await self.queue.close()
+        await self.cloud.close()
         await self.db.dispose()

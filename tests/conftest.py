@@ -60,6 +60,7 @@ def make_settings(tmp_path: Path, pg_url: str) -> Callable[..., Settings]:
         values: dict[str, object] = {
             "database_url": pg_url,
             "media_root": tmp_path / "media",
+            "cloud_root": tmp_path / "bucket",
             "io_chunk_size_bytes": 64 * 1024,
         }
         values.update(overrides)

@@ -8,32 +8,51 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+import logging
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from mediasvc.api.schemas import FileList, FileMetadata, UploadedFile
 from mediasvc.db import repository
-from mediasvc.db.models import FileRecord, GoneReason
+from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
 from mediasvc.delivery import conditional
+from mediasvc.delivery.budget import (
+    budget_bytes,
+    is_exhausted,
+    is_prefetch,
+    remaining_downloads,
+)
+from mediasvc.delivery.cloud import CloudFileResponse
 from mediasvc.delivery.disposition import content_disposition
 from mediasvc.delivery.ranges import LocalFileResponse
-from mediasvc.errors import Forbidden, Gone, InvalidInput, NotFound, ServiceUnavailable
+from mediasvc.errors import (
+    DatabaseUnavailable,
+    Forbidden,
+    Gone,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
 from mediasvc.ids import is_valid_uid, token_matches
 from mediasvc.ingest.checksum import repr_digest_header
 from mediasvc.ingest.pipeline import StoredUpload, UploadOptions
+from mediasvc.jobs.cleanup import purge
 from mediasvc.services import Services
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 
 MAX_DOWNLOADS_LIMIT = 1_000_000
 MAX_EXPIRES_IN_S = 315_360_000  # ten years
 CACHE_PRIVATE_DAY = "private, max-age=86400"
 CACHE_NO_STORE = "private, no-store"
+LAST_ACCESS_RESOLUTION = timedelta(minutes=1)
 
 MaxDownloads = Annotated[
     int | None,
@@ -251,6 +270,9 @@ async def download(
 ) -> Response:
     services = _services(request)
     record = await _live_record(request, uid)
+    budget = budget_bytes(record)
+    if budget is not None and is_prefetch(request.headers):
+        raise Forbidden("prefetches of a file with a download limit are refused")
     headers = _representation_headers(record, inline=inline)
     outcome = conditional.evaluate(
         request.headers,
@@ -262,19 +284,72 @@ async def download(
         kept = ("ETag", "Last-Modified", "Cache-Control")
         return Response(status_code=304, headers={name: headers[name] for name in kept})
 
-    path = services.store.path_for(uid)
-    try:
-        stat_result = await anyio.to_thread.run_sync(path.stat)
-    except FileNotFoundError as exc:
-        raise ServiceUnavailable("the file's bytes are not on this node") from exc
-    return LocalFileResponse(
-        path,
-        stat_result=stat_result,
-        media_type=record.format,
-        headers=headers,
-        chunk_size=services.settings.io_chunk_size_bytes,
-        max_ranges=services.settings.max_ranges,
+    if request.method == "GET":
+        await _touch(services, record)
+    options: dict[str, Any] = {
+        "media_type": record.format,
+        "headers": headers,
+        "chunk_size": services.settings.io_chunk_size_bytes,
+        "max_ranges": services.settings.max_ranges,
+    }
+    response = await _file_response(services, record, options)
+    if budget is None:
+        return response
+    bytes_served = record.bytes_served
+    if request.method == "GET":
+        planned = response.planned_body_bytes(request.headers, record.size)
+        reserved = planned or 1  # an empty file's download still counts (budget.unit_bytes)
+        async with services.db.session() as session:
+            total = await repository.reserve_bytes(session, uid, reserved, budget)
+            if total is None:
+                await _retire_if_exhausted(session, record)
+                raise Gone("the file's download limit is used up")
+        bytes_served = total
+
+        async def refund(unsent: int) -> None:
+            try:
+                async with services.db.session() as session:
+                    await repository.refund_bytes(session, uid, unsent)
+            except DatabaseUnavailable:
+                logger.warning("could not give back %d unsent bytes of %s", unsent, uid)
+
+        response.refund_unsent(planned, refund)
+    response.headers["X-Remaining-Downloads"] = str(remaining_downloads(record, bytes_served))
+    return response
+
+
+async def _file_response(
+    services: Services, record: FileRecord, options: dict[str, Any]
+) -> LocalFileResponse:
+    """From the local disk when this node has the file, else ranged reads from the cloud."""
+    path = services.store.path_for(record.uid)
+    if record.local:
+        try:
+            stat_result = await anyio.to_thread.run_sync(path.stat)
+        except FileNotFoundError:
+            pass  # evicted between the row read and now, or another node's upload
+        else:
+            return LocalFileResponse(path, stat_result=stat_result, **options)
+    if record.cloud_status != CloudStatus.UPLOADED.value or not record.cloud_path:
+        raise ServiceUnavailable("the file's bytes are not on this node and not yet in the cloud")
+    return CloudFileResponse(
+        cloud=services.cloud,
+        key=record.cloud_path,
+        size=record.size,
+        last_modified=record.created_at,
+        **options,
     )
+
+
+async def _retire_if_exhausted(session: AsyncSession, record: FileRecord) -> None:
+    """A refused download of a file whose full downloads are all used makes it a tombstone."""
+    current = await repository.get(session, record.uid, fresh=True)
+    if (
+        current is not None
+        and current.gone_reason is None
+        and is_exhausted(current, current.bytes_served)
+    ):
+        await repository.mark_gone(session, record.uid, GoneReason.EXHAUSTED, datetime.now(UTC))
 
 
 @router.delete("/files/{uid}", status_code=204, summary="Delete a file (X-Delete-Token)")
@@ -290,8 +365,18 @@ async def delete_file(
     async with services.db.session() as session:
         if not await repository.mark_gone(session, uid, GoneReason.DELETED, datetime.now(UTC)):
             raise Gone("the file was deleted")
-    await anyio.to_thread.run_sync(services.store.remove, uid)
+    # Local and cloud copies go now; if the store is down, the cleanup cron finishes the job.
+    await purge(services.jobs, record)
     return Response(status_code=204)
+
+
+async def _touch(services: Services, record: FileRecord) -> None:
+    """Record the read for LRU eviction, at most once a minute per file (it costs a write)."""
+    now = datetime.now(UTC)
+    if record.last_accessed_at and now - record.last_accessed_at < LAST_ACCESS_RESOLUTION:
+        return
+    async with services.db.session() as session:
+        await repository.touch(session, record.uid, now)
 
 
 async def _live_record(request: Request, uid: str) -> FileRecord:

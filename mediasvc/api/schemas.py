@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from mediasvc.db.models import FileRecord
+from mediasvc.delivery.budget import downloads_used
 
 
 class FileMetadata(BaseModel):
@@ -27,7 +28,7 @@ class FileMetadata(BaseModel):
 
     @classmethod
     def from_record(cls, record: FileRecord, *, base_url: str) -> FileMetadata:
-        downloads = -(-record.bytes_served // record.size) if record.size else 0
+        downloads = downloads_used(record.bytes_served, record.size)
         return cls(
             uid=record.uid,
             original_name=record.original_name,

@@ -71,10 +71,23 @@ class FileRecord(Base):
     derived_from: Mapped[str | None] = mapped_column(String(32))
     gone_reason: Mapped[str | None] = mapped_column(String(16))
     gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When cloud_status last changed: the reconciler finds pushes stuck past a timeout by it.
+    cloud_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cloud_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Least-recently-used eviction when the disk is over its high watermark.
+    last_accessed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # Listing: live files, newest first, keyset-paginated on (created_at, uid).
-        Index("ix_files_live_created", "created_at", "uid", postgresql_where=gone_reason.is_(None)),
+        Index(
+            "ix_files_live_created",
+            "created_at",
+            "uid",
+            postgresql_where=gone_reason.is_(None),
+            sqlite_where=gone_reason.is_(None),
+        ),
+        Index("ix_files_cloud_status", "cloud_status"),
+        Index("ix_files_expires_at", "expires_at"),
     )
 
     @property

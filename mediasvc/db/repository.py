@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import case, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mediasvc.db.models import FileRecord, GoneReason
@@ -15,8 +15,9 @@ async def add(session: AsyncSession, record: FileRecord) -> None:
     await session.commit()
 
 
-async def get(session: AsyncSession, uid: str) -> FileRecord | None:
-    return await session.get(FileRecord, uid)
+async def get(session: AsyncSession, uid: str, *, fresh: bool = False) -> FileRecord | None:
+    """The row; ``fresh`` re-reads it even if this session already holds a copy."""
+    return await session.get(FileRecord, uid, populate_existing=fresh)
 
 
 async def list_live(
@@ -52,4 +53,39 @@ async def mark_gone(session: AsyncSession, uid: str, reason: GoneReason, now: da
 
 async def set_local(session: AsyncSession, uid: str, *, local: bool) -> None:
     await session.execute(update(FileRecord).where(FileRecord.uid == uid).values(local=local))
+    await session.commit()
+
+
+async def touch(session: AsyncSession, uid: str, now: datetime) -> None:
+    await session.execute(
+        update(FileRecord).where(FileRecord.uid == uid).values(last_accessed_at=now)
+    )
+    await session.commit()
+
+
+async def reserve_bytes(session: AsyncSession, uid: str, n: int, budget: int) -> int | None:
+    """Add ``n`` to ``bytes_served`` if it stays within ``budget``, atomically; the new total."""
+    result = await session.execute(
+        update(FileRecord)
+        .where(
+            FileRecord.uid == uid,
+            FileRecord.gone_reason.is_(None),
+            FileRecord.bytes_served + n <= budget,
+        )
+        .values(bytes_served=FileRecord.bytes_served + n)
+        .returning(FileRecord.bytes_served)
+    )
+    await session.commit()
+    return result.scalar_one_or_none()
+
+
+async def refund_bytes(session: AsyncSession, uid: str, n: int) -> None:
+    """Give back bytes a download reserved but did not send."""
+    await session.execute(
+        update(FileRecord)
+        .where(FileRecord.uid == uid)
+        .values(
+            bytes_served=case((FileRecord.bytes_served > n, FileRecord.bytes_served - n), else_=0)
+        )
+    )
     await session.commit()

@@ -7,7 +7,8 @@ and ``If-Modified-Since`` are evaluated here, in the order the RFC gives.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from starlette.datastructures import Headers
@@ -26,9 +27,10 @@ def evaluate(headers: Headers, *, method: str, etag: str, last_modified: datetim
     if if_match is not None:
         if not _matches(if_match, etag, weak=False):
             raise PreconditionFailed("If-Match does not match the file's ETag")
-    elif (since := _http_date(headers.get("if-unmodified-since"))) is not None:
-        if last_modified > since:
-            raise PreconditionFailed("the file was modified after If-Unmodified-Since")
+    elif (since := _http_date(headers.get("if-unmodified-since"))) is not None and (
+        last_modified > since
+    ):
+        raise PreconditionFailed("the file was modified after If-Unmodified-Since")
 
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
@@ -36,10 +38,12 @@ def evaluate(headers: Headers, *, method: str, etag: str, last_modified: datetim
             if method in ("GET", "HEAD"):
                 return Outcome.NOT_MODIFIED
             raise PreconditionFailed("If-None-Match matches the file's ETag")
-    elif method in ("GET", "HEAD"):
-        if (since := _http_date(headers.get("if-modified-since"))) is not None:
-            if last_modified <= since:
-                return Outcome.NOT_MODIFIED
+    elif (
+        method in ("GET", "HEAD")
+        and (since := _http_date(headers.get("if-modified-since"))) is not None
+        and last_modified <= since
+    ):
+        return Outcome.NOT_MODIFIED
     return Outcome.PROCEED
 
 
@@ -58,12 +62,27 @@ def _matches(header: str, etag: str, *, weak: bool) -> bool:
     return False
 
 
+# RFC 9110 §5.6.7: the three HTTP-date forms, nothing else (IMF-fixdate, rfc850-date, asctime).
+_HTTP_DATE = re.compile(
+    r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT"
+    r"|[A-Z][a-z]{5,8}, \d{2}-[A-Z][a-z]{2}-\d{2} \d{2}:\d{2}:\d{2} GMT"
+    r"|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4}"
+)
+
+
 def _http_date(value: str | None) -> datetime | None:
     """An HTTP-date, or None if absent or invalid (RFC 9110: an invalid date is ignored)."""
-    if not value:
+    # Match the grammar first: email's lenient parser read a list of two dates as one (RFC 9110
+    # §13.1.3: more than one member MUST be ignored) and raised OverflowError, uncaught, on
+    # huge numbers ("Sun, 06 Nov 99999999999999999999 …" was a 500). The fixed digit counts
+    # here keep every field small.
+    if not value or not _HTTP_DATE.fullmatch(value.strip()):
         return None
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return parsed if parsed.tzinfo is not None else None
+    # asctime() dates ("Sun Nov  6 08:49:37 1994") carry no zone and parse naive, yet RFC 9110
+    # §5.6.7 says a recipient MUST accept them and every HTTP-date is GMT: read naive as UTC
+    # (they used to be ignored, so If-Modified-Since in that form gave a 200, not a 304).
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

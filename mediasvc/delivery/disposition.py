@@ -26,7 +26,8 @@ ACTIVE_CONTENT_TYPES = frozenset(
 
 
 def is_active_content(media_type: str) -> bool:
-    return media_type in ACTIVE_CONTENT_TYPES or media_type.endswith("+xml")
+    essence = media_type.split(";", 1)[0].strip().lower()  # "text/html; charset=…" is HTML too
+    return essence in ACTIVE_CONTENT_TYPES or essence.endswith("+xml")
 
 
 def content_disposition(name: str | None, *, media_type: str, inline: bool) -> str:

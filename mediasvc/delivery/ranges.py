@@ -11,9 +11,13 @@ The same ranges drive the cloud-backed response, so both paths agree.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+from starlette.datastructures import Headers
 from starlette.responses import FileResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from mediasvc.errors import MalformedRange, RangeNotSatisfiable
 
@@ -49,13 +53,57 @@ def parse_range(header: str, size: int, *, max_ranges: int) -> list[tuple[int, i
     return merged
 
 
+# Gives back bytes a download reserved but did not send (the client went away).
+Refund = Callable[[int], Awaitable[None]]
+
+
 class LocalFileResponse(FileResponse):
-    """Starlette's FileResponse with our range rules and a read size from settings."""
+    """Starlette's FileResponse with our range rules, a read size from settings, and refunds."""
 
     def __init__(self, *args: Any, chunk_size: int, max_ranges: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.chunk_size = chunk_size
         self._max_ranges = max_ranges
+        self._reserved_bytes = 0
+        self._refund: Refund | None = None
+
+    def planned_body_bytes(self, request_headers: Headers, size: int) -> int:
+        """The file bytes this response will send: FileResponse's own Range/If-Range decision.
+
+        Raises MalformedRange/RangeNotSatisfiable as the response itself would.
+        """
+        http_range = request_headers.get("range")
+        if_range = request_headers.get("if-range")
+        if http_range is None or (if_range is not None and not self._should_use_range(if_range)):
+            return size
+        ranges = self._parse_range_header(http_range, size)
+        return sum(end - start for start, end in ranges) if ranges else size
+
+    def refund_unsent(self, reserved_bytes: int, refund: Refund) -> None:
+        """After sending, give back whatever part of ``reserved_bytes`` was not sent."""
+        self._reserved_bytes = reserved_bytes
+        self._refund = refund
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._refund is None:
+            await super().__call__(scope, receive, send)
+            return
+        sent = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal sent
+            await send(message)
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+
+        try:
+            await super().__call__(scope, receive, counting_send)
+        finally:
+            # Body bytes include multipart framing, so this errs towards refunding too little.
+            unsent = self._reserved_bytes - min(sent, self._reserved_bytes)
+            if unsent:
+                with anyio.CancelScope(shield=True):
+                    await self._refund(unsent)
 
     def _parse_range_header(self, http_range: str, file_size: int) -> list[tuple[int, int]]:  # type: ignore[override]
         return parse_range(http_range, file_size, max_ranges=self._max_ranges)

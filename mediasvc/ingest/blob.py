@@ -33,7 +33,10 @@ class BlobFile:
         self._head = bytearray()
         self.size = 0
         # O_EXCL: a UID collision (or a stale file) must never be silently overwritten.
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except OSError as exc:  # a disk out of inodes fails here with ENOSPC: 507, not 500
+            raise translate_os_error(exc) from exc
 
     def write(self, data: memoryview | bytes) -> None:
         if not data:

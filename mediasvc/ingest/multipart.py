@@ -49,24 +49,48 @@ class MultipartFileReader:
             self._parser = StreamingFormDataParser(headers)
         except ParseFailedException as exc:
             raise MalformedMultipart(f"unreadable multipart Content-Type: {exc}") from exc
-        # Kept to tell a complete body (it ends with this closing delimiter) from a cut one.
+        # Kept to tell a complete body (it has this closing delimiter) from a cut one.
         self._ender = b"\r\n--" + boundary + b"--"
         self._tail = b""
+        self._ended = False
         self._target = _FilePartTarget(blob)
         self._parser.register(FILE_FIELD, self._target)
 
     def process(self, batch: memoryview) -> None:
+        if self._ended:
+            return  # an epilogue after the closing delimiter (RFC 2046): ignored
         data = bytes(batch)  # the Cython parser takes bytes only
-        self._tail = (self._tail + data[-len(self._ender) - 2 :])[-len(self._ender) - 2 :]
+        end = self._closing_delimiter_end(data)
+        if end is not None:
+            # Feed the parser up to the closing delimiter only. Checking just the body's last
+            # bytes refused bodies with an epilogue, and streaming-form-data 2.1 neither
+            # delivers nor finishes the last part when an epilogue follows in the same chunk.
+            self._ended = True
+            data = data[:end]
         try:
             self._parser.data_received(data)
         except ParseFailedException as exc:
             raise MalformedMultipart(f"bad multipart framing: {exc}") from exc
 
+    def _closing_delimiter_end(self, data: bytes) -> int | None:
+        """Where the closing delimiter ends in ``data`` (it may straddle two batches), if there.
+
+        It can't occur earlier in a well-formed body: a part's content ends at ``\r\n--B``.
+        """
+        n = len(self._ender)
+        at = (self._tail + data[:n]).find(self._ender)
+        if at >= 0:
+            end: int | None = at + n - len(self._tail)
+        else:
+            at = data.find(self._ender)
+            end = at + n if at >= 0 else None
+        self._tail = (self._tail + data[-(n - 1) :])[-(n - 1) :]
+        return end
+
     def check_complete(self) -> None:
         if not self._target.started:
             raise MalformedMultipart(f"the body has no part named {FILE_FIELD!r}")
-        if not self._target.finished or self._ender not in self._tail:
+        if not self._target.finished or not self._ended:
             raise MalformedMultipart("the multipart body ends before its closing delimiter")
 
     @property

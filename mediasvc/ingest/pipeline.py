@@ -178,6 +178,8 @@ class Ingestor:
             bytes_served=0,
             local=True,
             cloud_status=CloudStatus.PENDING.value,
+            cloud_updated_at=now,
+            cloud_attempts=0,
             delete_token_hash=hash_token(delete_token),
             owner=options.owner,
         )

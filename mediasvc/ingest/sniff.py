@@ -10,6 +10,7 @@ import puremagic
 OCTET_STREAM = "application/octet-stream"
 # What clients send when they don't know: curl --data-binary sends x-www-form-urlencoded.
 GENERIC_TYPES = frozenset({OCTET_STREAM, "application/x-www-form-urlencoded", "text/plain", ""})
+_CHARSET = re.compile(r";\s*charset=\"?([A-Za-z0-9._:+-]{1,40})\"?\s*(?:;|$)", re.IGNORECASE)
 _MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 
 
@@ -35,10 +36,15 @@ def sniff(head: bytes) -> str:
 
 
 def choose_format(declared: str | None, head: bytes) -> str:
+    """The declared type (with its charset, which decides how text is read) unless generic."""
     declared_essence = essence(declared)
+    chosen = declared_essence
     if declared_essence in GENERIC_TYPES or not _MEDIA_TYPE.match(declared_essence):
-        return sniff(head)
-    return declared_essence
+        chosen = sniff(head)
+    charset = _CHARSET.search(declared or "")
+    if charset and chosen == declared_essence:
+        return f"{chosen}; charset={charset.group(1).lower()}"
+    return chosen
 
 
 def _looks_like_text(head: bytes) -> bool:

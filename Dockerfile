@@ -1,0 +1,27 @@
+# mediasvc: API (`mediasvc serve`) and worker (`mediasvc worker`) from one image.
+FROM python:3.11-slim-bookworm
+
+# ffmpeg for the probe job; curl for health checks.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends curl ffmpeg \
+ && rm -rf /var/lib/apt/lists/*
+
+# glibc keeps body-sized buffers in the heap instead of faulting fresh pages for every chunk
+# (see mediasvc/cli.py and FIELD-NOTES); set here so every process starts with it.
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 \
+    PYTHONUNBUFFERED=1 \
+    MEDIASVC_MEDIA_ROOT=/var/lib/mediasvc/media
+
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY mediasvc ./mediasvc
+COPY alembic ./alembic
+RUN pip install --no-cache-dir -e . \
+ && useradd --system --uid 10001 --home /var/lib/mediasvc mediasvc \
+ && mkdir -p /var/lib/mediasvc/media \
+ && chown -R mediasvc /var/lib/mediasvc
+
+USER mediasvc
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1
+CMD ["mediasvc", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]

@@ -1,0 +1,179 @@
+"""cleanup: expire, delete everywhere, evict safe local copies, sweep abandoned ``.part`` files.
+
+A local copy is removed only after the cloud copy was confirmed by a fresh stat (size, and the
+sha256 the store reports), and the row says ``local = false`` before the file goes, so no reader
+is ever sent to a file that is not there without a cloud copy behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import anyio
+from sqlalchemy import or_, select, update
+
+from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
+from mediasvc.jobs.context import JobContext
+from mediasvc.storage.cloud import CloudError, key_for
+from mediasvc.storage.local import PART_SUFFIX
+
+logger = logging.getLogger(__name__)
+
+CLEANUP_BATCH = 500
+
+
+@dataclass(slots=True)
+class CleanupReport:
+    expired: int = 0
+    purged: list[str] = field(default_factory=list)
+    evicted: list[str] = field(default_factory=list)
+    swept_parts: int = 0
+
+
+async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupReport:
+    now = now or datetime.now(UTC)
+    report = CleanupReport()
+    report.expired = await _expire(ctx, now)
+    report.purged = await _purge_gone(ctx)
+    report.evicted = await _evict(ctx, now)
+    report.swept_parts = await anyio.to_thread.run_sync(_sweep_parts, ctx, time.time())
+    return report
+
+
+async def _expire(ctx: JobContext, now: datetime) -> int:
+    """Turn expired live rows into tombstones (their bytes go in the purge step)."""
+    async with ctx.db.session() as session:
+        result = await session.execute(
+            update(FileRecord)
+            .where(FileRecord.gone_reason.is_(None), FileRecord.expires_at <= now)
+            .values(gone_reason=GoneReason.EXPIRED.value, gone_at=now)
+        )
+        await session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _purge_gone(ctx: JobContext) -> list[str]:
+    """Remove the bytes of tombstoned files, local and cloud; the tombstone row stays."""
+    query = (
+        select(FileRecord)
+        .where(
+            FileRecord.gone_reason.is_not(None),
+            or_(FileRecord.local.is_(True), FileRecord.cloud_path.is_not(None)),
+        )
+        .limit(CLEANUP_BATCH)
+    )
+    async with ctx.db.session() as session:
+        records = list((await session.scalars(query)).all())
+    return [record.uid for record in records if await purge(ctx, record)]
+
+
+async def purge(ctx: JobContext, record: FileRecord) -> bool:
+    """Remove a tombstoned file's bytes from the cloud and the disk; False if the store is down.
+
+    The cloud copy goes first: a row that still says ``local`` is retried by the next run.
+    """
+    try:
+        # The cloud copy may exist even if the row never recorded it (a push cut short).
+        await ctx.cloud.delete(record.cloud_path or key_for(record.uid))
+    except CloudError as exc:
+        logger.warning("cloud delete of %s failed, the next cleanup retries: %s", record.uid, exc)
+        return False
+    await anyio.to_thread.run_sync(ctx.store.remove, record.uid)
+    async with ctx.db.session() as session:
+        await session.execute(
+            update(FileRecord)
+            .where(FileRecord.uid == record.uid)
+            .values(local=False, cloud_path=None)
+        )
+        await session.commit()
+    return True
+
+
+async def _evict(ctx: JobContext, now: datetime) -> list[str]:
+    """Evict local copies that are safe in the cloud: old ones, then LRU while the disk is full."""
+    settings = ctx.settings
+    evictable = select(FileRecord).where(
+        FileRecord.gone_reason.is_(None),
+        FileRecord.local.is_(True),
+        FileRecord.cloud_status == CloudStatus.UPLOADED.value,
+    )
+    evicted: list[str] = []
+    if settings.local_retention_s:
+        cutoff = now - timedelta(seconds=settings.local_retention_s)
+        old = evictable.where(FileRecord.created_at <= cutoff).limit(CLEANUP_BATCH)
+        async with ctx.db.session() as session:
+            records = list((await session.scalars(old)).all())
+        for record in records:
+            if await _evict_one(ctx, record):
+                evicted.append(record.uid)
+
+    usage = await anyio.to_thread.run_sync(shutil.disk_usage, ctx.store.root)
+    if usage.used / usage.total <= settings.disk_high_watermark:
+        return evicted
+    bytes_to_free = usage.used - int(usage.total * settings.disk_low_watermark)
+    least_recent = evictable.order_by(
+        FileRecord.last_accessed_at.is_(None).desc(),  # never read: first to go
+        FileRecord.last_accessed_at,
+        FileRecord.created_at,
+    ).limit(CLEANUP_BATCH)
+    async with ctx.db.session() as session:
+        candidates = list((await session.scalars(least_recent)).all())
+    for record in candidates:
+        if bytes_to_free <= 0:
+            break
+        if await _evict_one(ctx, record):
+            evicted.append(record.uid)
+            bytes_to_free -= record.size
+    return evicted
+
+
+async def _evict_one(ctx: JobContext, record: FileRecord) -> bool:
+    key = record.cloud_path or key_for(record.uid)
+    try:
+        info = await ctx.cloud.stat(key)
+    except CloudError as exc:
+        logger.warning("not evicting %s: cloud stat failed: %s", record.uid, exc)
+        return False
+    if info is None or info.size != record.size or (info.sha256 not in (None, record.sha256)):
+        logger.error("not evicting %s: cloud copy missing or different (%s)", record.uid, info)
+        return False
+    async with ctx.db.session() as session:
+        result = await session.execute(
+            update(FileRecord)
+            .where(
+                FileRecord.uid == record.uid,
+                FileRecord.local.is_(True),
+                FileRecord.cloud_status == CloudStatus.UPLOADED.value,
+            )
+            .values(local=False)
+            .returning(FileRecord.uid)
+        )
+        await session.commit()
+    if result.first() is None:
+        return False
+    await anyio.to_thread.run_sync(ctx.store.remove, record.uid)
+    return True
+
+
+def _sweep_parts(ctx: JobContext, now_s: float) -> int:
+    """Delete ``.part`` files nobody has written to for ``part_grace_s`` (crashed uploads)."""
+    swept = 0
+    try:
+        entries = list(os.scandir(ctx.store.incoming))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.name.endswith(PART_SUFFIX):
+            continue
+        try:
+            if now_s - entry.stat().st_mtime > ctx.settings.part_grace_s:
+                os.unlink(entry.path)
+                swept += 1
+        except FileNotFoundError:
+            continue
+    return swept

@@ -1,0 +1,134 @@
+"""Where jobs go: arq on Redis in production, in-process tasks in the embedded default.
+
+Enqueueing never fails an upload: if Redis is down the row stays ``pending`` and the
+reconciler enqueues it once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.exceptions import RedisError
+
+from mediasvc.jobs.cleanup import cleanup
+from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.push import push_file
+from mediasvc.jobs.reconcile import reconcile
+
+logger = logging.getLogger(__name__)
+
+PUSH_FUNCTION = "push_to_cloud"
+
+
+def push_job_id(uid: str) -> str:
+    """One id per file: arq refuses a second copy while one is queued or running."""
+    return f"push:{uid}"
+
+
+class JobQueue(Protocol):
+    async def enqueue_push(self, uid: str) -> bool:
+        """True if a push job was queued (False: one is already queued, or the queue is down)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def enqueue_push_on(redis: ArqRedis, uid: str) -> bool:
+    job = await redis.enqueue_job(PUSH_FUNCTION, uid, _job_id=push_job_id(uid))
+    return job is not None
+
+
+class ArqQueue:
+    """Enqueues into arq's Redis; the pool is made on first use so Redis may start later."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._settings = RedisSettings.from_dsn(redis_url)
+        # Fail fast: the upload must not wait for Redis, the reconciler catches up.
+        self._settings.conn_retries = 0
+        self._settings.conn_timeout = 1
+        self._redis: ArqRedis | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        pass
+
+    async def _pool(self) -> ArqRedis:
+        async with self._lock:
+            if self._redis is None:
+                self._redis = await create_pool(self._settings)
+            return self._redis
+
+    async def enqueue_push(self, uid: str) -> bool:
+        try:
+            return await enqueue_push_on(await self._pool(), uid)
+        except (TimeoutError, RedisError, OSError) as exc:
+            logger.warning("could not enqueue the push of %s (the reconciler will): %s", uid, exc)
+            return False
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+
+class InProcessQueue:
+    """The embedded default: the same job functions as asyncio tasks of the API process."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+        self._pushing: dict[str, asyncio.Task[None]] = {}
+        self._periodic: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        settings = self._ctx.settings
+        self._periodic = [
+            asyncio.create_task(self._every(settings.cleanup_every_s, self._cleanup)),
+            asyncio.create_task(self._every(settings.reconcile_every_s, self._reconcile)),
+        ]
+
+    async def enqueue_push(self, uid: str) -> bool:
+        if uid in self._pushing:
+            return False
+        self._pushing[uid] = asyncio.create_task(self._push(uid))
+        return True
+
+    async def _push(self, uid: str) -> None:
+        try:
+            attempt = 1
+            while True:
+                outcome = await push_file(self._ctx, uid, attempt=attempt)
+                if outcome.retry_in_s is None:
+                    return
+                await asyncio.sleep(outcome.retry_in_s)
+                attempt += 1
+        except Exception:
+            logger.exception("push of %s crashed; the reconciler will try again", uid)
+        finally:
+            self._pushing.pop(uid, None)
+
+    async def _cleanup(self) -> None:
+        await cleanup(self._ctx)
+
+    async def _reconcile(self) -> None:
+        await reconcile(self._ctx, self.enqueue_push)
+
+    @staticmethod
+    async def _every(interval_s: int, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except Exception:
+                logger.exception("periodic job %s failed", getattr(job, "__name__", job))
+
+    async def close(self) -> None:
+        tasks = [*self._periodic, *self._pushing.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

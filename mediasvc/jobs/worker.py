@@ -1,0 +1,111 @@
+"""The arq worker: ``mediasvc worker`` (or ``arq mediasvc.jobs.worker.WorkerSettings``).
+
+Functions: ``push_to_cloud``; cron: ``cleanup`` and ``reconcile`` on schedules from settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq import Retry, cron
+from arq.connections import RedisSettings
+from arq.cron import CronJob
+from arq.worker import Function, func
+
+from mediasvc.config import Settings
+from mediasvc.jobs.cleanup import cleanup
+from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.push import push_file
+from mediasvc.jobs.queue import PUSH_FUNCTION, enqueue_push_on
+from mediasvc.jobs.reconcile import reconcile
+
+CONTEXT_KEY = "mediasvc"
+
+
+async def push_to_cloud(ctx: dict[str, Any], uid: str) -> str:
+    job_ctx: JobContext = ctx[CONTEXT_KEY]
+    outcome = await push_file(job_ctx, uid, attempt=ctx["job_try"])
+    if outcome.retry_in_s is not None:
+        raise Retry(defer=outcome.retry_in_s)  # arq retries only on Retry (FIELD-NOTES)
+    return outcome.status
+
+
+async def cleanup_job(ctx: dict[str, Any]) -> dict[str, int]:
+    report = await cleanup(ctx[CONTEXT_KEY])
+    return {
+        "expired": report.expired,
+        "purged": len(report.purged),
+        "evicted": len(report.evicted),
+        "swept_parts": report.swept_parts,
+    }
+
+
+async def reconcile_job(ctx: dict[str, Any]) -> int:
+    redis = ctx["redis"]
+
+    async def enqueue(uid: str) -> bool:
+        return await enqueue_push_on(redis, uid)
+
+    return await reconcile(ctx[CONTEXT_KEY], enqueue)
+
+
+def schedule(every_s: int) -> dict[str, Any]:
+    """arq cron fields for 'every N seconds', rounded to steps that divide the minute or hour."""
+    if every_s < 60:
+        return {"second": set(range(0, 60, every_s)), "minute": None}
+    step_min = max(1, every_s // 60)
+    return {"second": 0, "minute": set(range(0, 60, step_min))}
+
+
+def worker_settings(settings: Settings) -> type:
+    """An arq WorkerSettings class for these settings."""
+    if not settings.redis_url:
+        raise SystemExit("MEDIASVC_REDIS_URL is not set: the arq worker needs Redis")
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx[CONTEXT_KEY] = JobContext.build(settings)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        job_ctx: JobContext | None = ctx.get(CONTEXT_KEY)
+        if job_ctx is not None:
+            await job_ctx.cloud.close()
+            await job_ctx.db.dispose()
+
+    functions: list[Function] = [
+        func(
+            push_to_cloud,
+            name=PUSH_FUNCTION,
+            # Keep no result: arq:result:<id> would block re-enqueueing this uid later.
+            keep_result=0,
+            # Our own code decides when to give up (push_max_tries); this is only a backstop
+            # for tries arq counts itself, such as a worker killed mid-push.
+            max_tries=settings.push_max_tries + 2,
+            timeout=settings.push_timeout_s,
+        )
+    ]
+    cron_jobs: list[CronJob] = [
+        cron(cleanup_job, name="cleanup", timeout=3600, **schedule(settings.cleanup_every_s)),
+        cron(reconcile_job, name="reconcile", timeout=600, **schedule(settings.reconcile_every_s)),
+    ]
+    return type(
+        "WorkerSettings",
+        (),
+        {
+            "functions": functions,
+            "cron_jobs": cron_jobs,
+            "on_startup": on_startup,
+            "on_shutdown": on_shutdown,
+            "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+            "max_jobs": 4,
+            "handle_signals": True,
+            "health_check_interval": 30,
+        },
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # `arq mediasvc.jobs.worker.WorkerSettings` builds the class from the environment on demand,
+    # so importing this module does no work.
+    if name == "WorkerSettings":
+        return worker_settings(Settings())
+    raise AttributeError(name)

@@ -1,0 +1,165 @@
+"""A local directory acting as the bucket: the embedded default, and a stand-in in tests.
+
+Objects live at ``<root>/<key>``. A put copies into a hidden temporary file beside the target,
+hashing as it copies, fsyncs, and renames it into place only if the bytes are the promised
+ones, so a reader never sees a partial or wrong object. The verified sha256 is kept in a
+``user.`` extended attribute when the filesystem has them, so ``stat`` can tell it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import NoReturn
+
+import anyio.to_thread
+
+from mediasvc.storage.cloud._cancel import finish_or_wind_down
+from mediasvc.storage.cloud.base import ObjectInfo, check_range, check_sha256
+from mediasvc.storage.cloud.errors import (
+    CloudError,
+    CloudIntegrityError,
+    CloudObjectMissing,
+    CloudUnavailable,
+)
+from mediasvc.storage.cloud.sizing import MiB
+from mediasvc.storage.cloud.verified import UploadAbandoned, Verifier
+
+SHA256_XATTR = "user.mediasvc.sha256"
+TEMP_SUFFIX = ".tmp"
+# Errors of the bucket's disk that may pass by themselves: full, over quota, I/O trouble.
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY}
+
+
+class LocalCloudStore:
+    """``CloudStore`` on a directory."""
+
+    cancel_grace_s = 60.0  # a cancelled copy stops at its next chunk; this bounds the wait
+
+    def __init__(self, root: Path, *, chunk_bytes: int = 1 * MiB, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.chunk_bytes = chunk_bytes
+        self.fsync = fsync
+
+    def path_for(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"not an object key: {key!r}")
+        return self.root.joinpath(*parts)
+
+    async def put_file(self, key: str, path: Path, *, size: int, sha256: str) -> None:
+        check_sha256(sha256)
+        target = self.path_for(key)
+        stop = threading.Event()
+        copy = asyncio.ensure_future(
+            anyio.to_thread.run_sync(self._copy_verified, path, target, size, sha256, stop)
+        )
+        await finish_or_wind_down(copy, stop.set, grace_s=self.cancel_grace_s)
+
+    def _copy_verified(
+        self, source: Path, target: Path, size: int, sha256: str, stop: threading.Event
+    ) -> None:
+        verifier = Verifier(size=size, sha256=sha256)
+        buffer = memoryview(bytearray(self.chunk_bytes))  # reused: no fresh memory per chunk
+        with source.open("rb") as src:  # a missing source is the caller's OSError
+            temp = target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with temp.open("xb") as dst:
+                    while n := src.readinto(buffer[: verifier.want(self.chunk_bytes)]):
+                        if stop.is_set():
+                            raise UploadAbandoned("copy cancelled")
+                        verifier.update(buffer[:n])
+                        dst.write(buffer[:n])
+                    verifier.check()
+                    _set_sha256(dst.fileno(), sha256)
+                    if self.fsync:
+                        os.fsync(dst.fileno())
+                os.replace(temp, target)
+                if self.fsync:
+                    _fsync_dir(target.parent)
+            except BaseException as exc:
+                temp.unlink(missing_ok=True)
+                if isinstance(exc, OSError):
+                    _raise_translated(exc, str(target))
+                raise
+
+    async def open_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        check_range(start, end)
+        path = self.path_for(key)
+        try:
+            fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise CloudObjectMissing(f"{key}: no such object") from exc
+        except OSError as exc:
+            _raise_translated(exc, key)
+        try:
+            position = start
+            while position < end:
+                want = min(self.chunk_bytes, end - position)
+                try:
+                    chunk = await anyio.to_thread.run_sync(os.pread, fd, want, position)
+                except OSError as exc:
+                    _raise_translated(exc, key)
+                if not chunk:
+                    raise CloudIntegrityError(f"{key}: object ends at {position}, before {end}")
+                position += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        path = self.path_for(key)
+        try:
+            return await anyio.to_thread.run_sync(_stat, path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            _raise_translated(exc, key)
+
+    async def delete(self, key: str) -> None:
+        path = self.path_for(key)
+        try:
+            await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        except OSError as exc:
+            _raise_translated(exc, key)
+
+    async def close(self) -> None:
+        return None
+
+
+def _stat(path: Path) -> ObjectInfo:
+    size = path.stat().st_size
+    try:
+        sha256: str | None = os.getxattr(path, SHA256_XATTR).decode()
+    except OSError:
+        sha256 = None  # no xattr support, or an object put by someone else
+    return ObjectInfo(size=size, sha256=sha256)
+
+
+def _set_sha256(fd: int, sha256: str) -> None:
+    try:
+        os.setxattr(fd, SHA256_XATTR, sha256.encode())
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_translated(exc: OSError, key: str) -> NoReturn:
+    detail = f"{key}: {exc.strerror or exc}"
+    if exc.errno in _TRANSIENT_ERRNOS:
+        raise CloudUnavailable(detail) from exc
+    raise CloudError(detail) from exc
