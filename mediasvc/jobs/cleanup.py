@@ -1,8 +1,8 @@
 """cleanup: expire, delete everywhere, evict safe local copies, sweep abandoned ``.part`` files.
 
-A local copy is removed only after the cloud copy was confirmed by a fresh stat (size, and the
-sha256 the store reports), and the row says ``local = false`` before the file goes, so no reader
-is ever sent to a file that is not there without a cloud copy behind it.
+A local copy is removed only after a fresh stat of the cloud copy confirms its size and the
+sha256 the store reports (a store that reports none never gets the only copy), and the row
+says ``local = false`` before the file goes, so no reader is sent to a missing file.
 """
 
 from __future__ import annotations
@@ -139,8 +139,11 @@ async def _evict_one(ctx: JobContext, record: FileRecord) -> bool:
     except CloudError as exc:
         logger.warning("not evicting %s: cloud stat failed: %s", record.uid, exc)
         return False
-    if info is None or info.size != record.size or (info.sha256 not in (None, record.sha256)):
-        logger.error("not evicting %s: cloud copy missing or different (%s)", record.uid, info)
+    # Strict: a store that cannot tell the object's sha256 never gets our only copy.
+    if info is None or info.size != record.size or info.sha256 != record.sha256:
+        logger.error(
+            "not evicting %s: cloud copy missing, different or unverifiable (%s)", record.uid, info
+        )
         return False
     async with ctx.db.session() as session:
         result = await session.execute(

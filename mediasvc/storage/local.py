@@ -48,11 +48,14 @@ class LocalStore:
     def commit(self, part_path: Path, uid: str) -> Path:
         """Atomically move a finished, fsynced ``.part`` file to its UID path (blocking)."""
         final = self.path_for(uid)
-        final.parent.mkdir(exist_ok=True)
-        os.replace(part_path, final)
-        if self.fsync:
-            _fsync_dir(final.parent)
-            _fsync_dir(part_path.parent)
+        try:
+            final.parent.mkdir(exist_ok=True)  # a full disk (or one out of inodes) fails here
+            os.replace(part_path, final)
+            if self.fsync:
+                _fsync_dir(final.parent)
+                _fsync_dir(part_path.parent)
+        except OSError as exc:
+            raise translate_os_error(exc) from exc
         return final
 
     def remove(self, uid: str) -> bool:

@@ -8,15 +8,17 @@ aiobotocore's 93 MB/s (median per-round ratio 1.11), ranged streaming GET 519 vs
 62 MiB for the GET. obstore also does the multipart bookkeeping itself (parts, concurrency,
 completion, and an abort when the input fails), does ranged streaming GETs, needs no botocore
 pin (which fights moto's boto3), and its part checksums work against moto and s3rver.
-aiobotocore would need all the multipart calls written by hand.
+aiobotocore would need all the multipart calls written by hand. Through this module (1 GiB to
+s3rver, defaults: 8 MiB parts, 32 MiB in flight) the process peaks at 66 MiB RSS over a 27 MiB
+baseline, uploading at ~95 MB/s and streaming back at ~250 MB/s.
 
 What obstore lacks, and what we do about it:
 - No way to list or abort multipart uploads. It aborts by itself when the input iterator
   raises, so we feed it our own iterator; a cancellation of ``put_file`` is turned into such an
   error (``finish_or_wind_down``) instead of dropping the upload mid-flight.
 - Its request timeout covers the whole body. Uploads send one part per request; downloads are
-  split into GETs of at most ``get_window_bytes``, and a window cut short by a timeout (a slow
-  reader) resumes from where it stopped.
+  split into GETs of at most ``get_window_bytes``. (A GET body cut short is resumed by obstore
+  itself from the offset it reached, within ``max_retries``.)
 - At interpreter exit its runtime threads can still be dropping Python objects right after the
   last await, which aborts the process (SIGABRT, seen in about 1 run in 4 without a pause);
   ``close()`` waits ``shutdown_grace_s`` for them.
@@ -87,7 +89,7 @@ class S3Config:
     virtual_hosted_style: bool = False  # bucket.host/key instead of host/bucket/key
     part_size_bytes: int = 8 * MiB  # grows for huge objects, see sizing.part_size_for
     upload_concurrency: int = 4  # parts in flight ...
-    upload_buffer_bytes: int = 64 * MiB  # ... lowered so they fit this memory
+    upload_buffer_bytes: int = 32 * MiB  # ... lowered so they fit this memory
     read_chunk_bytes: int = 1 * MiB  # upload reads; largest chunk open_range yields
     get_window_bytes: int = 16 * MiB  # largest single ranged GET of open_range
     part_checksums: bool = True  # x-amz-checksum-sha256 on every PUT and part
@@ -113,7 +115,10 @@ class S3CloudStore:
 
     async def put_file(self, key: str, path: Path, *, size: int, sha256: str) -> None:
         check_sha256(sha256)
-        part_size = part_size_for(size, self.config.part_size_bytes)
+        try:
+            part_size = part_size_for(size, self.config.part_size_bytes)
+        except ValueError as exc:
+            raise CloudError(f"{key}: {exc}") from exc  # over 5 TiB: no retry will help
         # Opened first, so that a missing local file is an OSError, not a cloud error.
         file = await anyio.to_thread.run_sync(lambda: path.open("rb"))
         try:
@@ -122,7 +127,7 @@ class S3CloudStore:
             else:
                 await self._put_multipart(key, file, size=size, sha256=sha256, part_size=part_size)
         except _NOT_FOUND as exc:
-            # The key does not exist yet, so a 404 means the bucket is missing.
+            # A PUT creates the key, so a 404 can only mean that the bucket is missing.
             raise CloudError(f"{key}: bucket {self.config.bucket!r} not found") from exc
         except BaseError as exc:
             _raise_translated(exc, key)
@@ -192,11 +197,9 @@ class S3CloudStore:
                         position += len(piece)
                         yield piece
             except _CLIENT_ERRORS as exc:
-                if position == request_start or not _is_transient(exc):
-                    _raise_translated(exc, key)
-                # Cut short after progress (e.g. a reader slower than the request timeout):
-                # the loop resumes from here. Each resume needs progress, so it cannot spin.
-                continue
+                _raise_translated(exc, key)
+            # A body that ended early but cleanly: the loop asks again from where it stopped,
+            # but only after progress, so it cannot spin.
             if position == request_start:
                 raise CloudUnavailable(f"{key}: empty response for [{position}, {window_end})")
 
