@@ -12,6 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# s3rver: a disk-backed S3 server for the tests' large objects (moto keeps objects in memory).
+S3RVER := tests/s3rver/node_modules/.bin/s3rver
+$(S3RVER): tests/s3rver/package.json tests/s3rver/package-lock.json
+	npm ci --prefix tests/s3rver --no-audit --no-fund --loglevel=error
+	touch $(S3RVER)
+
 ## Set up and run the service on its embedded defaults (SQLite under ./data, files in ./data/media).
 run: $(STAMP)
 	$(BIN)/mediasvc migrate
@@ -21,7 +27,7 @@ migrate: $(STAMP)
 	$(BIN)/mediasvc migrate
 
 ## Set up and pass the tests (needs PostgreSQL on 127.0.0.1:5432; `make services` starts it).
-test: $(STAMP) services
+test: $(STAMP) $(S3RVER) services
 	$(BIN)/ruff check mediasvc tests
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -26,7 +26,9 @@ MiB = 1024 * 1024
 
 def percentiles(samples_ms: list[float]) -> str:
     q = statistics.quantiles(samples_ms, n=100)
-    return f"p50 {q[49]:.2f} ms  p95 {q[94]:.2f} ms  p99 {q[98]:.2f} ms  max {max(samples_ms):.2f} ms"
+    return (
+        f"p50 {q[49]:.2f} ms  p95 {q[94]:.2f} ms  p99 {q[98]:.2f} ms  max {max(samples_ms):.2f} ms"
+    )
 
 
 def main() -> None:
@@ -40,7 +42,16 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIASVC_")}
         subprocess.run([sys.executable, "-m", "mediasvc", "migrate"], cwd=work, env=env, check=True)
         server = subprocess.Popen(
-            [sys.executable, "-m", "mediasvc", "serve", "--port", str(args.port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "mediasvc",
+                "serve",
+                "--port",
+                str(args.port),
+                "--log-level",
+                "warning",
+            ],
             cwd=work,
             env=env,
         )
@@ -76,7 +87,15 @@ def main() -> None:
                 def upload() -> None:
                     start = time.perf_counter()
                     subprocess.run(
-                        ["curl", "-sS", "-o", "/dev/null", "-T", str(big), f"{base}/api/v1/files/stream/"],
+                        [
+                            "curl",
+                            "-sS",
+                            "-o",
+                            "/dev/null",
+                            "-T",
+                            str(big),
+                            f"{base}/api/v1/files/stream/",
+                        ],
                         check=True,
                     )
                     result["seconds"] = time.perf_counter() - start
@@ -91,8 +110,12 @@ def main() -> None:
             server.wait()
 
     print(f"metadata GET, idle server         ({len(idle)} requests): {percentiles(idle)}")
-    print(f"metadata GET, during a {args.size_mib} MiB upload ({len(busy)} requests): {percentiles(busy)}")
-    print(f"upload: {args.size_mib} MiB in {result['seconds']:.2f} s = {args.size_mib * MiB / result['seconds'] / 1e6:.0f} MB/s")
+    print(
+        f"metadata GET, during a {args.size_mib} MiB upload ({len(busy)} requests): {percentiles(busy)}"
+    )
+    print(
+        f"upload: {args.size_mib} MiB in {result['seconds']:.2f} s = {args.size_mib * MiB / result['seconds'] / 1e6:.0f} MB/s"
+    )
 
 
 if __name__ == "__main__":

@@ -92,9 +92,9 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_part_size_bytes: int = Field(
-        default=16 * MiB, ge=5 * MiB, description="Multipart part size (grows for huge objects)."
+        default=8 * MiB, ge=5 * MiB, description="Multipart part size (grows for huge objects)."
     )
-    s3_concurrency: int = Field(default=8, ge=1, description="Parts uploaded at once.")
+    s3_concurrency: int = Field(default=4, ge=1, description="Parts uploaded at once.")
     s3_timeout_s: float = Field(default=300.0, gt=0, description="Per-request timeout.")
 
     @field_validator("public_base_url")

@@ -25,6 +25,9 @@ from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.db.migrations import upgrade
 
+# S3 servers on loopback (moto, s3rver), shared by every test module that asks for them.
+from tests.s3servers import moto_bucket, moto_server, s3rver_bucket, s3rver_server  # noqa: F401
+
 PG_SERVER = os.environ.get("MEDIASVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
