@@ -9,7 +9,7 @@ import anyio
 from fastapi import FastAPI
 
 import mediasvc
-from mediasvc.api import files, health, problems
+from mediasvc.api import files, health, problems, uploads
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
 from mediasvc.services import Services
@@ -38,5 +38,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(uploads.router)
     app.include_router(files.router)
     return app

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mediasvc.auth import ApiKey
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -46,6 +48,34 @@ class Settings(BaseSettings):
         description="More ranges than this in one request get the full file (200).",
     )
     list_default_limit: int = Field(default=50, ge=1, le=1000)
+
+    # --- hostile input ----------------------------------------------------------------------
+    body_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="An upload body that sends nothing this long is dropped."
+    )
+    max_header_bytes: int = Field(
+        default=16 * KiB, ge=1 * KiB, description="All request headers together (431 above)."
+    )
+    multipart_max_parts: int = Field(
+        default=16, ge=1, description="Parts in one multipart upload (400 above)."
+    )
+    multipart_max_part_header_bytes: int = Field(
+        default=8 * KiB, ge=256, description="Headers of one multipart part (400 above)."
+    )
+
+    # --- access control (all off by default) ----------------------------------------------
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='JSON list of {"name", "sha256", "admin"}; when set, upload and list need '
+        "Authorization: Bearer <key> (`mediasvc hash-key KEY` prints the sha256).",
+    )
+    require_signed_downloads: bool = Field(
+        default=False, description="Downloads need a link from GET /api/v1/files/{uid}/link."
+    )
+    signing_secret: SecretStr | None = Field(
+        default=None, description="HMAC key of signed links; the same on every node."
+    )
+    max_link_expires_s: int = Field(default=7 * 86400, ge=1)
 
     # --- jobs -----------------------------------------------------------------------------
     redis_url: str | None = Field(
@@ -101,6 +131,14 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _signing_needs_a_secret(self) -> Settings:
+        if self.require_signed_downloads and self.signing_secret is None:
+            raise ValueError("require_signed_downloads needs MEDIASVC_SIGNING_SECRET")
+        if self.disk_low_watermark > self.disk_high_watermark:
+            raise ValueError("disk_low_watermark must not exceed disk_high_watermark")
+        return self
 
     @property
     def is_sqlite(self) -> bool:

@@ -7,11 +7,14 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     ├── BadRequest (400)
     │   ├── MalformedMultipart
     │   └── MalformedRange
-    ├── NotFound (404)
+    ├── Unauthorized (401)
     ├── Forbidden (403)
+    ├── NotFound (404)
+    ├── RequestTimeout (408)
     ├── Gone (410)
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
+    ├── HeadersTooLarge (431)
     ├── RangeNotSatisfiable (416)
     ├── PreconditionFailed (412)
     ├── InvalidInput (422)
@@ -56,6 +59,15 @@ class MalformedRange(BadRequest):
     slug = "malformed-range"
 
 
+class Unauthorized(MediaServiceError):
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="mediasvc"'})
+
+
 class Forbidden(MediaServiceError):
     status = 403
     title = "Forbidden"
@@ -66,6 +78,12 @@ class NotFound(MediaServiceError):
     status = 404
     title = "Not Found"
     slug = "not-found"
+
+
+class RequestTimeout(MediaServiceError):
+    status = 408
+    title = "Request Timeout"
+    slug = "request-timeout"
 
 
 class Gone(MediaServiceError):
@@ -90,6 +108,12 @@ class UnsupportedMediaType(MediaServiceError):
     status = 415
     title = "Unsupported Media Type"
     slug = "unsupported-media-type"
+
+
+class HeadersTooLarge(MediaServiceError):
+    status = 431
+    title = "Request Header Fields Too Large"
+    slug = "headers-too-large"
 
 
 class RangeNotSatisfiable(MediaServiceError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mediasvc.auth import KeyRing
 from mediasvc.config import Settings
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
@@ -22,6 +23,7 @@ class Services:
     cloud: CloudStore
     queue: JobQueue
     ingestor: Ingestor
+    keyring: KeyRing
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -40,6 +42,7 @@ class Services:
             cloud=jobs.cloud,
             queue=queue,
             ingestor=Ingestor(settings, jobs.store, jobs.db, after_commit=enqueue_push),
+            keyring=KeyRing(settings.api_keys),
         )
 
     @property

@@ -1,14 +1,11 @@
-"""The files API: upload (raw and multipart), download with Range, metadata, list, delete.
-
-Upload endpoints declare no body parameter: FastAPI would buffer it. They read
-``request.stream()`` through the ingest pipeline and describe their body in ``openapi_extra``.
-"""
+"""Files API: list, metadata, download (Range, conditionals, budget, cloud fallback), delete."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -18,10 +15,11 @@ from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from mediasvc.api.schemas import FileList, FileMetadata, UploadedFile
+from mediasvc.api.common import Caller, base_url_of, services_of
+from mediasvc.api.schemas import FileList, FileMetadata, SignedLink
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
-from mediasvc.delivery import conditional
+from mediasvc.delivery import conditional, signing
 from mediasvc.delivery.budget import (
     budget_bytes,
     is_exhausted,
@@ -41,183 +39,25 @@ from mediasvc.errors import (
 )
 from mediasvc.ids import is_valid_uid, token_matches
 from mediasvc.ingest.checksum import repr_digest_header
-from mediasvc.ingest.pipeline import StoredUpload, UploadOptions
 from mediasvc.jobs.cleanup import purge
 from mediasvc.services import Services
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 
-MAX_DOWNLOADS_LIMIT = 1_000_000
-MAX_EXPIRES_IN_S = 315_360_000  # ten years
 CACHE_PRIVATE_DAY = "private, max-age=86400"
 CACHE_NO_STORE = "private, no-store"
 LAST_ACCESS_RESOLUTION = timedelta(minutes=1)
-
-MaxDownloads = Annotated[
-    int | None,
-    Query(ge=1, le=MAX_DOWNLOADS_LIMIT, description="Download budget: this many full downloads"),
-]
-ExpiresIn = Annotated[
-    int | None, Query(ge=1, le=MAX_EXPIRES_IN_S, description="Seconds until the file expires")
-]
-
-_UPLOAD_HEADERS: list[dict[str, Any]] = [
-    {
-        "name": "X-Checksum-Sha256",
-        "in": "header",
-        "required": False,
-        "description": "SHA-256 of the file, hex; a mismatch is 422 and nothing is kept",
-        "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-    },
-    {
-        "name": "Repr-Digest",
-        "in": "header",
-        "required": False,
-        "description": "RFC 9530 digest, e.g. sha-256=:base64:",
-        "schema": {"type": "string"},
-    },
-]
-_RAW_UPLOAD_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "The file's bytes, as they are (chunked or with Content-Length)",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    },
-    "parameters": [
-        {
-            "name": "X-Filename",
-            "in": "header",
-            "required": False,
-            "description": "Original file name, percent-encoded UTF-8",
-            "schema": {"type": "string"},
-        },
-        {
-            "name": "Content-Disposition",
-            "in": "header",
-            "required": False,
-            "description": "Original file name as filename* (RFC 8187) or filename",
-            "schema": {"type": "string"},
-        },
-        {
-            "name": "filename",
-            "in": "query",
-            "required": False,
-            "description": "Original file name",
-            "schema": {"type": "string"},
-        },
-        *_UPLOAD_HEADERS,
-    ],
-}
-_MULTIPART_UPLOAD_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            }
-        },
-    },
-    "parameters": _UPLOAD_HEADERS,
-}
-
-
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-def _base_url(request: Request) -> str:
-    configured = _services(request).settings.public_base_url
-    return configured or str(request.base_url).rstrip("/")
-
-
-def _created(request: Request, stored: StoredUpload) -> Response:
-    body = UploadedFile(
-        **FileMetadata.from_record(stored.record, base_url=_base_url(request)).model_dump(),
-        delete_token=stored.delete_token,
-    )
-    return Response(
-        body.model_dump_json(),
-        status_code=201,
-        media_type="application/json",
-        headers={"Location": f"/api/v1/files/{stored.record.uid}"},
-    )
-
-
-@router.post(
-    "/files/stream",
-    status_code=201,
-    response_model=UploadedFile,
-    openapi_extra=_RAW_UPLOAD_OPENAPI,
-    summary="Upload a file as the raw request body",
-)
-async def upload_raw(
-    request: Request, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
-) -> Response:
-    options = UploadOptions(max_downloads=max_downloads, expires_in_s=expires_in)
-    stored = await _services(request).ingestor.ingest_raw(request, path_name=None, options=options)
-    return _created(request, stored)
-
-
-@router.put(
-    "/files/stream",
-    status_code=201,
-    response_model=UploadedFile,
-    openapi_extra=_RAW_UPLOAD_OPENAPI,
-    summary="Upload a file as the raw request body (curl -T)",
-)
-async def upload_raw_put(
-    request: Request, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
-) -> Response:
-    return await upload_raw(request, max_downloads, expires_in)
-
-
-@router.put(
-    "/files/stream/{filename}",
-    status_code=201,
-    response_model=UploadedFile,
-    openapi_extra=_RAW_UPLOAD_OPENAPI,
-    summary="Upload a file as the raw request body, named by the path (curl -T f URL/)",
-)
-async def upload_raw_named(
-    request: Request,
-    filename: str,
-    max_downloads: MaxDownloads = None,
-    expires_in: ExpiresIn = None,
-) -> Response:
-    options = UploadOptions(max_downloads=max_downloads, expires_in_s=expires_in)
-    ingestor = _services(request).ingestor
-    stored = await ingestor.ingest_raw(request, path_name=filename, options=options)
-    return _created(request, stored)
-
-
-@router.post(
-    "/files",
-    status_code=201,
-    response_model=UploadedFile,
-    openapi_extra=_MULTIPART_UPLOAD_OPENAPI,
-    summary="Upload a file as the multipart/form-data part named 'file'",
-)
-async def upload_multipart(
-    request: Request, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
-) -> Response:
-    options = UploadOptions(max_downloads=max_downloads, expires_in_s=expires_in)
-    stored = await _services(request).ingestor.ingest_multipart(request, options=options)
-    return _created(request, stored)
 
 
 @router.get("/files", response_model=FileList, summary="Live files, newest first")
 async def list_files(
     request: Request,
+    caller: Caller,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FileList:
-    services = _services(request)
+    services = services_of(request)
     page_size = limit or services.settings.list_default_limit
     async with services.db.session() as session:
         records = await repository.list_live(
@@ -225,9 +65,11 @@ async def list_files(
             limit=page_size + 1,
             after=_decode_cursor(cursor) if cursor else None,
             now=datetime.now(UTC),
+            # A key sees its own files; an admin key, and everyone when keys are off, sees all.
+            owner=caller.name if caller and not caller.admin else None,
         )
     page = records[:page_size]
-    base_url = _base_url(request)
+    base_url = base_url_of(request)
     return FileList(
         items=[FileMetadata.from_record(record, base_url=base_url) for record in page],
         next_cursor=_encode_cursor(page[-1]) if len(records) > page_size else None,
@@ -237,7 +79,7 @@ async def list_files(
 @router.get("/files/{uid}/metadata", response_model=FileMetadata, summary="A file's metadata")
 async def file_metadata(request: Request, uid: str) -> FileMetadata:
     record = await _live_record(request, uid)
-    return FileMetadata.from_record(record, base_url=_base_url(request))
+    return FileMetadata.from_record(record, base_url=base_url_of(request))
 
 
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -268,7 +110,10 @@ async def download(
     uid: str,
     inline: Annotated[bool, Query(description="Content-Disposition: inline")] = False,
 ) -> Response:
-    services = _services(request)
+    services = services_of(request)
+    secret = services.settings.signing_secret
+    if services.settings.require_signed_downloads and secret is not None:
+        signing.verify(secret.get_secret_value(), uid, request.query_params)
     record = await _live_record(request, uid)
     budget = budget_bytes(record)
     if budget is not None and is_prefetch(request.headers):
@@ -358,16 +203,50 @@ async def delete_file(
     uid: str,
     x_delete_token: Annotated[str | None, Header(description="Token from the upload")] = None,
 ) -> Response:
-    services = _services(request)
+    services = services_of(request)
     record = await _live_record(request, uid)
-    if x_delete_token is None or not token_matches(x_delete_token, record.delete_token_hash):
-        raise Forbidden("a valid X-Delete-Token is required to delete this file")
+    if x_delete_token is not None:
+        if not token_matches(x_delete_token, record.delete_token_hash):
+            raise Forbidden("the X-Delete-Token does not match this file")
+    elif "authorization" in request.headers and services.keyring.enabled:
+        caller = services.keyring.identify(request.headers)
+        if caller is None or not caller.admin:
+            raise Forbidden("only an admin key deletes without the file's X-Delete-Token")
+    else:
+        raise Forbidden("deleting a file needs its X-Delete-Token (or an admin API key)")
     async with services.db.session() as session:
         if not await repository.mark_gone(session, uid, GoneReason.DELETED, datetime.now(UTC)):
             raise Gone("the file was deleted")
     # Local and cloud copies go now; if the store is down, the cleanup cron finishes the job.
     await purge(services.jobs, record)
     return Response(status_code=204)
+
+
+@router.get("/files/{uid}/link", response_model=SignedLink, summary="A signed download link")
+async def signed_link(
+    request: Request,
+    uid: str,
+    caller: Caller,
+    expires_in: Annotated[int, Query(ge=1, description="Seconds the link stays valid")] = 3600,
+    inline: Annotated[bool, Query(description="Link for inline display")] = False,
+) -> SignedLink:
+    services = services_of(request)
+    secret = services.settings.signing_secret
+    if secret is None:
+        raise NotFound("signed links are not configured (MEDIASVC_SIGNING_SECRET)")
+    if expires_in > services.settings.max_link_expires_s:
+        raise InvalidInput(f"expires_in may be at most {services.settings.max_link_expires_s} s")
+    record = await _live_record(request, uid)
+    if caller is not None and not caller.admin and record.owner != caller.name:
+        raise Forbidden("this file belongs to another key")
+    expires_at = int(time.time()) + expires_in
+    query = signing.signed_query(
+        secret.get_secret_value(), uid, expires_at_s=expires_at, inline=inline
+    )
+    return SignedLink(
+        url=f"{base_url_of(request)}/api/v1/files/{uid}?{query}",
+        expires_at=datetime.fromtimestamp(expires_at, UTC),
+    )
 
 
 async def _touch(services: Services, record: FileRecord) -> None:
@@ -382,7 +261,7 @@ async def _touch(services: Services, record: FileRecord) -> None:
 async def _live_record(request: Request, uid: str) -> FileRecord:
     if not is_valid_uid(uid):
         raise NotFound("no file has this UID")
-    async with _services(request).db.session() as session:
+    async with services_of(request).db.session() as session:
         record = await repository.get(session, uid)
     if record is None:
         raise NotFound("no file has this UID")

@@ -56,3 +56,8 @@ class UploadedFile(FileMetadata):
 class FileList(BaseModel):
     items: list[FileMetadata]
     next_cursor: str | None
+
+
+class SignedLink(BaseModel):
+    url: str
+    expires_at: datetime

@@ -83,9 +83,26 @@ def worker_settings(settings: Settings) -> type:
             timeout=settings.push_timeout_s,
         )
     ]
+    # arq keeps every job's in-progress key for the longest timeout of ANY function + 10 s, cron
+    # jobs included; a job of a killed worker runs again only once that key expires (and
+    # reconcile cannot enqueue it meanwhile: its job key still exists). Cron timeouts above
+    # push_timeout_s would hold a killed push back that long (1 h with the old fixed 3600 s
+    # here, whatever push_timeout_s said), so they are capped at the push timeout.
+    cleanup_timeout_s = min(3600, settings.push_timeout_s)
+    reconcile_timeout_s = min(600, settings.push_timeout_s)
     cron_jobs: list[CronJob] = [
-        cron(cleanup_job, name="cleanup", timeout=3600, **schedule(settings.cleanup_every_s)),
-        cron(reconcile_job, name="reconcile", timeout=600, **schedule(settings.reconcile_every_s)),
+        cron(
+            cleanup_job,
+            name="cleanup",
+            timeout=cleanup_timeout_s,
+            **schedule(settings.cleanup_every_s),
+        ),
+        cron(
+            reconcile_job,
+            name="reconcile",
+            timeout=reconcile_timeout_s,
+            **schedule(settings.reconcile_every_s),
+        ),
     ]
     return type(
         "WorkerSettings",

@@ -1,0 +1,187 @@
+"""Upload routes: raw bodies (``--data-binary``, ``-T``) and multipart forms.
+
+They declare no body parameter (FastAPI would buffer it): they read ``request.stream()``
+through the ingest pipeline and describe their body in ``openapi_extra``. The API key is
+checked by a dependency, before any body byte is read.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from mediasvc.api.common import Caller, base_url_of, services_of
+from mediasvc.api.schemas import FileMetadata, UploadedFile
+from mediasvc.ingest.pipeline import StoredUpload, UploadOptions
+
+router = APIRouter(prefix="/api/v1")
+
+MAX_DOWNLOADS_LIMIT = 1_000_000
+MAX_EXPIRES_IN_S = 315_360_000  # ten years
+
+MaxDownloads = Annotated[
+    int | None,
+    Query(ge=1, le=MAX_DOWNLOADS_LIMIT, description="Download budget: this many full downloads"),
+]
+ExpiresIn = Annotated[
+    int | None, Query(ge=1, le=MAX_EXPIRES_IN_S, description="Seconds until the file expires")
+]
+
+_UPLOAD_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "X-Checksum-Sha256",
+        "in": "header",
+        "required": False,
+        "description": "SHA-256 of the file, hex; a mismatch is 422 and nothing is kept",
+        "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+    },
+    {
+        "name": "Repr-Digest",
+        "in": "header",
+        "required": False,
+        "description": "RFC 9530 digest, e.g. sha-256=:base64:",
+        "schema": {"type": "string"},
+    },
+]
+_RAW_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The file's bytes, as they are (chunked or with Content-Length)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    "parameters": [
+        {
+            "name": "X-Filename",
+            "in": "header",
+            "required": False,
+            "description": "Original file name, percent-encoded UTF-8",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "Content-Disposition",
+            "in": "header",
+            "required": False,
+            "description": "Original file name as filename* (RFC 8187) or filename",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "filename",
+            "in": "query",
+            "required": False,
+            "description": "Original file name",
+            "schema": {"type": "string"},
+        },
+        *_UPLOAD_HEADERS,
+    ],
+}
+_MULTIPART_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    },
+    "parameters": _UPLOAD_HEADERS,
+}
+
+
+def _options(caller: Caller, max_downloads: int | None, expires_in: int | None) -> UploadOptions:
+    return UploadOptions(
+        max_downloads=max_downloads,
+        expires_in_s=expires_in,
+        owner=caller.name if caller else None,
+    )
+
+
+def _created(request: Request, stored: StoredUpload) -> Response:
+    body = UploadedFile(
+        **FileMetadata.from_record(stored.record, base_url=base_url_of(request)).model_dump(),
+        delete_token=stored.delete_token,
+    )
+    return Response(
+        body.model_dump_json(),
+        status_code=201,
+        media_type="application/json",
+        headers={"Location": f"/api/v1/files/{stored.record.uid}"},
+    )
+
+
+@router.post(
+    "/files/stream",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body",
+)
+async def upload_raw(
+    request: Request,
+    caller: Caller,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
+) -> Response:
+    options = _options(caller, max_downloads, expires_in)
+    ingestor = services_of(request).ingestor
+    stored = await ingestor.ingest_raw(request, path_name=None, options=options)
+    return _created(request, stored)
+
+
+@router.put(
+    "/files/stream",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body (curl -T)",
+)
+async def upload_raw_put(
+    request: Request,
+    caller: Caller,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
+) -> Response:
+    return await upload_raw(request, caller, max_downloads, expires_in)
+
+
+@router.put(
+    "/files/stream/{filename}",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body, named by the path (curl -T f URL/)",
+)
+async def upload_raw_named(
+    request: Request,
+    filename: str,
+    caller: Caller,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
+) -> Response:
+    options = _options(caller, max_downloads, expires_in)
+    ingestor = services_of(request).ingestor
+    stored = await ingestor.ingest_raw(request, path_name=filename, options=options)
+    return _created(request, stored)
+
+
+@router.post(
+    "/files",
+    status_code=201,
+    response_model=UploadedFile,
+    openapi_extra=_MULTIPART_UPLOAD_OPENAPI,
+    summary="Upload a file as the multipart/form-data part named 'file'",
+)
+async def upload_multipart(
+    request: Request,
+    caller: Caller,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
+) -> Response:
+    options = _options(caller, max_downloads, expires_in)
+    stored = await services_of(request).ingestor.ingest_multipart(request, options=options)
+    return _created(request, stored)
