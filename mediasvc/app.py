@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import mediasvc
 from mediasvc.api import files, health, problems, uploads
+from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
 from mediasvc.services import Services
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(HeaderLimitMiddleware, max_header_bytes=settings.max_header_bytes)
     app.include_router(health.router)
     app.include_router(uploads.router)
     app.include_router(files.router)

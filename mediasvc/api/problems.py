@@ -35,10 +35,7 @@ def problem_response(
     )
 
 
-async def _domain_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, MediaServiceError)
-    if exc.status >= 500:
-        logger.warning("%s: %s", type(exc).__name__, exc.detail, exc_info=exc.__cause__)
+def problem_for(exc: MediaServiceError) -> Response:
     return problem_response(
         status=exc.status,
         title=exc.title,
@@ -46,6 +43,13 @@ async def _domain_error(_request: Request, exc: Exception) -> Response:
         type_uri=exc.type_uri,
         headers=exc.headers,
     )
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MediaServiceError)
+    if exc.status >= 500:
+        logger.warning("%s: %s", type(exc).__name__, exc.detail, exc_info=exc.__cause__)
+    return problem_for(exc)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:

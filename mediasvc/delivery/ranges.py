@@ -11,6 +11,7 @@ The same ranges drive the cloud-backed response, so both paths agree.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,9 @@ from starlette.responses import FileResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from mediasvc.errors import MalformedRange, RangeNotSatisfiable
+
+MAX_OVERLAPPING_RANGES = 2
+MAX_UNORDERED_RANGES = 10
 
 
 def parse_range(header: str, size: int, *, max_ranges: int) -> list[tuple[int, int]]:
@@ -40,17 +44,38 @@ def parse_range(header: str, size: int, *, max_ranges: int) -> list[tuple[int, i
     if any(start >= end for start, end in ranges if start < size):
         raise MalformedRange("a byte range ends before it starts")
     # RFC 9110 §15.5.17: 416 only when no range is satisfiable; Starlette refuses if any is not.
-    satisfiable = sorted((start, end) for start, end in ranges if start < size)
-    if not satisfiable:
+    requested = [(start, end) for start, end in ranges if start < size]
+    if not requested:
         raise RangeNotSatisfiable(size)
+    if _is_pathological(requested, size):
+        return []
+    satisfiable = sorted(requested)
     merged = [satisfiable[0]]
     for start, end in satisfiable[1:]:
         last_start, last_end = merged[-1]
-        if start <= last_end:
+        if start <= last_end:  # overlapping or adjacent: one part
             merged[-1] = (last_start, max(last_end, end))
         else:
             merged.append((start, end))
     return merged
+
+
+def _is_pathological(requested: list[tuple[int, int]], size: int) -> bool:
+    """RFC 9110 §14.2 range sets a server may ignore, which we answer with the whole file.
+
+    More than two overlapping ranges; more bytes asked than the file has (each overlap costs a
+    re-read); many small ranges out of ascending order (each costs a seek). The whole file is
+    then the cheapest correct answer: one sequential read, no multipart framing.
+    """
+    if len(requested) < 2:
+        return False
+    if sum(end - start for start, end in requested) > size:
+        return True
+    ordered = sorted(requested)
+    overlaps = sum(1 for (_, end), (start, _) in itertools.pairwise(ordered) if start < end)
+    if overlaps > MAX_OVERLAPPING_RANGES:
+        return True
+    return len(requested) > MAX_UNORDERED_RANGES and requested != ordered
 
 
 # Gives back bytes a download reserved but did not send (the client went away).

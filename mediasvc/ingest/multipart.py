@@ -40,10 +40,63 @@ class _FilePartTarget(BaseTarget):  # type: ignore[misc]
         self.finished = True
 
 
+class _PartLimits:
+    """Counts parts and measures each part's header block, in one forward scan of the body.
+
+    streaming-form-data bounds neither: without this, a body of a million empty parts, or one
+    part whose headers never end, would be parsed (and its headers buffered) to the end.
+    """
+
+    def __init__(self, boundary: bytes, *, max_parts: int, max_header_bytes: int) -> None:
+        self._opening = b"\r\n--" + boundary + b"\r\n"
+        self._max_parts = max_parts
+        self._max_header_bytes = max_header_bytes
+        self._parts = 0
+        self._header_bytes: int | None = None  # inside a part's headers: how many so far
+        # The body's first delimiter has no CRLF before it: pretend there was one.
+        self._tail = b"\r\n"
+
+    def scan(self, data: bytes) -> None:
+        position = 0
+        while position < len(data):
+            if self._header_bytes is None:
+                window = self._tail + data[position:]
+                at = window.find(self._opening)
+                if at < 0:
+                    self._tail = window[-(len(self._opening) - 1) :]
+                    return
+                position += at + len(self._opening) - len(self._tail)
+                self._parts += 1
+                if self._parts > self._max_parts:
+                    raise MalformedMultipart(f"the body has more than {self._max_parts} parts")
+                self._header_bytes, self._tail = 0, b""
+            else:
+                window = self._tail + data[position:]
+                at = window.find(b"\r\n\r\n")
+                taken = len(data) - position if at < 0 else at + 4 - len(self._tail)
+                self._header_bytes += taken
+                if self._header_bytes > self._max_header_bytes:
+                    raise MalformedMultipart(
+                        f"a part's headers exceed {self._max_header_bytes} bytes"
+                    )
+                if at < 0:
+                    self._tail = window[-3:]
+                    return
+                position += taken
+                self._header_bytes, self._tail = None, b""
+
+
 class MultipartFileReader:
     """Feeds body batches to the parser; the part named ``file`` goes to ``blob``."""
 
-    def __init__(self, headers: Mapping[str, str], blob: BlobFile) -> None:
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        blob: BlobFile,
+        *,
+        max_parts: int,
+        max_part_header_bytes: int,
+    ) -> None:
         try:
             boundary = parse_content_boundary(headers)
             self._parser = StreamingFormDataParser(headers)
@@ -53,6 +106,9 @@ class MultipartFileReader:
         self._ender = b"\r\n--" + boundary + b"--"
         self._tail = b""
         self._ended = False
+        self._limits = _PartLimits(
+            boundary, max_parts=max_parts, max_header_bytes=max_part_header_bytes
+        )
         self._target = _FilePartTarget(blob)
         self._parser.register(FILE_FIELD, self._target)
 
@@ -67,6 +123,7 @@ class MultipartFileReader:
             # delivers nor finishes the last part when an epilogue follows in the same chunk.
             self._ended = True
             data = data[:end]
+        self._limits.scan(data)
         try:
             self._parser.data_received(data)
         except ParseFailedException as exc:

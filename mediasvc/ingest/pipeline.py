@@ -17,7 +17,7 @@ from mediasvc.config import Settings
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord
 from mediasvc.db.session import Database
-from mediasvc.errors import PayloadTooLarge, UnsupportedMediaType
+from mediasvc.errors import PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from mediasvc.ids import hash_token, new_delete_token, new_uid
 from mediasvc.ingest import checksum
 from mediasvc.ingest.blob import BlobFile, WrittenBlob
@@ -96,7 +96,12 @@ class Ingestor:
         self._check_declared_length(request, allowance_bytes=MULTIPART_FRAMING_ALLOWANCE_BYTES)
 
         async def receive(blob: BlobFile) -> _Received:
-            reader = MultipartFileReader(request.headers, blob)
+            reader = MultipartFileReader(
+                request.headers,
+                blob,
+                max_parts=self._settings.multipart_max_parts,
+                max_part_header_bytes=self._settings.multipart_max_part_header_bytes,
+            )
             await self._pump(request, reader.process)
             reader.check_complete()
             written = await anyio.to_thread.run_sync(blob.finish)
@@ -107,8 +112,19 @@ class Ingestor:
     async def _pump(self, request: Request, process: Callable[[memoryview], None]) -> None:
         """Stream the body through ``process`` in a worker thread, one batch at a time."""
         feeder = BatchingFeeder(process, batch_bytes=self._settings.io_chunk_size_bytes)
+        idle_timeout_s = self._settings.body_idle_timeout_s
+        body = aiter(request.stream())
         try:
-            async for chunk in request.stream():
+            while True:
+                # A client that stops sending holds a connection, a task and a .part file:
+                # a body idle for longer than the timeout is dropped (408) and cleaned up.
+                with anyio.move_on_after(idle_timeout_s) as idle:
+                    try:
+                        chunk = await anext(body)
+                    except StopAsyncIteration:
+                        break
+                if idle.cancelled_caught:
+                    raise RequestTimeout(f"the body sent nothing for {idle_timeout_s:g} s")
                 await feeder.feed(chunk)
             await feeder.close()
         finally:
