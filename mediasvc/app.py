@@ -9,10 +9,11 @@ import anyio
 from fastapi import FastAPI
 
 import mediasvc
-from mediasvc.api import files, health, problems, uploads
+from mediasvc.api import files, health, metrics, problems, uploads
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
+from mediasvc.observability import Metrics, ObservabilityMiddleware
 from mediasvc.services import Services
 
 
@@ -38,8 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.state.metrics = Metrics()
     app.add_middleware(HeaderLimitMiddleware, max_header_bytes=settings.max_header_bytes)
+    # Outermost, so every response (a 431 included) carries X-Request-ID and is logged.
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(uploads.router)
     app.include_router(files.router)
     return app

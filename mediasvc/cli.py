@@ -1,10 +1,11 @@
-"""``mediasvc serve | worker | migrate``."""
+"""``mediasvc serve | worker | migrate | upload | download | hash-key``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 # glibc's malloc hands body-sized buffers back to the kernel and faults them in again for every
 # chunk; these thresholds keep them in the heap (FIELD-NOTES: ~1.4 M page faults per 4 GiB upload
@@ -18,8 +19,15 @@ def _serve(args: argparse.Namespace) -> None:
         os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
         os.execv(sys.executable, [sys.executable, "-m", "mediasvc", *sys.argv[1:]])
 
+    import tempfile
+
     import uvicorn
 
+    from mediasvc.observability import log_config
+
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each uvicorn worker keeps its own counters; in this directory /metrics merges them.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mediasvc-metrics-")
     uvicorn.run(
         "mediasvc.app:create_app",
         factory=True,
@@ -30,8 +38,12 @@ def _serve(args: argparse.Namespace) -> None:
         loop="uvloop",
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        # On SIGTERM uvicorn stops accepting, lets in-flight requests (uploads) finish for
+        # up to this long, then cancels what is left (whose cleanup removes its .part file).
         timeout_graceful_shutdown=args.graceful_shutdown_s,
         log_level=args.log_level,
+        log_config=log_config(args.log_level),
+        access_log=False,  # ObservabilityMiddleware writes the access log, with request ids
     )
 
 
@@ -45,6 +57,41 @@ def _worker(args: argparse.Namespace) -> None:
     if args.check:
         raise SystemExit(check_health(settings_cls))
     run_worker(settings_cls)
+
+
+def _upload(args: argparse.Namespace) -> None:
+    from mediasvc.client import ClientError, upload
+
+    try:
+        uploaded = upload(
+            args.file,
+            url=args.url,
+            api_key=args.api_key,
+            max_downloads=args.max_downloads,
+            expires_in_s=args.expires_in,
+        )
+    except (ClientError, OSError) as exc:
+        raise SystemExit(f"upload failed: {exc}") from exc
+    print(f"uid:          {uploaded.uid}")
+    print(f"download_url: {uploaded.download_url}")
+    print(f"sha256:       {uploaded.sha256} (verified)")
+    print(f"delete_token: {uploaded.delete_token}")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from mediasvc.client import ClientError, download
+
+    try:
+        path = download(args.uid, args.output, url=args.url, api_key=args.api_key)
+    except (ClientError, OSError) as exc:
+        raise SystemExit(f"download failed: {exc}") from exc
+    print(f"{path} (sha256 verified)")
+
+
+def _hash_key(args: argparse.Namespace) -> None:
+    from mediasvc.auth import hash_key
+
+    print(hash_key(args.key))
 
 
 def _migrate(_args: argparse.Namespace) -> None:
@@ -65,7 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--forwarded-allow-ips", default="127.0.0.1")
-    serve.add_argument("--graceful-shutdown-s", type=int, default=30)
+    serve.add_argument(
+        "--graceful-shutdown-s",
+        type=int,
+        default=int(os.environ.get("MEDIASVC_GRACEFUL_SHUTDOWN_S", "30")),
+        help="how long in-flight requests may finish after SIGTERM",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument(
         "--no-malloc-tuning", action="store_true", help="don't set GLIBC_TUNABLES (see cli.py)"
@@ -78,6 +130,27 @@ def main(argv: list[str] | None = None) -> None:
 
     migrate = commands.add_parser("migrate", help="bring the database schema to the latest")
     migrate.set_defaults(handler=_migrate)
+
+    default_url = os.environ.get("MEDIASVC_URL", "http://127.0.0.1:8000")
+    default_key = os.environ.get("MEDIASVC_API_KEY")
+    up = commands.add_parser("upload", help="upload a file, streamed, with a progress bar")
+    up.add_argument("file", type=Path)
+    up.add_argument("--url", default=default_url, help="the service (env MEDIASVC_URL)")
+    up.add_argument("--api-key", default=default_key, help="env MEDIASVC_API_KEY")
+    up.add_argument("--max-downloads", type=int)
+    up.add_argument("--expires-in", type=int, metavar="SECONDS")
+    up.set_defaults(handler=_upload)
+
+    down = commands.add_parser("download", help="download a file; resumes a partial one")
+    down.add_argument("uid")
+    down.add_argument("-o", "--output", type=Path, help="default: the original name")
+    down.add_argument("--url", default=default_url, help="the service (env MEDIASVC_URL)")
+    down.add_argument("--api-key", default=default_key, help="env MEDIASVC_API_KEY")
+    down.set_defaults(handler=_download)
+
+    hashed = commands.add_parser("hash-key", help="print the sha256 to configure an API key")
+    hashed.add_argument("key")
+    hashed.set_defaults(handler=_hash_key)
 
     args = parser.parse_args(argv)
     args.handler(args)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import default_queue_name
 from redis.exceptions import RedisError
 
 from mediasvc.jobs.cleanup import cleanup
@@ -32,6 +33,10 @@ def push_job_id(uid: str) -> str:
 class JobQueue(Protocol):
     async def enqueue_push(self, uid: str) -> bool:
         """True if a push job was queued (False: one is already queued, or the queue is down)."""
+        ...
+
+    async def depth(self) -> int:
+        """Jobs waiting (for /metrics); 0 when it cannot tell."""
         ...
 
     async def start(self) -> None: ...
@@ -71,6 +76,12 @@ class ArqQueue:
             logger.warning("could not enqueue the push of %s (the reconciler will): %s", uid, exc)
             return False
 
+    async def depth(self) -> int:
+        try:
+            return int(await (await self._pool()).zcard(default_queue_name))
+        except (TimeoutError, RedisError, OSError):
+            return 0
+
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
@@ -97,6 +108,9 @@ class InProcessQueue:
             return False
         self._pushing[uid] = asyncio.create_task(self._push(uid))
         return True
+
+    async def depth(self) -> int:
+        return len(self._pushing)
 
     async def _push(self, uid: str) -> None:
         try:

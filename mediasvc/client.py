@@ -1,0 +1,152 @@
+"""The command line's HTTP client: streamed upload and resumable download, with progress bars.
+
+Both stream in 1 MiB chunks (constant memory, any file size) and check the SHA-256 end to end:
+the upload against what the server computed, the download against the ETag (the sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from tqdm import tqdm
+
+CHUNK_BYTES = 1024 * 1024
+DEFAULT_URL = "http://127.0.0.1:8000"
+# Connecting should be quick; a multi-GB body legitimately takes long between reads and writes.
+TIMEOUT = httpx.Timeout(30.0, read=600.0, write=600.0)
+
+
+class ClientError(Exception):
+    """Something the user should read: a refused request, a checksum that does not match."""
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    uid: str
+    download_url: str
+    sha256: str
+    delete_token: str
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        problem = response.json()
+        detail = f"{problem.get('title')}: {problem.get('detail')}"
+    except ValueError:
+        detail = response.text[:200]
+    raise ClientError(f"{response.status_code} {detail}")
+
+
+def upload(
+    path: Path,
+    *,
+    url: str = DEFAULT_URL,
+    api_key: str | None = None,
+    max_downloads: int | None = None,
+    expires_in_s: int | None = None,
+    progress: bool = True,
+) -> Uploaded:
+    """PUT the file as a raw body, streamed, and verify the server's sha256 against ours."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    params: dict[str, int] = {}
+    if max_downloads is not None:
+        params["max_downloads"] = max_downloads
+    if expires_in_s is not None:
+        params["expires_in"] = expires_in_s
+
+    def body(bar: tqdm[Any]) -> Iterator[bytes]:
+        with path.open("rb") as source:
+            while chunk := source.read(CHUNK_BYTES):
+                digest.update(chunk)
+                bar.update(len(chunk))
+                yield chunk
+
+    target = f"{url.rstrip('/')}/api/v1/files/stream/{quote(path.name, safe='')}"
+    headers = {**_headers(api_key), "Content-Length": str(size)}
+    with (
+        tqdm(total=size, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar,
+        httpx.Client(timeout=TIMEOUT) as http,
+    ):
+        response = http.put(target, content=body(bar), params=params, headers=headers)
+    _raise_for_problem(response)
+    meta = response.json()
+    if meta["sha256"] != digest.hexdigest():
+        raise ClientError(
+            f"the server stored sha256 {meta['sha256']}, the file is {digest.hexdigest()}"
+        )
+    return Uploaded(meta["uid"], meta["download_url"], meta["sha256"], meta["delete_token"])
+
+
+def download(
+    uid: str,
+    output: Path | None = None,
+    *,
+    url: str = DEFAULT_URL,
+    api_key: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """GET the file; resume a partial ``output`` with Range + If-Range; verify the sha256."""
+    file_url = f"{url.rstrip('/')}/api/v1/files/{uid}"
+    with httpx.Client(timeout=TIMEOUT, headers=_headers(api_key)) as http:
+        meta_response = http.get(f"{file_url}/metadata")
+        _raise_for_problem(meta_response)
+        meta = meta_response.json()
+        output = output or Path(_safe_name(meta.get("original_name")) or uid)
+        etag = f'"{meta["sha256"]}"'
+        size = meta["size"]
+        have = output.stat().st_size if output.exists() else 0
+        if have > size:
+            have = 0  # longer than the file: not a partial download of it
+        digest = hashlib.sha256()
+        if have:
+            with output.open("rb") as existing:
+                while chunk := existing.read(CHUNK_BYTES):
+                    digest.update(chunk)
+        if have < size or not have:
+            # If-Range: if the file behind the UID were different, the server sends it whole.
+            headers = {"Range": f"bytes={have}-", "If-Range": etag} if have else {}
+            with http.stream("GET", file_url, headers=headers) as response:
+                _raise_for_problem(response)
+                if response.status_code == 200 and have:
+                    have, digest = 0, hashlib.sha256()  # the server sent it all: start over
+                mode = "ab" if have else "wb"
+                with (
+                    output.open(mode) as sink,
+                    tqdm(
+                        total=size,
+                        initial=have,
+                        unit="B",
+                        unit_scale=True,
+                        desc=output.name,
+                        disable=not progress,
+                    ) as bar,
+                ):
+                    for chunk in response.iter_bytes(CHUNK_BYTES):
+                        sink.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+    if digest.hexdigest() != meta["sha256"]:
+        raise ClientError(f"{output} has sha256 {digest.hexdigest()}, expected {meta['sha256']}")
+    return output
+
+
+def _safe_name(name: str | None) -> str | None:
+    """The original name as a local file name: its last path segment, never a path."""
+    if not name:
+        return None
+    base = os.path.basename(name.replace("\\", "/"))
+    return base if base not in ("", ".", "..") else None

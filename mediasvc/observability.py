@@ -1,0 +1,221 @@
+"""What an operator watches: Prometheus metrics, JSON logs with a request id.
+
+``ObservabilityMiddleware`` is pure ASGI (no BaseHTTPMiddleware around streaming bodies): it
+counts body bytes as they pass, times uploads and downloads, keeps the in-flight gauge, gives
+every request an id (``X-Request-ID``, taken from the client when it is sane) and writes one
+JSON access line per request. Metrics live in a registry per app; with several uvicorn workers
+``mediasvc serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` merges them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+access_logger = logging.getLogger("mediasvc.access")
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_DOWNLOAD_PATH = re.compile(r"^/api/v1/files/[a-z2-7]{26}$")
+_UPLOAD_PATHS = re.compile(r"^/api/v1/files(/stream(/[^/]*)?)?$")
+# Seconds: a metadata read to a multi-GB transfer.
+_DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.bytes_in = Counter("mediasvc_bytes_received", "Upload body bytes received", registry=r)
+        self.bytes_out = Counter("mediasvc_bytes_sent", "Download body bytes sent", registry=r)
+        self.uploads = Counter("mediasvc_uploads", "Uploads by status", ["status"], registry=r)
+        self.downloads = Counter(
+            "mediasvc_downloads", "Downloads by status", ["status"], registry=r
+        )
+        self.upload_seconds = Histogram(
+            "mediasvc_upload_duration_seconds",
+            "Upload duration by status",
+            ["status"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.download_seconds = Histogram(
+            "mediasvc_download_duration_seconds",
+            "Download duration by status",
+            ["status"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.uploads_in_flight = Gauge(
+            "mediasvc_uploads_in_flight",
+            "Uploads being received",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # Read at scrape time from the queue, the database and the disk (see api/metrics.py).
+        self.push_queue_depth = Gauge(
+            "mediasvc_push_queue_depth",
+            "Jobs waiting in the queue",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.push_failed_files = Gauge(
+            "mediasvc_push_failed_files",
+            "Files whose cloud push failed for good",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.disk_bytes = Gauge(
+            "mediasvc_local_disk_bytes",
+            "Media disk usage",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        method, path = scope["method"], scope["path"]
+        kind = _classify(method, path)
+        metrics = self.metrics
+        status = 500
+        sent = 0
+        received = 0
+        started = time.perf_counter()
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request" and kind == "upload":
+                n = len(message.get("body", b""))
+                received += n
+                metrics.bytes_in.inc(n)
+            return message
+
+        async def tagging_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            elif message["type"] == "http.response.body" and kind == "download" and status < 300:
+                n = len(message.get("body", b""))
+                sent += n
+                metrics.bytes_out.inc(n)
+            await send(message)
+
+        if kind == "upload":
+            metrics.uploads_in_flight.inc()
+        try:
+            await self.app(scope, counting_receive, tagging_send)
+        finally:
+            elapsed_s = time.perf_counter() - started
+            if kind == "upload":
+                metrics.uploads_in_flight.dec()
+                metrics.uploads.labels(str(status)).inc()
+                metrics.upload_seconds.labels(str(status)).observe(elapsed_s)
+            elif kind == "download":
+                metrics.downloads.labels(str(status)).inc()
+                metrics.download_seconds.labels(str(status)).observe(elapsed_s)
+            access_logger.info(
+                "%s %s %s",
+                method,
+                path,
+                status,
+                extra={
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(elapsed_s * 1000, 2),
+                    "bytes_in": received,
+                    "bytes_out": sent,
+                },
+            )
+            request_id_var.reset(token)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _SANE_REQUEST_ID.match(candidate) else None
+    return None
+
+
+def _classify(method: str, path: str) -> str | None:
+    if method in ("POST", "PUT") and _UPLOAD_PATHS.match(path):
+        return "upload"
+    if method == "GET" and _DOWNLOAD_PATH.match(path):
+        return "download"
+    return None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, and any extras."""
+
+    # uvicorn adds color_message (ANSI codes) to its records: not for a JSON log.
+    _STANDARD = frozenset({*vars(logging.makeLogRecord({})), "message", "asctime", "color_message"})
+    converter = time.gmtime  # type: ignore[assignment]  # typeshed picks the 0-arg overload
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if (request_id := request_id_var.get()) is not None:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in self._STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's log_config: everything as JSON lines on stderr (uvicorn's own access log off)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {
+            "uvicorn": {"level": level.upper()},
+            "uvicorn.access": {"level": "WARNING"},
+            "alembic": {"level": "WARNING"},  # the start-up schema check is not news
+        },
+    }
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
