@@ -48,3 +48,16 @@ bench-loop: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## Benchmarks: mediasvc against the machine's limits and its peers (nginx, FastAPI, Starlette),
+## one table, results in benchmarks/results/. Installs nginx and the bench extras if missing,
+## starts PostgreSQL/Redis if stopped. `bench`: 4 GiB, 3 rounds (< 30 min); `bench-quick`: 1 GiB,
+## one round (a few minutes).
+.PHONY: bench bench-quick
+bench: $(STAMP) $(S3RVER)
+	$(BIN)/python -c 'import locust, python_multipart' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: $(STAMP) $(S3RVER)
+	$(BIN)/python -c 'import locust, python_multipart' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/run.py --quick

@@ -111,10 +111,12 @@ def main() -> None:
 
     print(f"metadata GET, idle server         ({len(idle)} requests): {percentiles(idle)}")
     print(
-        f"metadata GET, during a {args.size_mib} MiB upload ({len(busy)} requests): {percentiles(busy)}"
+        f"metadata GET, during a {args.size_mib} MiB upload ({len(busy)} requests): "
+        f"{percentiles(busy)}"
     )
     print(
-        f"upload: {args.size_mib} MiB in {result['seconds']:.2f} s = {args.size_mib * MiB / result['seconds'] / 1e6:.0f} MB/s"
+        f"upload: {args.size_mib} MiB in {result['seconds']:.2f} s = "
+        f"{args.size_mib * MiB / result['seconds'] / 1e6:.0f} MB/s"
     )
 
 

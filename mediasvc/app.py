@@ -9,12 +9,13 @@ import anyio
 from fastapi import FastAPI
 
 import mediasvc
-from mediasvc.api import files, health, metrics, problems, uploads
+from mediasvc.api import files, health, metrics, previews, problems, uploads
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
 from mediasvc.observability import Metrics, ObservabilityMiddleware
 from mediasvc.services import Services
+from mediasvc.web import install as install_web_page
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,4 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(uploads.router)
     app.include_router(files.router)
+    app.include_router(previews.router)
+    install_web_page(app)  # `/` and `/static/`: the upload page and player
     return app

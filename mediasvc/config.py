@@ -85,7 +85,11 @@ class Settings(BaseSettings):
     push_max_tries: int = Field(default=8, ge=1, description="Attempts before a push is failed.")
     push_backoff_base_s: float = Field(default=2.0, gt=0, description="First retry delay.")
     push_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")
-    push_timeout_s: int = Field(default=6 * 3600, ge=1, description="arq timeout of one push.")
+    push_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="arq timeout of one push; a killed worker's push runs again after it.",
+    )
     reconcile_every_s: int = Field(default=60, ge=1, description="How often the reconciler runs.")
     reconcile_stale_after_s: int = Field(
         default=600, ge=1, description="A pending/uploading push older than this is re-enqueued."
@@ -108,6 +112,34 @@ class Settings(BaseSettings):
     part_grace_s: int = Field(
         default=86400, ge=60, description="A .part file untouched this long is swept."
     )
+
+    # --- media processing (issue 7) ----------------------------------------------------------
+    ffprobe_path: str = Field(default="ffprobe", description="The ffprobe binary (Debian: ffmpeg).")
+    ffmpeg_path: str = Field(default="ffmpeg", description="The ffmpeg binary (previews, remux).")
+    probe_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="ffprobe, and ffmpeg making a preview, are killed after this.",
+    )
+    probe_max_pixels: int = Field(
+        default=16384 * 16384,
+        ge=1,
+        description="Pictures with more pixels than this fail the probe (decompression bombs).",
+    )
+    media_tool_max_memory_bytes: int = Field(
+        default=2 * GiB,
+        ge=0,
+        description="Address-space limit of each ffprobe/ffmpeg process (via prlimit); 0 = none.",
+    )
+    preview_max_size_px: int = Field(
+        default=640, ge=16, le=4096, description="Previews fit in a square of this many pixels."
+    )
+    remux_faststart: bool = Field(
+        default=False,
+        description="Remux MP4/MOV files whose moov atom comes after mdat into a new file "
+        "(ffmpeg -c copy -movflags +faststart), linked by derived_from.",
+    )
+    remux_timeout_s: int = Field(default=3600, ge=1, description="arq timeout of one remux.")
 
     # --- cloud ----------------------------------------------------------------------------
     cloud_backend: Literal["local", "s3"] = Field(

@@ -33,7 +33,10 @@ class Services:
         )
 
         async def enqueue_push(record: FileRecord) -> None:
-            await queue.enqueue_push(record.uid)
+            # The probe goes beside the push. A fresh upload's push is refused only when the
+            # queue is down: then skip the probe's own wait too; the reconciler enqueues both.
+            if await queue.enqueue_push(record.uid):
+                await queue.enqueue_probe(record.uid)
 
         return cls(
             settings=settings,

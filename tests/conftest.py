@@ -25,6 +25,9 @@ from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.db.migrations import upgrade
 
+# Media made at test time by ffmpeg (tests/test_probe.py, tests/test_previews.py).
+from tests.mediafiles import media_files  # noqa: F401
+
 # S3 servers on loopback (moto, s3rver), shared by every test module that asks for them.
 from tests.s3servers import moto_bucket, moto_server, s3rver_bucket, s3rver_server  # noqa: F401
 

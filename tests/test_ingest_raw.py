@@ -41,6 +41,13 @@ METADATA_FIELDS = {
     "cloud_status",
     "cloud_path",
     "download_url",
+    # The probe job's (issue 7).
+    "probe_status",
+    "probe_error",
+    "media",
+    "preview_url",
+    "derived_from",
+    "faststart_uid",
 }
 
 
@@ -239,6 +246,7 @@ async def test_upload_response_has_every_metadata_field_and_location(
     assert set(stored) == METADATA_FIELDS
     # The cloud push runs in the background and may have moved these on since the 201.
     moving = {"cloud_status", "cloud_path", "local", "delete_token"}
+    moving |= {"probe_status", "probe_error", "media", "preview_url"}  # so does the probe
     assert {k: v for k, v in stored.items() if k not in moving} == {
         k: v for k, v in meta.items() if k not in moving
     }

@@ -8,7 +8,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from mediasvc.api.common import Caller, base_url_of, services_of
 from mediasvc.api.schemas import FileList, FileMetadata, SignedLink
+from mediasvc.api.uploads import problem_responses  # error responses in the OpenAPI schema
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
 from mediasvc.delivery import conditional, signing
@@ -50,12 +51,24 @@ CACHE_NO_STORE = "private, no-store"
 LAST_ACCESS_RESOLUTION = timedelta(minutes=1)
 
 
-@router.get("/files", response_model=FileList, summary="Live files, newest first")
+@router.get(
+    "/files",
+    response_model=FileList,
+    summary="Live files, newest first",
+    responses=problem_responses(401, 403, 422, 431, 503),
+)
 async def list_files(
     request: Request,
     caller: Caller,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    kind: Annotated[
+        Literal["video", "audio", "image", "other"] | None,
+        Query(
+            description="Only files whose format (MIME type) is video/…, audio/…, image/…, "
+            "or none of these"
+        ),
+    ] = None,
 ) -> FileList:
     services = services_of(request)
     page_size = limit or services.settings.list_default_limit
@@ -67,6 +80,7 @@ async def list_files(
             now=datetime.now(UTC),
             # A key sees its own files; an admin key, and everyone when keys are off, sees all.
             owner=caller.name if caller and not caller.admin else None,
+            kind=kind,
         )
     page = records[:page_size]
     base_url = base_url_of(request)
@@ -76,18 +90,25 @@ async def list_files(
     )
 
 
-@router.get("/files/{uid}/metadata", response_model=FileMetadata, summary="A file's metadata")
+@router.get(
+    "/files/{uid}/metadata",
+    response_model=FileMetadata,
+    summary="A file's metadata",
+    responses=problem_responses(404, 410, 422, 431, 503),
+)
 async def file_metadata(request: Request, uid: str) -> FileMetadata:
     record = await _live_record(request, uid)
     return FileMetadata.from_record(record, base_url=base_url_of(request))
 
 
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}},
+    # The file's own type (its `format`), not always application/octet-stream.
+    200: {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
     206: {"description": "Partial content (one range, or multipart/byteranges)"},
     304: {"description": "Not modified"},
-    412: {"description": "Precondition failed"},
-    416: {"description": "Range not satisfiable"},
+    # 400 malformed Range, 403 signature or prefetch of a limited file, 404 unknown UID, 410 gone,
+    # 412/416 preconditions and ranges, 422 bad query, 431 headers, 503 database or cloud.
+    **problem_responses(400, 403, 404, 410, 412, 416, 422, 431, 503),
 }
 
 
@@ -197,7 +218,12 @@ async def _retire_if_exhausted(session: AsyncSession, record: FileRecord) -> Non
         await repository.mark_gone(session, record.uid, GoneReason.EXHAUSTED, datetime.now(UTC))
 
 
-@router.delete("/files/{uid}", status_code=204, summary="Delete a file (X-Delete-Token)")
+@router.delete(
+    "/files/{uid}",
+    status_code=204,
+    summary="Delete a file (X-Delete-Token)",
+    responses=problem_responses(401, 403, 404, 410, 422, 431, 503),
+)
 async def delete_file(
     request: Request,
     uid: str,
@@ -208,7 +234,10 @@ async def delete_file(
     if x_delete_token is not None:
         if not token_matches(x_delete_token, record.delete_token_hash):
             raise Forbidden("the X-Delete-Token does not match this file")
-    elif "authorization" in request.headers and services.keyring.enabled:
+    elif services.keyring.enabled:
+        # With keys on, no token and no Authorization is a missing credential: 401 with the
+        # Bearer challenge (DESIGN.md status codes), as a malformed Authorization already was;
+        # it used to be 403 only when the header was absent.
         caller = services.keyring.identify(request.headers)
         if caller is None or not caller.admin:
             raise Forbidden("only an admin key deletes without the file's X-Delete-Token")
@@ -222,7 +251,12 @@ async def delete_file(
     return Response(status_code=204)
 
 
-@router.get("/files/{uid}/link", response_model=SignedLink, summary="A signed download link")
+@router.get(
+    "/files/{uid}/link",
+    response_model=SignedLink,
+    summary="A signed download link",
+    responses=problem_responses(401, 403, 404, 410, 422, 431, 503),
+)
 async def signed_link(
     request: Request,
     uid: str,

@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from mediasvc.db.models import FileRecord
 from mediasvc.delivery.budget import downloads_used
+
+
+class StreamInfo(BaseModel):
+    index: int
+    kind: str = Field(description="video, audio, subtitle, data or attachment")
+    codec: str | None
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = Field(default=None, description="Frames per second (video)")
+    sample_rate: int | None = Field(default=None, description="Hz (audio)")
+    channels: int | None = None
+    attached_pic: bool = Field(default=False, description="A cover picture, not moving video")
+
+
+class MediaInfo(BaseModel):
+    """What the probe job found (ffprobe, and our own walk of MP4/MOV boxes)."""
+
+    kind: Literal["video", "audio", "image"]
+    container: str = Field(description="ffprobe's format name, e.g. mov,mp4,m4a,3gp,3g2,mj2")
+    duration_s: float | None
+    bit_rate: int | None = Field(description="Overall bits per second")
+    width: int | None = None
+    height: int | None = None
+    faststart: bool | None = Field(
+        default=None,
+        description="MP4/MOV: true if the moov atom precedes mdat (playback can start at once)",
+    )
+    streams: list[StreamInfo]
 
 
 class FileMetadata(BaseModel):
@@ -25,6 +54,12 @@ class FileMetadata(BaseModel):
     cloud_status: str
     cloud_path: str | None
     download_url: str
+    probe_status: str = Field(description="pending, done, failed or skipped")
+    probe_error: str | None = Field(description="Why the probe failed (or what it could not do)")
+    media: MediaInfo | None = Field(description="Null until probed, and for files not media")
+    preview_url: str | None = Field(description="Poster frame or thumbnail (JPEG), once made")
+    derived_from: str | None = Field(description="The original of a derived file (a remux)")
+    faststart_uid: str | None = Field(description="The original's faststart copy, once made")
 
     @classmethod
     def from_record(cls, record: FileRecord, *, base_url: str) -> FileMetadata:
@@ -44,6 +79,14 @@ class FileMetadata(BaseModel):
             cloud_status=record.cloud_status,
             cloud_path=record.cloud_path,
             download_url=f"{base_url}/api/v1/files/{record.uid}",
+            probe_status=record.probe_status,
+            probe_error=record.probe_error,
+            media=MediaInfo.model_validate(record.media) if record.media else None,
+            preview_url=(
+                f"{base_url}/api/v1/files/{record.uid}/preview" if record.preview_path else None
+            ),
+            derived_from=record.derived_from,
+            faststart_uid=record.faststart_uid,
         )
 
 

@@ -7,6 +7,7 @@ checked by a dependency, before any body byte is read.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -93,6 +94,37 @@ _MULTIPART_UPLOAD_OPENAPI: dict[str, Any] = {
 }
 
 
+# Error responses, declared so that the OpenAPI schema is truthful (tests/test_schema_fuzz.py
+# checks every response against it). Every error is RFC 9457 problem+json (api/problems.py);
+# without these FastAPI declared only a 422 as application/json `HTTPValidationError`.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
+
+
+# 400 bad checksum header or multipart framing, 401/403 API keys, 408 idle body, 413 too large,
+# 415 wrong body type, 422 options/name/checksum, 431 headers, 503 database, 507 disk full.
+_UPLOAD_ERRORS = problem_responses(400, 401, 403, 408, 413, 415, 422, 431, 503, 507)
+
+
 def _options(caller: Caller, max_downloads: int | None, expires_in: int | None) -> UploadOptions:
     return UploadOptions(
         max_downloads=max_downloads,
@@ -118,6 +150,7 @@ def _created(request: Request, stored: StoredUpload) -> Response:
     "/files/stream",
     status_code=201,
     response_model=UploadedFile,
+    responses=_UPLOAD_ERRORS,
     openapi_extra=_RAW_UPLOAD_OPENAPI,
     summary="Upload a file as the raw request body",
 )
@@ -137,6 +170,7 @@ async def upload_raw(
     "/files/stream",
     status_code=201,
     response_model=UploadedFile,
+    responses=_UPLOAD_ERRORS,
     openapi_extra=_RAW_UPLOAD_OPENAPI,
     summary="Upload a file as the raw request body (curl -T)",
 )
@@ -153,6 +187,7 @@ async def upload_raw_put(
     "/files/stream/{filename}",
     status_code=201,
     response_model=UploadedFile,
+    responses=_UPLOAD_ERRORS,
     openapi_extra=_RAW_UPLOAD_OPENAPI,
     summary="Upload a file as the raw request body, named by the path (curl -T f URL/)",
 )
@@ -173,6 +208,7 @@ async def upload_raw_named(
     "/files",
     status_code=201,
     response_model=UploadedFile,
+    responses=_UPLOAD_ERRORS,
     openapi_extra=_MULTIPART_UPLOAD_OPENAPI,
     summary="Upload a file as the multipart/form-data part named 'file'",
 )

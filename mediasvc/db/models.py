@@ -6,7 +6,17 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,6 +47,13 @@ class CloudStatus(enum.StrEnum):
     UPLOADING = "uploading"
     UPLOADED = "uploaded"
     FAILED = "failed"
+
+
+class ProbeStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 class GoneReason(enum.StrEnum):
@@ -76,6 +93,16 @@ class FileRecord(Base):
     cloud_attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Least-recently-used eviction when the disk is over its high watermark.
     last_accessed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Media facts from the probe job (mediasvc.media.probe.MediaFacts as JSON); None: not media.
+    media: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    probe_status: Mapped[str] = mapped_column(String(16), default=ProbeStatus.PENDING.value)
+    probe_error: Mapped[str | None] = mapped_column(Text)
+    # When probe_status last changed (None: since created_at); the reconciler's clock.
+    probe_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Object key of the preview image once it is in the cloud (a local copy may exist before).
+    preview_path: Mapped[str | None] = mapped_column(Text)
+    # The faststart remux of this file (a live row with derived_from = this uid).
+    faststart_uid: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         # Listing: live files, newest first, keyset-paginated on (created_at, uid).
@@ -88,6 +115,8 @@ class FileRecord(Base):
         ),
         Index("ix_files_cloud_status", "cloud_status"),
         Index("ix_files_expires_at", "expires_at"),
+        Index("ix_files_probe_status", "probe_status"),
+        Index("ix_files_derived_from", "derived_from"),
     )
 
     @property

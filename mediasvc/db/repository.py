@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import case, select, tuple_, update
+from sqlalchemy import ColumnElement, case, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mediasvc.db.models import FileRecord, GoneReason
@@ -27,9 +27,15 @@ async def list_live(
     after: tuple[datetime, str] | None,
     now: datetime,
     owner: str | None = None,
+    kind: str | None = None,
 ) -> list[FileRecord]:
-    """Live files, newest first; ``after`` is the (created_at, uid) of the last row already seen."""
+    """Live files, newest first; ``after`` is the (created_at, uid) of the last row already seen.
+
+    ``kind``: video, audio or image (the top-level type of ``format``), or other.
+    """
     query = select(FileRecord).where(FileRecord.gone_reason.is_(None))
+    if kind is not None:
+        query = query.where(_of_kind(kind))
     query = query.where((FileRecord.expires_at.is_(None)) | (FileRecord.expires_at > now))
     if owner is not None:
         query = query.where(FileRecord.owner == owner)
@@ -37,6 +43,18 @@ async def list_live(
         query = query.where(tuple_(FileRecord.created_at, FileRecord.uid) < tuple_(*after))
     query = query.order_by(FileRecord.created_at.desc(), FileRecord.uid.desc()).limit(limit)
     return list((await session.scalars(query)).all())
+
+
+MEDIA_KINDS = ("video", "audio", "image")
+
+
+def _of_kind(kind: str) -> ColumnElement[bool]:
+    def top_level(name: str) -> ColumnElement[bool]:
+        return FileRecord.format.like(f"{name}/%")
+
+    if kind in MEDIA_KINDS:
+        return top_level(kind)
+    return not_(or_(*(top_level(name) for name in MEDIA_KINDS)))
 
 
 async def mark_gone(session: AsyncSession, uid: str, reason: GoneReason, now: datetime) -> bool:

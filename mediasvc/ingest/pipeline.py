@@ -124,7 +124,13 @@ class Ingestor:
                     except StopAsyncIteration:
                         break
                 if idle.cancelled_caught:
-                    raise RequestTimeout(f"the body sent nothing for {idle_timeout_s:g} s")
+                    # RFC 9110 §15.5.9: a 408 SHOULD close the connection. Without it uvicorn
+                    # kept the socket open, and once the client sent any more body bytes (which
+                    # it discards) no timer closed it at all (tests/test_hostile_input.py).
+                    raise RequestTimeout(
+                        f"the body sent nothing for {idle_timeout_s:g} s",
+                        headers={"Connection": "close"},
+                    )
                 await feeder.feed(chunk)
             await feeder.close()
         finally:

@@ -1,5 +1,8 @@
 """cleanup: expire, delete everywhere, evict safe local copies, sweep abandoned ``.part`` files.
 
+"Delete everywhere" covers a file's preview image and the files derived from it (a faststart
+remux): they go with the original.
+
 A local copy is removed only after a fresh stat of the cloud copy confirms its size and the
 sha256 the store reports (a store that reports none never gets the only copy), and the row
 says ``local = false`` before the file goes, so no reader is sent to a missing file.
@@ -19,7 +22,7 @@ from sqlalchemy import or_, select, update
 
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
 from mediasvc.jobs.context import JobContext
-from mediasvc.storage.cloud import CloudError, key_for
+from mediasvc.storage.cloud import CloudError, key_for, preview_key_for
 from mediasvc.storage.local import PART_SUFFIX
 
 logger = logging.getLogger(__name__)
@@ -63,7 +66,11 @@ async def _purge_gone(ctx: JobContext) -> list[str]:
         select(FileRecord)
         .where(
             FileRecord.gone_reason.is_not(None),
-            or_(FileRecord.local.is_(True), FileRecord.cloud_path.is_not(None)),
+            or_(
+                FileRecord.local.is_(True),
+                FileRecord.cloud_path.is_not(None),
+                FileRecord.preview_path.is_not(None),
+            ),
         )
         .limit(CLEANUP_BATCH)
     )
@@ -73,24 +80,48 @@ async def _purge_gone(ctx: JobContext) -> list[str]:
 
 
 async def purge(ctx: JobContext, record: FileRecord) -> bool:
-    """Remove a tombstoned file's bytes from the cloud and the disk; False if the store is down.
+    """Remove a tombstoned file's bytes and preview from the cloud and the disk; False if the
+    store is down. Files derived from it (a faststart copy) go with it.
 
-    The cloud copy goes first: a row that still says ``local`` is retried by the next run.
+    The cloud copies go first: a row that still says ``local`` is retried by the next run.
     """
     try:
         # The cloud copy may exist even if the row never recorded it (a push cut short).
         await ctx.cloud.delete(record.cloud_path or key_for(record.uid))
+        await ctx.cloud.delete(record.preview_path or preview_key_for(record.uid))
     except CloudError as exc:
         logger.warning("cloud delete of %s failed, the next cleanup retries: %s", record.uid, exc)
         return False
     await anyio.to_thread.run_sync(ctx.store.remove, record.uid)
+    await anyio.to_thread.run_sync(ctx.store.remove_preview, record.uid)
     async with ctx.db.session() as session:
         await session.execute(
             update(FileRecord)
             .where(FileRecord.uid == record.uid)
-            .values(local=False, cloud_path=None)
+            .values(local=False, cloud_path=None, preview_path=None)
+        )
+        # An original no longer points to a derived copy that is gone.
+        await session.execute(
+            update(FileRecord)
+            .where(FileRecord.faststart_uid == record.uid)
+            .values(faststart_uid=None)
+        )
+        derived = list(
+            (
+                await session.execute(
+                    update(FileRecord)
+                    .where(FileRecord.derived_from == record.uid, FileRecord.gone_reason.is_(None))
+                    .values(
+                        gone_reason=record.gone_reason or GoneReason.DELETED.value,
+                        gone_at=datetime.now(UTC),
+                    )
+                    .returning(FileRecord)
+                )
+            ).scalars()
         )
         await session.commit()
+    for child in derived:
+        await purge(ctx, child)
     return True
 
 

@@ -7,6 +7,7 @@ reconciler enqueues it once Redis is back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -17,12 +18,18 @@ from redis.exceptions import RedisError
 
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.probe import probe_file
 from mediasvc.jobs.push import push_file
-from mediasvc.jobs.reconcile import reconcile
+from mediasvc.jobs.reconcile import reconcile, reconcile_probes
+from mediasvc.jobs.remux import remux_file
 
 logger = logging.getLogger(__name__)
 
 PUSH_FUNCTION = "push_to_cloud"
+PROBE_FUNCTION = "probe_media"
+REMUX_FUNCTION = "remux_faststart"
+# In-process probes and remuxes at once: each is an ffprobe/ffmpeg process beside the API.
+IN_PROCESS_MEDIA_JOBS = 2
 
 
 def push_job_id(uid: str) -> str:
@@ -30,9 +37,25 @@ def push_job_id(uid: str) -> str:
     return f"push:{uid}"
 
 
+def probe_job_id(uid: str) -> str:
+    return f"probe:{uid}"
+
+
+def remux_job_id(uid: str) -> str:
+    return f"remux:{uid}"
+
+
 class JobQueue(Protocol):
     async def enqueue_push(self, uid: str) -> bool:
         """True if a push job was queued (False: one is already queued, or the queue is down)."""
+        ...
+
+    async def enqueue_probe(self, uid: str) -> bool:
+        """True if a probe_media job was queued; as for pushes, never raises."""
+        ...
+
+    async def enqueue_remux(self, uid: str) -> bool:
+        """True if a faststart remux job was queued; never raises."""
         ...
 
     async def depth(self) -> int:
@@ -46,6 +69,16 @@ class JobQueue(Protocol):
 
 async def enqueue_push_on(redis: ArqRedis, uid: str) -> bool:
     job = await redis.enqueue_job(PUSH_FUNCTION, uid, _job_id=push_job_id(uid))
+    return job is not None
+
+
+async def enqueue_probe_on(redis: ArqRedis, uid: str) -> bool:
+    job = await redis.enqueue_job(PROBE_FUNCTION, uid, _job_id=probe_job_id(uid))
+    return job is not None
+
+
+async def enqueue_remux_on(redis: ArqRedis, uid: str) -> bool:
+    job = await redis.enqueue_job(REMUX_FUNCTION, uid, _job_id=remux_job_id(uid))
     return job is not None
 
 
@@ -76,6 +109,20 @@ class ArqQueue:
             logger.warning("could not enqueue the push of %s (the reconciler will): %s", uid, exc)
             return False
 
+    async def enqueue_probe(self, uid: str) -> bool:
+        try:
+            return await enqueue_probe_on(await self._pool(), uid)
+        except (TimeoutError, RedisError, OSError) as exc:
+            logger.warning("could not enqueue the probe of %s (the reconciler will): %s", uid, exc)
+            return False
+
+    async def enqueue_remux(self, uid: str) -> bool:
+        try:
+            return await enqueue_remux_on(await self._pool(), uid)
+        except (TimeoutError, RedisError, OSError) as exc:
+            logger.warning("could not enqueue the remux of %s: %s", uid, exc)
+            return False
+
     async def depth(self) -> int:
         try:
             return int(await (await self._pool()).zcard(default_queue_name))
@@ -94,6 +141,8 @@ class InProcessQueue:
     def __init__(self, ctx: JobContext) -> None:
         self._ctx = ctx
         self._pushing: dict[str, asyncio.Task[None]] = {}
+        self._media_jobs: dict[str, asyncio.Task[None]] = {}  # "probe:<uid>", "remux:<uid>"
+        self._media_slots = asyncio.Semaphore(IN_PROCESS_MEDIA_JOBS)
         self._periodic: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -109,8 +158,40 @@ class InProcessQueue:
         self._pushing[uid] = asyncio.create_task(self._push(uid))
         return True
 
+    async def enqueue_probe(self, uid: str) -> bool:
+        return self._start_media_job(probe_job_id(uid), functools.partial(self._probe, uid))
+
+    async def enqueue_remux(self, uid: str) -> bool:
+        return self._start_media_job(remux_job_id(uid), functools.partial(self._remux, uid))
+
+    def _start_media_job(self, job_id: str, job: Callable[[], Awaitable[None]]) -> bool:
+        if job_id in self._media_jobs:
+            return False
+
+        async def run() -> None:
+            try:
+                async with self._media_slots:
+                    await job()
+            except Exception:
+                logger.exception("%s crashed; the reconciler will try again", job_id)
+            finally:
+                self._media_jobs.pop(job_id, None)
+
+        self._media_jobs[job_id] = asyncio.create_task(run())
+        return True
+
+    async def _probe(self, uid: str) -> None:
+        if (await probe_file(self._ctx, uid)).remux:
+            await self.enqueue_remux(uid)
+
+    async def _remux(self, uid: str) -> None:
+        derived_uid = await remux_file(self._ctx, uid)
+        if derived_uid is not None:
+            await self.enqueue_push(derived_uid)
+            await self.enqueue_probe(derived_uid)
+
     async def depth(self) -> int:
-        return len(self._pushing)
+        return len(self._pushing) + len(self._media_jobs)
 
     async def _push(self, uid: str) -> None:
         try:
@@ -131,6 +212,7 @@ class InProcessQueue:
 
     async def _reconcile(self) -> None:
         await reconcile(self._ctx, self.enqueue_push)
+        await reconcile_probes(self._ctx, self.enqueue_probe)
 
     @staticmethod
     async def _every(interval_s: int, job: Callable[[], Awaitable[None]]) -> None:
@@ -142,7 +224,7 @@ class InProcessQueue:
                 logger.exception("periodic job %s failed", getattr(job, "__name__", job))
 
     async def close(self) -> None:
-        tasks = [*self._periodic, *self._pushing.values()]
+        tasks = [*self._periodic, *self._pushing.values(), *self._media_jobs.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

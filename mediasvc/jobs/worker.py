@@ -1,10 +1,13 @@
 """The arq worker: ``mediasvc worker`` (or ``arq mediasvc.jobs.worker.WorkerSettings``).
 
-Functions: ``push_to_cloud``; cron: ``cleanup`` and ``reconcile`` on schedules from settings.
+Functions: ``push_to_cloud``, ``probe_media``, ``remux_faststart``; cron: ``cleanup`` and
+``reconcile`` on schedules from settings.
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any
 
 from arq import Retry, cron
@@ -15,11 +18,43 @@ from arq.worker import Function, func
 from mediasvc.config import Settings
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.probe import probe_file
 from mediasvc.jobs.push import push_file
-from mediasvc.jobs.queue import PUSH_FUNCTION, enqueue_push_on
-from mediasvc.jobs.reconcile import reconcile
+from mediasvc.jobs.queue import (
+    PROBE_FUNCTION,
+    PUSH_FUNCTION,
+    REMUX_FUNCTION,
+    enqueue_probe_on,
+    enqueue_push_on,
+    enqueue_remux_on,
+)
+from mediasvc.jobs.reconcile import reconcile, reconcile_probes
+from mediasvc.jobs.remux import remux_file
 
 CONTEXT_KEY = "mediasvc"
+
+# glibc's mallopt parameter; fixing it also turns off glibc's dynamic threshold.
+M_MMAP_THRESHOLD = -3
+WORKER_MMAP_THRESHOLD_BYTES = 512 * 1024
+
+
+def bound_malloc_for_pushes() -> None:
+    """Give every buffer of 512 KiB or more its own mapping, returned to the kernel on free.
+
+    A push moves 1 MiB chunks (Python) into 8 MiB parts (obstore's threads). glibc's dynamic
+    mmap threshold rises after the first large free, and then those buffers come from the
+    heap and the threads' arenas instead, which fragment: over 1 GiB pushes the worker's peak
+    RSS varied 119-155 MiB from run to run (issue 3's limit is 150 MB). With a fixed threshold it
+    stayed at ~121 MiB every run, at the same throughput (tests/test_topology.py). Nothing to do
+    outside glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD_BYTES)
 
 
 async def push_to_cloud(ctx: dict[str, Any], uid: str) -> str:
@@ -28,6 +63,23 @@ async def push_to_cloud(ctx: dict[str, Any], uid: str) -> str:
     if outcome.retry_in_s is not None:
         raise Retry(defer=outcome.retry_in_s)  # arq retries only on Retry (FIELD-NOTES)
     return outcome.status
+
+
+async def probe_media(ctx: dict[str, Any], uid: str) -> str:
+    outcome = await probe_file(ctx[CONTEXT_KEY], uid)
+    if outcome.remux:
+        await enqueue_remux_on(ctx["redis"], uid)
+    return outcome.status
+
+
+async def remux_faststart(ctx: dict[str, Any], uid: str) -> str | None:
+    derived_uid = await remux_file(ctx[CONTEXT_KEY], uid)
+    if derived_uid is not None:
+        # A new file like any upload: pushed to the cloud and probed (the reconciler would
+        # find both if Redis dropped them).
+        await enqueue_push_on(ctx["redis"], derived_uid)
+        await enqueue_probe_on(ctx["redis"], derived_uid)
+    return derived_uid
 
 
 async def cleanup_job(ctx: dict[str, Any]) -> dict[str, int]:
@@ -46,7 +98,12 @@ async def reconcile_job(ctx: dict[str, Any]) -> int:
     async def enqueue(uid: str) -> bool:
         return await enqueue_push_on(redis, uid)
 
-    return await reconcile(ctx[CONTEXT_KEY], enqueue)
+    async def enqueue_probe(uid: str) -> bool:
+        return await enqueue_probe_on(redis, uid)
+
+    pushes = await reconcile(ctx[CONTEXT_KEY], enqueue)
+    await reconcile_probes(ctx[CONTEXT_KEY], enqueue_probe)
+    return pushes
 
 
 def schedule(every_s: int) -> dict[str, Any]:
@@ -63,6 +120,7 @@ def worker_settings(settings: Settings) -> type:
         raise SystemExit("MEDIASVC_REDIS_URL is not set: the arq worker needs Redis")
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        bound_malloc_for_pushes()  # before any push allocates (see the function)
         ctx[CONTEXT_KEY] = JobContext.build(settings)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
@@ -81,11 +139,34 @@ def worker_settings(settings: Settings) -> type:
             # for tries arq counts itself, such as a worker killed mid-push.
             max_tries=settings.push_max_tries + 2,
             timeout=settings.push_timeout_s,
-        )
+        ),
+        func(
+            probe_media,
+            name=PROBE_FUNCTION,
+            keep_result=0,  # as for pushes: a result would block the reconciler's re-enqueue
+            max_tries=3,  # a worker killed mid-probe; the job itself never raises Retry
+            # ffprobe, the atom walk and up to two preview renders (each bounded by
+            # probe_timeout_s), then the preview's put to the cloud; capped like the crons
+            # below, so it never holds a killed push back.
+            timeout=min(
+                math.ceil(3 * settings.probe_timeout_s + settings.s3_timeout_s),
+                settings.push_timeout_s,
+            ),
+        ),
+        func(
+            remux_faststart,
+            name=REMUX_FUNCTION,
+            keep_result=0,
+            max_tries=2,
+            # ffmpeg (bounded by remux_timeout_s), then hashing the copy once more; capped
+            # as above.
+            timeout=min(2 * settings.remux_timeout_s, settings.push_timeout_s),
+        ),
     ]
     # arq keeps every job's in-progress key for the longest timeout of ANY function + 10 s, cron
     # jobs included; a job of a killed worker runs again only once that key expires (and
-    # reconcile cannot enqueue it meanwhile: its job key still exists). Cron timeouts above
+    # reconcile cannot enqueue it meanwhile: its job key still exists). Probe, remux and cron
+    # timeouts are capped at push_timeout_s for this reason. Cron timeouts above
     # push_timeout_s would hold a killed push back that long (1 h with the old fixed 3600 s
     # here, whatever push_timeout_s said), so they are capped at the push timeout.
     cleanup_timeout_s = min(3600, settings.push_timeout_s)

@@ -1,5 +1,7 @@
 """Local disk layout: ``<root>/.incoming/<uid>.part``, then ``<root>/<uid[:2]>/<uid>``.
 
+A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``.
+
 Paths come from the UID alone; original file names never touch the filesystem.
 """
 
@@ -11,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from mediasvc.errors import InsufficientStorage
+from mediasvc.storage.cloud.base import PREVIEW_SUFFIX
 
 INCOMING_DIR = ".incoming"
 PART_SUFFIX = ".part"
@@ -33,6 +36,13 @@ class LocalStore:
 
     def part_path_for(self, uid: str) -> Path:
         return self.incoming / f"{uid}{PART_SUFFIX}"
+
+    def preview_path_for(self, uid: str) -> Path:
+        return self.root / uid[:2] / f"{uid}{PREVIEW_SUFFIX}"
+
+    def preview_part_path_for(self, uid: str) -> Path:
+        """Where a preview is written before its rename; swept like an upload's ``.part``."""
+        return self.incoming / f"{uid}{PREVIEW_SUFFIX}{PART_SUFFIX}"
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -62,6 +72,14 @@ class LocalStore:
         """Delete the local copy (blocking); True if there was one."""
         try:
             self.path_for(uid).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_preview(self, uid: str) -> bool:
+        """Delete the local preview (blocking); True if there was one."""
+        try:
+            self.preview_path_for(uid).unlink()
         except FileNotFoundError:
             return False
         return True

@@ -4,7 +4,7 @@
 ``errors`` for the error tree.
 """
 
-from mediasvc.storage.cloud.base import CloudStore, ObjectInfo, key_for
+from mediasvc.storage.cloud.base import CloudStore, ObjectInfo, key_for, preview_key_for
 from mediasvc.storage.cloud.errors import (
     CloudError,
     CloudIntegrityError,
@@ -22,4 +22,5 @@ __all__ = [
     "ObjectInfo",
     "key_for",
     "make_cloud_store",
+    "preview_key_for",
 ]

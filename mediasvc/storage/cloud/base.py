@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Protocol
 
 KEY_PREFIX = "media"
+# A file's preview image sits beside it, locally and in the bucket: ``<uid>.preview.jpg``.
+PREVIEW_SUFFIX = ".preview.jpg"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -63,6 +65,11 @@ def key_for(uid: str) -> str:
     if not uid or "/" in uid or uid in (".", ".."):
         raise ValueError(f"not a file UID: {uid!r}")
     return f"{KEY_PREFIX}/{uid[:2]}/{uid}"
+
+
+def preview_key_for(uid: str) -> str:
+    """Object key of a file's preview: ``media/<uid[:2]>/<uid>.preview.jpg``."""
+    return f"{key_for(uid)}{PREVIEW_SUFFIX}"
 
 
 def check_range(start: int, end: int) -> None:

@@ -1,0 +1,177 @@
+"""probe_media: read a file's media facts, check its MP4 layout, make and push its preview.
+
+States: pending → done (media facts, or ``media`` null for a file that is not media), failed
+(``probe_error`` says why: unreadable, cut short, hostile), or skipped (no local copy: the file
+was evicted first). A preview that could not be put in the cloud leaves the row ``pending``
+with the facts recorded, and the reconciler runs the job again later. Idempotent: a job for a
+row that is no longer pending does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import update
+
+from mediasvc.db.models import FileRecord, ProbeStatus
+from mediasvc.jobs.context import JobContext
+from mediasvc.media.preview import PreviewFailed, make_preview
+from mediasvc.media.probe import LocalCopyMissing, MediaFacts, ProbeFailed, analyse, expects_media
+from mediasvc.media.tools import ToolMissing
+from mediasvc.storage.cloud import CloudError, preview_key_for
+
+logger = logging.getLogger(__name__)
+
+HASH_CHUNK_BYTES = 1024 * 1024
+MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    status: str
+    #: The file is an MP4/MOV without faststart and ``remux_faststart`` is on: queue a remux.
+    remux: bool = False
+
+
+async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
+    """Probe ``uid`` if its row is still pending; see the module docstring."""
+    async with ctx.db.session() as session:
+        record = await session.get(FileRecord, uid)
+    if record is None or record.gone_reason is not None:
+        return ProbeOutcome("gone")
+    if record.probe_status != ProbeStatus.PENDING.value:
+        return ProbeOutcome(record.probe_status)
+    if not record.local:
+        await _record(ctx, uid, ProbeStatus.SKIPPED, error="no local copy to probe (evicted)")
+        return ProbeOutcome(ProbeStatus.SKIPPED.value)
+
+    path = ctx.store.path_for(uid)
+    try:
+        facts = await analyse(
+            ctx.settings, path, expects_media=expects_media(record.format, record.extension)
+        )
+    except ToolMissing as exc:
+        logger.error("cannot probe %s: %s", uid, exc)
+        await _record(ctx, uid, ProbeStatus.PENDING, error=str(exc))
+        return ProbeOutcome(ProbeStatus.PENDING.value)
+    except LocalCopyMissing:
+        return await _missing(ctx, uid)
+    except ProbeFailed as exc:
+        logger.info("probe of %s failed: %s", uid, exc.reason)
+        await _record(ctx, uid, ProbeStatus.FAILED, error=exc.reason)
+        return ProbeOutcome(ProbeStatus.FAILED.value)
+
+    note: str | None = None
+    preview_key: str | None = None
+    if facts is not None and facts.picture is not None:
+        try:
+            preview_key = await _make_and_push_preview(ctx, uid, path, facts)
+        except PreviewFailed as exc:
+            note = f"no preview: {exc}"
+        except (CloudError, OSError) as exc:
+            error = f"preview not yet in the cloud: {type(exc).__name__}: {exc}"
+            logger.warning("%s: %s; the reconciler tries again", uid, error)
+            await _record(ctx, uid, ProbeStatus.PENDING, error=error, media=facts.to_json())
+            return ProbeOutcome(ProbeStatus.PENDING.value)
+        except ToolMissing as exc:
+            note = f"no preview: {exc}"
+
+    media = facts.to_json() if facts is not None else None
+    if not await _record(ctx, uid, ProbeStatus.DONE, error=note, media=media, preview=preview_key):
+        async with ctx.db.session() as session:
+            current = await session.get(FileRecord, uid, populate_existing=True)
+        if current is not None and current.gone_reason is None:
+            return ProbeOutcome(current.probe_status)  # another run finished first
+        # Deleted while we probed: the preview must not outlive the row.
+        await _remove_preview(ctx, uid)
+        return ProbeOutcome("gone")
+    remux = (
+        ctx.settings.remux_faststart
+        and facts is not None
+        and facts.faststart is False
+        and record.derived_from is None
+        and record.faststart_uid is None
+    )
+    return ProbeOutcome(ProbeStatus.DONE.value, remux=remux)
+
+
+async def _make_and_push_preview(ctx: JobContext, uid: str, path: Path, facts: MediaFacts) -> str:
+    store = ctx.store
+    final = store.preview_path_for(uid)
+    await make_preview(ctx.settings, path, store.preview_part_path_for(uid), final, facts)
+    size, sha256 = await anyio.to_thread.run_sync(_size_and_sha256, final)
+    key = preview_key_for(uid)
+    await ctx.cloud.put_file(key, final, size=size, sha256=sha256)
+    return key
+
+
+async def _missing(ctx: JobContext, uid: str) -> ProbeOutcome:
+    """No file where the row says there is one: evicted meanwhile (skipped), or lost (failed)."""
+    async with ctx.db.session() as session:
+        record = await session.get(FileRecord, uid, populate_existing=True)
+    if record is None or record.gone_reason is not None:
+        return ProbeOutcome("gone")
+    if not record.local:
+        await _record(ctx, uid, ProbeStatus.SKIPPED, error="no local copy to probe (evicted)")
+        return ProbeOutcome(ProbeStatus.SKIPPED.value)
+    await _record(ctx, uid, ProbeStatus.FAILED, error="the local copy is missing")
+    return ProbeOutcome(ProbeStatus.FAILED.value)
+
+
+async def _record(
+    ctx: JobContext,
+    uid: str,
+    status: ProbeStatus,
+    *,
+    error: str | None,
+    media: dict[str, Any] | None = None,
+    preview: str | None = None,
+) -> bool:
+    """Write the outcome on a live, still pending row; False if there is none."""
+    values: dict[str, Any] = {
+        "probe_status": status.value,
+        "probe_error": error[:MAX_ERROR_CHARS] if error else None,
+        "probe_updated_at": datetime.now(UTC),
+    }
+    if media is not None:
+        values["media"] = media
+    if preview is not None:
+        values["preview_path"] = preview
+    async with ctx.db.session() as session:
+        result = await session.execute(
+            update(FileRecord)
+            .where(
+                FileRecord.uid == uid,
+                FileRecord.gone_reason.is_(None),
+                FileRecord.probe_status == ProbeStatus.PENDING.value,
+            )
+            .values(**values)
+            .returning(FileRecord.uid)
+        )
+        await session.commit()
+    return result.first() is not None
+
+
+async def _remove_preview(ctx: JobContext, uid: str) -> None:
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(ctx.store.remove_preview, uid)
+        try:
+            await ctx.cloud.delete(preview_key_for(uid))
+        except CloudError as exc:
+            logger.warning("could not delete the preview of %s: %s", uid, exc)
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as file:
+        while chunk := file.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Media processing: ffprobe facts, MP4 box layout (faststart), previews, faststart remux."""

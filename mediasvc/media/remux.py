@@ -1,0 +1,57 @@
+"""Faststart remux: the same streams (``-c copy``, no re-encode) with the moov atom first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mediasvc.config import Settings
+from mediasvc.media.probe import ISO_BMFF_FORMAT
+from mediasvc.media.tools import ToolError, run_tool
+
+MAX_TOOL_OUTPUT_BYTES = 64 * 1024
+
+
+class RemuxFailed(Exception):
+    pass
+
+
+def remux_command(settings: Settings, source: Path, target: Path, *, muxer: str) -> list[str]:
+    return [
+        settings.ffmpeg_path,
+        "-v", "error", "-hide_banner", "-nostdin", "-y",
+        "-format_whitelist", ISO_BMFF_FORMAT,
+        "-protocol_whitelist", "file",
+        "-i", f"file:{source}",
+        # Video, audio and subtitles as they are; data tracks (timecodes, …) may not fit mp4.
+        "-map", "0:v?", "-map", "0:a?", "-map", "0:s?",
+        "-c", "copy",
+        "-map_metadata", "0",
+        "-movflags", "+faststart",
+        "-f", muxer,
+        f"file:{target}",
+    ]  # fmt: skip
+
+
+def muxer_for(media_type: str, extension: str | None) -> str:
+    """QuickTime files stay QuickTime; everything else of the family is written as MP4."""
+    if extension in ("mov", "qt") or media_type.startswith("video/quicktime"):
+        return "mov"
+    return "mp4"
+
+
+async def remux_faststart(
+    settings: Settings, source: Path, target: Path, *, media_type: str, extension: str | None
+) -> None:
+    """Write ``target``: ``source`` with its moov atom first. ``RemuxFailed`` if ffmpeg fails."""
+    muxer = muxer_for(media_type, extension)
+    try:
+        result = await run_tool(
+            remux_command(settings, source, target, muxer=muxer),
+            timeout_s=settings.remux_timeout_s,
+            max_output_bytes=MAX_TOOL_OUTPUT_BYTES,
+            max_memory_bytes=settings.media_tool_max_memory_bytes,
+        )
+    except ToolError as exc:
+        raise RemuxFailed(str(exc)) from exc
+    if result.returncode != 0:
+        raise RemuxFailed(result.reason().replace(f"file:{source}", "file"))

@@ -1,0 +1,126 @@
+"""ffprobe and ffmpeg as bounded child processes: a timeout, capped output, capped memory.
+
+A hostile file can make a media tool hang, print without end or allocate without end; none of
+that may reach the worker. Each tool runs in its own session, so on timeout or cancellation the
+whole process group is killed; its output is read with a cap; ``prlimit`` (util-linux, present
+on every Debian system) caps its address space.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 64 * 1024
+_LOG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
+# stderr is only for the reason of a failure: the first few KiB are kept, the rest drained.
+STDERR_KEPT_BYTES = 4 * 1024
+
+
+class ToolError(Exception):
+    """A media tool could not give an answer; ``str(exc)`` is a short reason."""
+
+
+class ToolMissing(ToolError):
+    """The binary is not installed: an operator's problem, not the file's."""
+
+
+class ToolTimeout(ToolError):
+    pass
+
+
+class ToolOutputTooLarge(ToolError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    def reason(self) -> str:
+        """The tool's error lines, without their ``[demuxer @ 0x…]`` prefixes, or its status."""
+        lines: list[str] = []
+        for raw in self.stderr.decode("utf-8", "replace").splitlines():
+            line = _LOG_PREFIX.sub("", raw).strip()
+            if line and line not in lines:
+                lines.append(line)
+        return "; ".join(lines) if lines else f"exit status {self.returncode}"
+
+
+async def run_tool(
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    max_output_bytes: int,
+    max_memory_bytes: int = 0,
+) -> ToolResult:
+    """Run ``argv`` (its stdin is /dev/null) and return its exit status and output.
+
+    Raises ``ToolMissing``, ``ToolTimeout`` (the process group was killed) or
+    ``ToolOutputTooLarge`` (more than ``max_output_bytes`` on stdout; killed too).
+    """
+    name = os.path.basename(argv[0])
+    binary = shutil.which(argv[0])
+    if binary is None:
+        raise ToolMissing(f"{name} is not installed (Debian package: ffmpeg)")
+    command = [binary, *argv[1:]]
+    prlimit = shutil.which("prlimit") if max_memory_bytes else None
+    if prlimit is not None:
+        command = [prlimit, f"--as={max_memory_bytes}", "--", *command]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group: killed whole, children included
+    )
+    assert process.stdout is not None and process.stderr is not None
+    stderr_task = asyncio.ensure_future(_drain(process.stderr, STDERR_KEPT_BYTES))
+    try:
+        async with asyncio.timeout(timeout_s):
+            stdout = await _read_capped(process.stdout, max_output_bytes, name)
+            returncode = await process.wait()
+            stderr = await stderr_task
+    except TimeoutError:
+        raise ToolTimeout(f"{name} did not finish within {timeout_s:g} s") from None
+    finally:
+        if process.returncode is None:
+            _kill_group(process.pid)
+            await process.wait()
+        if not stderr_task.done():
+            stderr_task.cancel()
+            await asyncio.gather(stderr_task, return_exceptions=True)
+    return ToolResult(returncode, stdout, stderr)
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit_bytes: int, name: str) -> bytes:
+    buffer = bytearray()
+    while chunk := await stream.read(READ_CHUNK_BYTES):
+        buffer += chunk
+        if len(buffer) > limit_bytes:
+            raise ToolOutputTooLarge(f"{name} printed more than {limit_bytes} bytes")
+    return bytes(buffer)
+
+
+async def _drain(stream: asyncio.StreamReader, keep_bytes: int) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(READ_CHUNK_BYTES):
+        if len(kept) < keep_bytes:
+            kept += chunk[: keep_bytes - len(kept)]
+    return bytes(kept)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,497 @@
+// mediasvc web page: upload (XHR, for upload progress), list, file page with a player.
+// No framework, no build. Every name from the server is set as text, never as HTML.
+"use strict";
+
+const API = "/api/v1/files";
+const TOKENS_KEY = "mediasvc.deleteTokens"; // uid → delete token, for files uploaded here
+const API_KEY_KEY = "mediasvc.apiKey";
+
+const $ = (id) => document.getElementById(id);
+
+// --- small helpers ------------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function formatBytes(n) {
+  if (n === null || n === undefined) return "?";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let value = n;
+  while (value >= 1024 && i < units.length - 1) {
+    value /= 1024;
+    i += 1;
+  }
+  return i === 0 ? `${n} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+function formatDuration(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return "?";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const rest = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${rest}` : `${m}:${rest}`;
+}
+
+function formatAge(iso) {
+  const seconds = (Date.now() - new Date(iso).getTime()) / 1000;
+  if (!Number.isFinite(seconds)) return "";
+  if (seconds < 60) return "just now";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+  return new Date(iso).toLocaleDateString();
+}
+
+function displayName(file) {
+  return file.original_name || file.uid;
+}
+
+function kindOf(file) {
+  if (file.media && file.media.kind) return file.media.kind;
+  const top = (file.format || "").split("/")[0];
+  return ["video", "audio", "image"].includes(top) ? top : "other";
+}
+
+function apiKey() {
+  return localStorage.getItem(API_KEY_KEY) || "";
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function loadTokens() {
+  try {
+    return JSON.parse(localStorage.getItem(TOKENS_KEY) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+function saveToken(uid, token) {
+  const tokens = loadTokens();
+  tokens[uid] = token;
+  localStorage.setItem(TOKENS_KEY, JSON.stringify(tokens));
+}
+
+function forgetToken(uid) {
+  const tokens = loadTokens();
+  delete tokens[uid];
+  localStorage.setItem(TOKENS_KEY, JSON.stringify(tokens));
+}
+
+// The `detail` of an RFC 9457 problem body, else the status line.
+function problemText(status, statusText, body) {
+  try {
+    const problem = JSON.parse(body);
+    if (problem && (problem.detail || problem.title)) {
+      return `${status} ${problem.title || ""}: ${problem.detail || ""}`.trim();
+    }
+  } catch {
+    // not JSON
+  }
+  return `${status} ${statusText || "error"}`;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) },
+  });
+  const text = await response.text();
+  if (!response.ok) {
+    const error = new Error(problemText(response.status, response.statusText, text));
+    error.status = response.status;
+    throw error;
+  }
+  return text ? JSON.parse(text) : null;
+}
+
+// --- upload ---------------------------------------------------------------------------------------
+
+const queue = [];
+let current = null; // { xhr, file }
+
+function uploadQuery() {
+  const params = new URLSearchParams();
+  const maxDownloads = $("max-downloads").value.trim();
+  const expiresIn = $("expires-in").value;
+  if (maxDownloads) params.set("max_downloads", maxDownloads);
+  if (expiresIn) params.set("expires_in", expiresIn);
+  const query = params.toString();
+  return query ? `?${query}` : "";
+}
+
+function enqueue(files) {
+  for (const file of files) queue.push(file);
+  if (!current) uploadNext();
+}
+
+// Rate over the last few seconds of progress events, so a stall shows at once.
+class RateMeter {
+  constructor(windowMs = 3000) {
+    this.windowMs = windowMs;
+    this.samples = [];
+  }
+
+  add(loaded) {
+    const now = performance.now();
+    this.samples.push([now, loaded]);
+    while (this.samples.length > 2 && now - this.samples[0][0] > this.windowMs) {
+      this.samples.shift();
+    }
+    const [t0, b0] = this.samples[0];
+    const seconds = (now - t0) / 1000;
+    return seconds > 0.2 ? (loaded - b0) / seconds : null;
+  }
+}
+
+function showProgress(loaded, total, rate) {
+  const bar = $("progress-bar");
+  bar.max = total || 1;
+  bar.value = total ? loaded : 0;
+  const parts = [`${formatBytes(loaded)} of ${formatBytes(total)}`];
+  if (total) parts.push(`${Math.floor((100 * loaded) / total)} %`);
+  if (rate !== null && rate !== undefined) {
+    parts.push(`${formatBytes(rate)}/s`);
+    if (rate > 0 && loaded < total) parts.push(`${formatDuration((total - loaded) / rate)} left`);
+  }
+  if (total && loaded >= total) parts.push("saving…");
+  $("progress-text").textContent = parts.join(" · ");
+}
+
+function setStatus(text, kind) {
+  const status = $("upload-status");
+  status.replaceChildren(...(Array.isArray(text) ? text : [text]));
+  status.className = `status ${kind || ""}`;
+}
+
+function uploadNext() {
+  const file = queue.shift();
+  if (!file) {
+    current = null; // the last result stays on show
+    return;
+  }
+  const xhr = new XMLHttpRequest();
+  current = { xhr, file };
+  const meter = new RateMeter();
+  $("progress").hidden = false;
+  $("progress-name").textContent = file.name;
+  $("cancel").disabled = false;
+  showProgress(0, file.size, null);
+  setStatus(queue.length ? `${queue.length} more waiting` : "", "");
+
+  xhr.open("POST", `${API}/stream${uploadQuery()}`);
+  xhr.setRequestHeader("X-Filename", encodeURIComponent(file.name));
+  // The browser's guess from the extension; none → octet-stream, and the server sniffs.
+  xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+  xhr.setRequestHeader("Accept", "application/json");
+  for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+  xhr.responseType = "text";
+
+  xhr.upload.addEventListener("progress", (event) => {
+    const total = event.lengthComputable ? event.total : file.size;
+    showProgress(event.loaded, total, meter.add(event.loaded));
+  });
+  xhr.addEventListener("load", () => {
+    if (xhr.status === 201) {
+      const stored = JSON.parse(xhr.responseText);
+      if (stored.delete_token) saveToken(stored.uid, stored.delete_token);
+      showProgress(file.size, file.size, null);
+      $("progress-text").textContent = `${formatBytes(stored.size)} · done`;
+      setStatus(
+        ["Uploaded ", el("a", { href: `#/files/${stored.uid}` }, displayName(stored))],
+        "ok",
+      );
+      refreshList();
+    } else {
+      setStatus(`${file.name}: ${problemText(xhr.status, xhr.statusText, xhr.responseText)}`, "error");
+    }
+    finish();
+  });
+  xhr.addEventListener("error", () => {
+    setStatus(`${file.name}: the connection failed`, "error");
+    finish();
+  });
+  xhr.addEventListener("abort", () => {
+    setStatus(`${file.name}: cancelled`, "error");
+    finish();
+  });
+  xhr.send(file);
+}
+
+function finish() {
+  $("cancel").disabled = true;
+  uploadNext();
+}
+
+function cancelUpload() {
+  queue.length = 0; // cancel means stop: the waiting files too
+  if (current) current.xhr.abort();
+}
+
+function setUpDropZone() {
+  const drop = $("drop");
+  const input = $("file-input");
+  input.addEventListener("change", () => {
+    enqueue([...input.files]);
+    input.value = ""; // the same file can be chosen again
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      drop.classList.add("over");
+    });
+  }
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    enqueue([...event.dataTransfer.files]);
+  });
+  // A drop that misses the zone must not navigate away from the page (and lose an upload).
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (event) => {
+      if (!drop.contains(event.target)) event.preventDefault();
+    });
+  }
+  $("cancel").addEventListener("click", cancelUpload);
+  window.addEventListener("beforeunload", (event) => {
+    if (current) event.preventDefault();
+  });
+}
+
+// --- list -----------------------------------------------------------------------------------------
+
+let nextCursor = null;
+
+function fileItem(file) {
+  const kind = kindOf(file);
+  const thumb = file.preview_url
+    ? el("img", { class: "thumb", src: `${API}/${file.uid}/preview`, alt: "", loading: "lazy" })
+    : el("span", { class: `thumb kind-${kind}`, "aria-hidden": "true" }, kind);
+  const facts = [file.format, formatBytes(file.size)];
+  if (file.media && file.media.duration_s) facts.push(formatDuration(file.media.duration_s));
+  facts.push(formatAge(file.created_at));
+  return el(
+    "li",
+    { "data-uid": file.uid },
+    el(
+      "a",
+      { href: `#/files/${file.uid}`, class: "file-link" },
+      thumb,
+      el(
+        "span",
+        { class: "file-text" },
+        el("span", { class: "name" }, displayName(file)),
+        el("span", { class: "muted small" }, facts.join(" · ")),
+      ),
+    ),
+  );
+}
+
+async function loadFiles(append) {
+  const list = $("file-list");
+  const status = $("list-status");
+  const query = append && nextCursor ? `?cursor=${encodeURIComponent(nextCursor)}` : "";
+  try {
+    const page = await api(`${API}${query}`);
+    const items = page.items.map(fileItem);
+    if (append) list.append(...items);
+    else list.replaceChildren(...items);
+    nextCursor = page.next_cursor;
+    $("more").hidden = !nextCursor;
+    status.textContent = list.children.length ? "" : "No files yet.";
+    markActive();
+  } catch (error) {
+    status.textContent =
+      error.status === 401 || error.status === 403
+        ? "This server needs an API key to list files (see API key, top right)."
+        : `Could not load the list: ${error.message}`;
+  }
+}
+
+function refreshList() {
+  return loadFiles(false);
+}
+
+function markActive() {
+  const uid = routeUid();
+  for (const item of $("file-list").children) {
+    item.classList.toggle("active", item.dataset.uid === uid);
+  }
+}
+
+// --- file page ------------------------------------------------------------------------------------
+
+let renderSerial = 0;
+
+function routeUid() {
+  const match = location.hash.match(/^#\/files\/([A-Za-z0-9_-]+)$/);
+  return match ? match[1] : null;
+}
+
+function player(file) {
+  const src = `${API}/${file.uid}?inline=true`;
+  const kind = kindOf(file);
+  let node;
+  if (kind === "video") {
+    node = el("video", {
+      id: "player",
+      controls: true,
+      preload: "metadata",
+      playsinline: true,
+      src,
+      poster: file.preview_url ? `${API}/${file.uid}/preview` : null,
+    });
+  } else if (kind === "audio") {
+    node = el("audio", { id: "player", controls: true, preload: "metadata", src });
+  } else if (kind === "image") {
+    node = el("img", { id: "player", src, alt: displayName(file) });
+  } else {
+    return el("p", { class: "muted" }, `No preview for ${file.format}.`);
+  }
+  let retried = false;
+  node.addEventListener("error", async () => {
+    // With signed downloads required, the plain URL is refused: ask for a signed one, once.
+    if (!retried) {
+      retried = true;
+      try {
+        const link = await api(`${API}/${file.uid}/link?inline=true`);
+        node.src = link.url;
+        return;
+      } catch {
+        // not configured, or not ours: fall through
+      }
+    }
+    node.replaceWith(
+      el("p", { class: "status error" }, `This browser cannot show ${file.format}. Download it instead.`),
+    );
+  });
+  return el("div", { class: `player player-${kind}` }, node);
+}
+
+function facts(file) {
+  const rows = [
+    ["Type", file.format],
+    ["Size", `${formatBytes(file.size)} (${file.size.toLocaleString()} bytes)`],
+    ["Uploaded", new Date(file.created_at).toLocaleString()],
+    ["Expires", file.expires_at ? new Date(file.expires_at).toLocaleString() : "never"],
+    [
+      "Downloads",
+      file.max_downloads ? `${file.downloads} of ${file.max_downloads}` : String(file.downloads),
+    ],
+    ["Stored", [file.local ? "local disk" : null, `cloud: ${file.cloud_status}`].filter(Boolean).join(", ")],
+  ];
+  const media = file.media;
+  if (media) {
+    if (media.duration_s) rows.push(["Duration", formatDuration(media.duration_s)]);
+    if (media.width && media.height) rows.push(["Picture", `${media.width} × ${media.height}`]);
+    const codecs = media.streams.map((s) => `${s.kind} ${s.codec || "?"}`).join(", ");
+    if (codecs) rows.push(["Streams", codecs]);
+    if (media.bit_rate) rows.push(["Bit rate", `${formatBytes(media.bit_rate / 8)}/s`]);
+    if (media.faststart === false) rows.push(["Faststart", "no: moov after the media data"]);
+  } else if (file.probe_status === "pending") {
+    rows.push(["Media", "being examined…"]);
+  }
+  rows.push(["UID", el("code", {}, file.uid)]);
+  rows.push(["SHA-256", el("code", { class: "hash" }, file.sha256)]);
+  return el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+function actions(file) {
+  const buttons = [
+    el("a", { class: "button", href: `${API}/${file.uid}`, download: "" }, "Download"),
+    el("a", { class: "button quiet", href: `${API}/${file.uid}?inline=true`, target: "_blank", rel: "noopener" }, "Open"),
+  ];
+  if (file.faststart_uid) {
+    buttons.push(el("a", { class: "button quiet", href: `#/files/${file.faststart_uid}` }, "Faststart copy"));
+  }
+  if (file.derived_from) {
+    buttons.push(el("a", { class: "button quiet", href: `#/files/${file.derived_from}` }, "Original"));
+  }
+  const token = loadTokens()[file.uid];
+  if (token) {
+    buttons.push(
+      el(
+        "button",
+        {
+          type: "button",
+          class: "danger",
+          onclick: async () => {
+            if (!confirm(`Delete ${displayName(file)}?`)) return;
+            try {
+              await api(`${API}/${file.uid}`, { method: "DELETE", headers: { "X-Delete-Token": token } });
+              forgetToken(file.uid);
+              location.hash = "#/";
+              refreshList();
+            } catch (error) {
+              alert(`Could not delete: ${error.message}`);
+            }
+          },
+        },
+        "Delete",
+      ),
+    );
+  }
+  return el("div", { class: "actions" }, buttons);
+}
+
+async function render() {
+  markActive();
+  const detail = $("detail");
+  const uid = routeUid();
+  const serial = ++renderSerial;
+  if (!uid) {
+    detail.replaceChildren(el("p", { class: "muted" }, "Choose a file to see its details and play it."));
+    return;
+  }
+  detail.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  try {
+    const file = await api(`${API}/${uid}/metadata`);
+    if (serial !== renderSerial) return; // the user went elsewhere meanwhile
+    detail.replaceChildren(
+      el("h2", { class: "name", id: "file-title" }, displayName(file)),
+      player(file),
+      actions(file),
+      facts(file),
+    );
+  } catch (error) {
+    if (serial !== renderSerial) return;
+    detail.replaceChildren(el("p", { class: "status error" }, error.message));
+  }
+}
+
+// --- start ----------------------------------------------------------------------------------------
+
+function start() {
+  const keyInput = $("api-key");
+  keyInput.value = apiKey();
+  keyInput.addEventListener("change", () => {
+    localStorage.setItem(API_KEY_KEY, keyInput.value.trim());
+    refreshList();
+  });
+  setUpDropZone();
+  $("refresh").addEventListener("click", refreshList);
+  $("more").addEventListener("click", () => loadFiles(true));
+  window.addEventListener("hashchange", render);
+  refreshList();
+  render();
+}
+
+start();

@@ -1,0 +1,351 @@
+"""The web page in a real browser: Debian's chromium, headless, driven by Playwright for Python.
+
+Nothing is downloaded at run time (never `playwright install`): Playwright drives
+/usr/bin/chromium, which .ci/run installs from Debian. Each test starts a real uvicorn
+(`mediasvc serve`) on PostgreSQL and a browser with a fresh profile. Every wait is bounded.
+
+- Upload through the page: the file input, a live progress bar with rate and time left (the
+  upload is throttled by the browser's own network emulation so progress can be seen), Cancel
+  (the server keeps nothing), then a real upload that appears in the list.
+- A video of tens of MB (made by ffmpeg at test time, so the browser cannot have buffered it
+  all): open its page from the list, seek near the end, and check that the player got there and
+  that the server answered the seek with a 206 for a range that starts far past the beginning,
+  even though downloads carry `Content-Security-Policy: sandbox` and nosniff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page, Response, ViewportSize, sync_playwright
+
+from tests.conftest import PROJECT_ROOT, RunningServer, leftovers, truncate
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+CHROMIUM = "/usr/bin/chromium"
+# FIELD-NOTES "Browsers in tests"; Playwright adds --headless, the test a fresh profile dir.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
+]
+VIEWPORT = ViewportSize(width=1200, height=800)
+WAIT_MS = 15_000  # the bound on any single wait in the browser
+SCREENSHOT = PROJECT_ROOT / "docs" / "screenshot.png"
+MiB = 1024 * 1024
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *args], check=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def big_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s of H.264 in MP4 (faststart), ~44 MB: far more than a player buffers ahead.
+
+    A little temporal noise keeps x264 at the asked bit rate (test patterns compress too well).
+    """
+    path = tmp_path_factory.mktemp("browser-media") / "seek test.mp4"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+        "-t", "30", "-vf", "noise=alls=3:allf=t",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25",
+        "-b:v", "12M", "-maxrate", "12M", "-bufsize", "4M",
+        "-movflags", "+faststart", str(path),
+    )  # fmt: skip
+    assert path.stat().st_size > 30 * MiB
+    return path
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("browser-picture") / "Testbild – café.png"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=480x270", "-frames:v", "1", str(path))
+    return path
+
+
+@dataclass
+class Browser:
+    page: Page
+    context: BrowserContext
+    errors: list[str] = field(default_factory=list)  # page errors and console errors
+    responses: list[Response] = field(default_factory=list)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),  # a fresh profile for every test
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport=VIEWPORT,
+            locale="en-GB",
+            timezone_id="UTC",
+            color_scheme="light",
+        )
+        context.set_default_timeout(WAIT_MS)
+        context.set_default_navigation_timeout(WAIT_MS)
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            seen = Browser(page=page, context=context)
+            page.on("pageerror", lambda error: seen.errors.append(f"page error: {error}"))
+            page.on(
+                "console",
+                lambda message: (
+                    seen.errors.append(f"console {message.type}: {message.text}")
+                    if message.type == "error"
+                    else None
+                ),
+            )
+            page.on("response", lambda response: seen.responses.append(response))
+            yield seen
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., RunningServer], pg_url: str) -> RunningServer:
+    asyncio.run(truncate(pg_url))  # an empty list, so what the page shows is this test's
+    return start_server({"MEDIASVC_DATABASE_URL": pg_url})
+
+
+def upload_via_api(server: RunningServer, path: Path) -> dict[str, Any]:
+    with path.open("rb") as body:
+        response = httpx.post(
+            f"{server.base_url}/api/v1/files/stream",
+            content=body,
+            headers={"X-Filename": quote(path.name)},
+            timeout=60,
+        )
+    assert response.status_code == 201, response.text
+    stored: dict[str, Any] = response.json()
+    return stored
+
+
+def wait_until_probed(server: RunningServer, uid: str) -> dict[str, Any]:
+    """The probe job (in-process here) fills in media facts and the preview; bounded wait."""
+    deadline = time.monotonic() + 20
+    while True:
+        metadata: dict[str, Any] = httpx.get(
+            f"{server.base_url}/api/v1/files/{uid}/metadata", timeout=5
+        ).json()
+        if metadata["probe_status"] != "pending" or time.monotonic() > deadline:
+            return metadata
+        time.sleep(0.2)
+
+
+def listed_names(server: RunningServer) -> list[str]:
+    page = httpx.get(f"{server.base_url}/api/v1/files", timeout=5).json()
+    return [item["original_name"] for item in page["items"]]
+
+
+def throttle_uploads(browser: Browser, bytes_per_s: int) -> None:
+    """Chromium's own network emulation (DevTools protocol); -1 lifts it."""
+    cdp = browser.context.new_cdp_session(browser.page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": bytes_per_s,
+        },
+    )
+
+
+def test_upload_through_the_page_with_progress_cancel_and_list(
+    server: RunningServer, browser: Browser, picture: Path, tmp_path: Path
+) -> None:
+    page = browser.page
+    page.goto(server.base_url + "/")
+    page.get_by_text("No files yet.").wait_for()
+
+    # A slow upload: the bar moves, rate and time left show, Cancel stops it.
+    doomed = tmp_path / "cancel me.bin"
+    doomed.write_bytes(os.urandom(12 * MiB))
+    throttle_uploads(browser, 1 * MiB)  # 12 s for the whole file: ample time to see and cancel
+    page.set_input_files("#file-input", str(doomed))
+    page.wait_for_function(
+        "() => { const bar = document.querySelector('#progress-bar');"
+        " return bar.value > 0 && bar.value < bar.max; }",
+        timeout=WAIT_MS,
+    )
+    progress = page.locator("#progress-text")
+    page.wait_for_function(
+        "() => / left$/.test(document.querySelector('#progress-text').textContent)",
+        timeout=WAIT_MS,
+    )
+    assert re.search(
+        r"of 12\.0 MiB · \d+ % · [\d.]+ (KiB|MiB)/s · \d+:\d\d left$", progress.inner_text()
+    )
+    page.click("#cancel")
+    page.get_by_text("cancel me.bin: cancelled").wait_for()
+    assert page.locator("#cancel").is_disabled()
+    # The server saw the connection drop and kept nothing: no row, no partial file.
+    deadline = time.monotonic() + 10
+    while leftovers(server.media_root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(server.media_root) == []
+    assert listed_names(server) == []
+
+    # At full speed: uploaded, named (a non-ASCII name goes as percent-encoded X-Filename), listed.
+    throttle_uploads(browser, -1)
+    page.set_input_files("#file-input", str(picture))
+    page.locator("#upload-status", has_text="Uploaded Testbild – café.png").wait_for()
+    assert page.locator("#progress-bar").evaluate("bar => bar.value === bar.max")
+    item = page.locator("#file-list li", has_text="Testbild – café.png")
+    item.wait_for()
+    assert "image/png" in item.inner_text()
+    assert listed_names(server) == [picture.name]
+
+    # Drag and drop: a file dropped on the zone goes the same way.
+    page.evaluate(
+        """() => {
+            const data = new DataTransfer();
+            data.items.add(new File(["dropped, not chosen\\n"], "dropped note.txt",
+                                    {type: "text/plain"}));
+            const zone = document.querySelector("#drop");
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type,
+                    {dataTransfer: data, bubbles: true, cancelable: true}));
+            }
+        }"""
+    )
+    page.locator("#upload-status", has_text="Uploaded dropped note.txt").wait_for()
+    page.locator("#file-list li", has_text="dropped note.txt").wait_for()
+    assert listed_names(server) == ["dropped note.txt", picture.name]
+    page.locator("#file-list li", has_text="dropped note.txt").locator("a").click()
+    page.locator("#file-title", has_text="dropped note.txt").wait_for()
+    page.locator("#detail").get_by_text("No preview for text/plain").wait_for()
+
+    # Its page: the metadata and the picture inline.
+    page.locator("#file-list li", has_text=picture.name).locator("a").click()
+    page.locator("#file-title", has_text=picture.name).wait_for()
+    page.wait_for_function(
+        "() => { const img = document.querySelector('img#player');"
+        " return img && img.complete && img.naturalWidth === 480; }",
+        timeout=WAIT_MS,
+    )
+    facts = page.locator(".facts").inner_text()
+    assert "image/png" in facts
+    assert f"{picture.stat().st_size:,} bytes" in facts
+    assert browser.errors == []
+
+
+def test_video_page_plays_and_seeks_with_a_range_request(
+    server: RunningServer, browser: Browser, big_video: Path, picture: Path, tmp_path: Path
+) -> None:
+    page = browser.page
+    size = big_video.stat().st_size
+    wait_until_probed(server, upload_via_api(server, picture)["uid"])
+    video = upload_via_api(server, big_video)
+    uid = video["uid"]
+    metadata = wait_until_probed(server, uid)
+    assert metadata["format"] == "video/mp4"
+
+    page.goto(server.base_url + "/")
+    link = page.locator(f'#file-list li[data-uid="{uid}"] a')
+    link.click()
+    page.locator("#file-title", has_text=big_video.name).wait_for()
+    player = page.locator("video#player")
+    player.wait_for()
+    page.wait_for_function(
+        "() => { const v = document.querySelector('video#player');"
+        " return v.readyState >= 1 && Number.isFinite(v.duration); }",
+        timeout=WAIT_MS,
+    )
+    duration = player.evaluate("v => v.duration")
+    assert 29 < duration < 31
+    target = duration - 1
+    # What the browser holds before the seek ends well before the target: the seek must fetch.
+    buffered_end = player.evaluate(
+        "v => v.buffered.length ? v.buffered.end(v.buffered.length - 1) : 0"
+    )
+    assert buffered_end < target - 1, buffered_end
+
+    first_after_seek = len(browser.responses)
+    player.evaluate("(v, t) => { v.muted = true; v.currentTime = t; }", target)
+    page.wait_for_function(
+        "t => { const v = document.querySelector('video#player');"
+        " return !v.seeking && v.readyState >= 2 && Math.abs(v.currentTime - t) < 0.5; }",
+        arg=target,
+        timeout=WAIT_MS,
+    )
+    # The player decodes from there to the end: it really got the data near the end.
+    player.evaluate("v => v.play()")
+    page.wait_for_function("() => document.querySelector('video#player').ended", timeout=WAIT_MS)
+
+    media_url = f"{server.base_url}/api/v1/files/{uid}?inline=true"
+    seeks = []
+    for response in browser.responses[first_after_seek:]:
+        if response.url != media_url:
+            continue
+        match = re.fullmatch(r"bytes=(\d+)-\d*", response.request.all_headers().get("range", ""))
+        if response.status == 206 and match:
+            seeks.append((int(match[1]), response.all_headers()))
+    assert seeks, [(r.url, r.status) for r in browser.responses[first_after_seek:]]
+    start, headers = seeks[0]
+    # Seeking to 1 s before the end of a constant-rate file: a range near the end of the bytes.
+    assert start > size // 2, (start, size)
+    assert headers["content-range"].startswith(f"bytes {start}-")
+    # The download's own CSP and nosniff don't stop our page's <video> from playing it.
+    assert headers["content-security-policy"] == "sandbox"
+    assert headers["x-content-type-options"] == "nosniff"
+
+    # The README's picture: an upload under way (throttled), the list with its thumbnails,
+    # and the player at the end of the video. MEDIASVC_UPDATE_SCREENSHOT=1 saves it to docs/.
+    page.locator(f'#file-list li[data-uid="{uid}"].active').wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#file-list img.thumb')]"
+        ".every(img => img.complete && img.naturalWidth > 0)",
+        timeout=WAIT_MS,
+    )
+    in_flight = tmp_path / "concert recording.wav"
+    in_flight.write_bytes(os.urandom(24 * MiB))
+    throttle_uploads(browser, 2 * MiB)  # 12 s: time for the picture and Cancel
+    page.set_input_files("#file-input", str(in_flight))
+    page.wait_for_function(
+        "() => /[1-9]\\d* % .* left$/.test(document.querySelector('#progress-text').textContent)",
+        timeout=WAIT_MS,
+    )
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot))
+    page.click("#cancel")
+    page.get_by_text(f"{in_flight.name}: cancelled").wait_for()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("MEDIASVC_UPDATE_SCREENSHOT"):
+        save_small_png(shot, SCREENSHOT)
+    assert browser.errors == []
+
+
+def save_small_png(source: Path, target: Path) -> None:
+    """A 256-colour PNG (ffmpeg's palettegen): the README's picture at a third of the bytes."""
+    target.parent.mkdir(exist_ok=True)
+    ffmpeg(
+        "-i", str(source),
+        "-vf", "split[a][b];[a]palettegen=max_colors=256[p];[b][p]paletteuse=dither=none",
+        str(target),
+    )  # fmt: skip
