@@ -27,6 +27,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 access_logger = logging.getLogger("mediasvc.access")
 
+COUNTER_FLUSH_BYTES = 8 * 1024 * 1024
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DOWNLOAD_PATH = re.compile(r"^/api/v1/files/[a-z2-7]{26}$")
 _UPLOAD_PATHS = re.compile(r"^/api/v1/files(/stream(/[^/]*)?)?$")
@@ -105,24 +106,30 @@ class ObservabilityMiddleware:
         received = 0
         started = time.perf_counter()
 
+        # Byte counters are published every few MiB, not per chunk: a locked increment per
+        # 64 KiB chunk was a measured share of the event loop's time on fast uploads.
+        counted_in = counted_out = 0
+
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, counted_in
             message = await receive()
             if message["type"] == "http.request" and kind == "upload":
-                n = len(message.get("body", b""))
-                received += n
-                metrics.bytes_in.inc(n)
+                received += len(message.get("body", b""))
+                if received - counted_in >= COUNTER_FLUSH_BYTES:
+                    metrics.bytes_in.inc(received - counted_in)
+                    counted_in = received
             return message
 
         async def tagging_send(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, counted_out
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             elif message["type"] == "http.response.body" and kind == "download" and status < 300:
-                n = len(message.get("body", b""))
-                sent += n
-                metrics.bytes_out.inc(n)
+                sent += len(message.get("body", b""))
+                if sent - counted_out >= COUNTER_FLUSH_BYTES:
+                    metrics.bytes_out.inc(sent - counted_out)
+                    counted_out = sent
             await send(message)
 
         if kind == "upload":
@@ -130,6 +137,8 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, counting_receive, tagging_send)
         finally:
+            metrics.bytes_in.inc(received - counted_in)
+            metrics.bytes_out.inc(sent - counted_out)
             elapsed_s = time.perf_counter() - started
             if kind == "upload":
                 metrics.uploads_in_flight.dec()
