@@ -23,8 +23,8 @@ from sqlalchemy import text
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
-from mediasvc.ingest.feeder import DEFAULT_DEPTH
 from mediasvc.db.session import make_engine
+from mediasvc.ingest.feeder import DEFAULT_DEPTH
 from tests.conftest import RunningServer, truncate
 from tests.test_ingest_multipart import BOUNDARY, form_part, multipart_body, multipart_headers
 
