@@ -79,8 +79,17 @@ class BatchingFeeder:
         """Stop (skipping queued batches) and wait, even if cancelled, until the thread is done."""
         self._abandoned = True
         self._end()
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await asyncio.shield(self._done)
+        cancelled = False
+        with anyio.CancelScope(shield=True):
+            # A plain task.cancel() still reaches us inside an anyio shield: keep waiting, or
+            # the caller would close and delete the file while the thread still writes to it.
+            while not self._done.done():
+                try:
+                    await asyncio.shield(self._done)
+                except asyncio.CancelledError:
+                    cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _end(self) -> None:
         if not self._ended:

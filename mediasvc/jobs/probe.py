@@ -77,20 +77,15 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
         except (CloudError, OSError) as exc:
             error = f"preview not yet in the cloud: {type(exc).__name__}: {exc}"
             logger.warning("%s: %s; the reconciler tries again", uid, error)
-            await _record(ctx, uid, ProbeStatus.PENDING, error=error, media=facts.to_json())
+            if not await _record(ctx, uid, ProbeStatus.PENDING, error=error, media=facts.to_json()):
+                return await _not_recorded(ctx, uid)  # deleted meanwhile: no orphan preview
             return ProbeOutcome(ProbeStatus.PENDING.value)
         except ToolMissing as exc:
             note = f"no preview: {exc}"
 
     media = facts.to_json() if facts is not None else None
     if not await _record(ctx, uid, ProbeStatus.DONE, error=note, media=media, preview=preview_key):
-        async with ctx.db.session() as session:
-            current = await session.get(FileRecord, uid, populate_existing=True)
-        if current is not None and current.gone_reason is None:
-            return ProbeOutcome(current.probe_status)  # another run finished first
-        # Deleted while we probed: the preview must not outlive the row.
-        await _remove_preview(ctx, uid)
-        return ProbeOutcome("gone")
+        return await _not_recorded(ctx, uid)
     remux = (
         ctx.settings.remux_faststart
         and facts is not None
@@ -99,6 +94,16 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
         and record.faststart_uid is None
     )
     return ProbeOutcome(ProbeStatus.DONE.value, remux=remux)
+
+
+async def _not_recorded(ctx: JobContext, uid: str) -> ProbeOutcome:
+    async with ctx.db.session() as session:
+        current = await session.get(FileRecord, uid, populate_existing=True)
+    if current is not None and current.gone_reason is None:
+        return ProbeOutcome(current.probe_status)  # another run finished first
+    # Deleted while we probed: the preview must not outlive the row.
+    await _remove_preview(ctx, uid)
+    return ProbeOutcome("gone")
 
 
 async def _make_and_push_preview(ctx: JobContext, uid: str, path: Path, facts: MediaFacts) -> str:

@@ -59,11 +59,18 @@ class LocalStore:
         """Atomically move a finished, fsynced ``.part`` file to its UID path (blocking)."""
         final = self.path_for(uid)
         try:
+            created = not final.parent.is_dir()
             final.parent.mkdir(exist_ok=True)  # a full disk (or one out of inodes) fails here
             os.replace(part_path, final)
-            if self.fsync:
-                _fsync_dir(final.parent)
-                _fsync_dir(part_path.parent)
+            try:
+                if self.fsync:
+                    if created:  # a new shard directory's own entry must be durable too
+                        _fsync_dir(self.root)
+                    _fsync_dir(final.parent)
+                    _fsync_dir(part_path.parent)
+            except BaseException:
+                final.unlink(missing_ok=True)  # renamed but no row will follow: no orphan file
+                raise
         except OSError as exc:
             raise translate_os_error(exc) from exc
         return final
