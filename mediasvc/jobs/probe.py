@@ -9,7 +9,6 @@ row that is no longer pending does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from mediasvc.media.preview import PreviewFailed, make_preview
 from mediasvc.media.probe import LocalCopyMissing, MediaFacts, ProbeFailed, analyse, expects_media
 from mediasvc.media.tools import ToolMissing
 from mediasvc.storage.cloud import CloudError, preview_key_for
+from mediasvc.storage.files import size_and_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ async def _make_and_push_preview(ctx: JobContext, uid: str, path: Path, facts: M
     store = ctx.store
     final = store.preview_path_for(uid)
     await make_preview(ctx.settings, path, store.preview_part_path_for(uid), final, facts)
-    size, sha256 = await anyio.to_thread.run_sync(_size_and_sha256, final)
+    size, sha256 = await anyio.to_thread.run_sync(_measure, final)
     key = preview_key_for(uid)
     await ctx.cloud.put_file(key, final, size=size, sha256=sha256)
     return key
@@ -172,11 +172,6 @@ async def _remove_preview(ctx: JobContext, uid: str) -> None:
             logger.warning("could not delete the preview of %s: %s", uid, exc)
 
 
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
+def _measure(path: Path) -> tuple[int, str]:
     with path.open("rb") as file:
-        while chunk := file.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+        return size_and_sha256(file, HASH_CHUNK_BYTES)

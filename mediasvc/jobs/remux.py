@@ -10,7 +10,6 @@ Idempotent: an original that already has a live derived copy gets linked to it, 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from mediasvc.ids import new_uid
 from mediasvc.jobs.context import JobContext
 from mediasvc.media.atoms import read_layout
 from mediasvc.media.remux import RemuxFailed, remux_faststart
+from mediasvc.storage.files import size_and_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +123,12 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
 
 def _seal(path: Path, chunk_bytes: int, fsync: bool) -> tuple[int, str, bool | None]:
     """Size, sha256 and faststart of the finished copy, read in bounded chunks; then fsync."""
-    digest = hashlib.sha256()
-    size = 0
     with path.open("rb") as file:
-        while chunk := file.read(chunk_bytes):
-            digest.update(chunk)
-            size += len(chunk)
+        size, sha256 = size_and_sha256(file, chunk_bytes)
         layout = read_layout(file, size)
         if fsync:
             os.fsync(file.fileno())
-    return size, digest.hexdigest(), layout.faststart
+    return size, sha256, layout.faststart
 
 
 async def _link(ctx: JobContext, uid: str, derived_uid: str) -> None:

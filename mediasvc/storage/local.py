@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mediasvc.errors import InsufficientStorage
 from mediasvc.storage.cloud.base import PREVIEW_SUFFIX
+from mediasvc.storage.files import fsync_dir
 
 INCOMING_DIR = ".incoming"
 PART_SUFFIX = ".part"
@@ -65,9 +66,9 @@ class LocalStore:
             try:
                 if self.fsync:
                     if created:  # a new shard directory's own entry must be durable too
-                        _fsync_dir(self.root)
-                    _fsync_dir(final.parent)
-                    _fsync_dir(part_path.parent)
+                        fsync_dir(self.root)
+                    fsync_dir(final.parent)
+                    fsync_dir(part_path.parent)
             except BaseException:
                 final.unlink(missing_ok=True)  # renamed but no row will follow: no orphan file
                 raise
@@ -77,30 +78,22 @@ class LocalStore:
 
     def remove(self, uid: str) -> bool:
         """Delete the local copy (blocking); True if there was one."""
-        try:
-            self.path_for(uid).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return _unlink(self.path_for(uid))
 
     def remove_preview(self, uid: str) -> bool:
         """Delete the local preview (blocking); True if there was one."""
-        try:
-            self.preview_path_for(uid).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return _unlink(self.preview_path_for(uid))
 
     def exists(self, uid: str) -> bool:
         return self.path_for(uid).is_file()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _unlink(path: Path) -> bool:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def translate_os_error(exc: OSError) -> Exception:

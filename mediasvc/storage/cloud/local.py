@@ -29,6 +29,7 @@ from mediasvc.storage.cloud.errors import (
 )
 from mediasvc.storage.cloud.sizing import MiB
 from mediasvc.storage.cloud.verified import UploadAbandoned, Verifier
+from mediasvc.storage.files import fsync_dir
 
 SHA256_XATTR = "user.mediasvc.sha256"
 TEMP_SUFFIX = ".tmp"
@@ -82,7 +83,7 @@ class LocalCloudStore:
                         os.fsync(dst.fileno())
                 os.replace(temp, target)
                 if self.fsync:
-                    _fsync_dir(target.parent)
+                    fsync_dir(target.parent)
             except BaseException as exc:
                 temp.unlink(missing_ok=True)
                 if isinstance(exc, OSError):
@@ -148,14 +149,6 @@ def _set_sha256(fd: int, sha256: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
             raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _raise_translated(exc: OSError, key: str) -> NoReturn:
