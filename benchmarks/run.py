@@ -93,7 +93,7 @@ class Config:
     rounds: int
     small: int = 512 * MiB
     push_size: int = 1 * GiB
-    hostile_size: int = 1 * GiB  # ~50 MB/s today: 4 GiB would take minutes per round
+    hostile_size: int = 4 * GiB
     range_tail: int = 64 * MiB
     parallel_uploads: int = 8
     readers: int = 32
@@ -1535,7 +1535,7 @@ def versions() -> dict[str, str]:
         "fastapi",
         "httptools",
         "uvloop",
-        "streaming-form-data",
+        "python-multipart",
         "obstore",
         "arq",
         "locust",

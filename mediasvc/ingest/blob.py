@@ -2,9 +2,10 @@
 
 Its methods block (they write and hash), so they run in the upload's worker thread, never on the
 event loop. Each batch is hashed in that thread while a second thread writes it: hashlib and
-os.write both release the GIL, so a batch costs max(hash, write), not their sum. With fsync on,
-the writer also flushes every ``FLUSH_EVERY_BYTES``, so the final fsync has little left to do and
-the disk flush overlaps with receiving instead of following it.
+os.write both release the GIL, so a batch costs max(hash, write), not their sum. Writes bypass
+the page cache where the filesystem allows (storage/direct.py says why), so the final fsync has
+little left to do. Where they cannot, the writer flushes every ``FLUSH_EVERY_BYTES`` with fsync
+on, so that the disk flush overlaps with receiving instead of following it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mediasvc.errors import PayloadTooLarge
+from mediasvc.storage.direct import AppendOnlyFile
 from mediasvc.storage.local import translate_os_error
 
 SNIFF_HEAD_BYTES = 8 * 1024
@@ -30,7 +32,9 @@ class WrittenBlob:
 
 
 class BlobFile:
-    def __init__(self, path: Path, *, max_size_bytes: int, fsync: bool) -> None:
+    def __init__(
+        self, path: Path, *, max_size_bytes: int, fsync: bool, direct_io: bool = True
+    ) -> None:
         self.path = path
         self._max_size = max_size_bytes
         self._fsync = fsync
@@ -39,9 +43,8 @@ class BlobFile:
         self.size = 0
         self._unflushed = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mediasvc-write")
-        # O_EXCL: a UID collision (or a stale file) must never be silently overwritten.
         try:
-            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            self._file: AppendOnlyFile | None = AppendOnlyFile(path, direct=direct_io)
         except OSError as exc:  # a disk out of inodes fails here with ENOSPC: 507, not 500
             raise translate_os_error(exc) from exc
 
@@ -58,24 +61,25 @@ class BlobFile:
         written.result()  # the caller reuses the buffer next: the write must be done
 
     def _write_all(self, data: memoryview | bytes) -> None:
-        assert self._fd is not None
-        view = memoryview(data)
+        assert self._file is not None
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            self._file.write(data)
+            if self._file.direct:
+                return
             self._unflushed += len(data)
             if self._fsync and self._unflushed >= FLUSH_EVERY_BYTES:
-                os.fdatasync(self._fd)
+                os.fdatasync(self._file.fd)
                 self._unflushed = 0
         except OSError as exc:
             raise translate_os_error(exc) from exc
 
     def finish(self) -> WrittenBlob:
         """Make the bytes durable and close the file."""
-        assert self._fd is not None
+        assert self._file is not None
         try:
+            self._file.flush()
             if self._fsync:
-                os.fsync(self._fd)
+                os.fsync(self._file.fd)
         except OSError as exc:
             raise translate_os_error(exc) from exc
         finally:
@@ -89,6 +93,6 @@ class BlobFile:
 
     def _close(self) -> None:
         self._writer.shutdown(wait=True)
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()

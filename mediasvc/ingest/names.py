@@ -57,7 +57,8 @@ def _from_x_filename(value: str) -> str:
         raise InvalidFilename("X-Filename is not percent-encoded UTF-8") from exc
 
 
-def _from_content_disposition(value: str) -> str | None:
+def filename_from_disposition(value: str) -> str | None:
+    """The filename of a Content-Disposition value, preferring ``filename*`` (RFC 6266 §4.3)."""
     # email's compat32 parser implements RFC 2231/8187 and returns filename* as a
     # (charset, language, latin-1 text) tuple. We pick filename* ourselves: `get_filename()`
     # returned whichever parameter came first, so `filename="x"; filename*=UTF-8''y` gave "x"
@@ -86,7 +87,7 @@ def name_from_request(headers: Headers, query: QueryParams, path_name: str | Non
     if (x_filename := headers.get("x-filename")) is not None:
         name = _from_x_filename(x_filename)
     elif (disposition := headers.get("content-disposition")) is not None:
-        name = _from_content_disposition(disposition)
+        name = filename_from_disposition(disposition)
     if name is None:
         name = query.get("filename")
     if name is None:

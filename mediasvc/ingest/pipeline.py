@@ -98,7 +98,7 @@ class Ingestor:
 
         async def receive(blob: BlobFile) -> _Received:
             reader = MultipartFileReader(
-                request.headers,
+                request.headers.get("content-type"),
                 blob,
                 max_parts=self._settings.multipart_max_parts,
                 max_part_header_bytes=self._settings.multipart_max_part_header_bytes,
@@ -162,6 +162,7 @@ class Ingestor:
             part_path,
             max_size_bytes=self._settings.max_upload_size_bytes,
             fsync=self._settings.fsync,
+            direct_io=self._settings.direct_io,
         )
         try:
             received = await receive(blob)
