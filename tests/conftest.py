@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -143,14 +143,16 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start `mediasvc serve` (real uvicorn) in its own process; stopped after the test."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(env: dict[str, str], *, cwd: Path | None = None) -> RunningServer:
+    def start(
+        env: dict[str, str], *, cwd: Path | None = None, args: Sequence[str] = ()
+    ) -> RunningServer:
         port = free_port()
         media_root = Path(env.get("MEDIASVC_MEDIA_ROOT", tmp_path / "media"))
         full_env = {**os.environ, "MEDIASVC_MEDIA_ROOT": str(media_root), **env}
         full_env.pop("GLIBC_TUNABLES", None)
         with (tmp_path / f"server-{port}.log").open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "mediasvc", "serve", "--port", str(port)],
+                [sys.executable, "-m", "mediasvc", "serve", "--port", str(port), *args],
                 env=full_env,
                 cwd=cwd or tmp_path,
                 stdout=log,
