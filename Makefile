@@ -55,9 +55,9 @@ clean:
 ## one round (a few minutes).
 .PHONY: bench bench-quick
 bench: $(STAMP) $(S3RVER)
-	$(BIN)/python -c 'import locust, python_multipart' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -c 'import locust, granian' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py
 
 bench-quick: $(STAMP) $(S3RVER)
-	$(BIN)/python -c 'import locust, python_multipart' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -c 'import locust, granian' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py --quick

@@ -15,7 +15,8 @@ then their median reported, because throughput drifts up to 2x over minutes on t
   multipart (ordinary and hostile `\\r\\n--` data); MB/s and the server's peak RSS and growth;
 - cloud push of 1 GiB by `mediasvc worker` to s3rver: MB/s, the worker's peak RSS;
 - downloads of SIZE, full and the last 64 MiB: nginx sendfile, Starlette FileResponse defaults,
-  mediasvc from disk, mediasvc from the cloud store (s3rver, the local copy evicted);
+  mediasvc from disk (under uvicorn and granian), mediasvc from the cloud store (s3rver, the
+  local copy evicted);
 - concurrency: 8 parallel 512 MiB uploads, 32 parallel Range readers at random offsets;
 - locust (benchmarks/locustfile.py): a realistic mix for a bounded time against the full stack
   (`mediasvc serve --workers 2`, PostgreSQL, Redis, `mediasvc worker`, s3rver), and GET /healthz
@@ -659,8 +660,15 @@ def start_servers(r: Run) -> None:
         "mediasvc", argv, env=r.env_single, cwd=single, port=port
     )
 
-    for name in ("count", "naive", "starlette", "mediasvc"):
-        wait_http(r.servers[name], "/healthz" if name == "mediasvc" else "/")
+    # The same node under granian (`mediasvc serve --server granian`): same database and files.
+    port = free_port()
+    argv = [*argv[:-4], "--server", "granian", "--port", str(port), "--log-level", "warning"]
+    r.servers["mediasvc_granian"] = children.start(
+        "mediasvc_granian", argv, env=r.env_single, cwd=single, port=port
+    )
+
+    for name in ("count", "naive", "starlette", "mediasvc", "mediasvc_granian"):
+        wait_http(r.servers[name], "/healthz" if name.startswith("mediasvc") else "/")
     wait_http(r.servers["nginx"], "/done")
     wait_http(r.servers["mediasvc"], "/readyz", ok=300)
     # nginx's body-writing worker is the process to watch, not the master.
@@ -668,6 +676,10 @@ def start_servers(r: Run) -> None:
     if len(workers) != 1:
         raise BenchError(f"expected one nginx worker, found {workers}")
     r.meta["nginx_worker_pid"] = workers[0]
+    granian_workers = children_of(r.servers["mediasvc_granian"].pid)
+    if len(granian_workers) != 1:
+        raise BenchError(f"expected one granian worker, found {granian_workers}")
+    r.meta["granian_worker_pid"] = granian_workers[0]
     log("servers up: " + ", ".join(f"{n}:{c.port}" for n, c in r.servers.items()))
 
 
@@ -755,6 +767,8 @@ def rss_pid(r: Run, server: str | None) -> int | None:
         return None
     if server == "nginx":
         return int(r.meta["nginx_worker_pid"])
+    if server == "mediasvc_granian":  # granian serves from a worker process
+        return int(r.meta["granian_worker_pid"])
     return r.servers[server].pid
 
 
@@ -786,6 +800,14 @@ def upload_contenders(mode: str, hostile_mib: int) -> list[Upload]:
                 "raw",
                 "mediasvc raw POST",
                 "mediasvc",
+                "/api/v1/files/stream",
+                raw,
+                after="mediasvc",
+            ),
+            Upload(
+                "graw",
+                "mediasvc raw POST, under granian",
+                "mediasvc_granian",
                 "/api/v1/files/stream",
                 raw,
                 after="mediasvc",
@@ -946,6 +968,8 @@ def upload_rows(r: Run, prefix: str, title: str, contenders: list[Upload]) -> No
         check=lambda x: x >= 0.25,
     )
     r.derived(title, "PUT / raw", ratio("put", "raw"))
+    if any(up.key == "graw" for up in contenders):
+        r.derived(title, "granian raw / uvicorn raw (serve --server)", ratio("graw", "raw"))
     r.derived(title, "count only / nginx (uvicorn's ceiling vs nginx)", ratio("count", "nginx"))
     r.derived(title, "raw / curl → discarding socket", ratio("raw", "discard"))
     if prefix == "upT":
@@ -1112,6 +1136,11 @@ def download_urls(r: Run) -> list[tuple[str, str, str]]:
             r.servers["starlette"].base + "/files/data.bin",
         ),
         ("disk", "mediasvc from disk", f"{ms}/api/v1/files/{r.uids['disk']}"),
+        (
+            "gdisk",
+            "mediasvc from disk, under granian",
+            f"{r.servers['mediasvc_granian'].base}/api/v1/files/{r.uids['disk']}",
+        ),
         ("cloud", "mediasvc from the cloud (s3rver)", f"{ms}/api/v1/files/{r.uids['cloud']}"),
     ]
 
@@ -1122,6 +1151,12 @@ def section_downloads(r: Run) -> None:
     title = f"download {cfg.size_label}"
     contenders = download_urls(r)
     tail_start = cfg.size - cfg.range_tail
+    # Warm-up, not measured: every contender serves from the page cache. nginx's file was just
+    # written by this script; mediasvc's was uploaded with O_DIRECT, which leaves nothing cached,
+    # so its first read would measure the disk (~0.6-0.7 GB/s cold here) rather than the server.
+    for key, _, url in contenders:
+        if key != "cloud":
+            curl([url], timeout=1800)
     for rnd in range(cfg.rounds):
         for kind, extra, want in (
             ("full", [], cfg.size),
@@ -1161,6 +1196,9 @@ def section_downloads(r: Run) -> None:
         )
         r.derived(f"{title}, {sub}", "Starlette defaults / nginx", ratio("starlette", "nginx"))
         r.derived(f"{title}, {sub}", "mediasvc cloud / nginx", ratio("cloud", "nginx"))
+        r.derived(
+            f"{title}, {sub}", "granian / uvicorn (mediasvc from disk)", ratio("gdisk", "disk")
+        )
     r.derived(
         f"{title}, last 64 MiB (Range)",
         f"mediasvc disk: TTFB of a Range at the end of {cfg.size_label}",
@@ -1252,6 +1290,11 @@ def section_concurrency(r: Run) -> None:
     readers = [
         ("nginx", "nginx sendfile", r.servers["nginx"].base + "/files/data.bin"),
         ("disk", "mediasvc from disk", f"{ms}/api/v1/files/{r.uids['disk']}"),
+        (
+            "gdisk",
+            "mediasvc from disk, under granian",
+            f"{r.servers['mediasvc_granian'].base}/api/v1/files/{r.uids['disk']}",
+        ),
     ]
     cfg_dir = r.tmp / "readers"
     cfg_dir.mkdir(exist_ok=True)
@@ -1273,7 +1316,8 @@ def section_concurrency(r: Run) -> None:
                 ]
                 path.write_text("next\n".join(blocks))
                 argvs.append(["curl", "-sS", "-K", str(path)])
-            with RssProbe(rss_pid(r, "nginx" if key == "nginx" else "mediasvc")) as probe:
+            server = {"nginx": "nginx", "gdisk": "mediasvc_granian"}.get(key, "mediasvc")
+            with RssProbe(rss_pid(r, server)) as probe:
                 elapsed, infos = parallel_curls(argvs)
                 rss = probe.read()
             got = sum(int(i["size_download"]) for i in infos)

@@ -68,6 +68,7 @@ def make_settings(tmp_path: Path, pg_url: str) -> Callable[..., Settings]:
             "media_root": tmp_path / "media",
             "cloud_root": tmp_path / "bucket",
             "io_chunk_size_bytes": 64 * 1024,
+            "download_chunk_size_bytes": 64 * 1024,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -21,7 +21,7 @@ from mediasvc.config import Settings
 
 SIZE = 1000
 DATA = random.Random(20260101).randbytes(SIZE)
-CHUNK = 64 * 1024  # io_chunk_size_bytes in the test settings: the read size on download
+CHUNK = 64 * 1024  # download_chunk_size_bytes in the test settings: the read size
 BIG = random.Random(7).randbytes(3 * CHUNK + 123)
 PROBLEM_JSON = "application/problem+json"
 MULTIPART_CT = re.compile(r"multipart/byteranges; boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")

@@ -155,7 +155,7 @@ async def download(
     options: dict[str, Any] = {
         "media_type": record.format,
         "headers": headers,
-        "chunk_size": services.settings.io_chunk_size_bytes,
+        "chunk_size": services.settings.download_chunk_size_bytes,
         "max_ranges": services.settings.max_ranges,
     }
     response = await _file_response(services, record, options)

@@ -59,7 +59,7 @@ async def preview(request: Request, uid: str) -> Response:
         },
         "content_disposition_type": "inline",
         "filename": f"{uid}.preview.jpg",
-        "chunk_size": services.settings.io_chunk_size_bytes,
+        "chunk_size": services.settings.download_chunk_size_bytes,
         "max_ranges": services.settings.max_ranges,
     }
     path = services.store.preview_path_for(uid)
