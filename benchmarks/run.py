@@ -10,8 +10,9 @@ contender runs once, the order alternating between rounds, and ratios are taken 
 then their median reported, because throughput drifts up to 2x over minutes on these VMs):
 
 - uploads, SIZE with `curl -T` and 512 MiB with `curl --data-binary`: curl into a discarding
-  socket, disk write + fsync, sha256 (hashlib, one thread), the same uvicorn counting the body
-  (benchmarks/apps.py), nginx body to disk, naive FastAPI UploadFile, mediasvc raw POST, PUT,
+  socket, disk write + fsync (buffered and O_DIRECT), sha256 (hashlib, one thread), the same
+  uvicorn counting the body (benchmarks/apps.py), nginx body to disk, naive FastAPI UploadFile,
+  mediasvc raw POST (also under granian: `serve --server granian`), PUT,
   multipart (ordinary and hostile `\\r\\n--` data); MB/s and the server's peak RSS and growth;
 - cloud push of 1 GiB by `mediasvc worker` to s3rver: MB/s, the worker's peak RSS;
 - downloads of SIZE, full and the last 64 MiB: nginx sendfile, Starlette FileResponse defaults,
@@ -33,8 +34,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
+import mmap
 import os
 import platform
 import random
@@ -49,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -184,6 +188,64 @@ def machine_busy() -> tuple[float, float]:
         values = [int(v) for v in fh.readline().split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
+
+
+def total_cpu_seconds(pids: Sequence[int]) -> float:
+    """cpu_seconds() summed over processes; one that has gone counts nothing."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm") as fh:
+                if fh.read().strip() == name:
+                    found.append(int(entry))
+    return found
+
+
+class LatencyProbe(threading.Thread):
+    """GET one URL every ``interval_s`` on one keep-alive connection, recording latencies.
+
+    A second, light client beside locust: locust's own figures include the time its greenlets
+    wait for its (busy, single-threaded) process, this one mostly the server's.
+    """
+
+    def __init__(self, url: str, interval_s: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self._url = url
+        self._interval_s = interval_s
+        self._halt = threading.Event()
+        self.latencies_ms: list[float] = []
+        self.failures = 0
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._halt.wait(self._interval_s):
+                t0 = time.perf_counter()
+                try:
+                    ok = client.get(self._url).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                else:
+                    self.failures += 1
+
+    def stop(self) -> tuple[float, float, float]:
+        self._halt.set()
+        self.join()
+        ordered = sorted(self.latencies_ms) or [float("nan")]
+
+        def q(p: float) -> float:
+            return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+        return q(0.5), q(0.95), q(0.99)
 
 
 RSS_LABEL = "peak RSS / growth / CPU"
@@ -751,6 +813,28 @@ def copy_fsync(src: Path, dst: Path) -> float:
     return elapsed
 
 
+def copy_direct_fsync(src: Path, dst: Path) -> float:
+    """The same with O_DIRECT (what mediasvc writes with): page-aligned buffer, no page cache."""
+    buf = mmap.mmap(-1, MiB)
+    view = memoryview(buf)
+    t0 = time.perf_counter()
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+    try:
+        with src.open("rb", buffering=0) as fin:
+            while n := fin.readinto(buf):
+                if n % 4096:  # the unaligned tail goes through the page cache
+                    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                os.write(fd, view[:n])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - t0
+    view.release()
+    dst.unlink()
+    return elapsed
+
+
 def sha256_file(src: Path) -> float:
     buf = bytearray(MiB)
     view = memoryview(buf)
@@ -785,6 +869,7 @@ def upload_contenders(mode: str, hostile_mib: int) -> list[Upload]:
         return [
             Upload("discard", "curl → discarding socket", None, "/", raw),
             Upload("disk", "disk write + fsync (1 MiB writes)", None, "", raw),
+            Upload("direct", "disk write, O_DIRECT, + fsync (1 MiB writes)", None, "", raw),
             Upload("sha256", "sha256, hashlib, 1 thread", None, "", raw),
             Upload("count", "uvicorn pure ASGI, count only", "count", "/", raw),
             Upload("nginx", "nginx body → disk", "nginx", "/upload", raw),
@@ -878,8 +963,9 @@ def run_upload(r: Run, up: Upload, prefix: str, rnd: int, size: int) -> None:
     src = r.files[up.source]
     if up.source == "hostile":
         size = r.cfg.hostile_size
-    if up.key == "disk":
-        elapsed = copy_fsync(src, r.tmp / "disk-write.bin")
+    if up.key in ("disk", "direct"):
+        copy = copy_fsync if up.key == "disk" else copy_direct_fsync
+        elapsed = copy(src, r.tmp / "disk-write.bin")
         r.samples.put(f"{prefix}.{up.key}.mbps", rnd, size / elapsed / MB)
         return
     if up.key == "sha256":
@@ -972,6 +1058,8 @@ def upload_rows(r: Run, prefix: str, title: str, contenders: list[Upload]) -> No
         r.derived(title, "granian raw / uvicorn raw (serve --server)", ratio("graw", "raw"))
     r.derived(title, "count only / nginx (uvicorn's ceiling vs nginx)", ratio("count", "nginx"))
     r.derived(title, "raw / curl → discarding socket", ratio("raw", "discard"))
+    if any(up.key == "direct" for up in contenders):
+        r.derived(title, "raw / disk write, O_DIRECT, + fsync", ratio("raw", "direct"))
     if prefix == "upT":
         keys = [k for k in ("raw", "put", "mp", "hostile") if r.samples.get(f"{prefix}.{k}.rss")]
         r.derived(
@@ -1406,7 +1494,8 @@ def section_locust(r: Run) -> None:
             port=port,
         )
         started.append(api)
-        started.append(start_worker(r, env, stack, "stack-worker"))
+        worker = start_worker(r, env, stack, "stack-worker")
+        started.append(worker)
         wait_http(api, "/readyz", ok=300)
         # Read targets before the first upload of the run lands.
         seed = []
@@ -1459,7 +1548,17 @@ def section_locust(r: Run) -> None:
                 }
                 usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 busy0, total0 = machine_busy()
+                groups = {
+                    "api": children_of(api.pid),
+                    "worker": [worker.pid, *children_of(worker.pid)],
+                    "s3rver": [r.servers["s3rver"].pid],
+                    "postgres": pids_named("postgres"),
+                }
+                cpu0 = {name: total_cpu_seconds(pids) for name, pids in groups.items()}
+                probe = LatencyProbe(f"{api.base}/api/v1/files/{seed[0]['uid']}/metadata")
                 t0 = time.perf_counter()
+                if key == "mix":
+                    probe.start()
                 with (r.children.logs / f"locust-{key}-{rnd}.log").open("wb") as out:
                     subprocess.run(
                         argv,
@@ -1469,6 +1568,18 @@ def section_locust(r: Run) -> None:
                         timeout=seconds + 120,
                     )
                 wall = time.perf_counter() - t0
+                if key == "mix":
+                    r.samples.put("lprobe", rnd, probe.stop())
+                    if probe.failures:
+                        r.errors.append(f"latency probe round {rnd + 1}: {probe.failures} failed")
+                    r.samples.put(
+                        "lcpu.mix.stack",
+                        rnd,
+                        tuple(
+                            (total_cpu_seconds(pids) - cpu0[name]) / wall * 100
+                            for name, pids in groups.items()
+                        ),
+                    )
                 usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 busy1, total1 = machine_busy()
                 locust_cpu = (
@@ -1487,6 +1598,17 @@ def section_locust(r: Run) -> None:
                             f"locust {key} round {rnd + 1}: {row['Occurrences']} × "
                             f"{row['Method']} {row['Name']}: {row['Error']}"
                         )
+                # An exception in a task is no request, so no failure in the stats: count it.
+                exceptions = 0
+                with contextlib.suppress(OSError), Path(f"{prefix}_exceptions.csv").open() as fh:
+                    for row in csv.DictReader(fh):
+                        exceptions += int(row["Count"])
+                        r.errors.append(
+                            f"locust {key} round {rnd + 1}: {row['Count']} × exception "
+                            f"{row['Message'][:200]}"
+                        )
+                if "Aggregated" in stats:
+                    stats["Aggregated"]["failures"] += exceptions
                 for name, s in stats.items():
                     r.samples.put(f"lc.{key}.{name}", rnd, s)
                 agg = stats.get("Aggregated", {})
@@ -1536,6 +1658,19 @@ def locust_rows(r: Run, title: str) -> None:
                 "ms",
                 digits=0,
             )
+    r.metric(
+        title,
+        "mix: CPU of API workers / arq worker / s3rver / PostgreSQL (of one core)",
+        "lcpu.mix.stack",
+        "%",
+    )
+    r.metric(
+        title,
+        "mix: metadata p50 / p95 / p99 seen by a second, light client (one keep-alive "
+        "connection, every 50 ms)",
+        "lprobe",
+        "ms",
+    )
     r.derived(
         title,
         "mix: metadata p99",
