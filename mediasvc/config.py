@@ -29,9 +29,12 @@ class Settings(BaseSettings):
         default=16 * GiB, ge=0, description="Largest file accepted; 0 means unlimited."
     )
     io_chunk_size_bytes: int = Field(
-        default=1 * MiB,
+        default=4 * MiB,
         ge=4 * KiB,
-        description="Batch size for disk writes and hashing on upload (4 such buffers per upload).",
+        description=(
+            "Batch size for hashing and disk writes on upload (3 such buffers per upload). "
+            "2 GiB curl -T measured ~0.83, ~0.91 and ~1.0 GB/s with 1, 2 and 4 MiB."
+        ),
     )
     download_chunk_size_bytes: int = Field(
         default=4 * MiB,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -110,7 +111,9 @@ class Ingestor:
 
         return await self._ingest(request, receive, options)
 
-    async def _pump(self, request: Request, process: Callable[[memoryview], None]) -> None:
+    async def _pump(
+        self, request: Request, process: Callable[[memoryview], Future[None] | None]
+    ) -> None:
         """Stream the body through ``process`` in a worker thread, one batch at a time."""
         feeder = BatchingFeeder(process, batch_bytes=self._settings.io_chunk_size_bytes)
         idle_timeout_s = self._settings.body_idle_timeout_s
