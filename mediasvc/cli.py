@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # glibc's malloc hands body-sized buffers back to the kernel and faults them in again for every
 # chunk; these thresholds keep them in the heap (FIELD-NOTES: ~1.4 M page faults per 4 GiB upload
@@ -64,6 +65,7 @@ def _serve_granian(args: argparse.Namespace) -> None:
     from mediasvc.observability import log_config
 
     os.environ[_TRUSTED_PROXIES_ENV] = args.forwarded_allow_ips
+    level = "debug" if args.log_level.lower() == "trace" else args.log_level.lower()
     Granian(
         f"{__name__}:granian_app",
         factory=True,
@@ -72,9 +74,11 @@ def _serve_granian(args: argparse.Namespace) -> None:
         workers=args.workers,
         interface=Interfaces.ASGI,
         loop=Loops.uvloop,
-        log_level=LogLevels(args.log_level.lower()),
+        log_level=LogLevels(level),
         log_dictconfig=log_config(args.log_level),
         log_access=False,  # ObservabilityMiddleware writes the access log, with request ids
+        # Not uvicorn's drain-then-cancel: granian kills a worker still busy after this long, so
+        # an upload cut there leaves its .part file to the cleanup job's sweep.
         workers_kill_timeout=args.graceful_shutdown_s,
     ).serve()
 
@@ -83,13 +87,16 @@ _TRUSTED_PROXIES_ENV = "MEDIASVC_SERVE_FORWARDED_ALLOW_IPS"
 
 
 def granian_app() -> object:
-    """granian's app factory: ours behind X-Forwarded-* handling (uvicorn has its own)."""
-    from granian.utils.proxies import wrap_asgi_with_proxy_headers
+    """granian's app factory: ours behind uvicorn's own X-Forwarded-* middleware, so that both
+    servers trust the same proxies and read the headers the same way (granian's wrapper takes
+    X-Forwarded-Proto only together with X-Forwarded-For)."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
     from mediasvc.app import create_app
 
     trusted = os.environ.get(_TRUSTED_PROXIES_ENV, "127.0.0.1")
-    return wrap_asgi_with_proxy_headers(create_app(), trusted_hosts=trusted.split(","))
+    app: Any = create_app()  # Starlette's and uvicorn's ASGI type aliases differ, not the protocol
+    return ProxyHeadersMiddleware(app, trusted_hosts=trusted)
 
 
 def _worker(args: argparse.Namespace) -> None:

@@ -1,16 +1,21 @@
-"""storage/direct.py: O_DIRECT appends keep every byte, in order, whatever the alignment."""
+"""storage/direct.py and the blob above it: every byte kept, in order, whatever the alignment
+or the failure."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from mediasvc.config import Settings
+from mediasvc.ingest.blob import BlobFile
 from mediasvc.storage import direct
 from mediasvc.storage.direct import ALIGN, STAGE_BYTES, AppendOnlyFile, aligned_buffer
 
@@ -139,3 +144,56 @@ def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         AppendOnlyFile(tmp_path / "x.part", direct=True)
     assert (tmp_path / "x.part").read_bytes() == b"keep"
+
+
+def test_the_file_is_removed_if_the_staging_buffer_cannot_be_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_memory(size: int) -> mmap.mmap:
+        raise MemoryError
+
+    monkeypatch.setattr(direct, "aligned_buffer", no_memory)
+    with pytest.raises(MemoryError):
+        AppendOnlyFile(tmp_path / "x.part", direct=True)
+    assert not (tmp_path / "x.part").exists()
+
+
+# --- BlobFile: hash in the caller, write one batch behind -------------------------------------
+
+
+def test_a_failed_write_stops_every_later_one_and_surfaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any exception, not only OSError: after it no write may run (the file would have a hole)
+    # nor read a buffer its caller already got back.
+    real_write = AppendOnlyFile.write
+    calls = []
+
+    def failing_second_write(self: AppendOnlyFile, data: memoryview | bytes) -> None:
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise ValueError("boom")
+        real_write(self, data)
+
+    monkeypatch.setattr(AppendOnlyFile, "write", failing_second_write)
+    blob = BlobFile(tmp_path / "x.part", max_size_bytes=0, fsync=False)
+    try:
+        first = blob.write(aligned_piece(b"a" * ALIGN))
+        with pytest.raises(ValueError, match="boom"):
+            blob.write(aligned_piece(b"b" * ALIGN))  # waits for the first, queues the second
+            blob.write(aligned_piece(b"c" * ALIGN))  # raises: the second failed
+        with pytest.raises(ValueError, match="boom"):
+            blob.write(b"d")
+        with pytest.raises(ValueError, match="boom"):
+            blob.finish()
+        assert first.done()
+        assert calls == [ALIGN, ALIGN]  # the third batch was never written
+    finally:
+        blob.discard()
+    assert not (tmp_path / "x.part").exists()
+
+
+def test_upload_batches_must_be_whole_blocks() -> None:
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, io_chunk_size_bytes=5000)  # type: ignore[call-arg]
+    assert Settings(_env_file=None, io_chunk_size_bytes=8192).io_chunk_size_bytes == 8192  # type: ignore[call-arg]

@@ -420,6 +420,20 @@ async def test_a_part_header_that_never_ends_is_400_early(
     assert body.pulled <= in_flight // body.chunk_size + 1
 
 
+async def test_a_flood_of_spaces_after_a_header_colon_is_400_early(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    # The parser skips these spaces itself (our header count never sees them): its per-line
+    # bound must still stop the part, with our message, long before the 8 MiB body ends.
+    start = f"--{BOUNDARY}\r\nContent-Disposition:".encode()
+    body = CountingBody(start + b" " * (8 * MiB))
+    response = await client.post("/api/v1/files", content=body, headers=multipart_headers())
+    problem = assert_problem(response, 400)
+    assert f"exceed {settings.multipart_max_part_header_bytes} bytes" in problem["detail"]
+    in_flight = (DEFAULT_DEPTH + 1) * settings.io_chunk_size_bytes
+    assert body.pulled <= in_flight // body.chunk_size + 1
+
+
 # --- invalid identifiers and query values ---------------------------------------------------------
 
 BAD_UIDS = [

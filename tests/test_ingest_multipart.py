@@ -279,6 +279,35 @@ async def test_multipart_unicode_filename_star(client: httpx.AsyncClient) -> Non
     assert response.json()["original_name"] == "naïve ☃.txt"
 
 
+async def test_multipart_plain_filename_containing_filename_star_text(
+    client: httpx.AsyncClient,
+) -> None:
+    # Only an RFC 8187 parameter takes the filename* route: a quoted name that merely contains
+    # the text keeps the plain route (which drops an IE-style full path).
+    disposition = b'form-data; name="file"; filename="C:\\dir\\filename*=.txt"'
+    response = await post_form(
+        client, multipart_body(form_part("file", b"x", disposition=disposition))
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["original_name"] == "filename*=.txt"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"Content-Type: application/octet-stream", b'Content-Disposition: attachment; name="file"'],
+    ids=["no-disposition", "attachment"],
+)
+async def test_multipart_part_without_form_data_disposition_is_400(
+    client: httpx.AsyncClient, headers: bytes
+) -> None:
+    # RFC 7578 §4.2: each part has Content-Disposition: form-data.
+    part = headers + b"\r\n\r\nx"
+    body = multipart_body(part, form_part("file", b"y", filename="f.bin"))
+    response = await post_form(client, body)
+    assert response.status_code == 400, response.text
+    assert "Content-Disposition: form-data" in response.json()["detail"]
+
+
 async def test_multipart_part_without_filename_gives_null_name(client: httpx.AsyncClient) -> None:
     body = multipart_body(form_part("file", b"no name here"))
     response = await post_form(client, body)

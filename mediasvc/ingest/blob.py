@@ -84,9 +84,13 @@ class BlobFile:
             if self._fsync and self._unflushed >= FLUSH_EVERY_BYTES:
                 os.fdatasync(self._file.fd)
                 self._unflushed = 0
-        except OSError as exc:
-            self._write_error = translate_os_error(exc)
-            raise self._write_error from exc
+        except BaseException as exc:
+            # Whatever it is, no later write may run (a hole), nor read a buffer the caller
+            # already got back because this error surfaced first.
+            self._write_error = error = _translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def finish(self) -> WrittenBlob:
         """Make the bytes durable and close the file."""
@@ -94,11 +98,16 @@ class BlobFile:
         try:
             while self._pending:
                 self._pending.popleft().result()
+            if self._write_error is not None:  # raised once already, to write(): again here
+                raise self._write_error
             self._file.flush()
             if self._fsync:
                 os.fsync(self._file.fd)
         except OSError as exc:
-            raise translate_os_error(exc) from exc
+            error = _translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self._close()
         return WrittenBlob(size=self.size, sha256=self._hash.hexdigest(), head=bytes(self._head))
@@ -113,3 +122,7 @@ class BlobFile:
         if self._file is not None:
             file, self._file = self._file, None
             file.close()
+
+
+def _translated(exc: BaseException) -> BaseException:
+    return translate_os_error(exc) if isinstance(exc, OSError) else exc

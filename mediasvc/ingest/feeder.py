@@ -86,7 +86,10 @@ class BatchingFeeder:
         self._raise_failure()
 
     async def drain(self) -> None:
-        """Stop (skipping queued batches) and wait, even if cancelled, until the thread is done."""
+        """Stop (skipping queued batches) and wait, even if cancelled, until the thread is done.
+
+        Writes the thread queued may still be running: BlobFile.discard() waits for them.
+        """
         self._abandoned = True
         self._end()
         cancelled = False

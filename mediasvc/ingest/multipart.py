@@ -10,6 +10,8 @@ Everything here runs in the ingest worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import re
+
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -18,7 +20,8 @@ from mediasvc.ingest.blob import BlobFile
 from mediasvc.ingest.names import filename_from_disposition, validate_name
 
 FILE_FIELD = "file"
-UNBOUNDED = 2**62
+# An RFC 8187 filename* parameter in a Content-Disposition value.
+_EXTENDED_FILENAME = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 
 
 def _decode(value: bytes) -> str:
@@ -53,6 +56,7 @@ class MultipartFileReader:
         self._value = bytearray()
         self._part_headers: dict[bytes, bytes] = {}
         self._in_file = False
+        self._in_headers = False
         self.file_started = False
         self.ended = False
         self.filename: str | None = None
@@ -69,10 +73,12 @@ class MultipartFileReader:
                 "on_part_end": self._on_part_end,
                 "on_end": self._on_end,
             },
-            # Bounded by our own count of a part's header bytes instead (a clearer 400, and the
-            # parser keeps marks, not copies, so a header is never buffered past our bound).
-            max_header_count=UNBOUNDED,
-            max_header_size=UNBOUNDED,
+            # Our count of a part's header bytes (below) decides, with a clearer message; the
+            # parser's own per-line bounds stay as a backstop, because only it sees the spaces
+            # it skips after a colon (a flood of them would otherwise cost CPU without limit).
+            # A header line is at least 4 of our bytes, so neither bound is ever stricter.
+            max_header_count=max_part_header_bytes // 4,
+            max_header_size=max_part_header_bytes,
         )
 
     def process(self, batch: memoryview) -> None:
@@ -81,6 +87,10 @@ class MultipartFileReader:
         try:
             self._parser.write(bytes(batch))  # it searches with bytes.find: bytes, not a view
         except MultipartParseError as exc:
+            if self._in_headers and str(exc).startswith("Maximum header"):  # the backstop
+                raise MalformedMultipart(
+                    f"a part's headers exceed {self._max_header_bytes} bytes"
+                ) from exc
             raise MalformedMultipart(f"bad multipart framing: {exc}") from exc
 
     def check_complete(self) -> None:
@@ -96,6 +106,7 @@ class MultipartFileReader:
         if self._parts > self._max_parts:
             raise MalformedMultipart(f"the body has more than {self._max_parts} parts")
         self._part_headers = {}
+        self._in_headers = True
         self._header_bytes = 0
         self._count_header_bytes(2)  # the empty line that ends the headers
 
@@ -114,14 +125,17 @@ class MultipartFileReader:
         self._value.clear()
 
     def _on_headers_finished(self) -> None:
+        self._in_headers = False
         disposition = self._part_headers.get(b"content-disposition", b"")
-        _, options = parse_options_header(disposition)
+        disposition_type, options = parse_options_header(disposition)
+        if disposition_type != b"form-data":  # RFC 7578 §4.2: every part has one
+            raise MalformedMultipart("a part has no Content-Disposition: form-data header")
         if options.get(b"name") != FILE_FIELD.encode():
             return  # another field: its data is skipped
         if self.file_started:
             raise MalformedMultipart(f"the body has more than one part named {FILE_FIELD!r}")
         self.file_started = self._in_file = True
-        if b"filename*" in disposition.lower():
+        if _EXTENDED_FILENAME.search(disposition):
             # python-multipart drops RFC 8187 parameters (RFC 7578 forbids them), but some
             # clients send them: the same parser as for raw uploads' Content-Disposition.
             filename = filename_from_disposition(disposition.decode("latin-1")) or ""

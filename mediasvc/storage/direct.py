@@ -47,12 +47,20 @@ class AppendOnlyFile:
         self._staged = 0
         if direct and hasattr(os, "O_DIRECT"):
             try:
-                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-            except OSError:
-                return  # this filesystem has no direct I/O: stay buffered
-            self.direct = True
-            self._stage = aligned_buffer(STAGE_BYTES)
+                self._enter_direct()
+            except BaseException:  # the caller has no object to clean up: do it here
+                os.close(self.fd)
+                path.unlink(missing_ok=True)
+                raise
+
+    def _enter_direct(self) -> None:
+        try:
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except OSError:
+            return  # this filesystem has no direct I/O: stay buffered
+        self._stage = aligned_buffer(STAGE_BYTES)
+        self.direct = True
 
     def write(self, data: memoryview | bytes) -> None:
         view = memoryview(data)
