@@ -160,10 +160,7 @@ async def upload_raw(
     max_downloads: MaxDownloads = None,
     expires_in: ExpiresIn = None,
 ) -> Response:
-    options = _options(caller, max_downloads, expires_in)
-    ingestor = services_of(request).ingestor
-    stored = await ingestor.ingest_raw(request, path_name=None, options=options)
-    return _created(request, stored)
+    return await _ingest_raw(request, None, caller, max_downloads, expires_in)
 
 
 @router.put(
@@ -180,7 +177,7 @@ async def upload_raw_put(
     max_downloads: MaxDownloads = None,
     expires_in: ExpiresIn = None,
 ) -> Response:
-    return await upload_raw(request, caller, max_downloads, expires_in)
+    return await _ingest_raw(request, None, caller, max_downloads, expires_in)
 
 
 @router.put(
@@ -198,9 +195,21 @@ async def upload_raw_named(
     max_downloads: MaxDownloads = None,
     expires_in: ExpiresIn = None,
 ) -> Response:
+    return await _ingest_raw(request, filename, caller, max_downloads, expires_in)
+
+
+async def _ingest_raw(
+    request: Request,
+    path_name: str | None,
+    caller: Caller,
+    max_downloads: int | None,
+    expires_in: int | None,
+) -> Response:
+    """The three raw routes (POST, PUT, PUT with a name): one ingest, their own OpenAPI entries."""
     options = _options(caller, max_downloads, expires_in)
-    ingestor = services_of(request).ingestor
-    stored = await ingestor.ingest_raw(request, path_name=filename, options=options)
+    stored = await services_of(request).ingestor.ingest_raw(
+        request, path_name=path_name, options=options
+    )
     return _created(request, stored)
 
 

@@ -88,7 +88,7 @@ async def _render(settings: Settings, source: Path, part: Path, seek_s: float) -
     except ToolError as exc:
         return str(exc)
     if result.returncode != 0:
-        return result.reason().replace(f"file:{source}", "file").replace(f"file:{part}", "preview")
+        return result.reason(hide={source: "file", part: "preview"})
     size = await anyio.to_thread.run_sync(_size_or_zero, part)
     return None if size > 0 else "ffmpeg wrote no frame"
 

@@ -156,7 +156,7 @@ async def analyse(settings: Settings, path: Path, *, expects_media: bool) -> Med
         raise
     except ToolError as exc:
         raise ProbeFailed(str(exc)) from exc
-    reason = _without_path(result.reason(), path)
+    reason = result.reason(hide={path: "file"})
     facts = (
         parse(result.stdout, max_pixels=settings.probe_max_pixels)
         if result.returncode == 0
@@ -244,10 +244,6 @@ def _stream(raw: dict[str, Any]) -> StreamFacts:
 def _read_layout(path: Path, size: int) -> BoxLayout:
     with path.open("rb", buffering=0) as file:
         return read_layout(file, size)
-
-
-def _without_path(message: str, path: Path) -> str:
-    return message.replace(f"file:{path}", "file").replace(str(path), "file")
 
 
 def _int(value: object) -> int | None:

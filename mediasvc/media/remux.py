@@ -54,4 +54,4 @@ async def remux_faststart(
     except ToolError as exc:
         raise RemuxFailed(str(exc)) from exc
     if result.returncode != 0:
-        raise RemuxFailed(result.reason().replace(f"file:{source}", "file"))
+        raise RemuxFailed(result.reason(hide={source: "file"}))

@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,21 @@ class ToolResult:
     stdout: bytes
     stderr: bytes
 
-    def reason(self) -> str:
-        """The tool's error lines, without their ``[demuxer @ 0x…]`` prefixes, or its status."""
+    def reason(self, hide: Mapping[Path, str] | None = None) -> str:
+        """The tool's error lines, without their ``[demuxer @ 0x…]`` prefixes, or its status.
+
+        Each path in ``hide`` is replaced by its label: stored errors never show our paths.
+        """
         lines: list[str] = []
         for raw in self.stderr.decode("utf-8", "replace").splitlines():
             line = _LOG_PREFIX.sub("", raw).strip()
             if line and line not in lines:
                 lines.append(line)
-        return "; ".join(lines) if lines else f"exit status {self.returncode}"
+        text = "; ".join(lines) if lines else f"exit status {self.returncode}"
+        # Longest first, so that a path that extends another (x and x.part) is replaced whole.
+        for path, label in sorted((hide or {}).items(), key=lambda item: -len(str(item[0]))):
+            text = text.replace(f"file:{path}", label).replace(str(path), label)
+        return text
 
 
 async def run_tool(
