@@ -89,7 +89,9 @@ class Settings(BaseSettings):
         "Authorization: Bearer <key> (`mediasvc hash-key KEY` prints the sha256).",
     )
     require_signed_downloads: bool = Field(
-        default=False, description="Downloads need a link from GET /api/v1/files/{uid}/link."
+        default=False,
+        description="Download, HEAD, metadata and preview need a link from "
+        "GET /api/v1/files/{uid}/link or the owner's (or an admin) API key; needs api_keys.",
     )
     signing_secret: SecretStr | None = Field(
         default=None, description="HMAC key of signed links; the same on every node."
@@ -187,6 +189,13 @@ class Settings(BaseSettings):
     def _signing_needs_a_secret(self) -> Settings:
         if self.require_signed_downloads and self.signing_secret is None:
             raise ValueError("require_signed_downloads needs MEDIASVC_SIGNING_SECRET")
+        if self.require_signed_downloads and not self.api_keys:
+            # Without keys, anyone may call /link and mint a valid link for any UID: the
+            # signatures would protect nothing.
+            raise ValueError(
+                "require_signed_downloads needs MEDIASVC_API_KEYS: without keys anyone can "
+                "mint a signed link with GET /api/v1/files/{uid}/link"
+            )
         if self.disk_low_watermark > self.disk_high_watermark:
             raise ValueError("disk_low_watermark must not exceed disk_high_watermark")
         return self

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
+from mediasvc.app import create_app
 from mediasvc.config import Settings
 from tests.conftest import leftovers
+from tests.test_jobs import REDIS_URL
+from tests.test_probe import DEAD_REDIS_URL
 
 
 async def upload(client: httpx.AsyncClient, body: bytes, name: str = "f.bin") -> dict[str, object]:
@@ -113,7 +120,7 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "storage": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "disk": "ok"}
 
 
 async def test_readiness_reports_a_dead_database(
@@ -134,6 +141,74 @@ async def test_readiness_reports_a_dead_database(
         assert listing.status_code == 503
         assert listing.headers["content-type"] == "application/problem+json"
     await services.db.dispose()
+
+
+async def _readiness(settings: Settings) -> httpx.Response:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/healthz")).status_code == 200  # alive all the same
+            return await client.get("/readyz")
+
+
+def _assert_not_ready(response: httpx.Response, failed: str, value: str) -> dict[str, Any]:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == 503
+    assert body["failed"] == [failed]
+    assert body["checks"][failed] == value
+    assert f"{failed} {value}" in body["detail"]
+    assert all(v == "ok" for k, v in body["checks"].items() if k != failed), body
+    return body
+
+
+async def test_readiness_checks_redis_when_jobs_go_through_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    ready = await _readiness(make_settings(redis_url=REDIS_URL))
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "redis": "ok",
+        "storage": "ok",
+        "disk": "ok",
+    }
+
+
+async def test_readiness_reports_an_unreachable_redis(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Nothing listens on port 9 (discard): the connection is refused.
+    _assert_not_ready(
+        await _readiness(make_settings(redis_url=DEAD_REDIS_URL)), "redis", "unavailable"
+    )
+
+
+async def test_readiness_reports_a_redis_that_never_answers(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # A socket that is listened on but never accepted: the TCP connect succeeds, PING hangs.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        response = await _readiness(make_settings(redis_url=f"redis://127.0.0.1:{port}/0"))
+    _assert_not_ready(response, "redis", "unavailable")
+
+
+async def test_readiness_reports_a_full_disk(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # More headroom asked for than the media disk has: every upload would be 507.
+    free_bytes = shutil.disk_usage(tmp_path).free
+    settings = make_settings(min_free_disk_bytes=free_bytes + 2**40)
+    body = _assert_not_ready(await _readiness(settings), "disk", "full")
+    assert "bytes free" in body["detail"]
+    # With no headroom asked for, the same disk is ready.
+    roomy = make_settings(min_free_disk_bytes=0)
+    assert (await _readiness(roomy)).json()["checks"]["disk"] == "ok"
 
 
 async def test_openapi_describes_raw_bodies_as_octet_stream(client: httpx.AsyncClient) -> None:

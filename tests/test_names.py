@@ -5,23 +5,43 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote_from_bytes
 
+import httpx
 import pytest
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import Headers
 
+from mediasvc.config import Settings
 from mediasvc.errors import BadRequest, ChecksumMismatch, InvalidFilename
 from mediasvc.ingest import checksum
-from mediasvc.ingest.names import MAX_NAME_BYTES, extension_of, name_from_request, validate_name
+from mediasvc.ingest.names import (
+    BIDI_CONTROLS,
+    MAX_NAME_BYTES,
+    extension_of,
+    name_from_request,
+    path_name,
+    query_name,
+    validate_name,
+)
 from mediasvc.ingest.sniff import choose_format, essence, is_multipart, sniff
+from tests.test_auth import assert_clean
 
 SAMPLE_MP4 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sample.mp4"
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
 
 
-def _name(headers: dict[str, str] | None = None, query: str = "", path: str | None = None):
-    # Starlette decodes header bytes as latin-1; build Headers the same way it does.
+def _name(
+    headers: dict[str, str] | None = None, query: str | bytes = "", path: str | bytes | None = None
+) -> str | None:
+    # Starlette decodes header bytes as latin-1; build Headers the same way it does. The query
+    # and the PUT path arrive as the raw bytes of the request line (ASGI query_string, raw_path).
     raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    return name_from_request(Headers(raw=raw), QueryParams(query), path)
+    query_string = query.encode() if isinstance(query, str) else query
+    raw_path = None
+    if path is not None:
+        raw_path = b"/api/v1/files/stream/" + (path.encode() if isinstance(path, str) else path)
+    return name_from_request(Headers(raw=raw), query_string, raw_path)
 
 
 def _raw_utf8_header(value: str) -> str:
@@ -66,6 +86,28 @@ def test_validate_name_refuses_lone_surrogates() -> None:
     ["日本語 ファイル.mp4", "naïve café.txt", "emoji 🎬.mkv", "../../etc/passwd", "a/b\\c.txt"],
 )
 def test_validate_name_keeps_unicode_and_path_like_names_as_metadata(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("char", sorted(BIDI_CONTROLS), ids=lambda c: f"U+{ord(c):04X}")
+def test_validate_name_refuses_bidi_controls(char: str) -> None:
+    # "evil" RLO "gpj.exe" shows as "evilexe.jpg" in a save dialog.
+    with pytest.raises(InvalidFilename, match="bidi"):
+        validate_name(f"evil{char}gpj.exe")
+
+
+def test_bidi_controls_are_unicodes_bidi_control_property() -> None:
+    assert {f"U+{ord(c):04X}" for c in BIDI_CONTROLS} == {
+        "U+061C",
+        "U+200E",
+        "U+200F",
+        *(f"U+{n:04X}" for n in range(0x202A, 0x202F)),
+        *(f"U+{n:04X}" for n in range(0x2066, 0x206A)),
+    }
+
+
+@pytest.mark.parametrize("name", ["שלום עולם.txt", "ملف صوتي.mp3", "mixed עברית and English.mkv"])
+def test_validate_name_keeps_right_to_left_text(name: str) -> None:
     assert validate_name(name) == name
 
 
@@ -192,6 +234,154 @@ def test_query_filename_with_newline_is_refused() -> None:
 def test_put_path_name_over_255_bytes_is_refused() -> None:
     with pytest.raises(InvalidFilename):
         _name({}, "", "x" * 256)
+
+
+@pytest.mark.parametrize("raw", [b"bad%FF.txt", b"bad%C3.txt", b"bad\xff.txt", b"%ED%A0%80.txt"])
+def test_put_path_that_is_not_utf8_is_refused(raw: bytes) -> None:
+    # Starlette's decoded path parameter would carry U+FFFD instead: the name would be a lie.
+    with pytest.raises(InvalidFilename, match="not valid UTF-8"):
+        _name({}, "", raw)
+
+
+def test_put_path_is_percent_decoded_utf8_from_the_raw_path() -> None:
+    assert path_name(b"/api/v1/files/stream/caf%C3%A9%20cr%C3%A8me.txt") == "café crème.txt"
+    assert path_name("/api/v1/files/stream/日本.mp4".encode()) == "日本.mp4"
+    assert path_name(b"/x/a+b.txt") == "a+b.txt"  # a path is not form-encoded
+    assert path_name(b"/x/50%.txt") == "50%.txt"  # a '%' that starts no escape stays
+
+
+@pytest.mark.parametrize("raw", [b"filename=bad%FF.txt", b"filename=bad\xff.txt", b"filename=%C3"])
+def test_query_filename_that_is_not_utf8_is_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidFilename, match="not valid UTF-8"):
+        _name({}, raw)
+
+
+def test_query_filename_is_form_decoded_utf8_from_the_raw_query() -> None:
+    assert query_name(b"filename=caf%C3%A9+cr%C3%A8me.txt") == "café crème.txt"
+    assert query_name("filename=日本.mp4".encode()) == "日本.mp4"
+    assert query_name(b"max_downloads=3&file%6eame=a.txt&filename=b.txt") == "b.txt"  # last wins
+    assert query_name(b"filenames=a.txt&max_downloads=3") is None
+    assert query_name(b"") is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "path"),
+    [
+        ({"X-Filename": "evil%E2%80%AEgpj.exe"}, "", None),
+        ({"Content-Disposition": "attachment; filename*=UTF-8''evil%E2%80%AEgpj.exe"}, "", None),
+        (
+            {"Content-Disposition": _raw_utf8_header('attachment; filename="evil\u202egpj.exe"')},
+            "",
+            None,
+        ),
+        ({}, "filename=evil%E2%80%AEgpj.exe", None),
+        ({}, "", "evil%E2%80%AEgpj.exe"),
+    ],
+    ids=["x-filename", "filename*", "filename", "query", "put-path"],
+)
+def test_every_raw_upload_source_refuses_bidi_controls(
+    headers: dict[str, str], query: str, path: str | None
+) -> None:
+    with pytest.raises(InvalidFilename, match="bidi"):
+        _name(headers, query, path)
+
+
+def test_content_disposition_plain_filename_is_utf8_not_latin1() -> None:
+    headers = {"Content-Disposition": _raw_utf8_header('attachment; filename="café.txt"')}
+    assert _name(headers) == "café.txt"
+    with pytest.raises(InvalidFilename):  # a lone latin-1 byte is not UTF-8
+        _name({"Content-Disposition": 'attachment; filename="caf\xe9.txt"'})
+
+
+# --- one rule for every source, through the service -------------------------------------------
+
+NAME_SOURCES = [
+    "x-filename",
+    "content-disposition-filename*",
+    "content-disposition-filename",
+    "query",
+    "put-path",
+    "multipart-filename",
+    "multipart-filename*",
+]
+BOUNDARY = "names-boundary-5c1e"
+
+
+def _upload_naming(source: str, name: bytes) -> dict[str, Any]:
+    """Keyword arguments of ``client.request`` for an upload whose name, from ``source``, is
+    these bytes (percent-encoded where the source is, as they are elsewhere)."""
+    quoted = quote_from_bytes(name, safe="")
+    if source.startswith("multipart"):
+        if source == "multipart-filename":
+            parameter = b'filename="' + name + b'"'
+        else:
+            parameter = f"filename*=UTF-8''{quoted}".encode()
+        body = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '.encode()
+            + parameter
+            + f"\r\n\r\nbytes\r\n--{BOUNDARY}--\r\n".encode()
+        )
+        content_type = f"multipart/form-data; boundary={BOUNDARY}"
+        return {
+            "method": "POST",
+            "url": "/api/v1/files",
+            "content": body,
+            "headers": {"Content-Type": content_type},
+        }
+    upload: dict[str, Any] = {"method": "POST", "url": "/api/v1/files/stream", "content": b"x"}
+    if source == "x-filename":
+        upload["headers"] = {"X-Filename": quoted}
+    elif source == "content-disposition-filename*":
+        upload["headers"] = {"Content-Disposition": f"attachment; filename*=UTF-8''{quoted}"}
+    elif source == "content-disposition-filename":
+        upload["headers"] = {"Content-Disposition": b'attachment; filename="' + name + b'"'}
+    elif source == "query":
+        upload["url"] += f"?filename={quoted}"
+    else:
+        upload.update(method="PUT", url=f"/api/v1/files/stream/{quoted}")
+    return upload
+
+
+@pytest.mark.parametrize("source", NAME_SOURCES)
+async def test_every_name_source_keeps_utf8_names(
+    client: httpx.AsyncClient, settings: Settings, source: str
+) -> None:
+    response = await client.request(**_upload_naming(source, "café ✓.txt".encode()))
+    assert response.status_code == 201, response.text
+    meta = response.json()
+    assert meta["original_name"] == "café ✓.txt"
+    await assert_clean(settings, {meta["uid"]: None})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"bad\xff.txt", b"cut\xc3.txt", b"\xed\xa0\x80surrogate.txt", b"caf\xe9-latin1.txt"],
+    ids=["ff", "truncated", "encoded-surrogate", "latin-1"],
+)
+@pytest.mark.parametrize("source", NAME_SOURCES)
+async def test_every_name_source_refuses_invalid_utf8(
+    client: httpx.AsyncClient, settings: Settings, source: str, name: bytes
+) -> None:
+    """Not stored with U+FFFD (PUT path, ?filename=) nor as latin-1 (filename, multipart)."""
+    response = await client.request(**_upload_naming(source, name))
+    _assert_invalid_name(response)
+    await assert_clean(settings, {})
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200f"], ids=["RLO", "LRI", "RLM"])
+@pytest.mark.parametrize("source", NAME_SOURCES)
+async def test_every_name_source_refuses_bidi_controls(
+    client: httpx.AsyncClient, settings: Settings, source: str, char: str
+) -> None:
+    response = await client.request(**_upload_naming(source, f"evil{char}gpj.exe".encode()))
+    _assert_invalid_name(response)
+    await assert_clean(settings, {})
+
+
+def _assert_invalid_name(response: httpx.Response) -> None:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "urn:mediasvc:problem:invalid-filename"
 
 
 # --- checksum -------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from mediasvc.auth import ApiKey, hash_key
 from mediasvc.config import Settings
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
@@ -218,15 +219,31 @@ async def test_expiry_purges_the_preview_too(client: httpx.AsyncClient, settings
     assert (await row(settings, uid)).preview_path is None
 
 
-async def test_signed_downloads_cover_the_preview(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(require_signed_downloads=True, signing_secret="s3cret")
+async def test_signed_downloads_cover_the_preview(
+    make_settings: Callable[..., Settings], media_files: MediaFiles
+) -> None:
+    owner, stranger = {"Authorization": "Bearer owner-key"}, {"Authorization": "Bearer other-key"}
+    settings = make_settings(
+        require_signed_downloads=True,
+        signing_secret="s3cret",
+        api_keys=[
+            ApiKey(name="owner", sha256=hash_key("owner-key")),
+            ApiKey(name="other", sha256=hash_key("other-key")),
+        ],
+    )
     app, client = await started(settings)
     try:
-        uid = (await upload_file(client, SAMPLE_MP4))["uid"]
+        client.headers.update(owner)  # upload and poll the metadata as the owner
+        uid = (await upload_file(client, media_files.photo_jpg))["uid"]
         await probed(client, uid)
+        del client.headers["Authorization"]
         assert_problem(await client.get(f"/api/v1/files/{uid}/preview"), 403)
-        link = (await client.get(f"/api/v1/files/{uid}/link")).json()["url"]
+        assert_problem(await client.get(f"/api/v1/files/{uid}/preview", headers=stranger), 403)
+        link = (await client.get(f"/api/v1/files/{uid}/link", headers=owner)).json()["url"]
         query = urlsplit(link).query
         assert (await client.get(f"/api/v1/files/{uid}/preview?{query}")).status_code == 200
+        by_owner = await client.get(f"/api/v1/files/{uid}/preview", headers=owner)
+        assert by_owner.status_code == 200
+        assert by_owner.headers["content-type"] == "image/jpeg"
     finally:
         await stopped(app, client)

@@ -12,33 +12,50 @@ import pytest
 from pydantic import ValidationError
 from starlette.datastructures import QueryParams
 
+from mediasvc.auth import ApiKey, hash_key
 from mediasvc.config import Settings
 from mediasvc.delivery import signing
 from mediasvc.errors import Forbidden
-from tests.test_auth import assert_clean, fresh_client
+from tests.conftest import RunningServer
+from tests.test_auth import assert_clean, bearer, fresh_client
 
 SECRET = "signed-links-test-secret"
 MAX_LINK_S = 3600
 DATA = bytes(range(256)) * 40 + b"tail"  # 10,244 bytes
 OTHER = b"another file's bytes"
+# Signed downloads need API keys (else anyone could mint links): the files' owner, another
+# user and an admin. The plain requests below carry no key unless a test says so.
+OWNER = "signed-owner-key-0123"
+STRANGER = "signed-stranger-key-0123"
+ADMIN = "signed-admin-key-0123"
+KEYS = [
+    ApiKey(name="owner", sha256=hash_key(OWNER)),
+    ApiKey(name="stranger", sha256=hash_key(STRANGER)),
+    ApiKey(name="admin", sha256=hash_key(ADMIN), admin=True),
+]
 
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings(
-        require_signed_downloads=True, signing_secret=SECRET, max_link_expires_s=MAX_LINK_S
+        require_signed_downloads=True,
+        signing_secret=SECRET,
+        max_link_expires_s=MAX_LINK_S,
+        api_keys=KEYS,
     )
 
 
 async def upload(client: httpx.AsyncClient, data: bytes, **params: int) -> dict[str, Any]:
-    response = await client.post("/api/v1/files/stream", content=data, params=params)
+    response = await client.post(
+        "/api/v1/files/stream", content=data, params=params, headers=bearer(OWNER)
+    )
     assert response.status_code == 201, response.text
     meta: dict[str, Any] = response.json()
     return meta
 
 
 async def link(client: httpx.AsyncClient, uid: str, **params: Any) -> str:
-    response = await client.get(f"/api/v1/files/{uid}/link", params=params)
+    response = await client.get(f"/api/v1/files/{uid}/link", params=params, headers=bearer(OWNER))
     assert response.status_code == 200, response.text
     url: str = response.json()["url"]
     return url
@@ -68,8 +85,10 @@ async def test_plain_download_is_refused_when_signed_downloads_are_required(
     assert_forbidden(await client.get(url, headers={"Range": "bytes=0-9"}))
     assert_forbidden(await client.get(url, params={"inline": "true"}))
     assert_forbidden(await client.head(url))
-    # Metadata stays a capability URL; the refusals cost none of the download budget.
-    metadata = await client.get(f"{url}/metadata")
+    # The metadata (its sha256 confirms a guess of the content) follows the same rule; the
+    # refusals cost none of the download budget.
+    assert_forbidden(await client.get(f"{url}/metadata"))
+    metadata = await client.get(f"{url}/metadata", headers=bearer(OWNER))
     assert metadata.status_code == 200
     assert metadata.json()["downloads"] == 0
     await assert_clean(settings, {meta["uid"]: None})
@@ -80,7 +99,9 @@ async def test_signed_link_downloads_byte_exact_with_head_and_range(
 ) -> None:
     meta = await upload(client, DATA)
     before = int(time.time())
-    response = await client.get(f"/api/v1/files/{meta['uid']}/link", params={"expires_in": 60})
+    response = await client.get(
+        f"/api/v1/files/{meta['uid']}/link", params={"expires_in": 60}, headers=bearer(OWNER)
+    )
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"url", "expires_at"}
@@ -201,9 +222,10 @@ async def test_tampered_link_is_refused(
     assert_forbidden(await client.request(method, f"/api/v1/files/{uid}?{urlencode(params)}"))
     # Nothing was spent: both files still have their one download, through their real links.
     for record in (meta, other):
-        assert (await client.get(f"/api/v1/files/{record['uid']}/metadata")).json()[
-            "downloads"
-        ] == 0
+        metadata = await client.get(
+            f"/api/v1/files/{record['uid']}/metadata", headers=bearer(OWNER)
+        )
+        assert metadata.json()["downloads"] == 0
     assert (await client.get(plain_url)).content == DATA
     await assert_clean(settings, {meta["uid"]: None, other["uid"]: None})
 
@@ -214,10 +236,10 @@ async def test_link_expires_in_above_the_maximum_is_422(
     meta = await upload(client, DATA)
     url = f"/api/v1/files/{meta['uid']}/link"
     for bad in (MAX_LINK_S + 1, 0, -5, "soon"):
-        response = await client.get(url, params={"expires_in": bad})
+        response = await client.get(url, params={"expires_in": bad}, headers=bearer(OWNER))
         assert response.status_code == 422, (bad, response.text)
         assert response.headers["content-type"] == "application/problem+json"
-    ok = await client.get(url, params={"expires_in": MAX_LINK_S})
+    ok = await client.get(url, params={"expires_in": MAX_LINK_S}, headers=bearer(OWNER))
     assert ok.status_code == 200
     assert (await client.get(ok.json()["url"])).content == DATA
     await assert_clean(settings, {meta["uid"]: None})
@@ -226,9 +248,10 @@ async def test_link_expires_in_above_the_maximum_is_422(
 async def test_link_for_unknown_or_gone_files(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    unknown = await client.get(f"/api/v1/files/{'a' * 26}/link")
+    unknown = await client.get(f"/api/v1/files/{'a' * 26}/link", headers=bearer(OWNER))
     assert unknown.status_code == 404
-    assert (await client.get("/api/v1/files/not-a-uid/link")).status_code == 404
+    not_a_uid = await client.get("/api/v1/files/not-a-uid/link", headers=bearer(OWNER))
+    assert not_a_uid.status_code == 404
     meta = await upload(client, DATA)
     url = await link(client, meta["uid"])
     deleted = await client.delete(
@@ -237,7 +260,8 @@ async def test_link_for_unknown_or_gone_files(
     assert deleted.status_code == 204
     # A valid signature does not bring a deleted file back.
     assert (await client.get(url)).status_code == 410
-    assert (await client.get(f"/api/v1/files/{meta['uid']}/link")).status_code == 410
+    gone = await client.get(f"/api/v1/files/{meta['uid']}/link", headers=bearer(OWNER))
+    assert gone.status_code == 410
     await assert_clean(settings, {meta["uid"]: "deleted"})
 
 
@@ -269,5 +293,126 @@ def test_require_signed_downloads_without_secret_is_a_settings_error(
     make_settings: Callable[..., Settings],
 ) -> None:
     with pytest.raises(ValidationError, match="MEDIASVC_SIGNING_SECRET"):
-        make_settings(require_signed_downloads=True)
-    assert make_settings(require_signed_downloads=True, signing_secret="s").signing_secret
+        make_settings(require_signed_downloads=True, api_keys=KEYS)
+    assert make_settings(
+        require_signed_downloads=True, signing_secret="s", api_keys=KEYS
+    ).signing_secret
+
+
+# --- one rule for every route that reveals a file ------------------------------------------------
+
+# Routes that show a file's bytes, or facts that confirm a guess of them (name, size, sha256).
+REVEALING = {
+    "GET /files/{uid}": ("GET", ""),
+    "HEAD /files/{uid}": ("HEAD", ""),
+    "GET /files/{uid}/metadata": ("GET", "/metadata"),
+    # Not probed here, so a caller that passes the rule gets the preview's own 404.
+    "GET /files/{uid}/preview": ("GET", "/preview"),
+}
+# credential → expected status when the rule lets the caller through (None) or not.
+READ_CREDENTIALS: dict[str, tuple[dict[str, str] | str, int | None]] = {
+    "nothing": ({}, 403),
+    "signed-link": ("link", None),
+    "owner-key": (bearer(OWNER), None),
+    "admin-key": (bearer(ADMIN), None),
+    "another-users-key": (bearer(STRANGER), 403),
+    "unknown-key": (bearer("not-a-configured-key"), 403),
+    "basic-scheme": ({"Authorization": "Basic YWxpY2U6c2VjcmV0"}, 401),
+    "signed-link-of-another-file": ("other-link", 403),
+}
+
+
+@pytest.mark.parametrize("credential", list(READ_CREDENTIALS))
+@pytest.mark.parametrize("route", list(REVEALING))
+async def test_every_route_that_reveals_a_file_follows_the_download_rule(
+    client: httpx.AsyncClient, settings: Settings, route: str, credential: str
+) -> None:
+    """Metadata and preview answer exactly when the download does: a link or the owner's key."""
+    meta = await upload(client, DATA, max_downloads=1)
+    other = await upload(client, OTHER)
+    method, suffix = REVEALING[route]
+    given, refused_with = READ_CREDENTIALS[credential]
+    url = f"/api/v1/files/{meta['uid']}{suffix}"
+    headers: dict[str, str] = {}
+    if given == "link":
+        url += "?" + urlsplit(await link(client, meta["uid"])).query
+    elif given == "other-link":
+        url += "?" + urlsplit(await link(client, other["uid"])).query
+    else:
+        assert isinstance(given, dict)
+        headers = given
+
+    response = await client.request(method, url, headers=headers)
+    if refused_with is not None:
+        assert response.status_code == refused_with, response.text
+        if method == "GET":
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "sha256" not in response.text and meta["sha256"] not in response.text
+    elif suffix == "/preview":
+        assert response.status_code == 404, response.text
+        assert "not been probed" in response.json()["detail"]
+    else:
+        assert response.status_code == 200, response.text
+        if suffix == "/metadata":
+            assert response.json()["sha256"] == meta["sha256"]
+        elif method == "GET":
+            assert response.content == DATA
+        else:
+            assert response.headers["content-length"] == str(len(DATA))
+    # Refusals, metadata and HEAD cost nothing; only a GET of the bytes used the one download.
+    spent = 1 if refused_with is None and route == "GET /files/{uid}" else 0
+    counted = await client.get(f"/api/v1/files/{meta['uid']}/metadata", headers=bearer(ADMIN))
+    assert counted.json()["downloads"] == spent
+    await assert_clean(settings, {meta["uid"]: None, other["uid"]: None})
+
+
+@pytest.mark.parametrize("suffix", ["", "/metadata", "/preview"])
+async def test_an_unknown_uid_without_credentials_is_403_not_404(
+    client: httpx.AsyncClient, settings: Settings, suffix: str
+) -> None:
+    """Without a credential the answer does not tell which UIDs exist."""
+    response = await client.get(f"/api/v1/files/{'a' * 26}{suffix}")
+    assert_forbidden(response)
+    with_key = await client.get(f"/api/v1/files/{'a' * 26}{suffix}", headers=bearer(OWNER))
+    assert with_key.status_code == 404
+
+
+async def test_link_needs_the_owners_or_an_admin_key_when_signed_downloads_are_required(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    uid = (await upload(client, DATA))["uid"]
+    url = f"/api/v1/files/{uid}/link"
+    nothing = await client.get(url)
+    assert nothing.status_code == 401, nothing.text
+    assert nothing.headers["www-authenticate"].startswith("Bearer")
+    assert (await client.get(url, headers=bearer(STRANGER))).status_code == 403
+    # A signed link does not mint another (it could outlive the first).
+    signed = urlsplit(await link(client, uid)).query
+    assert (await client.get(f"{url}?{signed}")).status_code == 401
+    for key in (OWNER, ADMIN):
+        minted = await client.get(url, headers=bearer(key))
+        assert minted.status_code == 200
+        assert (await client.get(minted.json()["url"])).content == DATA
+    await assert_clean(settings, {uid: None})
+
+
+def test_require_signed_downloads_without_api_keys_is_a_settings_error(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Without keys anyone may call /link and mint a valid link for any UID."""
+    with pytest.raises(ValidationError, match="MEDIASVC_API_KEYS"):
+        make_settings(require_signed_downloads=True, signing_secret=SECRET)
+    assert make_settings(require_signed_downloads=True, signing_secret=SECRET, api_keys=KEYS)
+
+
+def test_serve_refuses_to_start_with_signed_downloads_and_no_keys(
+    start_server: Callable[..., RunningServer], pg_url: str
+) -> None:
+    env = {
+        "MEDIASVC_DATABASE_URL": pg_url,
+        "MEDIASVC_REQUIRE_SIGNED_DOWNLOADS": "true",
+        "MEDIASVC_SIGNING_SECRET": SECRET,
+    }
+    with pytest.raises(RuntimeError, match="MEDIASVC_API_KEYS") as refused:
+        start_server(env)
+    assert "server exited" in str(refused.value)

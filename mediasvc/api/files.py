@@ -15,6 +15,8 @@ from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from mediasvc.api.access import ReadableFile, check_owner
+from mediasvc.api.access import live_record as _live_record  # the name other modules import
 from mediasvc.api.common import Caller, base_url_of, services_of
 from mediasvc.api.schemas import FileList, FileMetadata, SignedLink
 from mediasvc.api.uploads import problem_responses  # error responses in the OpenAPI schema
@@ -94,10 +96,10 @@ async def list_files(
     "/files/{uid}/metadata",
     response_model=FileMetadata,
     summary="A file's metadata",
-    responses=problem_responses(404, 410, 422, 431, 503),
+    # 401/403 as for the download: the sha256 and size confirm a guess of the content.
+    responses=problem_responses(401, 403, 404, 410, 422, 431, 503),
 )
-async def file_metadata(request: Request, uid: str) -> FileMetadata:
-    record = await _live_record(request, uid)
+async def file_metadata(request: Request, record: ReadableFile) -> FileMetadata:
     return FileMetadata.from_record(record, base_url=base_url_of(request))
 
 
@@ -106,9 +108,9 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
     206: {"description": "Partial content (one range, or multipart/byteranges)"},
     304: {"description": "Not modified"},
-    # 400 malformed Range, 403 signature or prefetch of a limited file, 404 unknown UID, 410 gone,
-    # 412/416 preconditions and ranges, 422 bad query, 431 headers, 503 database or cloud.
-    **problem_responses(400, 403, 404, 410, 412, 416, 422, 431, 503),
+    # 400 malformed Range, 401/403 signature, key or prefetch of a limited file, 404 unknown UID,
+    # 410 gone, 412/416 preconditions and ranges, 422 bad query, 431 headers, 503 database or cloud.
+    **problem_responses(400, 401, 403, 404, 410, 412, 416, 422, 431, 503),
 }
 
 
@@ -129,13 +131,10 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def download(
     request: Request,
     uid: str,
+    record: ReadableFile,
     inline: Annotated[bool, Query(description="Content-Disposition: inline")] = False,
 ) -> Response:
     services = services_of(request)
-    secret = services.settings.signing_secret
-    if services.settings.require_signed_downloads and secret is not None:
-        signing.verify(secret.get_secret_value(), uid, request.query_params)
-    record = await _live_record(request, uid)
     budget = budget_bytes(record)
     if budget is not None and is_prefetch(request.headers):
         raise Forbidden("prefetches of a file with a download limit are refused")
@@ -271,8 +270,7 @@ async def signed_link(
     if expires_in > services.settings.max_link_expires_s:
         raise InvalidInput(f"expires_in may be at most {services.settings.max_link_expires_s} s")
     record = await _live_record(request, uid)
-    if caller is not None and not caller.admin and record.owner != caller.name:
-        raise Forbidden("this file belongs to another key")
+    check_owner(caller, record)
     expires_at = int(time.time()) + expires_in
     query = signing.signed_query(
         secret.get_secret_value(), uid, expires_at_s=expires_at, inline=inline
@@ -290,20 +288,6 @@ async def _touch(services: Services, record: FileRecord) -> None:
         return
     async with services.db.session() as session:
         await repository.touch(session, record.uid, now)
-
-
-async def _live_record(request: Request, uid: str) -> FileRecord:
-    if not is_valid_uid(uid):
-        raise NotFound("no file has this UID")
-    async with services_of(request).db.session() as session:
-        record = await repository.get(session, uid)
-    if record is None:
-        raise NotFound("no file has this UID")
-    if record.gone_reason is not None:
-        raise Gone(f"the file is gone: {record.gone_reason}")
-    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
-        raise Gone(f"the file is gone: {GoneReason.EXPIRED.value}")
-    return record
 
 
 def _representation_headers(record: FileRecord, *, inline: bool) -> dict[str, str]:

@@ -20,30 +20,59 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database and storage answer")
+@router.get(
+    "/readyz",
+    summary="Readiness: database, Redis (if configured) and storage answer, the disk has room",
+)
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
-    checks: dict[str, str] = {}
-    try:
-        async with services.db.session() as session:
-            await session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except DatabaseUnavailable:
-        checks["database"] = "unavailable"
-    writable = await anyio.to_thread.run_sync(os.access, services.store.incoming, os.W_OK)
-    checks["storage"] = "ok" if writable else "unavailable"
-    ready = all(value == "ok" for value in checks.values())
-    if ready:
+    checks: dict[str, str] = {"database": await _database(services)}
+    if services.settings.redis_url is not None:  # else the jobs run in-process: no Redis
+        checks["redis"] = "ok" if await services.queue.ping() else "unavailable"
+    checks["storage"] = await _storage(services)
+    free_bytes = await _free_bytes(services)
+    needed_bytes = services.settings.min_free_disk_bytes
+    # Below the headroom every upload is 507: take the node out of the balancer's rotation.
+    if free_bytes is None:
+        checks["disk"] = "unavailable"
+    else:
+        checks["disk"] = "ok" if free_bytes >= needed_bytes else "full"
+    failed = [name for name, value in checks.items() if value != "ok"]
+    if not failed:
         return JSONResponse({"status": "ready", "checks": checks})
+    reasons = [f"{name} {checks[name]}" for name in failed]
+    if "disk" in failed and free_bytes is not None:
+        reasons[failed.index("disk")] += f" ({free_bytes} bytes free, {needed_bytes} kept free)"
     return JSONResponse(
         {
             "type": "urn:mediasvc:problem:unavailable",
             "title": "Service Unavailable",
             "status": 503,
-            "detail": "a dependency is down: "
-            + ", ".join(name for name, value in checks.items() if value != "ok"),
+            "detail": "not ready: " + ", ".join(reasons),
             "checks": checks,
+            "failed": failed,
         },
         status_code=503,
         media_type="application/problem+json",
     )
+
+
+async def _database(services: Services) -> str:
+    try:
+        async with services.db.session() as session:
+            await session.execute(text("SELECT 1"))
+    except DatabaseUnavailable:
+        return "unavailable"
+    return "ok"
+
+
+async def _storage(services: Services) -> str:
+    writable = await anyio.to_thread.run_sync(os.access, services.store.incoming, os.W_OK)
+    return "ok" if writable else "unavailable"
+
+
+async def _free_bytes(services: Services) -> int | None:
+    try:
+        return await anyio.to_thread.run_sync(services.store.free_bytes)
+    except OSError:
+        return None  # the media root is gone

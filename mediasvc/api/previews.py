@@ -14,11 +14,11 @@ import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from mediasvc.api.access import ReadableFile
 from mediasvc.api.common import services_of
-from mediasvc.api.files import CACHE_NO_STORE, CACHE_PRIVATE_DAY, _live_record
+from mediasvc.api.files import CACHE_NO_STORE, CACHE_PRIVATE_DAY
 from mediasvc.api.uploads import problem_responses
 from mediasvc.db.models import FileRecord, ProbeStatus
-from mediasvc.delivery import signing
 from mediasvc.delivery.cloud import CloudFileResponse
 from mediasvc.delivery.ranges import LocalFileResponse
 from mediasvc.errors import NotFound, ServiceUnavailable
@@ -32,7 +32,7 @@ _PREVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {PREVIEW_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
     206: {"description": "Partial content"},
     304: {"description": "Not modified"},
-    **problem_responses(400, 403, 404, 410, 412, 416, 422, 431, 503),
+    **problem_responses(400, 401, 403, 404, 410, 412, 416, 422, 431, 503),
 }
 
 
@@ -43,13 +43,10 @@ _PREVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="A file's poster frame (video) or thumbnail (image), as JPEG",
     responses=_PREVIEW_RESPONSES,
 )
-async def preview(request: Request, uid: str) -> Response:
+async def preview(request: Request, uid: str, record: ReadableFile) -> Response:
+    # A preview shows the file's content: the same rule as the download (the file's signed
+    # link opens it too).
     services = services_of(request)
-    secret = services.settings.signing_secret
-    if services.settings.require_signed_downloads and secret is not None:
-        # A preview shows the file's content: the file's signed link opens it too.
-        signing.verify(secret.get_secret_value(), uid, request.query_params)
-    record = await _live_record(request, uid)
     limited = record.max_downloads is not None or record.expires_at is not None
     options: dict[str, Any] = {
         "media_type": PREVIEW_MEDIA_TYPE,

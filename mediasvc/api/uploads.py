@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
@@ -195,12 +196,15 @@ async def upload_raw_named(
     max_downloads: MaxDownloads = None,
     expires_in: ExpiresIn = None,
 ) -> Response:
-    return await _ingest_raw(request, filename, caller, max_downloads, expires_in)
+    # The name comes from the path's raw bytes: the decoded ``filename`` has U+FFFD where the
+    # path was not UTF-8. Servers that give no raw_path (it is optional in ASGI) give this one.
+    raw_path: bytes = request.scope.get("raw_path") or quote(filename).encode("ascii")
+    return await _ingest_raw(request, raw_path, caller, max_downloads, expires_in)
 
 
 async def _ingest_raw(
     request: Request,
-    path_name: str | None,
+    raw_path: bytes | None,
     caller: Caller,
     max_downloads: int | None,
     expires_in: int | None,
@@ -208,7 +212,7 @@ async def _ingest_raw(
     """The three raw routes (POST, PUT, PUT with a name): one ingest, their own OpenAPI entries."""
     options = _options(caller, max_downloads, expires_in)
     stored = await services_of(request).ingestor.ingest_raw(
-        request, path_name=path_name, options=options
+        request, raw_path=raw_path, options=options
     )
     return _created(request, stored)
 

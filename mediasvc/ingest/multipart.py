@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from mediasvc.errors import MalformedMultipart
 from mediasvc.ingest.blob import BlobFile
-from mediasvc.ingest.names import filename_from_disposition, validate_name
+from mediasvc.ingest.names import decode_name_bytes, filename_from_disposition, validate_name
 
 FILE_FIELD = "file"
 # An RFC 8187 filename* parameter in a Content-Disposition value.
@@ -25,7 +25,7 @@ _EXTENDED_FILENAME = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 
 
 def _decode(value: bytes) -> str:
-    """Browsers send part names as raw UTF-8 (RFC 7578 §4.2); fall back to latin-1."""
+    """A part's Content-Type: UTF-8, else latin-1 (file names are strict: names.py)."""
     try:
         return value.decode()
     except UnicodeDecodeError:
@@ -140,7 +140,11 @@ class MultipartFileReader:
             # clients send them: the same parser as for raw uploads' Content-Disposition.
             filename = filename_from_disposition(disposition.decode("latin-1")) or ""
         else:
-            filename = _decode(options.get(b"filename", b""))
+            # RFC 7578 §4.2: UTF-8, as browsers send it; not the latin-1 guess we make for a
+            # part's Content-Type, so the rule is the raw uploads' (names.py).
+            filename = decode_name_bytes(
+                options.get(b"filename", b""), source="the part's filename"
+            )
         if filename:  # browsers send filename="" when no name is known
             validate_name(filename)
         self.filename = filename or None

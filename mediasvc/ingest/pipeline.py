@@ -71,16 +71,19 @@ class Ingestor:
         self._after_commit = after_commit
 
     async def ingest_raw(
-        self, request: Request, *, path_name: str | None, options: UploadOptions
+        self, request: Request, *, raw_path: bytes | None, options: UploadOptions
     ) -> StoredUpload:
-        """A raw body (``--data-binary``, ``-T``): the bytes are the file."""
+        """A raw body (``--data-binary``, ``-T``): the bytes are the file.
+
+        ``raw_path`` is the request's raw path when its last segment names the file (PUT).
+        """
         content_type = request.headers.get("content-type")
         if is_multipart(content_type):
             raise UnsupportedMediaType(
                 "this endpoint takes the raw file as the body; send multipart/form-data "
                 "to POST /api/v1/files"
             )
-        name = name_from_request(request.headers, request.query_params, path_name)
+        name = name_from_request(request.headers, request.scope.get("query_string", b""), raw_path)
         self._check_declared_length(request, allowance_bytes=0)
 
         async def receive(blob: BlobFile) -> _Received:

@@ -30,6 +30,8 @@ PROBE_FUNCTION = "probe_media"
 REMUX_FUNCTION = "remux_faststart"
 # In-process probes and remuxes at once: each is an ffprobe/ffmpeg process beside the API.
 IN_PROCESS_MEDIA_JOBS = 2
+# A readiness probe must answer before the balancer's own timeout, even when Redis hangs.
+READY_PING_TIMEOUT_S = 2.0
 
 
 def push_job_id(uid: str) -> str:
@@ -60,6 +62,10 @@ class JobQueue(Protocol):
 
     async def depth(self) -> int:
         """Jobs waiting (for /metrics); 0 when it cannot tell."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the queue's store answers (readiness); True when there is none to ask."""
         ...
 
     async def start(self) -> None: ...
@@ -129,6 +135,13 @@ class ArqQueue:
         except (TimeoutError, RedisError, OSError):
             return 0
 
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(READY_PING_TIMEOUT_S):
+                return bool(await (await self._pool()).ping())
+        except (TimeoutError, RedisError, OSError):
+            return False
+
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
@@ -151,6 +164,9 @@ class InProcessQueue:
             asyncio.create_task(self._every(settings.cleanup_every_s, self._cleanup)),
             asyncio.create_task(self._every(settings.reconcile_every_s, self._reconcile)),
         ]
+
+    async def ping(self) -> bool:
+        return True  # no Redis: the jobs run in this process
 
     async def enqueue_push(self, uid: str) -> bool:
         if uid in self._pushing:
