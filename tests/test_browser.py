@@ -16,6 +16,7 @@ Nothing is downloaded at run time (never `playwright install`): Playwright drive
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -30,6 +31,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Response, ViewportSize, sync_playwright
 
+from mediasvc.auth import hash_key
 from tests.conftest import PROJECT_ROOT, RunningServer, leftovers, truncate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -349,3 +351,72 @@ def save_small_png(source: Path, target: Path) -> None:
         "-vf", "split[a][b];[a]palettegen=max_colors=256[p];[b][p]paletteuse=dither=none",
         str(target),
     )  # fmt: skip
+
+
+SIGNED_PAGE_KEY = "web-page-owner-key"
+
+
+@pytest.fixture
+def signed_server(start_server: Callable[..., RunningServer], pg_url: str) -> RunningServer:
+    """Signed downloads required, one API key; started before the browser (its own loop)."""
+    asyncio.run(truncate(pg_url))
+    return start_server(
+        {
+            "MEDIASVC_DATABASE_URL": pg_url,
+            "MEDIASVC_REQUIRE_SIGNED_DOWNLOADS": "true",
+            "MEDIASVC_SIGNING_SECRET": "browser-test-secret",
+            "MEDIASVC_API_KEYS": json.dumps([{"name": "web", "sha256": hash_key(SIGNED_PAGE_KEY)}]),
+        }
+    )
+
+
+def test_signed_downloads_with_the_owners_key_show_the_file_page(
+    signed_server: RunningServer, browser: Browser, picture: Path
+) -> None:
+    """With signed downloads required, the key typed into the page opens what the plain URLs
+    no longer do: the metadata and previews (asked for with the key) and the picture itself
+    (through a signed link from /link)."""
+    server, key = signed_server, SIGNED_PAGE_KEY
+    owner = {"Authorization": f"Bearer {key}"}
+    response = httpx.post(
+        f"{server.base_url}/api/v1/files/stream",
+        content=picture.read_bytes(),
+        headers={"X-Filename": quote(picture.name), **owner},
+        timeout=60,
+    )
+    assert response.status_code == 201, response.text
+    uid = response.json()["uid"]
+    url = f"{server.base_url}/api/v1/files/{uid}"
+    assert httpx.get(f"{url}/metadata", timeout=5).status_code == 403  # no key, no link
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{url}/metadata", headers=owner, timeout=5).json()["preview_url"] is None:
+        assert time.monotonic() < deadline, "the probe made no preview"
+        time.sleep(0.2)
+
+    page = browser.page
+    page.goto(server.base_url + "/")
+    page.click("details.api-key summary")  # the key field is folded away
+    page.fill("#api-key", key)
+    page.dispatch_event("#api-key", "change")
+    thumb = page.locator(f'#file-list li[data-uid="{uid}"] img.thumb')
+    thumb.wait_for()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+    )
+    page.locator(f'#file-list li[data-uid="{uid}"] a').click()
+    page.locator("#file-title", has_text=picture.name).wait_for()
+    page.wait_for_function(
+        "() => { const img = document.querySelector('img#player');"
+        " return img && img.complete && img.naturalWidth === 480; }",
+        timeout=WAIT_MS,
+    )
+    # The picture came through a signed link. The refusals: the list before the key was typed
+    # (401), and the player's first, plain try (403) that made it ask /link.
+    shown = [r for r in browser.responses if r.url.startswith(f"{url}?") and r.status == 200]
+    assert shown and all("signature=" in r.url for r in shown), [r.url for r in shown]
+    refused = [(r.url, r.status) for r in browser.responses if r.status >= 400]
+    assert refused == [
+        (f"{server.base_url}/api/v1/files", 401),
+        (f"{url}?inline=true", 403),
+    ], refused
+    assert [e for e in browser.errors if "401" not in e and "403" not in e] == []

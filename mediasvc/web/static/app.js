@@ -74,6 +74,31 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// A file's preview as an <img> or poster attribute. With a key, it is fetched with the key
+// (when signed downloads are required the plain URL is refused, and the owner's key is what
+// opens it) and shown from a blob: URL; without one, the plain URL.
+function withPreview(node, uid, attribute) {
+  const url = `${API}/${uid}/preview`;
+  if (!apiKey()) {
+    node.setAttribute(attribute, url);
+    return node;
+  }
+  fetch(url, { headers: authHeaders() })
+    .then((response) => (response.ok ? response.blob() : null))
+    .then((blob) => {
+      if (!blob) return;
+      const blobUrl = URL.createObjectURL(blob);
+      if (attribute === "src") {
+        node.addEventListener("load", () => URL.revokeObjectURL(blobUrl), { once: true });
+      }
+      node.setAttribute(attribute, blobUrl);
+    })
+    .catch(() => {
+      // no preview: the placeholder stays
+    });
+  return node;
+}
+
 function loadTokens() {
   try {
     return JSON.parse(localStorage.getItem(TOKENS_KEY) || "{}");
@@ -283,7 +308,7 @@ let nextCursor = null;
 function fileItem(file) {
   const kind = kindOf(file);
   const thumb = file.preview_url
-    ? el("img", { class: "thumb", src: `${API}/${file.uid}/preview`, alt: "", loading: "lazy" })
+    ? withPreview(el("img", { class: "thumb", alt: "", loading: "lazy" }), file.uid, "src")
     : el("span", { class: `thumb kind-${kind}`, "aria-hidden": "true" }, kind);
   const facts = [file.format, formatBytes(file.size)];
   if (file.media && file.media.duration_s) facts.push(formatDuration(file.media.duration_s));
@@ -357,8 +382,8 @@ function player(file) {
       preload: "metadata",
       playsinline: true,
       src,
-      poster: file.preview_url ? `${API}/${file.uid}/preview` : null,
     });
+    if (file.preview_url) withPreview(node, file.uid, "poster");
   } else if (kind === "audio") {
     node = el("audio", { id: "player", controls: true, preload: "metadata", src });
   } else if (kind === "image") {
