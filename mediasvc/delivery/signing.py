@@ -1,7 +1,9 @@
 """Signed download links: an HMAC over the path's UID and every query parameter, with an expiry.
 
-``GET /api/v1/files/{uid}/link`` hands them out; with ``require_signed_downloads`` a download
-needs one. Changing any part of the URL (UID, expiry, ``inline``, an added parameter) breaks it.
+``GET /api/v1/files/{uid}/link`` hands them out; with ``require_signed_downloads`` every route
+that reveals the file needs one or the owner's key (``mediasvc.api.access``). The signature
+covers the UID and the query, not the route, so one link opens the file's download, metadata and
+preview. Changing any part of the query (UID, expiry, ``inline``, an added parameter) breaks it.
 """
 
 from __future__ import annotations
