@@ -73,7 +73,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="An upload body that sends nothing this long is dropped."
     )
     max_header_bytes: int = Field(
-        default=16 * KiB, ge=1 * KiB, description="All request headers together (431 above)."
+        default=16 * KiB,
+        ge=1 * KiB,
+        description="A request's header block: request line and all headers (431 above).",
     )
     multipart_max_parts: int = Field(
         default=16, ge=1, description="Parts in one multipart upload (400 above)."
