@@ -112,8 +112,7 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         self._in_message = True
         self._in_header_block = True
         self._message_begins += 1
-        if self._header_timer is None:
-            self._arm_header_timer()  # a pipelined request that began behind another one
+        self._arm_header_timer()  # unless armed: a request that began behind another one
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
