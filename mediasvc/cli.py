@@ -6,7 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mediasvc.config import Settings
 
 # glibc's malloc hands body-sized buffers back to the kernel and faults them in again for every
 # chunk; these thresholds keep them in the heap (FIELD-NOTES: ~1.4 M page faults per 4 GiB upload
@@ -24,13 +27,16 @@ def _serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
+    from mediasvc.config import Settings
     from mediasvc.observability import log_config
+    from mediasvc.server.uvicorn_protocol import limits_from, protocol_factory
 
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker process keeps its own counters; in this directory /metrics merges them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mediasvc-metrics-")
+    settings = Settings()
     if args.server == "granian":
-        _serve_granian(args)
+        _serve_granian(args, settings)
         return
     uvicorn.run(
         "mediasvc.app:create_app",
@@ -38,7 +44,9 @@ def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        http="httptools",
+        # uvicorn's httptools protocol, but refusing a header block at max_header_bytes before
+        # reading more of it, and timing it out after header_timeout_s (see the module).
+        http=protocol_factory(limits_from(settings)),
         loop="uvloop",
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
@@ -51,13 +59,14 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
-def _serve_granian(args: argparse.Namespace) -> None:
+def _serve_granian(args: argparse.Namespace, settings: Settings) -> None:
     """The alternative server. uvicorn stays the default: measured side by side (`make bench`,
     README: Performance), granian uploaded at 0.98x uvicorn's speed and downloaded at 0.68x
     (full) and 0.91x (Range)."""
     try:
         from granian import Granian
         from granian.constants import Interfaces, Loops
+        from granian.http import HTTP1Settings
         from granian.log import LogLevels
     except ImportError as exc:
         raise SystemExit("--server granian needs granian: pip install 'mediasvc[granian]'") from exc
@@ -77,6 +86,9 @@ def _serve_granian(args: argparse.Namespace) -> None:
         log_level=LogLevels(level),
         log_dictconfig=log_config(args.log_level),
         log_access=False,  # ObservabilityMiddleware writes the access log, with request ids
+        # granian (hyper) bounds a header block itself (README: Configuration); only its time
+        # limit is ours to pass, max_header_bytes is enforced by HeaderLimitMiddleware.
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_timeout_s * 1000)),
         # Not uvicorn's drain-then-cancel: granian kills a worker still busy after this long, so
         # an upload cut there leaves its .part file to the cleanup job's sweep.
         workers_kill_timeout=args.graceful_shutdown_s,

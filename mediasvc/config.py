@@ -73,13 +73,28 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="An upload body that sends nothing this long is dropped."
     )
     max_header_bytes: int = Field(
-        default=16 * KiB, ge=1 * KiB, description="All request headers together (431 above)."
+        default=16 * KiB,
+        ge=1 * KiB,
+        description="A request's header block: request line and all headers (431 above).",
     )
     multipart_max_parts: int = Field(
         default=16, ge=1, description="Parts in one multipart upload (400 above)."
     )
     multipart_max_part_header_bytes: int = Field(
         default=8 * KiB, ge=256, description="Headers of one multipart part (400 above)."
+    )
+
+    # --- the request's header block (our uvicorn protocol) -------------------------------------
+    header_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A request's header block must be complete within this (from the accept for a "
+            "connection's first request, else from the request's first byte): 408 and close, "
+            "or just close when nothing was sent. 30 s, as granian (hyper) defaults to: 16 KiB "
+            "of headers take ~3 s at 50 kbit/s, and a slow client ties a connection up half "
+            "as long as under nginx's 60 s."
+        ),
     )
 
     # --- access control (all off by default) ----------------------------------------------

@@ -1,7 +1,9 @@
 """Request header limits, as pure ASGI middleware (no BaseHTTPMiddleware around streaming bodies).
 
-uvicorn's httptools parser bounds neither the number nor the size of headers; we refuse a request
-whose headers add up to more than ``max_header_bytes`` with 431 before any route runs.
+A request whose headers add up to more than ``max_header_bytes`` gets 431 before any route runs.
+This is the backstop: by the time an ASGI app sees headers the server has read them all, so under
+uvicorn ``mediasvc.server.uvicorn_protocol`` refuses an oversized header block as it arrives;
+under granian (which stops at its own, larger buffer) this check is the one that applies.
 """
 
 from __future__ import annotations

@@ -1,0 +1,253 @@
+"""Our uvicorn protocol on its own: a real uvicorn server in this event loop, a tiny ASGI app,
+raw sockets. These tests pin what ``mediasvc.server.uvicorn_protocol`` relies on in uvicorn, so an
+uvicorn upgrade that moves it fails here. Assertions are on status codes, bytes and counts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pickle
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from mediasvc.server.uvicorn_protocol import HeaderLimits, MediasvcHttpProtocol, protocol_factory
+
+LIMIT_BYTES = 4096
+TIMEOUT_S = 0.5  # the header timeout of these servers
+BOUND_S = 20.0  # bounds every wait below: it only ends a test that would otherwise hang
+
+
+class App:
+    """Answers ``<method> <path> <body length>``; ``/slow`` waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        self.calls += 1
+        self.called.set()
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/slow":
+            await self.release.wait()
+        payload = f"{scope['method']} {scope['path']} {size}".encode()
+        length = str(len(payload)).encode()
+        headers = [(b"content-length", length)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+@contextlib.asynccontextmanager
+async def running(app: App, *, timeout_keep_alive: int = 5) -> AsyncIterator[tuple[str, int]]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    limits = HeaderLimits(max_header_bytes=LIMIT_BYTES, header_timeout_s=TIMEOUT_S)
+    config = uvicorn.Config(
+        app,
+        http=protocol_factory(limits),
+        lifespan="off",
+        log_level="warning",
+        timeout_keep_alive=timeout_keep_alive,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(BOUND_S):
+            while True:  # uvicorn sets a flag, no event, once it listens
+                if server.started:
+                    break
+                await asyncio.sleep(0.01)
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, BOUND_S)
+        sock.close()
+
+
+def request(size: int, path: str = "/", *, method: str = "GET", body: bytes = b"") -> bytes:
+    """A request whose header block (request line to blank line) is exactly ``size`` bytes."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\nX-Pad: ".encode()
+    pad = size - len(head) - 4
+    assert pad >= 0
+    return head + b"a" * pad + b"\r\n\r\n" + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    async with asyncio.timeout(BOUND_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server still sends, once it has closed the connection."""
+    async with asyncio.timeout(BOUND_S):
+        return await reader.read()
+
+
+async def test_header_block_of_exactly_the_limit_is_served() -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request(LIMIT_BYTES))
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, b"GET / 0")
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "write_bytes", [LIMIT_BYTES + 1, 1000], ids=["one-write", "1000-byte-writes"]
+)
+async def test_one_byte_over_the_limit_is_431_and_the_app_never_runs(write_bytes: int) -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        data = request(LIMIT_BYTES + 1)
+        for start in range(0, len(data), write_bytes):
+            writer.write(data[start : start + write_bytes])
+            await writer.drain()
+            await asyncio.sleep(0.01)  # pacing, so the server sees several reads
+        status, headers, body = await read_response(reader)
+        assert status == 431
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["connection"] == "close"
+        problem = json.loads(body)
+        assert problem["type"] == "urn:mediasvc:problem:headers-too-large"
+        assert problem["title"] == "Request Header Fields Too Large"
+        assert problem["status"] == 431
+        assert str(LIMIT_BYTES) in problem["detail"]
+        assert await closed_by_server(reader) == b""
+        assert app.calls == 0
+        writer.close()
+
+
+async def test_the_parser_gets_no_byte_past_the_limit() -> None:
+    fed: list[int] = []
+    original = MediasvcHttpProtocol._feed
+
+    def counting_feed(self: MediasvcHttpProtocol, piece: bytes) -> bool:
+        fed.append(len(piece))
+        return original(self, piece)
+
+    app = App()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MediasvcHttpProtocol, "_feed", counting_feed)
+        async with running(app) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 1024 * 1024)
+            status, _, _ = await read_response(reader)
+            writer.close()
+    assert status == 431
+    assert sum(fed) == LIMIT_BYTES
+
+
+async def test_pipelined_requests_beyond_the_limit_together_are_all_served() -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        # Five blocks of 3/4 of the limit in one write: no block is over, all of them are.
+        writer.write(b"".join(request(LIMIT_BYTES * 3 // 4, f"/{i}") for i in range(5)))
+        for i in range(5):
+            status, _, body = await read_response(reader)
+            assert (status, body) == (200, f"GET /{i} 0".encode())
+        writer.close()
+
+
+async def test_a_request_pipelined_after_a_body_is_served() -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        body = b"x" * 100_000
+        writer.write(request(200, "/up", method="POST", body=body) + request(LIMIT_BYTES, "/next"))
+        assert (await read_response(reader))[::2] == (200, b"POST /up 100000")
+        assert (await read_response(reader))[::2] == (200, b"GET /next 0")
+        writer.close()
+
+
+async def test_an_oversized_request_pipelined_behind_a_pending_response_closes_after_it() -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        oversized = b"GET /big HTTP/1.1\r\nX-Big: " + b"a" * 2 * LIMIT_BYTES
+        writer.write(request(200, "/slow") + oversized)
+        await writer.drain()
+        await asyncio.wait_for(app.called.wait(), BOUND_S)
+        app.release.set()
+        # The pending response goes out whole, then the connection closes: no 431 mixed into it.
+        status, headers, body = await read_response(reader)
+        assert (status, body) == (200, b"GET /slow 0")
+        assert headers["connection"] == "close"
+        assert await closed_by_server(reader) == b""
+        assert app.calls == 1
+        writer.close()
+
+
+async def test_headers_trickling_past_the_timeout_get_408_and_close() -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET / HTTP/1.1\r\n")
+        lines_sent = 0
+        received = b""
+        async with asyncio.timeout(BOUND_S):
+            while not reader.at_eof():
+                with contextlib.suppress(ConnectionError):
+                    writer.write(b"X-Slow: 1\r\n")
+                    lines_sent += 1
+                with contextlib.suppress(TimeoutError):
+                    received += await asyncio.wait_for(reader.read(65536), TIMEOUT_S / 5)
+        assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b'"type":"urn:mediasvc:problem:request-timeout"' in received
+        assert lines_sent > 2  # it did keep sending: the timeout is on the block, not on silence
+        assert app.calls == 0
+        writer.close()
+
+
+@pytest.mark.parametrize("keep_sending", [b"", b"\r\n"], ids=["silent", "blank-lines"])
+async def test_a_connection_without_a_request_is_closed_without_an_answer(
+    keep_sending: bytes,
+) -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        received = b""
+        async with asyncio.timeout(BOUND_S):
+            while not reader.at_eof():
+                with contextlib.suppress(ConnectionError):
+                    writer.write(keep_sending)
+                with contextlib.suppress(TimeoutError):
+                    received += await asyncio.wait_for(reader.read(65536), TIMEOUT_S / 5)
+        assert received == b""
+        writer.close()
+
+
+async def test_keep_alive_idle_longer_than_the_header_timeout_is_not_a_header_timeout() -> None:
+    app = App()
+    async with running(app, timeout_keep_alive=5) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        for i in range(3):
+            writer.write(request(300, f"/{i}"))
+            assert (await read_response(reader))[::2] == (200, f"GET /{i} 0".encode())
+            await asyncio.sleep(TIMEOUT_S * 2)  # idle: uvicorn's keep-alive timeout rules here
+        writer.close()
+
+
+def test_the_factory_survives_pickling_for_uvicorns_worker_processes() -> None:
+    limits = HeaderLimits(max_header_bytes=1234, header_timeout_s=5.0)
+    factory = pickle.loads(pickle.dumps(protocol_factory(limits)))
+    assert factory.func is MediasvcHttpProtocol
+    assert factory.keywords == {"limits": limits}
