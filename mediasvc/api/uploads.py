@@ -180,6 +180,24 @@ async def upload_raw_put(
     return await _ingest_raw(request, None, caller, max_downloads, expires_in)
 
 
+@router.post(
+    "/files/stream/{filename}",
+    status_code=201,
+    response_model=UploadedFile,
+    responses=_UPLOAD_ERRORS,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body, named by the path (curl -X POST -T f URL/)",
+)
+async def upload_raw_named_post(
+    request: Request,
+    filename: str,
+    caller: Caller,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
+) -> Response:
+    return await _ingest_raw(request, filename, caller, max_downloads, expires_in)
+
+
 @router.put(
     "/files/stream/{filename}",
     status_code=201,
@@ -205,7 +223,8 @@ async def _ingest_raw(
     max_downloads: int | None,
     expires_in: int | None,
 ) -> Response:
-    """The three raw routes (POST, PUT, PUT with a name): one ingest, their own OpenAPI entries."""
+    """The four raw routes (POST, PUT, each with and without a name in the path): one ingest,
+    their own OpenAPI entries."""
     options = _options(caller, max_downloads, expires_in)
     stored = await services_of(request).ingestor.ingest_raw(
         request, path_name=path_name, options=options
