@@ -178,7 +178,7 @@ def _warn(message: str) -> None:
     print(f"mediasvc: warning: {message}", file=sys.stderr)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mediasvc",
         description="Media ingest and delivery: the service (serve, worker, migrate) and its "
@@ -310,7 +310,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from mediasvc.config import SETTINGS_ERRORS, describe_error
     from mediasvc.preflight import StartupError
 
