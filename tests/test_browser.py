@@ -7,6 +7,7 @@ Nothing is downloaded at run time (never `playwright install`): Playwright drive
 - Upload through the page: the file input, a live progress bar with rate and time left (the
   upload is throttled by the browser's own network emulation so progress can be seen), Cancel
   (the server keeps nothing), then a real upload that appears in the list.
+- /docs (Swagger UI) renders with every request to another host refused: its assets are ours.
 - A video of tens of MB (made by ffmpeg at test time, so the browser cannot have buffered it
   all): open its page from the list, seek near the end, and check that the player got there and
   that the server answered the seek with a 206 for a range that starts far past the beginning,
@@ -411,3 +412,27 @@ def save_small_png(source: Path, target: Path) -> None:
         "-vf", "split[a][b];[a]palettegen=max_colors=256[p];[b][p]paletteuse=dither=none",
         str(target),
     )  # fmt: skip
+
+
+def test_docs_render_with_no_request_leaving_the_server(
+    server: RunningServer, browser: Browser
+) -> None:
+    # Offline, or behind a firewall: anything not for this server fails, and is counted.
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(server.base_url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    browser.context.route("**/*", only_this_server)
+    page = browser.page
+    page.goto(server.base_url + "/docs")
+    page.locator(".swagger-ui .info .title", has_text="mediasvc").wait_for()
+    page.locator(
+        ".opblock-summary-path", has_text="/api/v1/files/stream/{filename}"
+    ).first.wait_for()
+    assert elsewhere == []
+    assert browser.errors == []
