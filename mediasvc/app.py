@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,13 +10,16 @@ import anyio
 from fastapi import FastAPI
 
 import mediasvc
-from mediasvc.api import files, health, metrics, previews, problems, uploads
+from mediasvc.api import docs, files, health, metrics, previews, problems, uploads
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
+from mediasvc.media.tools import missing_tools, missing_tools_warning
 from mediasvc.observability import Metrics, ObservabilityMiddleware
 from mediasvc.services import Services
 from mediasvc.web import install as install_web_page
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,6 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(services.store.prepare)
             await check_current(services.db, settings.database_url)
             await services.queue.start()
+            if missing := missing_tools(settings.ffprobe_path, settings.ffmpeg_path):
+                logger.warning("%s", missing_tools_warning(missing))
             app.state.services = services
             yield
         finally:
@@ -38,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=mediasvc.__version__,
         summary="Media ingest and delivery: streaming uploads, Range downloads, cloud copies.",
         lifespan=lifespan,
+        docs_url=None,  # api/docs.py serves /docs from local assets
+        redoc_url=None,
+        # A trailing-slash miss gets a 307 that says where to go (api/misroutes.py), not a bare one.
+        redirect_slashes=False,
     )
     problems.install(app)
     app.state.metrics = Metrics()
@@ -49,5 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(files.router)
     app.include_router(previews.router)
+    docs.install(app)
     install_web_page(app)  # `/` and `/static/`: the upload page and player
     return app

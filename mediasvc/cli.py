@@ -1,4 +1,8 @@
-"""``mediasvc serve | worker | migrate | upload | download | hash-key``."""
+"""mediasvc serve | worker | migrate | upload | download | hash-key: the service and its client.
+
+Every failure a user can cause (a bad setting, a port in use, a server that is down, a file that
+does not match) ends with one line on stderr and a non-zero exit status, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ if TYPE_CHECKING:
     from mediasvc.config import Settings
 
 # glibc's malloc hands body-sized buffers back to the kernel and faults them in again for every
-# chunk; these thresholds keep them in the heap (FIELD-NOTES: ~1.4 M page faults per 4 GiB upload
+# chunk; these thresholds keep them in the heap (measured: ~1.4 M page faults per 4 GiB upload
 # without, ~0 with; upload throughput roughly doubles). It must be set before the interpreter
 # starts, so `serve` re-executes itself once with it.
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
@@ -27,14 +31,21 @@ def _serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
+    from mediasvc import preflight
     from mediasvc.config import Settings
     from mediasvc.observability import log_config
     from mediasvc.server.uvicorn_protocol import limits_from, protocol_factory
 
+    settings = Settings()  # a bad or unknown setting stops here, in one line (main)
+    if args.graceful_shutdown_s is None:
+        args.graceful_shutdown_s = settings.graceful_shutdown_s
+    preflight.check_port(args.host, args.port)
+    preflight.check_database(settings)
+    if warning := preflight.media_tools_warning(settings):
+        _warn(warning)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker process keeps its own counters; in this directory /metrics merges them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mediasvc-metrics-")
-    settings = Settings()
     if args.server == "granian":
         _serve_granian(args, settings)
         return
@@ -114,10 +125,14 @@ def granian_app() -> object:
 def _worker(args: argparse.Namespace) -> None:
     from arq.worker import check_health, run_worker
 
+    from mediasvc import preflight
     from mediasvc.config import Settings
     from mediasvc.jobs.worker import worker_settings
 
-    settings_cls = worker_settings(Settings())
+    settings = Settings()
+    settings_cls = worker_settings(settings)
+    if not args.check and (warning := preflight.media_tools_warning(settings)):
+        _warn(warning)
     if args.check:
         raise SystemExit(check_health(settings_cls))
     run_worker(settings_cls)
@@ -135,7 +150,7 @@ def _upload(args: argparse.Namespace) -> None:
             expires_in_s=args.expires_in,
         )
     except (ClientError, OSError) as exc:
-        raise SystemExit(f"upload failed: {exc}") from exc
+        raise SystemExit(f"mediasvc: upload failed: {exc}") from None
     print(f"uid:          {uploaded.uid}")
     print(f"download_url: {uploaded.download_url}")
     print(f"sha256:       {uploaded.sha256} (verified)")
@@ -146,9 +161,11 @@ def _download(args: argparse.Namespace) -> None:
     from mediasvc.client import ClientError, download
 
     try:
-        path = download(args.uid, args.output, url=args.url, api_key=args.api_key)
+        path = download(
+            args.uid, args.output, url=args.url, api_key=args.api_key, restart=args.restart
+        )
     except (ClientError, OSError) as exc:
-        raise SystemExit(f"download failed: {exc}") from exc
+        raise SystemExit(f"mediasvc: download failed: {exc}") from None
     print(f"{path} (sha256 verified)")
 
 
@@ -167,63 +184,154 @@ def _migrate(_args: argparse.Namespace) -> None:
     print(f"database at head: {settings.database_url.split('@')[-1]}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mediasvc", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _warn(message: str) -> None:
+    print(f"mediasvc: warning: {message}", file=sys.stderr)
 
-    serve = commands.add_parser("serve", help="run the HTTP API (uvicorn, or granian)")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mediasvc",
+        description="Media ingest and delivery: the service (serve, worker, migrate) and its "
+        "command-line client (upload, download). Settings come from MEDIASVC_* environment "
+        "variables or a .env file (README.md, Configuration).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP API (uvicorn, or granian)", description="Run the HTTP API."
+    )
     serve.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
         default="uvicorn",
-        help="the ASGI server (uvicorn measured faster here: README, Performance)",
+        help="the ASGI server; uvicorn measured faster here (README.md, Performance) "
+        "(default: %(default)s)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every interface (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--port", type=int, default=8000, help="TCP port to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes; each uses every core it can (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies whose X-Forwarded-* headers are trusted, comma-separated "
+        "(default: %(default)s)",
+    )
     serve.add_argument(
         "--graceful-shutdown-s",
         type=int,
-        default=int(os.environ.get("MEDIASVC_GRACEFUL_SHUTDOWN_S", "30")),
-        help="how long in-flight requests may finish after SIGTERM",
+        default=None,
+        metavar="SECONDS",
+        help="how long in-flight requests may finish after SIGTERM "
+        "(default: MEDIASVC_GRACEFUL_SHUTDOWN_S, else 30)",
     )
-    serve.add_argument("--log-level", default="info")
     serve.add_argument(
-        "--no-malloc-tuning", action="store_true", help="don't set GLIBC_TUNABLES (see cli.py)"
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        help="the least severe log line written (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="don't set GLIBC_TUNABLES (which keeps upload buffers in the heap)",
     )
     serve.set_defaults(handler=_serve)
 
-    worker = commands.add_parser("worker", help="run the arq worker (push, cleanup, reconcile)")
-    worker.add_argument("--check", action="store_true", help="health check of a running worker")
+    worker = commands.add_parser(
+        "worker",
+        help="run the arq worker (push, probe, cleanup, reconcile)",
+        description="Run the background jobs from Redis (MEDIASVC_REDIS_URL).",
+    )
+    worker.add_argument(
+        "--check", action="store_true", help="health check of a running worker, then exit"
+    )
     worker.set_defaults(handler=_worker)
 
-    migrate = commands.add_parser("migrate", help="bring the database schema to the latest")
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the database schema to the latest",
+        description="Bring the database (MEDIASVC_DATABASE_URL) to the latest schema.",
+    )
     migrate.set_defaults(handler=_migrate)
 
     default_url = os.environ.get("MEDIASVC_URL", "http://127.0.0.1:8000")
     default_key = os.environ.get("MEDIASVC_API_KEY")
-    up = commands.add_parser("upload", help="upload a file, streamed, with a progress bar")
-    up.add_argument("file", type=Path)
-    up.add_argument("--url", default=default_url, help="the service (env MEDIASVC_URL)")
-    up.add_argument("--api-key", default=default_key, help="env MEDIASVC_API_KEY")
-    up.add_argument("--max-downloads", type=int)
-    up.add_argument("--expires-in", type=int, metavar="SECONDS")
+    url_help = "the service's base URL (env MEDIASVC_URL; default: %(default)s)"
+    key_help = "API key, when the service needs one (env MEDIASVC_API_KEY)"
+
+    up = commands.add_parser(
+        "upload",
+        help="upload a file, streamed, with a progress bar",
+        description="Upload a file (streamed, any size) and check the sha256 the service "
+        "computed against the file's.",
+    )
+    up.add_argument("file", type=Path, help="the file to upload")
+    up.add_argument("--url", default=default_url, help=url_help)
+    up.add_argument("--api-key", default=default_key, help=key_help)
+    up.add_argument(
+        "--max-downloads", type=int, metavar="N", help="allow N full downloads (default: no limit)"
+    )
+    up.add_argument(
+        "--expires-in",
+        type=int,
+        metavar="SECONDS",
+        help="delete the file this long after the upload (default: never)",
+    )
     up.set_defaults(handler=_upload)
 
-    down = commands.add_parser("download", help="download a file; resumes a partial one")
-    down.add_argument("uid")
-    down.add_argument("-o", "--output", type=Path, help="default: the original name")
-    down.add_argument("--url", default=default_url, help="the service (env MEDIASVC_URL)")
-    down.add_argument("--api-key", default=default_key, help="env MEDIASVC_API_KEY")
+    down = commands.add_parser(
+        "download",
+        help="download a file; resumes a partial one",
+        description="Download a file and check its sha256. A partial file from an earlier run "
+        "is resumed; if the result does not match, it is downloaded again from the start once.",
+    )
+    down.add_argument("uid", help="the file's UID (from the upload)")
+    down.add_argument(
+        "-o", "--output", type=Path, help="where to write it (default: the original name)"
+    )
+    down.add_argument("--url", default=default_url, help=url_help)
+    down.add_argument("--api-key", default=default_key, help=key_help)
+    down.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore a partial file from an earlier run and download from the start",
+    )
     down.set_defaults(handler=_download)
 
-    hashed = commands.add_parser("hash-key", help="print the sha256 to configure an API key")
-    hashed.add_argument("key")
+    hashed = commands.add_parser(
+        "hash-key",
+        help="print the sha256 to configure an API key",
+        description="Print the sha256 of KEY, for MEDIASVC_API_KEYS.",
+    )
+    hashed.add_argument("key", help="the API key clients will send")
     hashed.set_defaults(handler=_hash_key)
+    return parser
 
-    args = parser.parse_args(argv)
-    args.handler(args)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from mediasvc.config import SETTINGS_ERRORS, describe_error
+    from mediasvc.preflight import StartupError
+
+    try:
+        args.handler(args)
+    except SETTINGS_ERRORS as exc:
+        raise SystemExit(f"mediasvc: {describe_error(exc)}") from None
+    except StartupError as exc:
+        raise SystemExit(f"mediasvc: {exc}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

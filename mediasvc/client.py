@@ -1,21 +1,26 @@
 """The command line's HTTP client: streamed upload and resumable download, with progress bars.
 
 Both stream in 1 MiB chunks (constant memory, any file size) and check the SHA-256 end to end:
-the upload against what the server computed, the download against the ETag (the sha256).
+the upload against what the server computed, the download against the ETag (the sha256). A
+resumed download that does not match is downloaded again from the start, once: the partial file
+it continued may hold bytes that were never the file's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from tqdm import tqdm
+
+from mediasvc.progress import Progress
 
 CHUNK_BYTES = 1024 * 1024
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -33,6 +38,29 @@ class Uploaded:
     download_url: str
     sha256: str
     delete_token: str
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    """httpx's transport errors as one line that says what to check."""
+    try:
+        yield
+    except httpx.ConnectError as exc:
+        raise ClientError(
+            f"cannot connect to {url} ({_reason(exc)}): is the service running "
+            "(`mediasvc serve`), and is --url (or MEDIASVC_URL) right?"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise ClientError(f"{url} did not answer in time ({type(exc).__name__})") from exc
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise ClientError(f"{url} is not a usable URL: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise ClientError(f"the connection to {url} failed: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.removeprefix("[Errno 111] ").splitlines()[0]
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -68,7 +96,7 @@ def upload(
     if expires_in_s is not None:
         params["expires_in"] = expires_in_s
 
-    def body(bar: tqdm[Any]) -> Iterator[bytes]:
+    def body(bar: Progress) -> Iterator[bytes]:
         with path.open("rb") as source:
             while chunk := source.read(CHUNK_BYTES):
                 digest.update(chunk)
@@ -77,10 +105,9 @@ def upload(
 
     target = f"{url.rstrip('/')}/api/v1/files/stream/{quote(path.name, safe='')}"
     headers = {**_headers(api_key), "Content-Length": str(size)}
-    with (
-        tqdm(total=size, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar,
-        httpx.Client(timeout=TIMEOUT) as http,
-    ):
+    bar = Progress(path.name, size)
+    bar.enabled = bar.enabled and progress
+    with _reaching(url), bar, httpx.Client(timeout=TIMEOUT) as http:
         response = http.put(target, content=body(bar), params=params, headers=headers)
     _raise_for_problem(response)
     meta = response.json()
@@ -98,50 +125,68 @@ def download(
     url: str = DEFAULT_URL,
     api_key: str | None = None,
     progress: bool = True,
+    restart: bool = False,
 ) -> Path:
-    """GET the file; resume a partial ``output`` with Range + If-Range; verify the sha256."""
+    """GET the file; resume a partial ``output`` with Range + If-Range; verify the sha256.
+
+    ``restart`` ignores a partial ``output``. A resumed download whose sha256 does not match
+    is fetched again whole, once; a whole download that does not match is an error.
+    """
     file_url = f"{url.rstrip('/')}/api/v1/files/{uid}"
-    with httpx.Client(timeout=TIMEOUT, headers=_headers(api_key)) as http:
+    with _reaching(url), httpx.Client(timeout=TIMEOUT, headers=_headers(api_key)) as http:
         meta_response = http.get(f"{file_url}/metadata")
         _raise_for_problem(meta_response)
         meta = meta_response.json()
         output = output or Path(_safe_name(meta.get("original_name")) or uid)
-        etag = f'"{meta["sha256"]}"'
-        size = meta["size"]
-        have = output.stat().st_size if output.exists() else 0
-        if have > size:
-            have = 0  # longer than the file: not a partial download of it
-        digest = hashlib.sha256()
-        if have:
-            with output.open("rb") as existing:
-                while chunk := existing.read(CHUNK_BYTES):
-                    digest.update(chunk)
-        if have < size or not have:
-            # If-Range: if the file behind the UID were different, the server sends it whole.
-            headers = {"Range": f"bytes={have}-", "If-Range": etag} if have else {}
-            with http.stream("GET", file_url, headers=headers) as response:
-                _raise_for_problem(response)
-                if response.status_code == 200 and have:
-                    have, digest = 0, hashlib.sha256()  # the server sent it all: start over
-                mode = "ab" if have else "wb"
-                with (
-                    output.open(mode) as sink,
-                    tqdm(
-                        total=size,
-                        initial=have,
-                        unit="B",
-                        unit_scale=True,
-                        desc=output.name,
-                        disable=not progress,
-                    ) as bar,
-                ):
-                    for chunk in response.iter_bytes(CHUNK_BYTES):
-                        sink.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-    if digest.hexdigest() != meta["sha256"]:
-        raise ClientError(f"{output} has sha256 {digest.hexdigest()}, expected {meta['sha256']}")
+        resumed, digest = _fetch(http, file_url, output, meta, restart=restart, progress=progress)
+        if resumed and digest != meta["sha256"]:
+            print(
+                f"{output}: the partial file from an earlier run does not match; "
+                "downloading it again from the start",
+                file=sys.stderr,
+            )
+            _, digest = _fetch(http, file_url, output, meta, restart=True, progress=progress)
+    if digest != meta["sha256"]:
+        raise ClientError(f"{output} has sha256 {digest}, expected {meta['sha256']}")
     return output
+
+
+def _fetch(
+    http: httpx.Client,
+    file_url: str,
+    output: Path,
+    meta: dict[str, Any],
+    *,
+    restart: bool,
+    progress: bool,
+) -> tuple[bool, str]:
+    """Bring ``output`` to the file's size; whether a partial file was kept, and the sha256."""
+    etag = f'"{meta["sha256"]}"'
+    size: int = meta["size"]
+    have = output.stat().st_size if output.exists() and not restart else 0
+    if have > size:
+        have = 0  # longer than the file: not a partial download of it
+    digest = hashlib.sha256()
+    if have:
+        with output.open("rb") as existing:
+            while chunk := existing.read(CHUNK_BYTES):
+                digest.update(chunk)
+    if have == size and have:
+        return True, digest.hexdigest()
+    # If-Range: if the file behind the UID were different, the server sends it whole.
+    headers = {"Range": f"bytes={have}-", "If-Range": etag} if have else {}
+    with http.stream("GET", file_url, headers=headers) as response:
+        _raise_for_problem(response)
+        if response.status_code == 200 and have:
+            have, digest = 0, hashlib.sha256()  # the server sent it all: start over
+        bar = Progress(output.name, size, done_bytes=have)
+        bar.enabled = bar.enabled and progress
+        with output.open("ab" if have else "wb") as sink, bar:
+            for chunk in response.iter_bytes(CHUNK_BYTES):
+                sink.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    return bool(have), digest.hexdigest()
 
 
 def _safe_name(name: str | None) -> str | None:

@@ -1,12 +1,24 @@
-"""Settings: environment variables with the ``MEDIASVC_`` prefix, or a ``.env`` file."""
+"""Settings: environment variables with the ``MEDIASVC_`` prefix, or a ``.env`` file.
+
+A ``MEDIASVC_*`` name that is not a setting stops the start (a misspelt limit must not leave the
+default in force), with the nearest known name; ``describe_error`` makes any refusal one line.
+"""
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from mediasvc.auth import ApiKey
 
@@ -195,6 +207,26 @@ class Settings(BaseSettings):
     s3_concurrency: int = Field(default=4, ge=1, description="Parts uploaded at once.")
     s3_timeout_s: float = Field(default=300.0, gt=0, description="Per-request timeout.")
 
+    # --- server start-up --------------------------------------------------------------------
+    graceful_shutdown_s: int = Field(
+        default=30,
+        ge=0,
+        description="How long in-flight requests (uploads) may finish after SIGTERM "
+        "(`mediasvc serve --graceful-shutdown-s` overrides it).",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        check = _UnknownNames(settings_cls, env=env_settings, dotenv=dotenv_settings)
+        return check, init_settings, env_settings, dotenv_settings, file_secret_settings
+
     @field_validator("public_base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
@@ -218,3 +250,96 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+# --- unknown names and one-line errors -------------------------------------------------------
+
+ENV_PREFIX = "MEDIASVC_"
+#: Read by the command line, not by the service: the client's defaults, and the address list
+#: ``serve --server granian`` hands to its worker processes.
+CLI_NAMES = frozenset({"MEDIASVC_URL", "MEDIASVC_API_KEY", "MEDIASVC_SERVE_FORWARDED_ALLOW_IPS"})
+#: Reserved for the test suite's own knobs (its Redis and PostgreSQL, screenshots).
+TEST_PREFIX = "MEDIASVC_TEST_"
+
+
+class UnknownSetting(ValueError):
+    """A ``MEDIASVC_*`` name that no setting has; ``str(exc)`` names it and the nearest one."""
+
+
+def known_names() -> list[str]:
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def unknown_names(names: list[str]) -> list[str]:
+    """The ``MEDIASVC_*`` names (any case) among ``names`` that nothing reads."""
+    known = {*known_names(), *CLI_NAMES}
+    return [
+        name
+        for name in names
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and not name.upper().startswith(TEST_PREFIX)
+    ]
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name.upper(), known_names(), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class _UnknownNames(PydanticBaseSettingsSource):
+    """A source that gives no values: it refuses unknown names in the environment and .env."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        *,
+        env: PydanticBaseSettingsSource,
+        dotenv: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+        self._dotenv = dotenv
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        # The sources hold what they read, names lower-cased, the prefix kept.
+        for where, source in (("the environment", self._env), (".env", self._dotenv)):
+            env_vars: Mapping[str, str | None] = getattr(source, "env_vars", {})
+            unknown = unknown_names(list(env_vars))
+            if unknown:
+                name = unknown[0].upper()
+                raise UnknownSetting(
+                    f"unknown setting {name} in {where}{_suggestion(name)}; "
+                    "the settings are listed in README.md, Configuration"
+                )
+        return {}
+
+
+def describe_error(exc: Exception) -> str:
+    """A refused configuration as one line: each bad setting, its value and what is wrong."""
+    if isinstance(exc, ValidationError):
+        problems = []
+        for error in exc.errors():
+            message = error.get("msg", "invalid").removeprefix("Value error, ")
+            field = ".".join(str(part) for part in error.get("loc", ()))
+            if not field:  # a rule between settings (the model validator)
+                problems.append(message)
+                continue
+            value = error.get("input")
+            shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+            problems.append(f"{ENV_PREFIX}{field.upper()}{shown}: {message}")
+        return "invalid setting " + "; ".join(problems)
+    if isinstance(exc, SettingsError):
+        # pydantic-settings' own: a list or object setting whose value is not JSON.
+        named = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{named.group(1).upper()}" if named else "a setting"
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        return f"invalid setting {name}: not valid JSON{cause}"
+    return str(exc)
+
+
+#: What ``Settings()`` raises for a configuration it refuses.
+SETTINGS_ERRORS = (ValidationError, SettingsError, UnknownSetting)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from mediasvc.app import create_app
@@ -120,7 +122,31 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "disk": "ok"}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "storage": "ok", "disk": "ok", "ffmpeg": "ok"},
+    }
+
+
+async def test_readiness_reports_missing_ffmpeg_without_failing(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Uploads and downloads work without ffmpeg: the node stays in rotation (200), but says so.
+    settings = make_settings(ffprobe_path="/nonexistent/ffprobe", ffmpeg_path="/nonexistent/ffmpeg")
+    app = create_app(settings)
+    with caplog.at_level(logging.WARNING, logger="mediasvc.app"):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                ready = await client.get("/readyz")
+    # Warned once at start, in plain words.
+    started = [r.getMessage() for r in caplog.records if r.name == "mediasvc.app"]
+    assert len(started) == 1 and "/nonexistent/ffprobe, /nonexistent/ffmpeg not found" in started[0]
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "degraded"
+    assert body["checks"] == {"database": "ok", "storage": "ok", "disk": "ok", "ffmpeg": "missing"}
+    assert "probe_status 'skipped'" in body["warnings"][0]
 
 
 async def test_readiness_reports_a_dead_database(
@@ -174,6 +200,7 @@ async def test_readiness_checks_redis_when_jobs_go_through_it(
         "redis": "ok",
         "storage": "ok",
         "disk": "ok",
+        "ffmpeg": "ok",
     }
 
 

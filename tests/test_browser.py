@@ -7,6 +7,7 @@ Nothing is downloaded at run time (never `playwright install`): Playwright drive
 - Upload through the page: the file input, a live progress bar with rate and time left (the
   upload is throttled by the browser's own network emulation so progress can be seen), Cancel
   (the server keeps nothing), then a real upload that appears in the list.
+- /docs (Swagger UI) renders with every request to another host refused: its assets are ours.
 - A video of tens of MB (made by ffmpeg at test time, so the browser cannot have buffered it
   all): open its page from the list, seek near the end, and check that the player got there and
   that the server answered the seek with a 206 for a range that starts far past the beginning,
@@ -206,6 +207,9 @@ def test_upload_through_the_page_with_progress_cancel_and_list(
     page.click("#cancel")
     page.get_by_text("cancel me.bin: cancelled").wait_for()
     assert page.locator("#cancel").is_disabled()
+    # The bar no longer promises a time left (it said "0:12 left" after Cancel).
+    assert progress.inner_text() == "cancelled"
+    assert page.locator("#progress-bar").evaluate("bar => bar.value") == 0
     # The server saw the connection drop and kept nothing: no row, no partial file.
     deadline = time.monotonic() + 10
     while leftovers(server.media_root) and time.monotonic() < deadline:
@@ -254,7 +258,61 @@ def test_upload_through_the_page_with_progress_cancel_and_list(
     facts = page.locator(".facts").inner_text()
     assert "image/png" in facts
     assert f"{picture.stat().st_size:,} bytes" in facts
+    # Downloaded three times, without a limit: not counted, and the page says so (not "0").
+    for _ in range(3):
+        assert httpx.get(f"{server.base_url}/api/v1/files/{listed_uid(server, picture.name)}",
+                         timeout=5).status_code == 200  # fmt: skip
+    page.reload()
+    page.locator("#file-title", has_text=picture.name).wait_for()
+    assert re.search(r"Downloads\s+no limit", page.locator(".facts").inner_text())
     assert browser.errors == []
+
+
+def listed_uid(server: RunningServer, name: str | None) -> str:
+    page = httpx.get(f"{server.base_url}/api/v1/files", timeout=5).json()
+    return next(str(item["uid"]) for item in page["items"] if item["original_name"] == name)
+
+
+def test_a_file_without_a_name_is_listed_by_type_and_size(
+    server: RunningServer, browser: Browser, picture: Path
+) -> None:
+    body = picture.read_bytes()
+    response = httpx.post(f"{server.base_url}/api/v1/files/stream", content=body, timeout=10)
+    assert response.status_code == 201 and response.json()["original_name"] is None
+    uid = response.json()["uid"]
+    page = browser.page
+    page.goto(server.base_url + "/")
+    item = page.locator(f'#file-list li[data-uid="{uid}"] .name')
+    item.wait_for()
+    size = f"{len(body) / 1024:.{2 if len(body) < 10 * 1024 else 1}f} KiB"
+    assert item.inner_text() == f"Unnamed image/png ({size})"
+    assert uid not in item.inner_text()
+    item.click()
+    page.locator("#file-title", has_text="Unnamed image/png").wait_for()
+    assert browser.errors == []
+
+
+@pytest.fixture
+def server_without_ffprobe(
+    start_server: Callable[..., RunningServer], pg_url: str
+) -> RunningServer:
+    asyncio.run(truncate(pg_url))  # before the browser's own event loop starts
+    return start_server(
+        {"MEDIASVC_DATABASE_URL": pg_url, "MEDIASVC_FFPROBE_PATH": "/nonexistent/ffprobe"}
+    )
+
+
+def test_a_file_the_server_could_not_examine_says_why(
+    server_without_ffprobe: RunningServer, browser: Browser, big_video: Path
+) -> None:
+    server = server_without_ffprobe
+    uid = upload_via_api(server, big_video)["uid"]
+    assert wait_until_probed(server, uid)["probe_status"] == "skipped"
+    page = browser.page
+    page.goto(f"{server.base_url}/#/files/{uid}")
+    page.locator("#file-title", has_text=big_video.name).wait_for()
+    facts = page.locator(".facts").inner_text()
+    assert "not examined: ffprobe is not installed" in facts
 
 
 def test_video_page_plays_and_seeks_with_a_range_request(
@@ -267,11 +325,16 @@ def test_video_page_plays_and_seeks_with_a_range_request(
     uid = video["uid"]
     metadata = wait_until_probed(server, uid)
     assert metadata["format"] == "video/mp4"
+    bit_rate = metadata["media"]["bit_rate"]
 
     page.goto(server.base_url + "/")
     link = page.locator(f'#file-list li[data-uid="{uid}"] a')
     link.click()
     page.locator("#file-title", has_text=big_video.name).wait_for()
+    # Bit rates in bits per second (it showed bytes, as "1.4 MiB/s").
+    bit_rate_row = re.search(r"Bit rate\s+(.+)", page.locator(".facts").inner_text())
+    assert bit_rate_row is not None
+    assert bit_rate_row[1] == f"{bit_rate / 1e6:.1f} Mbit/s"
     player = page.locator("video#player")
     player.wait_for()
     page.wait_for_function(
@@ -318,7 +381,7 @@ def test_video_page_plays_and_seeks_with_a_range_request(
     assert headers["x-content-type-options"] == "nosniff"
 
     # The README's picture: an upload under way (throttled), the list with its thumbnails,
-    # and the player at the end of the video. MEDIASVC_UPDATE_SCREENSHOT=1 saves it to docs/.
+    # and the player at the end of the video. MEDIASVC_TEST_UPDATE_SCREENSHOT=1 saves it to docs/.
     page.locator(f'#file-list li[data-uid="{uid}"].active').wait_for()
     page.wait_for_function(
         "() => [...document.querySelectorAll('#file-list img.thumb')]"
@@ -338,7 +401,7 @@ def test_video_page_plays_and_seeks_with_a_range_request(
     page.click("#cancel")
     page.get_by_text(f"{in_flight.name}: cancelled").wait_for()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("MEDIASVC_UPDATE_SCREENSHOT"):
+    if os.environ.get("MEDIASVC_TEST_UPDATE_SCREENSHOT"):
         save_small_png(shot, SCREENSHOT)
     assert browser.errors == []
 
@@ -420,3 +483,27 @@ def test_signed_downloads_with_the_owners_key_show_the_file_page(
         (f"{url}?inline=true", 403),
     ], refused
     assert [e for e in browser.errors if "401" not in e and "403" not in e] == []
+
+
+def test_docs_render_with_no_request_leaving_the_server(
+    server: RunningServer, browser: Browser
+) -> None:
+    # Offline, or behind a firewall: anything not for this server fails, and is counted.
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(server.base_url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    browser.context.route("**/*", only_this_server)
+    page = browser.page
+    page.goto(server.base_url + "/docs")
+    page.locator(".swagger-ui .info .title", has_text="mediasvc").wait_for()
+    page.locator(
+        ".opblock-summary-path", has_text="/api/v1/files/stream/{filename}"
+    ).first.wait_for()
+    assert elsewhere == []
+    assert browser.errors == []

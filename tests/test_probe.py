@@ -419,18 +419,25 @@ async def test_a_fifo_in_place_of_the_file_fails_without_blocking(
         await stopped(app, client)
 
 
-async def test_a_missing_ffprobe_leaves_the_probe_pending(
-    make_settings: Callable[..., Settings],
+async def test_a_missing_ffprobe_skips_the_probe_with_the_reason(
+    make_settings: Callable[..., Settings], media_files: MediaFiles
 ) -> None:
+    # It used to stay pending for ever (and the reconciler ran it again and again).
     settings = make_settings(redis_url=DEAD_REDIS_URL, ffprobe_path="/nonexistent/ffprobe")
     app, client = await started(settings)
     try:
-        uid = (await upload_file(client, SAMPLE_MP4))["uid"]
+        uid = (await upload_file(client, media_files.slow_mp4))["uid"]
         ctx = JobContext.build(settings)
-        assert (await probe_file(ctx, uid)).status == "pending"
+        assert (await probe_file(ctx, uid)).status == "skipped"
+        assert (await probe_file(ctx, uid)).status == "skipped"  # and stays so
         await ctx.db.dispose()
         record = await row(settings, uid)
-        assert record.probe_status == "pending" and "not installed" in str(record.probe_error)
+        assert record.probe_status == "skipped"
+        assert (
+            record.probe_error == "not examined: ffprobe is not installed (Debian package: ffmpeg)"
+        )
+        meta = (await client.get(f"/api/v1/files/{uid}/metadata")).json()
+        assert meta["probe_status"] == "skipped" and "ffprobe" in meta["probe_error"]
     finally:
         await stopped(app, client)
 

@@ -10,9 +10,14 @@ from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
 from mediasvc.errors import DatabaseUnavailable
+from mediasvc.media.tools import missing_tools, missing_tools_warning
 from mediasvc.services import Services
 
 router = APIRouter()
+
+# Reported, but not a reason to take the node out of rotation: without ffmpeg uploads and
+# downloads work, only the probe (media facts, previews) is skipped. Status "degraded" says so.
+OPTIONAL_CHECKS = frozenset({"ffmpeg"})
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -22,7 +27,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: database, Redis (if configured) and storage answer, the disk has room",
+    summary="Readiness: database, Redis (if configured) and storage answer, the disk has room; "
+    "ffprobe and ffmpeg are there (else degraded)",
 )
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
@@ -37,7 +43,17 @@ async def readyz(request: Request) -> Response:
         checks["disk"] = "unavailable"
     else:
         checks["disk"] = "ok" if free_bytes >= needed_bytes else "full"
-    failed = [name for name, value in checks.items() if value != "ok"]
+    settings = services.settings
+    missing = await anyio.to_thread.run_sync(
+        missing_tools, settings.ffprobe_path, settings.ffmpeg_path
+    )
+    checks["ffmpeg"] = "missing" if missing else "ok"
+    failed = [
+        name for name, value in checks.items() if value != "ok" and name not in OPTIONAL_CHECKS
+    ]
+    if not failed and missing:
+        warning = missing_tools_warning(missing)
+        return JSONResponse({"status": "degraded", "checks": checks, "warnings": [warning]})
     if not failed:
         return JSONResponse({"status": "ready", "checks": checks})
     reasons = [f"{name} {checks[name]}" for name in failed]

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from mediasvc.api import misroutes
 from mediasvc.errors import MediaServiceError
 
 logger = logging.getLogger(__name__)
@@ -52,14 +53,51 @@ async def _domain_error(_request: Request, exc: Exception) -> Response:
     return problem_for(exc)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return _method_not_allowed(request)
+    if exc.status_code == 404 and (other := misroutes.slash_variant(request)):
+        return _slash_redirect(request, other)
     title = HTTPStatus(exc.status_code).phrase
     return problem_response(
         status=exc.status_code,
         title=title,
         detail=str(exc.detail) if exc.detail != title else title,
         headers=dict(exc.headers or {}),
+    )
+
+
+def _method_not_allowed(request: Request) -> Response:
+    """405 with every method the path takes, and how to upload if that was the aim."""
+    allowed = misroutes.allowed_methods(request)
+    path = request.url.path
+    detail = f"{request.method} is not allowed on {path}: use {' or '.join(allowed)} {path}"
+    if hint := misroutes.upload_hint(request):
+        detail = f"{detail}; {hint}"
+    return problem_response(
+        status=405,
+        title="Method Not Allowed",
+        detail=detail,
+        type_uri="urn:mediasvc:problem:method-not-allowed",
+        headers={"Allow": ", ".join(allowed)},
+        allow=allowed,
+    )
+
+
+def _slash_redirect(request: Request, other: str) -> Response:
+    """307 (the method and body are kept) to the path without, or with, its trailing slash."""
+    location = str(request.url.replace(path=other))
+    detail = f"the URL is {other}: send {request.method} {location} (curl follows with -L)"
+    if hint := misroutes.upload_hint(request):
+        detail = f"{detail}; {hint}"
+    return problem_response(
+        status=307,
+        title="Temporary Redirect",
+        detail=detail,
+        type_uri="urn:mediasvc:problem:moved",
+        headers={"Location": location},
+        location=location,
     )
 
 

@@ -49,7 +49,10 @@ class FileMetadata(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     max_downloads: int | None
-    downloads: int
+    downloads: int = Field(
+        description="Full downloads used: ceil(bytes served / size). Counted only for files "
+        "with max_downloads; 0 for the others"
+    )
     local: bool
     cloud_status: str
     cloud_path: str | None

@@ -181,6 +181,26 @@ async def upload_raw_put(
     return await _ingest_raw(request, None, caller, max_downloads, expires_in)
 
 
+@router.post(
+    "/files/stream/{filename}",
+    status_code=201,
+    response_model=UploadedFile,
+    responses=_UPLOAD_ERRORS,
+    openapi_extra=_RAW_UPLOAD_OPENAPI,
+    summary="Upload a file as the raw request body, named by the path (curl -X POST -T f URL/)",
+)
+async def upload_raw_named_post(
+    request: Request,
+    filename: str,
+    caller: Caller,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
+) -> Response:
+    return await _ingest_raw(
+        request, _raw_path(request, filename), caller, max_downloads, expires_in
+    )
+
+
 @router.put(
     "/files/stream/{filename}",
     status_code=201,
@@ -196,10 +216,16 @@ async def upload_raw_named(
     max_downloads: MaxDownloads = None,
     expires_in: ExpiresIn = None,
 ) -> Response:
+    return await _ingest_raw(
+        request, _raw_path(request, filename), caller, max_downloads, expires_in
+    )
+
+
+def _raw_path(request: Request, filename: str) -> bytes:
     # The name comes from the path's raw bytes: the decoded ``filename`` has U+FFFD where the
     # path was not UTF-8. Servers that give no raw_path (it is optional in ASGI) give this one.
     raw_path: bytes = request.scope.get("raw_path") or quote(filename).encode("ascii")
-    return await _ingest_raw(request, raw_path, caller, max_downloads, expires_in)
+    return raw_path
 
 
 async def _ingest_raw(
@@ -209,7 +235,8 @@ async def _ingest_raw(
     max_downloads: int | None,
     expires_in: int | None,
 ) -> Response:
-    """The three raw routes (POST, PUT, PUT with a name): one ingest, their own OpenAPI entries."""
+    """The four raw routes (POST, PUT, each with and without a name in the path): one ingest,
+    their own OpenAPI entries."""
     options = _options(caller, max_downloads, expires_in)
     stored = await services_of(request).ingestor.ingest_raw(
         request, raw_path=raw_path, options=options

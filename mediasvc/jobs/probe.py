@@ -1,10 +1,11 @@
 """probe_media: read a file's media facts, check its MP4 layout, make and push its preview.
 
 States: pending → done (media facts, or ``media`` null for a file that is not media), failed
-(``probe_error`` says why: unreadable, cut short, hostile), or skipped (no local copy: the file
-was evicted first). A preview that could not be put in the cloud leaves the row ``pending``
-with the facts recorded, and the reconciler runs the job again later. Idempotent: a job for a
-row that is no longer pending does nothing.
+(``probe_error`` says why: unreadable, cut short, hostile), or skipped (``probe_error`` says
+why: no local copy, the file was evicted first; or ffprobe is not installed). A preview that
+could not be put in the cloud leaves the row ``pending`` with the facts recorded, and the
+reconciler runs the job again later. Idempotent: a job for a row that is no longer pending does
+nothing.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
             ctx.settings, path, expects_media=expects_media(record.format, record.extension)
         )
     except ToolMissing as exc:
-        logger.error("cannot probe %s: %s", uid, exc)
-        await _record(ctx, uid, ProbeStatus.PENDING, error=str(exc))
-        return ProbeOutcome(ProbeStatus.PENDING.value)
+        # Not the file's fault, and no retry will help until an operator installs the tool:
+        # pending would wait for ever (and the reconciler would run it again and again).
+        logger.warning("cannot probe %s: %s", uid, exc)
+        await _record(ctx, uid, ProbeStatus.SKIPPED, error=f"not examined: {exc}")
+        return ProbeOutcome(ProbeStatus.SKIPPED.value)
     except LocalCopyMissing:
         return await _missing(ctx, uid)
     except ProbeFailed as exc:

@@ -132,3 +132,18 @@ async def _drain(stream: asyncio.StreamReader, keep_bytes: int) -> bytes:
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def missing_tools(*binaries: str) -> list[str]:
+    """Those of ``binaries`` (names or paths, as configured) that cannot be run."""
+    return [binary for binary in binaries if shutil.which(binary) is None]
+
+
+def missing_tools_warning(missing: Sequence[str]) -> str:
+    """What an operator reads when ffprobe or ffmpeg is not there."""
+    names = ", ".join(missing)
+    return (
+        f"{names} not found: uploads work, but videos are not examined (probe_status "
+        "'skipped', no previews); install ffmpeg (Debian: apt-get install ffmpeg) or set "
+        "MEDIASVC_FFPROBE_PATH / MEDIASVC_FFMPEG_PATH"
+    )

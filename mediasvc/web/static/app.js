@@ -25,6 +25,8 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Sizes in binary units named as such (KiB, MiB, GiB), as the command line shows them
+// (mediasvc/progress.py format_bytes) and the settings are written.
 function formatBytes(n) {
   if (n === null || n === undefined) return "?";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -35,6 +37,13 @@ function formatBytes(n) {
     i += 1;
   }
   return i === 0 ? `${n} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+// Bit rates in bits per second, decimal (kbit/s, Mbit/s), as ffprobe and players give them.
+function formatBitRate(bitsPerSecond) {
+  if (bitsPerSecond >= 1e6) return `${(bitsPerSecond / 1e6).toFixed(bitsPerSecond < 1e7 ? 2 : 1)} Mbit/s`;
+  if (bitsPerSecond >= 1e3) return `${Math.round(bitsPerSecond / 1e3)} kbit/s`;
+  return `${Math.round(bitsPerSecond)} bit/s`;
 }
 
 function formatDuration(seconds) {
@@ -55,8 +64,9 @@ function formatAge(iso) {
   return new Date(iso).toLocaleDateString();
 }
 
+// A file uploaded without a name is called by what it is: its sniffed type and its size.
 function displayName(file) {
-  return file.original_name || file.uid;
+  return file.original_name || `Unnamed ${file.format} (${formatBytes(file.size)})`;
 }
 
 function kindOf(file) {
@@ -245,18 +255,27 @@ function uploadNext() {
       refreshList();
     } else {
       setStatus(`${file.name}: ${problemText(xhr.status, xhr.statusText, xhr.responseText)}`, "error");
+      stopProgress("failed");
     }
     finish();
   });
   xhr.addEventListener("error", () => {
     setStatus(`${file.name}: the connection failed`, "error");
+    stopProgress("failed");
     finish();
   });
   xhr.addEventListener("abort", () => {
     setStatus(`${file.name}: cancelled`, "error");
+    stopProgress("cancelled");
     finish();
   });
   xhr.send(file);
+}
+
+// An upload that ended without success: no rate, no time left, the bar empty.
+function stopProgress(outcome) {
+  $("progress-bar").value = 0;
+  $("progress-text").textContent = outcome;
 }
 
 function finish() {
@@ -417,10 +436,9 @@ function facts(file) {
     ["Size", `${formatBytes(file.size)} (${file.size.toLocaleString()} bytes)`],
     ["Uploaded", new Date(file.created_at).toLocaleString()],
     ["Expires", file.expires_at ? new Date(file.expires_at).toLocaleString() : "never"],
-    [
-      "Downloads",
-      file.max_downloads ? `${file.downloads} of ${file.max_downloads}` : String(file.downloads),
-    ],
+    // Downloads are counted only against a limit (each GET of a limited file reserves its
+    // bytes); a file without one is not counted, so a count would always read 0.
+    ["Downloads", file.max_downloads ? `${file.downloads} of ${file.max_downloads}` : "no limit"],
     ["Stored", [file.local ? "local disk" : null, `cloud: ${file.cloud_status}`].filter(Boolean).join(", ")],
   ];
   const media = file.media;
@@ -429,10 +447,12 @@ function facts(file) {
     if (media.width && media.height) rows.push(["Picture", `${media.width} × ${media.height}`]);
     const codecs = media.streams.map((s) => `${s.kind} ${s.codec || "?"}`).join(", ");
     if (codecs) rows.push(["Streams", codecs]);
-    if (media.bit_rate) rows.push(["Bit rate", `${formatBytes(media.bit_rate / 8)}/s`]);
+    if (media.bit_rate) rows.push(["Bit rate", formatBitRate(media.bit_rate)]);
     if (media.faststart === false) rows.push(["Faststart", "no: moov after the media data"]);
   } else if (file.probe_status === "pending") {
     rows.push(["Media", "being examined…"]);
+  } else if (file.probe_status === "skipped" && file.probe_error) {
+    rows.push(["Media", file.probe_error]); // e.g. ffprobe is not installed on the server
   }
   rows.push(["UID", el("code", {}, file.uid)]);
   rows.push(["SHA-256", el("code", { class: "hash" }, file.sha256)]);
