@@ -399,3 +399,20 @@ async def test_temp_file_of_a_put_in_progress_is_never_swept(
         hashlib.sha256(store.path_for(key).read_bytes()).hexdigest()
         == hashlib.sha256(body).hexdigest()
     )
+
+
+async def test_sqlite_commit_window_keeps_the_sweep_off_a_uid_being_committed(
+    tmp_path: Path,
+) -> None:
+    # The embedded default: uploads and cleanup share one process and one Database.
+    from mediasvc.db.session import Database
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'window.db'}")
+    try:
+        async with db.session() as committer, db.session() as sweeper:
+            async with db.commit_window.committing(committer, "a" * 26):
+                assert await db.commit_window.try_sweeping(sweeper, "a" * 26) is False
+                assert await db.commit_window.try_sweeping(sweeper, "b" * 26) is True
+            assert await db.commit_window.try_sweeping(sweeper, "a" * 26) is True
+    finally:
+        await db.dispose()

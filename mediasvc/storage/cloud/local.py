@@ -190,6 +190,11 @@ def _link(source: Path, temp: Path) -> bool:
         if exc.errno in _NO_LINK_ERRNOS:
             return False
         raise
+    if not os.access(temp, os.R_OK | os.W_OK):
+        # The temp file is opened read-write for its lock (and the sweep opens it so too):
+        # a file we may link but not write, we copy instead.
+        temp.unlink()
+        return False
     return True
 
 
