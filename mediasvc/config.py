@@ -161,6 +161,18 @@ class Settings(BaseSettings):
         default=86400, ge=60, description="A .part file untouched this long is swept."
     )
 
+    # --- crash leftovers (issue 11) -------------------------------------------------------
+    orphan_grace_s: int = Field(
+        default=3600,
+        ge=1,
+        description=(
+            "A file in the media root that no row claims (a process killed between the rename "
+            "and the row's commit), or a temporary file of a push killed mid-copy in the local "
+            "bucket, is swept once it is this old (by ctime); one still being committed or "
+            "copied never is."
+        ),
+    )
+
     # --- media processing (issue 7) ----------------------------------------------------------
     ffprobe_path: str = Field(default="ffprobe", description="The ffprobe binary (Debian: ffmpeg).")
     ffmpeg_path: str = Field(default="ffmpeg", description="The ffmpeg binary (previews, remux).")

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.db.migrations import upgrade
+from mediasvc.storage.local import VOLUME_ID_FILE
 
 # Media made at test time by ffmpeg (tests/test_probe.py, tests/test_previews.py).
 from tests.mediafiles import media_files  # noqa: F401
@@ -110,8 +111,9 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def leftovers(media_root: Path) -> list[Path]:
-    """Every file under the media root: a failed upload must leave none."""
-    return sorted(p for p in media_root.rglob("*") if p.is_file())
+    """Every file under the media root but its volume id: a failed upload must leave none."""
+    volume_id = media_root / VOLUME_ID_FILE
+    return sorted(p for p in media_root.rglob("*") if p.is_file() and p != volume_id)
 
 
 def free_port() -> int:

@@ -306,7 +306,7 @@ async def test_content_length_larger_than_the_free_disk_is_507_before_reading(
 
 @pytest.mark.parametrize(
     ("inodes", "fails_at"),
-    [(2, "creating the .part file"), (3, "making the <uid[:2]> directory")],
+    [(3, "creating the .part file"), (4, "making the <uid[:2]> directory")],
     ids=["part-file", "shard-dir"],
 )
 async def test_out_of_inodes_is_507_and_leaves_nothing(
@@ -317,7 +317,8 @@ async def test_out_of_inodes_is_507_and_leaves_nothing(
     fails_at: str,
 ) -> None:
     # A disk can be full of files rather than bytes: ENOSPC then comes from open() or mkdir(),
-    # not write(). The root and .incoming take two inodes; `inodes` decides where it fails.
+    # not write(). The root, .incoming and .volume-id take three inodes; `inodes` decides where
+    # it fails.
     with mounted_tmpfs(tmp_path / "no-inodes", f"size=2m,nr_inodes={inodes}") as media_root:
         settings = make_settings(media_root=media_root, min_free_disk_bytes=0)
         app = create_app(settings)

@@ -103,6 +103,9 @@ class FileRecord(Base):
     preview_path: Mapped[str | None] = mapped_column(Text)
     # The faststart remux of this file (a live row with derived_from = this uid).
     faststart_uid: Mapped[str | None] = mapped_column(String(32))
+    # The media volume (storage.local.LocalStore.volume_id) that holds the local copy; None on
+    # rows from before it was recorded. Only that volume's sweep judges whether the copy is gone.
+    volume: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         # Listing: live files, newest first, keyset-paginated on (created_at, uid).

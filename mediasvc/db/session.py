@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from mediasvc.db.commit_window import CommitWindow
 from mediasvc.errors import DatabaseUnavailable
 
 # What a dead or unreachable database raises through SQLAlchemy and the drivers beneath it.
@@ -53,6 +54,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Shared by every upload and sweep that use this Database (db/commit_window.py).
+        self.commit_window = CommitWindow(self.engine.dialect.name)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

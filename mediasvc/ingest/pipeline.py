@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 from starlette.requests import Request
@@ -173,7 +174,6 @@ class Ingestor:
         try:
             received = await receive(blob)
             checksum.verify(expected_sha256, received.blob.sha256)
-            await anyio.to_thread.run_sync(self._store.commit, part_path, uid)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(blob.discard)
@@ -181,16 +181,36 @@ class Ingestor:
 
         delete_token = new_delete_token()
         record = self._new_record(uid, received, options, delete_token)
-        try:
-            async with self._db.session() as session:
-                await repository.add(session, record)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._store.remove, uid)
-            raise
+        record.volume = await anyio.to_thread.run_sync(lambda: self._store.volume_id)
+        await self._commit(uid, part_path, blob, record)
         if self._after_commit is not None:
             await self._after_commit(record)
         return StoredUpload(record=record, delete_token=delete_token)
+
+    async def _commit(self, uid: str, part_path: Path, blob: BlobFile, record: FileRecord) -> None:
+        """Rename the file into place and commit its row, inside the uid's commit window.
+
+        The window's lock is taken before the rename and held until the row's transaction
+        ends, so the sweep of rowless files never takes a file whose row is still on its way,
+        however long the INSERT waits (db/commit_window.py). If this process dies in between,
+        the file has no row and the sweep removes it.
+        """
+        renamed = False
+        try:
+            async with (
+                self._db.session() as session,
+                self._db.commit_window.committing(session, uid),
+            ):
+                await anyio.to_thread.run_sync(self._store.commit, part_path, uid)
+                renamed = True
+                await repository.add(session, record)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if renamed:
+                    await anyio.to_thread.run_sync(self._store.remove, uid)
+                else:
+                    await anyio.to_thread.run_sync(blob.discard)
+            raise
 
     @staticmethod
     def _new_record(

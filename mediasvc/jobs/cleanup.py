@@ -1,4 +1,8 @@
-"""cleanup: expire, delete everywhere, evict safe local copies, sweep abandoned ``.part`` files.
+"""cleanup: expire, delete everywhere, evict safe local copies, sweep what crashes left.
+
+What crashes left: abandoned ``.part`` files, files in the media root that no row claims and
+rows whose local copy is gone (jobs/volume_audit.py), and temporary files of pushes killed
+mid-copy in the local bucket.
 
 "Delete everywhere" covers a file's preview image and the files derived from it (a faststart
 remux): they go with the original.
@@ -22,6 +26,7 @@ from sqlalchemy import or_, select, update
 
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.volume_audit import VolumeReport, audit_volume
 from mediasvc.storage.cloud import CloudError, key_for, preview_key_for
 from mediasvc.storage.local import PART_SUFFIX
 
@@ -36,6 +41,8 @@ class CleanupReport:
     purged: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
     swept_parts: int = 0
+    volume: VolumeReport = field(default_factory=VolumeReport)
+    swept_bucket_temps: int = 0
 
 
 async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupReport:
@@ -45,6 +52,13 @@ async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupRep
     report.purged = await _purge_gone(ctx)
     report.evicted = await _evict(ctx, now)
     report.swept_parts = await anyio.to_thread.run_sync(_sweep_parts, ctx, time.time())
+    report.volume = await audit_volume(ctx, now_s=time.time())
+    try:
+        report.swept_bucket_temps = await ctx.cloud.sweep_abandoned(
+            older_than_s=ctx.settings.orphan_grace_s
+        )
+    except CloudError as exc:
+        logger.warning("sweeping the bucket's abandoned temporary files failed: %s", exc)
     return report
 
 
@@ -154,12 +168,25 @@ async def _evict(ctx: JobContext, now: datetime) -> list[str]:
     ).limit(CLEANUP_BATCH)
     async with ctx.db.session() as session:
         candidates = list((await session.scalars(least_recent)).all())
+    linked = 0
     for record in candidates:
         if bytes_to_free <= 0:
             break
+        # A local copy hard-linked to the bucket's object (local bucket, same filesystem) frees
+        # nothing when removed: keep it, it would only cost the local read path.
+        frees = await anyio.to_thread.run_sync(ctx.store.bytes_freed_by_removing, record.uid)
+        if frees == 0:
+            linked += 1
+            continue
         if await _evict_one(ctx, record):
             evicted.append(record.uid)
-            bytes_to_free -= record.size
+            bytes_to_free -= frees
+    if bytes_to_free > 0 and linked:
+        logger.warning(
+            "disk above its high watermark: %d local copies share their bytes with the bucket "
+            "(hard links), evicting them would free nothing",
+            linked,
+        )
     return evicted
 
 

@@ -66,7 +66,7 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
         )
         if faststart is not True:
             raise RemuxFailed("ffmpeg's output still has moov after mdat")
-        await anyio.to_thread.run_sync(store.commit, part, derived_uid)
+        volume = await anyio.to_thread.run_sync(lambda: store.volume_id)
     except (RemuxFailed, InsufficientStorage, OSError) as exc:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_unlink_quietly, part)
@@ -98,9 +98,25 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
         owner=original.owner,
         derived_from=uid,
         probe_status=ProbeStatus.PENDING.value,
+        volume=volume,
     )
+    # As for an upload, rename and row share the uid's commit window (db/commit_window.py):
+    # a sweep never takes the copy while its row is on its way.
+    renamed = False
     try:
-        async with ctx.db.session() as session:
+        async with (
+            ctx.db.session() as session,
+            ctx.db.commit_window.committing(session, derived_uid),
+        ):
+            try:
+                await anyio.to_thread.run_sync(store.commit, part, derived_uid)
+            except (InsufficientStorage, OSError) as exc:
+                await anyio.to_thread.run_sync(_unlink_quietly, part)
+                logger.warning("faststart remux of %s failed: %s", uid, exc)
+                await session.rollback()
+                await _note(ctx, uid, f"faststart remux failed: {exc}")
+                return None
+            renamed = True
             session.add(derived)
             linked = await session.execute(
                 update(FileRecord)
@@ -115,7 +131,10 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
             await session.commit()
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(store.remove, derived_uid)
+            if renamed:
+                await anyio.to_thread.run_sync(store.remove, derived_uid)
+            else:
+                await anyio.to_thread.run_sync(_unlink_quietly, part)
         raise
     logger.info("faststart copy of %s is %s (%d bytes)", uid, derived_uid, size)
     return derived_uid

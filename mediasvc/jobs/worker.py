@@ -89,6 +89,10 @@ async def cleanup_job(ctx: dict[str, Any]) -> dict[str, int]:
         "purged": len(report.purged),
         "evicted": len(report.evicted),
         "swept_parts": report.swept_parts,
+        "swept_orphans": len(report.volume.swept),
+        "relocated": len(report.volume.relocated),
+        "lost": len(report.volume.lost),
+        "swept_bucket_temps": report.swept_bucket_temps,
     }
 
 

@@ -1,6 +1,8 @@
 """Local disk layout: ``<root>/.incoming/<uid>.part``, then ``<root>/<uid[:2]>/<uid>``.
 
 A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``.
+``<root>/.volume-id`` names this media volume: a row records the volume that holds its local
+copy, so a node never judges another node's files by its own disk.
 
 Paths come from the UID alone; original file names never touch the filesystem.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from mediasvc.storage.files import fsync_dir
 
 INCOMING_DIR = ".incoming"
 PART_SUFFIX = ".part"
+VOLUME_ID_FILE = ".volume-id"
 
 
 class LocalStore:
@@ -28,9 +32,18 @@ class LocalStore:
         self.incoming = self.root / INCOMING_DIR
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
+        self._volume_id: str | None = None
 
     def prepare(self) -> None:
         self.incoming.mkdir(parents=True, exist_ok=True)
+        _ = self.volume_id  # at start: a volume that cannot hold one more file fails here
+
+    @property
+    def volume_id(self) -> str:
+        """This media volume's id, made once by whichever process asks first (blocking)."""
+        if self._volume_id is None:
+            self._volume_id = _read_or_make_volume_id(self.root / VOLUME_ID_FILE)
+        return self._volume_id
 
     def path_for(self, uid: str) -> Path:
         return self.root / uid[:2] / uid
@@ -84,8 +97,38 @@ class LocalStore:
         """Delete the local preview (blocking); True if there was one."""
         return _unlink(self.preview_path_for(uid))
 
+    def bytes_freed_by_removing(self, uid: str) -> int:
+        """What removing the local copy gives back: nothing while another link (the local
+        bucket's object) keeps its blocks (blocking)."""
+        try:
+            st = self.path_for(uid).stat()
+        except FileNotFoundError:
+            return 0
+        return 0 if st.st_nlink > 1 else st.st_blocks * 512
+
     def exists(self, uid: str) -> bool:
         return self.path_for(uid).is_file()
+
+
+def _read_or_make_volume_id(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with temp.open("x") as file:
+            file.write(secrets.token_hex(16))
+            file.flush()
+            os.fsync(file.fileno())  # an id that a power cut could empty would be no id
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    # Read back: of two processes starting at once on a fresh volume, the later rename wins
+    # and the earlier one may keep its own id for its lifetime. Rows it writes then name no
+    # volume the sweep knows, and rows of an unknown volume are never judged: safe.
+    return path.read_text().strip()
 
 
 def _unlink(path: Path) -> bool:

@@ -55,6 +55,13 @@ class CloudStore(Protocol):
         """Remove the object; removing one that is not there is not an error."""
         ...
 
+    async def sweep_abandoned(self, *, older_than_s: float) -> int:
+        """Remove what puts killed mid-way left in the store, if it can see any; how many.
+
+        Never touches a put still in progress.
+        """
+        ...
+
     async def close(self) -> None:
         """Release the client's resources."""
         ...

@@ -4,16 +4,29 @@ Objects live at ``<root>/<key>``. A put copies into a hidden temporary file besi
 hashing as it copies, fsyncs, and renames it into place only if the bytes are the promised
 ones, so a reader never sees a partial or wrong object. The verified sha256 is kept in a
 ``user.`` extended attribute when the filesystem has them, so ``stat`` can tell it.
+
+Where the bucket shares the media root's filesystem, the temporary file is a hard link to the
+local file instead of a copy (files are immutable), so a file takes its room on the disk once,
+not twice; the bytes are still read and verified before the rename. Across filesystems
+(``EXDEV``), or where links are refused, it is a copy.
+
+A temporary file is ``flock``-ed by its put until the rename. A put killed mid-copy (SIGKILL
+included) leaves it behind unlocked; ``sweep_abandoned`` removes those once old enough and
+never one whose lock is held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import secrets
+import stat
 import threading
+import time
 from collections.abc import AsyncIterator
+from io import BufferedIOBase
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,6 +48,9 @@ SHA256_XATTR = "user.mediasvc.sha256"
 TEMP_SUFFIX = ".tmp"
 # Errors of the bucket's disk that may pass by themselves: full, over quota, I/O trouble.
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY}
+# os.link errors that mean "no hard link here, copy instead": another filesystem, a filesystem
+# without links (or forbidding them), too many links.
+_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 class LocalCloudStore:
@@ -66,22 +82,26 @@ class LocalCloudStore:
         self, source: Path, target: Path, size: int, sha256: str, stop: threading.Event
     ) -> None:
         verifier = Verifier(size=size, sha256=sha256)
-        buffer = memoryview(bytearray(self.chunk_bytes))  # reused: no fresh memory per chunk
         with source.open("rb") as src:  # a missing source is the caller's OSError
             temp = target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with temp.open("xb") as dst:
-                    while n := src.readinto(buffer[: verifier.want(self.chunk_bytes)]):
-                        if stop.is_set():
-                            raise UploadAbandoned("copy cancelled")
-                        verifier.update(buffer[:n])
-                        dst.write(buffer[:n])
+                linked = stat.S_ISREG(os.fstat(src.fileno()).st_mode) and _link(source, temp)
+                with temp.open("r+b") if linked else temp.open("xb") as dst:
+                    # Held until the rename: how the sweep tells a live put from a dead one.
+                    fcntl.flock(dst.fileno(), fcntl.LOCK_EX)
+                    # A link is verified by reading it (the same bytes the object will have).
+                    self._pass_through(
+                        dst if linked else src, None if linked else dst, verifier, stop
+                    )
                     verifier.check()
                     _set_sha256(dst.fileno(), sha256)
                     if self.fsync:
                         os.fsync(dst.fileno())
-                os.replace(temp, target)
+                    os.replace(temp, target)
+                # rename() of two links to one inode does nothing: a re-put of the same linked
+                # file leaves the temporary name behind unless we remove it.
+                temp.unlink(missing_ok=True)
                 if self.fsync:
                     fsync_dir(target.parent)
             except BaseException as exc:
@@ -89,6 +109,34 @@ class LocalCloudStore:
                 if isinstance(exc, OSError):
                     _raise_translated(exc, str(target))
                 raise
+
+    def _pass_through(
+        self,
+        src: BufferedIOBase,
+        dst: BufferedIOBase | None,
+        verifier: Verifier,
+        stop: threading.Event,
+    ) -> None:
+        buffer = memoryview(bytearray(self.chunk_bytes))  # reused: no fresh memory per chunk
+        while n := src.readinto(buffer[: verifier.want(self.chunk_bytes)]):
+            if stop.is_set():
+                raise UploadAbandoned("copy cancelled")
+            verifier.update(buffer[:n])
+            if dst is not None:
+                dst.write(buffer[:n])
+
+    async def sweep_abandoned(self, *, older_than_s: float) -> int:
+        """Remove temporary files of puts that died (unlocked, ctime older than the cutoff)."""
+        cutoff_s = time.time() - older_than_s
+        return await anyio.to_thread.run_sync(self._sweep_temps, cutoff_s)
+
+    def _sweep_temps(self, cutoff_s: float) -> int:
+        swept = 0
+        for directory, _dirs, names in os.walk(self.root):
+            for name in names:
+                if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                    swept += _remove_if_abandoned(Path(directory, name), cutoff_s)
+        return swept
 
     async def open_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         check_range(start, end)
@@ -132,6 +180,47 @@ class LocalCloudStore:
 
     async def close(self) -> None:
         return None
+
+
+def _link(source: Path, temp: Path) -> bool:
+    """Hard-link ``source`` as ``temp``; False where the filesystem cannot (then we copy)."""
+    try:
+        os.link(source, temp)
+    except OSError as exc:
+        if exc.errno in _NO_LINK_ERRNOS:
+            return False
+        raise
+    if not os.access(temp, os.R_OK | os.W_OK):
+        # The temp file is opened read-write for its lock (and the sweep opens it so too):
+        # a file we may link but not write, we copy instead.
+        temp.unlink()
+        return False
+    return True
+
+
+def _remove_if_abandoned(path: Path, cutoff_s: float) -> int:
+    """1 if ``path`` was a dead put's temporary file and is gone now, else 0."""
+    try:
+        # O_RDWR: flock emulated over NFS needs a writable descriptor for an exclusive lock.
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    try:
+        opened = os.fstat(fd)
+        if opened.st_ctime > cutoff_s or not stat.S_ISREG(opened.st_mode):
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # its put is alive
+        if os.lstat(path).st_ino != opened.st_ino:
+            return 0  # renamed away and replaced meanwhile: not the file we locked
+        os.unlink(path)
+        return 1
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _stat(path: Path) -> ObjectInfo:

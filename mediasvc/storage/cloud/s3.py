@@ -224,6 +224,11 @@ class S3CloudStore:
         except BaseError as exc:
             _raise_translated(exc, key)
 
+    async def sweep_abandoned(self, *, older_than_s: float) -> int:
+        # A killed put leaves an incomplete multipart upload that obstore can neither list nor
+        # abort; the bucket's lifecycle rule removes those (README, production topology).
+        return 0
+
     async def close(self) -> None:
         await asyncio.sleep(self.config.shutdown_grace_s)
 

@@ -1,0 +1,234 @@
+"""Make this node's media volume agree with the rows, both ways. Part of ``cleanup``.
+
+Files → rows. A file ``<uid[:2]>/<uid>`` (or its ``.preview.jpg``) whose ctime is older than
+``orphan_grace_s`` goes when
+- no row has its uid: the process that renamed it died before its row was committed. The
+  commit window (db/commit_window.py) makes sure it is not a commit still on its way; the grace
+  period only spares the database a look-up for fresh files, and covers other SQLite processes;
+- its row says it is not here (``local = false``) and either the file is deleted or the cloud
+  copy is confirmed: an eviction or purge died between its row update and its unlink, or ran
+  on a node that does not hold the file. A live file with ``local = false`` and no confirmed
+  cloud copy is kept: it may be the only copy.
+A preview goes with no row, or once its row is a tombstone whose purge is done.
+
+Rows → files. A live row that says its local copy is on this volume (``local = true``,
+``volume`` = ours) but whose file is missing:
+- if the cloud copy is confirmed (size and the sha256 the store reports), the row becomes
+  ``local = false`` (and ``uploaded``, if the push finished without recording it), so
+  downloads stream from the cloud;
+- otherwise the bytes are lost: logged at ERROR on every run and the row is left as it is (a
+  volume mounted late brings the file back). Downloads answer 503, the push ends ``failed``.
+Rows without a ``volume`` (made before it was recorded) are not judged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import select, update
+
+from mediasvc.db.models import CloudStatus, FileRecord
+from mediasvc.ids import is_valid_uid
+from mediasvc.jobs.context import JobContext
+from mediasvc.storage.cloud import CloudError, key_for
+from mediasvc.storage.cloud.base import PREVIEW_SUFFIX
+
+logger = logging.getLogger(__name__)
+
+AUDIT_BATCH = 500
+SHARD_NAME_CHARS = 2
+
+
+@dataclass(slots=True)
+class VolumeReport:
+    swept: list[Path] = field(default_factory=list)  # files no row claims (any more)
+    relocated: list[str] = field(default_factory=list)  # rows now served from the cloud
+    lost: list[str] = field(default_factory=list)  # rows whose only copy is missing
+
+
+@dataclass(frozen=True, slots=True)
+class _OnDisk:
+    uid: str
+    path: Path
+    preview: bool
+
+
+async def audit_volume(ctx: JobContext, *, now_s: float) -> VolumeReport:
+    report = VolumeReport()
+    cutoff_s = now_s - ctx.settings.orphan_grace_s
+    for shard in await anyio.to_thread.run_sync(_shards, ctx.store.root):
+        files = await anyio.to_thread.run_sync(_settled_files, shard, cutoff_s)
+        for start in range(0, len(files), AUDIT_BATCH):
+            await _sweep_unclaimed(ctx, files[start : start + AUDIT_BATCH], report)
+    await _audit_local_rows(ctx, report)
+    return report
+
+
+def _shards(root: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    return [
+        Path(entry.path)
+        for entry in entries
+        if len(entry.name) == SHARD_NAME_CHARS and entry.is_dir(follow_symlinks=False)
+    ]
+
+
+def _settled_files(shard: Path, cutoff_s: float) -> list[_OnDisk]:
+    """Our files in ``shard`` untouched (ctime: write, rename, link) since ``cutoff_s``."""
+    found = []
+    for entry in os.scandir(shard):
+        preview = entry.name.endswith(PREVIEW_SUFFIX)
+        uid = entry.name.removesuffix(PREVIEW_SUFFIX) if preview else entry.name
+        if not is_valid_uid(uid) or not uid.startswith(shard.name):
+            continue  # not a name we make: never ours to remove
+        try:
+            if entry.stat(follow_symlinks=False).st_ctime > cutoff_s:
+                continue
+        except FileNotFoundError:
+            continue
+        found.append(_OnDisk(uid, Path(entry.path), preview))
+    return found
+
+
+async def _sweep_unclaimed(ctx: JobContext, files: list[_OnDisk], report: VolumeReport) -> None:
+    columns = (
+        FileRecord.uid,
+        FileRecord.local,
+        FileRecord.gone_reason,
+        FileRecord.cloud_status,
+    )
+    async with ctx.db.session() as session:
+        rows = {
+            row.uid: row
+            for row in await session.execute(
+                select(*columns).where(FileRecord.uid.in_({f.uid for f in files}))
+            )
+        }
+    for file in files:
+        row = rows.get(file.uid)
+        if row is None:
+            if await _remove_rowless(ctx, file):
+                logger.warning(
+                    "removed %s: no row claims it (a commit that never finished)", file.path
+                )
+                report.swept.append(file.path)
+        elif _unclaimed(file, row) and await anyio.to_thread.run_sync(_unlink, file.path):
+            logger.info("removed %s: its row says the local copy is gone", file.path)
+            report.swept.append(file.path)
+
+
+def _unclaimed(file: _OnDisk, row: Any) -> bool:
+    if file.preview:
+        return row.gone_reason is not None and not row.local  # a tombstone, purged
+    return not row.local and (
+        row.gone_reason is not None or row.cloud_status == CloudStatus.UPLOADED.value
+    )
+
+
+async def _remove_rowless(ctx: JobContext, file: _OnDisk) -> bool:
+    """Unlink a file without a row, unless its row is being committed right now."""
+    async with ctx.db.session() as session:
+        if not await ctx.db.commit_window.try_sweeping(session, file.uid):
+            return False  # renamed, its INSERT still on its way: not ours
+        if await session.scalar(select(FileRecord.uid).where(FileRecord.uid == file.uid)):
+            return False  # committed between our first look and the lock
+        # Unlinked while the lock is held, so no commit of this uid can finish meanwhile.
+        return await anyio.to_thread.run_sync(_unlink, file.path)
+
+
+async def _audit_local_rows(ctx: JobContext, report: VolumeReport) -> None:
+    volume = await anyio.to_thread.run_sync(lambda: ctx.store.volume_id)
+    after = ""
+    while True:
+        query = (
+            select(FileRecord)
+            .where(
+                FileRecord.gone_reason.is_(None),
+                FileRecord.local.is_(True),
+                FileRecord.volume == volume,
+                FileRecord.uid > after,
+            )
+            .order_by(FileRecord.uid)
+            .limit(AUDIT_BATCH)
+        )
+        async with ctx.db.session() as session:
+            records = list((await session.scalars(query)).all())
+        if not records:
+            return
+        after = records[-1].uid
+        paths = [ctx.store.path_for(record.uid) for record in records]
+        missing = await anyio.to_thread.run_sync(_missing, paths)
+        for record, path in zip(records, paths, strict=True):
+            if path in missing:
+                await _settle_missing(ctx, record, report)
+
+
+def _missing(paths: list[Path]) -> set[Path]:
+    """The paths that do not exist; any other stat error is no proof of absence."""
+    gone = set()
+    for path in paths:
+        try:
+            path.stat()
+        except FileNotFoundError:
+            gone.add(path)
+        except OSError as exc:
+            logger.warning("cannot tell whether %s exists: %s", path, exc)
+    return gone
+
+
+async def _settle_missing(ctx: JobContext, record: FileRecord, report: VolumeReport) -> None:
+    key = record.cloud_path or key_for(record.uid)
+    try:
+        info = await ctx.cloud.stat(key)
+    except CloudError as exc:
+        logger.warning("local copy of %s is missing; cloud stat failed: %s", record.uid, exc)
+        return
+    if info is None or info.size != record.size or info.sha256 != record.sha256:
+        logger.error(
+            "LOST: %s (%d bytes) has no local copy at %s and no confirmed cloud copy (%s); "
+            "downloads answer 503 until the file comes back",
+            record.uid,
+            record.size,
+            ctx.store.path_for(record.uid),
+            info,
+        )
+        report.lost.append(record.uid)
+        return
+    async with ctx.db.session() as session:
+        result = await session.execute(
+            update(FileRecord)
+            .where(
+                FileRecord.uid == record.uid,
+                FileRecord.local.is_(True),
+                FileRecord.gone_reason.is_(None),
+            )
+            .values(
+                local=False,
+                cloud_status=CloudStatus.UPLOADED.value,
+                cloud_path=key,
+                cloud_error=None,
+                cloud_updated_at=datetime.now(UTC),
+            )
+            .returning(FileRecord.uid)
+        )
+        await session.commit()
+    if result.first() is not None:
+        logger.warning("local copy of %s is missing: served from the cloud copy now", record.uid)
+        report.relocated.append(record.uid)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
