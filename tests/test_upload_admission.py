@@ -60,7 +60,8 @@ class HeldBody:
 
 
 class TricklingBody:
-    """``head`` at once, then ``step`` bytes every ``every_s`` (the client's pace), ``steps`` times."""
+    """``head`` at once, then ``step`` bytes every ``every_s`` (the client's pace), ``steps``
+    times."""
 
     def __init__(self, head: bytes, *, step: int, every_s: float, steps: int) -> None:
         self.head, self.step, self.every_s, self.steps = head, step, every_s, steps
@@ -90,10 +91,12 @@ def ingestor_of(app: FastAPI) -> Ingestor:
 
 async def wait_for(predicate: Callable[[], bool], what: str) -> None:
     """Poll a condition (bounded): ends a test that would otherwise hang."""
-    async with asyncio.timeout(POLL_TIMEOUT_S):
-        while not predicate():
-            await asyncio.sleep(0.01)
-    assert predicate(), what
+    interval_s = 0.01
+    for _ in range(int(POLL_TIMEOUT_S / interval_s)):
+        if predicate():
+            return
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"not within {POLL_TIMEOUT_S} s: {what}")
 
 
 def upload_threads() -> list[str]:
