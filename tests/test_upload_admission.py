@@ -32,7 +32,12 @@ from tests.test_hostile_input import (
     read_head,
     request_head,
 )
-from tests.test_ingest_failures import CountingBody, assert_nothing_left, assert_problem
+from tests.test_ingest_failures import (
+    CountingBody,
+    HeldBody,
+    assert_nothing_left,
+    assert_problem,
+)
 from tests.test_ingest_raw import BATCH, random_bytes
 
 __all__ = ["pg_server"]  # a fixture, imported for the end-to-end test
@@ -40,23 +45,6 @@ __all__ = ["pg_server"]  # a fixture, imported for the end-to-end test
 MiB = 1024 * 1024
 ANYIO_WORKERS = 40  # anyio's default thread limiter: to_thread.run_sync never runs more
 URL = "/api/v1/files/stream"
-
-
-class HeldBody:
-    """Sends ``data[:split]``, then nothing until ``go`` is set, then the rest."""
-
-    def __init__(self, data: bytes, split: int) -> None:
-        self.data = data
-        self.split = split
-        self.pulled = 0
-        self.go = asyncio.Event()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        self.pulled += 1
-        yield self.data[: self.split]
-        await self.go.wait()
-        self.pulled += 1
-        yield self.data[self.split :]
 
 
 class TricklingBody:
