@@ -227,6 +227,36 @@ async def test_an_idle_body_gives_back_its_buffers_and_threads_and_loses_no_byte
         assert pool.in_use == 0
 
 
+async def test_uploads_share_a_buffer_budget_of_one_buffer_and_all_complete(
+    client: httpx.AsyncClient, make_settings: Callable[..., Settings]
+) -> None:
+    # The budget holds one batch: three concurrent uploads take turns with it (waiting, not
+    # allocating), and every byte still lands in order.
+    app_settings = make_settings(upload_buffer_budget_bytes=BATCH)
+    files = [random_bytes(5 * BATCH + seed, seed) for seed in (1, 2, 3)]
+    async with app_client(app_settings) as (app, http):
+        pool = ingestor_of(app).buffers
+        assert pool.max_buffers == 1
+        peak = 0
+
+        async def watch_pool() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, pool.in_use)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch_pool())
+        responses = await asyncio.gather(
+            *(http.post(URL, content=CountingBody(data)) for data in files)
+        )
+        watcher.cancel()
+        for data, response in zip(files, responses, strict=True):
+            assert response.status_code == 201, response.text
+            assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
+        assert peak == 1
+        assert pool.in_use == 0
+
+
 # --- a real server, many slow uploads -------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ DEFAULT_DEPTH = 3
 # A worker thread with no batch for this long ends; the next batch starts another.
 THREAD_LINGER_S = 2.0
 
-_Batch = tuple[Buffer | bytes, int]
+_Batch = tuple[Buffer, int]
 
 
 class BatchingFeeder:
@@ -150,10 +150,9 @@ class BatchingFeeder:
             self._carry = b""
         self._raise_failure()
 
-    def _give_back(self, buffer: Buffer | bytes) -> None:
-        if isinstance(buffer, Buffer):
-            self._pool.give(buffer)
-            self._held.release()
+    def _give_back(self, buffer: Buffer) -> None:
+        self._pool.give(buffer)
+        self._held.release()
 
     def _end(self) -> None:
         if not self._ended:
@@ -189,7 +188,7 @@ class BatchingFeeder:
                 return
             self._handle(*item)
 
-    def _handle(self, buffer: Buffer | bytes, n: int) -> None:
+    def _handle(self, buffer: Buffer, n: int) -> None:
         pending: Future[None] | None = None
         if self._error is None and not self._abandoned:
             try:
@@ -201,7 +200,7 @@ class BatchingFeeder:
         else:  # still being read (written): the buffer is free once that is done
             pending.add_done_callback(functools.partial(self._release, buffer))
 
-    def _release(self, buffer: Buffer | bytes, done: Future[None]) -> None:
+    def _release(self, buffer: Buffer, done: Future[None]) -> None:
         if not done.cancelled() and (exc := done.exception()) is not None and self._error is None:
             self._error = exc
         self._call_loop(self._give_back, buffer)
