@@ -109,6 +109,38 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- uploads in flight: admission, slow bodies, buffer memory (issue 11) -----------------
+    max_uploads_in_flight: int = Field(
+        default=128,
+        ge=0,
+        description="Uploads one process receives at once; more get 503 with Retry-After before "
+        "their body is read. 0 = no cap.",
+    )
+    max_uploads_per_client: int = Field(
+        default=0,
+        ge=0,
+        description="Uploads one client address may have under way at once; more get 429 with "
+        "Retry-After. 0 = off (clients behind one NAT or proxy share an address).",
+    )
+    upload_retry_after_s: int = Field(
+        default=5, ge=1, description="Retry-After of those 503 and 429 answers."
+    )
+    body_min_rate_bytes_per_s: int = Field(
+        default=1024,
+        ge=0,
+        description="An upload body must average at least this rate over each window (the "
+        "first window is its grace period), besides the idle timeout; slower: 408. 0 = off.",
+    )
+    body_min_rate_window_s: float = Field(
+        default=30.0, gt=0, description="The window over which the body's rate is averaged."
+    )
+    upload_buffer_budget_bytes: int = Field(
+        default=256 * MiB,
+        ge=4 * KiB,
+        description="Batch buffers of all uploads of one process together (taken when data "
+        "arrives, given back when a body idles); an upload waits for one when all are in use.",
+    )
+
     # --- access control (all off by default) ----------------------------------------------
     api_keys: list[ApiKey] = Field(
         default_factory=list,
@@ -255,6 +287,8 @@ class Settings(BaseSettings):
                 "require_signed_downloads needs MEDIASVC_API_KEYS: without keys anyone can "
                 "mint a signed link with GET /api/v1/files/{uid}/link"
             )
+        if self.upload_buffer_budget_bytes < self.io_chunk_size_bytes:
+            raise ValueError("upload_buffer_budget_bytes must hold one io_chunk_size_bytes buffer")
         if self.disk_low_watermark > self.disk_high_watermark:
             raise ValueError("disk_low_watermark must not exceed disk_high_watermark")
         return self

@@ -14,6 +14,8 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     ├── Gone (410)
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
+    ├── TooManyRequests (429)
+    │   └── TooManyUploadsFromClient
     ├── HeadersTooLarge (431)
     ├── RangeNotSatisfiable (416)
     ├── PreconditionFailed (412)
@@ -21,7 +23,8 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     │   ├── InvalidFilename
     │   └── ChecksumMismatch
     ├── ServiceUnavailable (503)
-    │   └── DatabaseUnavailable
+    │   ├── DatabaseUnavailable
+    │   └── TooManyUploads
     └── InsufficientStorage (507)
 """
 
@@ -110,6 +113,26 @@ class UnsupportedMediaType(MediaServiceError):
     slug = "unsupported-media-type"
 
 
+class TooManyRequests(MediaServiceError):
+    status = 429
+    title = "Too Many Requests"
+    slug = "too-many-requests"
+
+
+def _retry_later(retry_after_s: int) -> dict[str, str]:
+    # The body was not read: close the connection rather than read (and drop) what follows.
+    return {"Retry-After": str(retry_after_s), "Connection": "close"}
+
+
+class TooManyUploadsFromClient(TooManyRequests):
+    """This client address already has ``max_uploads_per_client`` uploads under way."""
+
+    slug = "too-many-uploads-from-client"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers=_retry_later(retry_after_s))
+
+
 class HeadersTooLarge(MediaServiceError):
     status = 431
     title = "Request Header Fields Too Large"
@@ -150,6 +173,15 @@ class ServiceUnavailable(MediaServiceError):
 
 class DatabaseUnavailable(ServiceUnavailable):
     slug = "database-unavailable"
+
+
+class TooManyUploads(ServiceUnavailable):
+    """This process already has ``max_uploads_in_flight`` uploads under way."""
+
+    slug = "too-many-uploads"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers=_retry_later(retry_after_s))
 
 
 class InsufficientStorage(MediaServiceError):

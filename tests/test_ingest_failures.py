@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.test_ingest_multipart import BOUNDARY, form_part, multipart_body, mul
 from tests.test_ingest_raw import BATCH, client_for, random_bytes, upload
 
 MULTIPART_ALLOWANCE = 64 * 1024
+MiB = 1024 * 1024
 RAW_ENDPOINTS = [
     ("POST", "/api/v1/files/stream"),
     ("PUT", "/api/v1/files/stream"),
@@ -302,6 +304,137 @@ async def test_content_length_larger_than_the_free_disk_is_507_before_reading(
         assert_problem(response, 507)
         assert body.pulled == 0
     await assert_nothing_left(client, tiny_disk)
+
+
+class HeldBody:
+    """Sends ``data[:split]``, then nothing until ``go`` is set, then the rest."""
+
+    def __init__(self, data: bytes, split: int) -> None:
+        self.data, self.split, self.pulled = data, split, 0
+        self.go = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.pulled += 1
+        yield self.data[: self.split]
+        await self.go.wait()
+        self.pulled += 1
+        yield self.data[self.split :]
+
+
+async def _poll(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(3000):  # at most ~30 s: ends a test that would otherwise hang
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within 30 s: {what}")
+
+
+async def test_concurrent_uploads_reserve_their_declared_length(
+    client: httpx.AsyncClient, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # 8 MiB disk, 2 MiB headroom, three 2.5 MiB uploads under way at once: the free space
+    # holds two. Checking alone let all three in (each saw 8 MiB free) and the disk ended below
+    # the headroom; with a 70 MB version of this, one 201 and two 507 (issue 12).
+    with mounted_tmpfs(tmp_path / "disk", "size=8m") as media_root:
+        settings = make_settings(media_root=media_root, min_free_disk_bytes=2 * MiB)
+        size = 5 * MiB // 2
+        bodies = [HeldBody(random_bytes(size, seed), BATCH) for seed in (1, 2, 3)]
+        async with client_for(settings) as http:
+            running = [
+                asyncio.create_task(
+                    http.post(
+                        "/api/v1/files/stream",
+                        content=body,
+                        headers={"Content-Length": str(size)},
+                    )
+                )
+                for body in bodies
+            ]
+            await _poll(
+                lambda: sum(b.pulled for b in bodies) + sum(t.done() for t in running) == 3,
+                "each upload reading or answered",
+            )
+            for body in bodies:
+                body.go.set()
+            responses = await asyncio.gather(*running)
+            statuses = sorted(r.status_code for r in responses)
+            assert statuses == [201, 201, 507], [r.text for r in responses]
+            refused = next(i for i, r in enumerate(responses) if r.status_code == 507)
+            assert_problem(responses[refused], 507)
+            assert bodies[refused].pulled == 0  # refused before its body was read
+            assert shutil.disk_usage(media_root).free >= settings.min_free_disk_bytes
+            for response in responses:
+                if response.status_code == 201:
+                    assert response.json()["size"] == size
+                    stored = await http.get(f"/api/v1/files/{response.json()['uid']}")
+                    assert stored.content == bodies[responses.index(response)].data
+        assert sorted(p.name for p in media_root.rglob("*.part")) == []
+
+
+async def test_a_reservation_takes_the_free_space_before_the_body_arrives(
+    client: httpx.AsyncClient, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "size=8m") as media_root:
+        settings = make_settings(media_root=media_root, min_free_disk_bytes=0)
+        size = 4 * MiB
+        body = HeldBody(random_bytes(size), BATCH)
+        free_before = shutil.disk_usage(media_root).free
+        async with client_for(settings) as http:
+            running = asyncio.create_task(
+                http.put(
+                    "/api/v1/files/stream/r.bin",
+                    content=body,
+                    headers={"Content-Length": str(size)},
+                )
+            )
+            await _poll(lambda: body.pulled == 1, "the upload reading")
+            # One batch arrived, yet the whole declared length is taken.
+            assert free_before - shutil.disk_usage(media_root).free >= size
+            body.go.set()
+            response = await running
+            assert response.status_code == 201, response.text
+            assert response.json()["size"] == size
+
+
+async def test_a_reserved_multipart_body_is_cut_to_the_file_size(
+    client: httpx.AsyncClient, make_settings: Callable[..., Settings], settings: Settings
+) -> None:
+    # The reservation covers the whole body (framing too); the stored file is the file's bytes.
+    data = random_bytes(3 * BATCH + 7)
+    payload = as_multipart(data)
+    async with client_for(settings) as http:
+        response = await http.post(
+            "/api/v1/files",
+            content=payload,
+            headers={**multipart_headers(), "Content-Length": str(len(payload))},
+        )
+        assert response.status_code == 201, response.text
+        uid = response.json()["uid"]
+        stored = settings.media_root / uid[:2] / uid
+        assert stored.stat().st_size == len(data)
+        assert stored.read_bytes() == data
+
+
+@pytest.mark.parametrize(("method", "url"), ALL_ENDPOINTS)
+async def test_a_chunked_upload_stops_at_the_headroom(
+    client: httpx.AsyncClient,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    method: str,
+    url: str,
+) -> None:
+    # No Content-Length, nothing to reserve: the headroom is kept while the bytes arrive. It
+    # used to be checked only before the body, so this 3.5 MiB file filled the disk past it.
+    with mounted_tmpfs(tmp_path / "disk", "size=4m") as media_root:
+        settings = make_settings(media_root=media_root, min_free_disk_bytes=MiB)
+        data = random_bytes(7 * MiB // 2)
+        body = CountingBody(as_multipart(data) if url == "/api/v1/files" else data)
+        async with client_for(settings) as http:
+            response = await send(http, method, url, body)
+        assert_problem(response, 507)
+        assert body.pulled < body.chunks
+        assert leftovers(media_root) == []
+    await assert_nothing_left(client, settings.media_root)
 
 
 @pytest.mark.parametrize(

@@ -121,9 +121,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-# 400 bad checksum header or multipart framing, 401/403 API keys, 408 idle body, 413 too large,
-# 415 wrong body type, 422 options/name/checksum, 431 headers, 503 database, 507 disk full.
-_UPLOAD_ERRORS = problem_responses(400, 401, 403, 408, 413, 415, 422, 431, 503, 507)
+# 400 bad checksum header or multipart framing, 401/403 API keys, 408 idle or too slow body,
+# 413 too large, 415 wrong body type, 422 options/name/checksum, 429 too many uploads from this
+# address, 431 headers, 503 database or too many uploads in flight, 507 disk full.
+_UPLOAD_ERRORS = problem_responses(400, 401, 403, 408, 413, 415, 422, 429, 431, 503, 507)
 
 
 def _options(caller: Caller, max_downloads: int | None, expires_in: int | None) -> UploadOptions:

@@ -1,15 +1,21 @@
 """Batch body chunks on the event loop and hand the batches to a worker thread, in order.
 
 uvicorn hands the app ~64–256 KiB per ``receive()`` and stops reading the socket while the app
-is busy (FIELD-NOTES), so anything slow between two receives stalls the upload. Here the loop
-only copies chunks into preallocated buffers; full buffers queue up for one thread of this
-upload (hash + write, or multipart parsing), which hands each buffer back when done. The loop
-waits only when every buffer is queued, so the socket keeps being read while the thread works.
-Memory stays at ``depth`` buffers whatever the body size, and reused buffers touch no fresh
-pages.
+is busy, so anything slow between two receives stalls the upload. Here the loop only copies
+chunks into page-aligned buffers from the process's pool (ingest/buffers.py); full buffers queue
+up for one thread of this upload (hash + write, or multipart parsing), which hands each buffer
+back when done. An upload holds at most ``depth`` buffers, and the loop waits only when all of
+them are queued, so the socket keeps being read while the thread works.
 
-Why a thread per upload rather than a shared pool: batches must be processed in order, one at a
-time, and a one-batch-in-flight hand-off through a pool measured ~0.3 × the speed of uvicorn
+A slow body must not hold what a fast one needs (issue 11): when the body idles, ``release()``
+hands the whole 4 KiB blocks received so far to the thread and gives the buffer back, keeping
+the rest (under 4 KiB) aside, so every batch still starts on a block boundary (O_DIRECT). The
+thread starts when the first batch is queued and ends once it had nothing to do for
+``THREAD_LINGER_S``, after ``on_idle`` (the blob parks its own writer thread): an idle upload
+holds no thread.
+
+Why a thread per busy upload rather than a shared pool: batches must be processed in order, one
+at a time, and a one-batch-in-flight hand-off through a pool measured ~0.3 × the speed of uvicorn
 counting the body (the loop and the thread took turns instead of overlapping).
 """
 
@@ -18,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import mmap
 import queue
 import threading
 from collections.abc import Callable
@@ -26,13 +31,16 @@ from concurrent.futures import Future
 
 import anyio
 
-from mediasvc.storage.direct import aligned_buffer
+from mediasvc.ingest.buffers import Buffer, BufferPool
+from mediasvc.storage.direct import ALIGN
 
 # One buffer filling on the loop, one being hashed, one being written (blob.py): three keep all
 # stages busy; a fourth measured no faster (2 GiB curl -T, 4 MiB buffers: ~1.0 GB/s either way).
 DEFAULT_DEPTH = 3
+# A worker thread with no batch for this long ends; the next batch starts another.
+THREAD_LINGER_S = 2.0
 
-Buffer = mmap.mmap
+_Batch = tuple[Buffer, int]
 
 
 class BatchingFeeder:
@@ -40,47 +48,67 @@ class BatchingFeeder:
         self,
         process: Callable[[memoryview], Future[None] | None],
         *,
-        batch_bytes: int,
+        pool: BufferPool,
         depth: int = DEFAULT_DEPTH,
+        on_idle: Callable[[], None] | None = None,
+        linger_s: float = THREAD_LINGER_S,
     ) -> None:
         self._process = process
+        self._pool = pool
+        self._on_idle = on_idle
+        self._linger_s = linger_s
         self._loop = asyncio.get_running_loop()
-        # Page-aligned buffers: the blob writes them with O_DIRECT as they are, without a copy.
-        self._free: asyncio.Queue[Buffer] = asyncio.Queue()
-        for _ in range(depth):
-            self._free.put_nowait(aligned_buffer(batch_bytes))
-        self._work: queue.SimpleQueue[tuple[Buffer, int] | None] = queue.SimpleQueue()
+        self._held = asyncio.Semaphore(depth)
+        self._work: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread_running = False  # guarded by _lock
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None
         self._abandoned = False
         self._ended = False
         self._current: Buffer | None = None
         self._fill = 0
-        self._thread = threading.Thread(target=self._run, name="mediasvc-ingest", daemon=True)
-        self._thread.start()
+        self._carry = b""  # under one block, kept aside by release()
 
     async def feed(self, chunk: bytes) -> None:
         self._raise_failure()
         view = memoryview(chunk)
         while view:
             if self._current is None:
-                self._current = await self._free.get()
-                self._raise_failure()
-                self._fill = 0
+                await self._take()
             buffer = self._current
+            assert buffer is not None
             n = min(len(view), len(buffer) - self._fill)
             buffer[self._fill : self._fill + n] = view[:n]
             self._fill += n
             view = view[n:]
             if self._fill == len(buffer):
-                self._work.put((buffer, self._fill))
                 self._current = None
+                self._submit((buffer, self._fill))
+
+    def release(self) -> None:
+        """The body idles: hand over the whole blocks received so far and give the buffer back.
+
+        Call on the loop, between two ``feed()`` calls.
+        """
+        buffer, fill = self._current, self._fill
+        if buffer is None:
+            return
+        self._current = None
+        whole = fill - fill % ALIGN
+        self._carry = bytes(buffer[whole:fill])
+        if whole:
+            self._submit((buffer, whole))  # the thread gives it back once processed
+        else:
+            self._give_back(buffer)
 
     async def close(self) -> None:
         """Process what is buffered and wait for the thread; raises what the thread raised."""
-        if self._current is not None and self._fill:
-            self._work.put((self._current, self._fill))
-            self._current = None
+        if self._carry and self._current is None:
+            await self._take()  # copies the carry into a buffer
+        if self._current is not None:
+            buffer, self._current = self._current, None
+            self._submit((buffer, self._fill))
         self._end()
         await asyncio.shield(self._done)
         self._raise_failure()
@@ -91,6 +119,10 @@ class BatchingFeeder:
         Writes the thread queued may still be running: BlobFile.discard() waits for them.
         """
         self._abandoned = True
+        self._carry = b""
+        if self._current is not None:
+            buffer, self._current = self._current, None
+            self._give_back(buffer)
         self._end()
         cancelled = False
         with anyio.CancelScope(shield=True):
@@ -104,36 +136,74 @@ class BatchingFeeder:
         if cancelled:
             raise asyncio.CancelledError
 
+    async def _take(self) -> None:
+        await self._held.acquire()
+        try:
+            buffer = await self._pool.take()
+        except BaseException:
+            self._held.release()
+            raise
+        self._current = buffer
+        self._fill = len(self._carry)
+        if self._carry:
+            buffer[: self._fill] = self._carry
+            self._carry = b""
+        self._raise_failure()
+
+    def _give_back(self, buffer: Buffer) -> None:
+        self._pool.give(buffer)
+        self._held.release()
+
     def _end(self) -> None:
         if not self._ended:
             self._ended = True
-            self._work.put(None)
+            self._submit(None)
+
+    def _submit(self, item: _Batch | None) -> None:
+        self._work.put(item)
+        with self._lock:
+            if self._thread_running:
+                return
+            self._thread_running = True
+        threading.Thread(target=self._run, name="mediasvc-ingest", daemon=True).start()
 
     def _raise_failure(self) -> None:
         if self._error is not None:
             raise self._error
 
     def _run(self) -> None:
-        try:
-            while (item := self._work.get()) is not None:
-                buffer, n = item
-                pending: Future[None] | None = None
-                if self._error is None and not self._abandoned:
-                    try:
-                        pending = self._process(memoryview(buffer)[:n])
-                    except BaseException as exc:  # handed to the loop, raised there
-                        self._error = exc
-                if pending is None:
-                    self._call_loop(self._free.put_nowait, buffer)
-                else:  # still being read (written): the buffer is free once that is done
-                    pending.add_done_callback(functools.partial(self._release, buffer))
-        finally:
-            self._call_loop(self._finish)
+        while True:
+            try:
+                item = self._work.get(timeout=self._linger_s)
+            except queue.Empty:
+                if self._on_idle is not None:
+                    self._on_idle()  # before leaving: no other thread of ours runs meanwhile
+                with self._lock:
+                    if self._work.empty():
+                        self._thread_running = False
+                        return
+                continue
+            if item is None:
+                self._call_loop(self._finish)
+                return
+            self._handle(*item)
+
+    def _handle(self, buffer: Buffer, n: int) -> None:
+        pending: Future[None] | None = None
+        if self._error is None and not self._abandoned:
+            try:
+                pending = self._process(memoryview(buffer)[:n])
+            except BaseException as exc:  # handed to the loop, raised there
+                self._error = exc
+        if pending is None:
+            self._call_loop(self._give_back, buffer)
+        else:  # still being read (written): the buffer is free once that is done
+            pending.add_done_callback(functools.partial(self._release, buffer))
 
     def _release(self, buffer: Buffer, done: Future[None]) -> None:
         if not done.cancelled() and (exc := done.exception()) is not None and self._error is None:
             self._error = exc
-        self._call_loop(self._free.put_nowait, buffer)
+        self._call_loop(self._give_back, buffer)
 
     def _finish(self) -> None:
         if not self._done.done():

@@ -23,11 +23,14 @@ from mediasvc.db.session import Database
 from mediasvc.errors import PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from mediasvc.ids import hash_token, new_delete_token, new_uid
 from mediasvc.ingest import checksum
+from mediasvc.ingest.admission import UploadAdmission
 from mediasvc.ingest.blob import BlobFile, WrittenBlob
+from mediasvc.ingest.buffers import BufferPool
 from mediasvc.ingest.feeder import BatchingFeeder
 from mediasvc.ingest.multipart import MultipartFileReader
 from mediasvc.ingest.names import extension_of, name_from_request
 from mediasvc.ingest.sniff import choose_format, is_multipart
+from mediasvc.ingest.watchdog import BodyWatchdog
 from mediasvc.storage.local import LocalStore
 
 # Room for the multipart framing around the file: boundaries, part headers, small fields.
@@ -70,6 +73,20 @@ class Ingestor:
         self._store = store
         self._db = db
         self._after_commit = after_commit
+        self.admission = UploadAdmission(
+            max_in_flight=settings.max_uploads_in_flight,
+            max_per_client=settings.max_uploads_per_client,
+            retry_after_s=settings.upload_retry_after_s,
+        )
+        self.buffers = BufferPool(
+            buffer_bytes=settings.io_chunk_size_bytes,
+            budget_bytes=settings.upload_buffer_budget_bytes,
+        )
+        self._watchdog = BodyWatchdog(
+            idle_timeout_s=settings.body_idle_timeout_s,
+            min_rate_bytes_per_s=settings.body_min_rate_bytes_per_s,
+            window_s=settings.body_min_rate_window_s,
+        )
 
     async def ingest_raw(
         self, request: Request, *, raw_path: bytes | None, options: UploadOptions
@@ -85,13 +102,13 @@ class Ingestor:
                 "to POST /api/v1/files"
             )
         name = name_from_request(request.headers, request.scope.get("query_string", b""), raw_path)
-        self._check_declared_length(request, allowance_bytes=0)
+        declared = self._check_declared_length(request, allowance_bytes=0)
 
         async def receive(blob: BlobFile) -> _Received:
-            await self._pump(request, blob.write)
+            await self._pump(request, blob, blob.write)
             return _Received(await anyio.to_thread.run_sync(blob.finish), name, content_type)
 
-        return await self._ingest(request, receive, options)
+        return await self._ingest(request, declared, receive, options)
 
     async def ingest_multipart(self, request: Request, *, options: UploadOptions) -> StoredUpload:
         """A multipart/form-data body whose part named ``file`` is the file."""
@@ -99,7 +116,9 @@ class Ingestor:
             raise UnsupportedMediaType(
                 "this endpoint takes multipart/form-data; send raw bodies to /api/v1/files/stream"
             )
-        self._check_declared_length(request, allowance_bytes=MULTIPART_FRAMING_ALLOWANCE_BYTES)
+        declared = self._check_declared_length(
+            request, allowance_bytes=MULTIPART_FRAMING_ALLOWANCE_BYTES
+        )
 
         async def receive(blob: BlobFile) -> _Received:
             reader = MultipartFileReader(
@@ -108,61 +127,72 @@ class Ingestor:
                 max_parts=self._settings.multipart_max_parts,
                 max_part_header_bytes=self._settings.multipart_max_part_header_bytes,
             )
-            await self._pump(request, reader.process)
+            await self._pump(request, blob, reader.process)
             reader.check_complete()
             written = await anyio.to_thread.run_sync(blob.finish)
             return _Received(written, reader.filename, reader.content_type)
 
-        return await self._ingest(request, receive, options)
+        return await self._ingest(request, declared, receive, options)
 
     async def _pump(
-        self, request: Request, process: Callable[[memoryview], Future[None] | None]
+        self,
+        request: Request,
+        blob: BlobFile,
+        process: Callable[[memoryview], Future[None] | None],
     ) -> None:
         """Stream the body through ``process`` in a worker thread, one batch at a time."""
-        feeder = BatchingFeeder(process, batch_bytes=self._settings.io_chunk_size_bytes)
-        idle_timeout_s = self._settings.body_idle_timeout_s
+        feeder = BatchingFeeder(process, pool=self.buffers, on_idle=blob.park)
         loop = asyncio.get_running_loop()
         try:
-            # A client that stops sending holds a connection, a task and a .part file: a body
-            # idle for longer than the timeout is dropped (408) and cleaned up. One deadline,
-            # pushed forward at most every quarter timeout (a timer per chunk cost a measured
-            # share of the loop), so the bound is between 0.75 and 1 × the timeout.
-            async with asyncio.timeout(idle_timeout_s) as deadline:
-                pushed_at = loop.time()
-                async for chunk in request.stream():
-                    now = loop.time()
-                    if now - pushed_at > idle_timeout_s / 4:
-                        deadline.reschedule(now + idle_timeout_s)
-                        pushed_at = now
-                    await feeder.feed(chunk)
-                deadline.reschedule(None)
-                await feeder.close()
+            # A client that stops sending, or trickles, holds a connection, a slot and a .part
+            # file: the watchdog drops it (408) by expiring this timeout, and it is cleaned up.
+            async with asyncio.timeout(None) as deadline:
+                with self._watchdog.watch(deadline, feeder) as watch:
+                    async for chunk in request.stream():
+                        arrived = loop.time()
+                        watch.busy = True
+                        await feeder.feed(chunk)
+                        watch.fed(len(chunk), arrived, loop.time())
+            await feeder.close()
         except TimeoutError as exc:
             # RFC 9110 §15.5.9: a 408 SHOULD close the connection. Without it uvicorn kept the
             # socket open, and once the client sent any more body bytes (which it discards) no
             # timer closed it at all (tests/test_hostile_input.py).
             raise RequestTimeout(
-                f"the body sent nothing for {idle_timeout_s:g} s",
-                headers={"Connection": "close"},
+                watch.verdict or "the body was too slow", headers={"Connection": "close"}
             ) from exc
         finally:
             await feeder.drain()
 
-    def _check_declared_length(self, request: Request, *, allowance_bytes: int) -> None:
+    def _check_declared_length(self, request: Request, *, allowance_bytes: int) -> int | None:
         declared = request.headers.get("content-length")
         length = int(declared) if declared and declared.isdigit() else None
         limit = self._settings.max_upload_size_bytes
         if length is not None and limit and length > limit + allowance_bytes:
             raise PayloadTooLarge(f"the body is {length} bytes; files may be at most {limit} bytes")
         self._store.ensure_room_for(length or 0)
+        return length
 
     async def _ingest(
         self,
         request: Request,
+        declared_bytes: int | None,
         receive: Callable[[BlobFile], Awaitable[_Received]],
         options: UploadOptions,
     ) -> StoredUpload:
         expected_sha256 = checksum.expected_sha256(request.headers)
+        client = request.client.host if request.client else None
+        with self.admission.admit(client):  # before a body byte is read: 503/429
+            return await self._admitted(request, declared_bytes, receive, options, expected_sha256)
+
+    async def _admitted(
+        self,
+        request: Request,
+        declared_bytes: int | None,
+        receive: Callable[[BlobFile], Awaitable[_Received]],
+        options: UploadOptions,
+        expected_sha256: list[str],
+    ) -> StoredUpload:
         uid = new_uid()
         part_path = self._store.part_path_for(uid)
         blob = BlobFile(
@@ -170,8 +200,11 @@ class Ingestor:
             max_size_bytes=self._settings.max_upload_size_bytes,
             fsync=self._settings.fsync,
             direct_io=self._settings.direct_io,
+            space=self._store,
         )
         try:
+            if declared_bytes:
+                await anyio.to_thread.run_sync(blob.reserve, declared_bytes)
             received = await receive(blob)
             checksum.verify(expected_sha256, received.blob.sha256)
         except BaseException:

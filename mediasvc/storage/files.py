@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -24,3 +26,27 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate.restype = ctypes.c_int
+
+
+def preallocate(fd: int, size_bytes: int) -> bool:
+    """Allocate blocks for the file's first ``size_bytes`` (its size grows to that, filled with
+    zeros); False where the filesystem cannot. Raises OSError (ENOSPC) when they don't fit.
+
+    Linux's fallocate(2), not os.posix_fallocate: where the filesystem has no fallocate, glibc
+    emulates it by writing a byte per block, which for a multi-GB upload is its own slow write.
+    """
+    if _fallocate is None:
+        return False
+    if _fallocate(fd, 0, 0, size_bytes) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+        return False
+    raise OSError(err, os.strerror(err))
