@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from pathlib import Path
 
 import pytest
 from starlette.datastructures import Headers, QueryParams
@@ -13,8 +12,8 @@ from mediasvc.errors import BadRequest, ChecksumMismatch, InvalidFilename
 from mediasvc.ingest import checksum
 from mediasvc.ingest.names import MAX_NAME_BYTES, extension_of, name_from_request, validate_name
 from mediasvc.ingest.sniff import choose_format, essence, is_multipart, sniff
+from tests.mediafiles import SAMPLE_MP4, SAMPLE_WEBM
 
-SAMPLE_MP4 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sample.mp4"
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
 
 
@@ -260,7 +259,7 @@ def test_repr_digest_header_round_trips() -> None:
 def test_sniff_recognises_mp4_png_webm_and_text() -> None:
     assert sniff(SAMPLE_MP4.read_bytes()[:8192]) == "video/mp4"
     assert sniff(PNG_HEADER) == "image/png"
-    assert sniff((SAMPLE_MP4.parent / "sample.webm").read_bytes()[:8192]) == "video/webm"
+    assert sniff(SAMPLE_WEBM.read_bytes()[:8192]) == "video/webm"
     assert sniff("plain text, ünïcödé\n".encode()) == "text/plain"
 
 
