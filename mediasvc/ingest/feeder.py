@@ -1,12 +1,12 @@
 """Batch body chunks on the event loop and hand the batches to a worker thread, in order.
 
 uvicorn hands the app ~64–256 KiB per ``receive()`` and stops reading the socket while the app
-is busy (FIELD-NOTES), so anything slow between two receives stalls the upload. Here the loop
-only copies chunks into preallocated buffers; full buffers queue up for one thread of this
-upload (hash + write, or multipart parsing), which hands each buffer back when done. The loop
-waits only when every buffer is queued, so the socket keeps being read while the thread works.
-Memory stays at ``depth`` buffers whatever the body size, and reused buffers touch no fresh
-pages.
+is busy (docs/facts.md, "Uploads"), so anything slow between two receives stalls the upload.
+Here the loop only copies chunks into preallocated buffers; full buffers queue up for one thread
+of this upload (hash + write, or multipart parsing), which hands each buffer back when done.
+The loop waits only when every buffer is queued, so the socket keeps being read while the
+thread works. Memory stays at ``depth`` buffers whatever the body size, and reused buffers touch
+no fresh pages.
 
 Why a thread per upload rather than a shared pool: batches must be processed in order, one at a
 time, and a one-batch-in-flight hand-off through a pool measured ~0.3 × the speed of uvicorn
