@@ -6,9 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_DIR := .uv
 UV := $(UV_DIR)/bin/uv
-# uv uses this machine's python3, never one it downloads; copies files (the cache may lie on
-# another filesystem, where hard links fail with a warning).
+# uv uses this machine's python3, never one it downloads; trusts the machine's CA certificates,
+# as pip and curl do (a site's own CA or TLS proxy then works); copies files (the cache may lie
+# on another filesystem, where hard links fail with a warning).
 export UV_PYTHON_DOWNLOADS := never
+export UV_SYSTEM_CERTS := 1
 export UV_LINK_MODE := copy
 SYNC := $(UV) sync --frozen --python $(PYTHON)
 RUN_STAMP := $(VENV)/.installed-run
