@@ -7,16 +7,26 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 # glibc keeps body-sized buffers in the heap instead of faulting fresh pages for every chunk
-# (see mediasvc/cli.py and FIELD-NOTES); set here so every process starts with it.
+# (see mediasvc/cli.py and docs/facts.md); set here so every process starts with it.
 ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 \
     PYTHONUNBUFFERED=1 \
-    MEDIASVC_MEDIA_ROOT=/var/lib/mediasvc/media
+    MEDIASVC_MEDIA_ROOT=/var/lib/mediasvc/media \
+    UV_PROJECT_ENVIRONMENT=/opt/mediasvc \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    PATH=/opt/mediasvc/bin:$PATH
 
+# The service's dependencies exactly as locked in uv.lock (no test tools), installed by the same
+# hash-pinned uv as `make run`; uv is removed afterwards.
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY tools/uv-requirements.txt /tmp/uv-requirements.txt
+COPY pyproject.toml uv.lock README.md alembic.ini ./
 COPY mediasvc ./mediasvc
 COPY alembic ./alembic
-RUN pip install --no-cache-dir -e . \
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/uv-requirements.txt \
+ && uv sync --frozen --no-cache --python /usr/local/bin/python3 \
+ && pip uninstall -y uv \
+ && rm /tmp/uv-requirements.txt \
  && useradd --system --uid 10001 --home /var/lib/mediasvc mediasvc \
  && mkdir -p /var/lib/mediasvc/media \
  && chown -R mediasvc /var/lib/mediasvc

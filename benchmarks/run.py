@@ -1,7 +1,7 @@
 """`make bench`: mediasvc against this machine's limits and its peers, side by side, in one run.
 
 Sets up what it needs (nginx from Debian's packages if missing; PostgreSQL and Redis through
-`.ci/services`; s3rver from tests/s3rver), starts every server as a child of this process on
+`scripts/services`; s3rver from tests/s3rver), starts every server as a child of this process on
 loopback, runs the sections below, prints one table and writes benchmarks/results/<date>.md
 and .json. Temporary files live in one temp dir that is removed at the end.
 
@@ -524,9 +524,11 @@ def ensure_nginx() -> str:
 
 
 def ensure_services() -> None:
-    proc = subprocess.run(["bash", str(ROOT / ".ci" / "services")], text=True, capture_output=True)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "services")], text=True, capture_output=True
+    )
     if proc.returncode != 0:
-        raise BenchError(f".ci/services failed:\n{proc.stdout}\n{proc.stderr}")
+        raise BenchError(f"scripts/services failed:\n{proc.stdout}\n{proc.stderr}")
 
 
 def pick_redis_dbs(count: int) -> list[int]:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mediasvc.config import Settings
 
 # glibc's malloc hands body-sized buffers back to the kernel and faults them in again for every
-# chunk; these thresholds keep them in the heap (measured: ~1.4 M page faults per 4 GiB upload
+# chunk; these thresholds keep them in the heap (docs/facts.md: ~1.4 M page faults per 4 GiB upload
 # without, ~0 with; upload throughput roughly doubles). It must be set before the interpreter
 # starts, so `serve` re-executes itself once with it.
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"

@@ -34,7 +34,6 @@ from tests.s3servers import moto_bucket, moto_server, s3rver_bucket, s3rver_serv
 
 PG_SERVER = os.environ.get("MEDIASVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 
-SAMPLE_MP4 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample.mp4"
+# Committed samples (tests/data/README.md says what they are).
+TEST_DATA = Path(__file__).resolve().parent / "data"
+SAMPLE_MP4 = TEST_DATA / "sample.mp4"
+SAMPLE_WEBM = TEST_DATA / "sample.webm"
 GiB = 1024**3
 
 

@@ -1,7 +1,7 @@
 """The web page in a real browser: Debian's chromium, headless, driven by Playwright for Python.
 
 Nothing is downloaded at run time (never `playwright install`): Playwright drives
-/usr/bin/chromium, which .ci/run installs from Debian. Each test starts a real uvicorn
+/usr/bin/chromium, which `make test` installs from Debian. Each test starts a real uvicorn
 (`mediasvc serve`) on PostgreSQL and a browser with a fresh profile. Every wait is bounded.
 
 - Upload through the page: the file input, a live progress bar with rate and time left (the
@@ -38,7 +38,7 @@ from tests.conftest import PROJECT_ROOT, RunningServer, leftovers, truncate
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 CHROMIUM = "/usr/bin/chromium"
-# FIELD-NOTES "Browsers in tests"; Playwright adds --headless, the test a fresh profile dir.
+# docs/facts.md, "Browsers in tests"; Playwright adds --headless, the test a fresh profile dir.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -96,7 +96,7 @@ class Browser:
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (make test does)")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),  # a fresh profile for every test

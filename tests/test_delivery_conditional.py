@@ -190,7 +190,7 @@ async def test_declared_charset_is_not_replaced_by_utf8(client: httpx.AsyncClien
     )
 
 
-# --- download budget (DESIGN.md, "Download limits") ---------------------------------------------
+# --- download budget (docs/design.md, "Download limits") ---------------------------------------
 
 
 async def test_download_budget_refuses_download_beyond_max_downloads(
@@ -217,7 +217,7 @@ async def test_download_budget_head_and_304_cost_nothing(client: httpx.AsyncClie
     assert_ok(response)
     assert response.headers.get("x-remaining-downloads") == "0", (
         "BUG (mediasvc/api/files.py download): limited files must answer with "
-        "X-Remaining-Downloads (DESIGN.md, Download limits)"
+        "X-Remaining-Downloads (docs/design.md, Download limits)"
     )
 
 

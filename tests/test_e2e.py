@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, leftovers, peak_rss_bytes, truncate
+from tests.mediafiles import SAMPLE_MP4
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +155,7 @@ def test_embedded_defaults_run_on_sqlite(
         timeout=60,
     )
     server = start_server({"MEDIASVC_MEDIA_ROOT": str(workdir / "data" / "media")}, cwd=workdir)
-    sample = Path(__file__).resolve().parents[2] / "shared" / "data" / "sample.mp4"
+    sample = SAMPLE_MP4
     meta = json.loads(curl("-T", str(sample), f"{server.base_url}/api/v1/files/stream/").stdout)
     assert meta["format"] == "video/mp4"
     assert (workdir / "data" / "mediasvc.db").is_file()

@@ -18,9 +18,9 @@ import pytest
 from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.ingest.checksum import repr_digest_header
-from tests.conftest import SHARED_DATA, leftovers
+from tests.conftest import leftovers
+from tests.mediafiles import SAMPLE_MP4
 
-SAMPLE_MP4 = SHARED_DATA / "sample.mp4"
 PNG_HEADER = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00"
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
@@ -25,9 +24,9 @@ from mediasvc.ingest.names import (
     validate_name,
 )
 from mediasvc.ingest.sniff import choose_format, essence, is_multipart, sniff
+from tests.mediafiles import SAMPLE_MP4, SAMPLE_WEBM
 from tests.test_auth import assert_clean
 
-SAMPLE_MP4 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sample.mp4"
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
 
 
@@ -450,7 +449,7 @@ def test_repr_digest_header_round_trips() -> None:
 def test_sniff_recognises_mp4_png_webm_and_text() -> None:
     assert sniff(SAMPLE_MP4.read_bytes()[:8192]) == "video/mp4"
     assert sniff(PNG_HEADER) == "image/png"
-    assert sniff((SAMPLE_MP4.parent / "sample.webm").read_bytes()[:8192]) == "video/webm"
+    assert sniff(SAMPLE_WEBM.read_bytes()[:8192]) == "video/webm"
     assert sniff("plain text, ünïcödé\n".encode()) == "text/plain"
 
 

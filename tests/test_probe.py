@@ -1,6 +1,6 @@
 """probe_media: media facts, faststart detection and remux, hostile files, bounded cost.
 
-Media is made at test time by ffmpeg (tests/mediafiles.py) and /work/shared/data/sample.mp4.
+Media is made at test time by ffmpeg (tests/mediafiles.py) and the committed tests/data/sample.mp4.
 Jobs run through the real paths: the in-process queue of the app, or a real arq worker on
 Redis (database 11, so as not to clash with tests/test_jobs.py on 13).
 """

@@ -235,7 +235,7 @@ async def delete_file(
             raise Forbidden("the X-Delete-Token does not match this file")
     elif services.keyring.enabled:
         # With keys on, no token and no Authorization is a missing credential: 401 with the
-        # Bearer challenge (DESIGN.md status codes), as a malformed Authorization already was;
+        # Bearer challenge (docs/design.md, status codes), as a malformed Authorization already was;
         # it used to be 403 only when the header was absent.
         caller = services.keyring.identify(request.headers)
         if caller is None or not caller.admin:

@@ -1,4 +1,4 @@
-"""Download limits as a byte budget (DESIGN.md, "Download limits").
+"""Download limits as a byte budget (docs/design.md, "Download limits").
 
 A file with ``max_downloads = k`` may send ``k × size`` body bytes in all, plus a seek allowance
 of half the file (at most 64 MiB): players seek and resume without using up a download, and

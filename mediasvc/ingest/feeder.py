@@ -1,11 +1,12 @@
 """Batch body chunks on the event loop and hand the batches to a worker thread, in order.
 
 uvicorn hands the app ~64–256 KiB per ``receive()`` and stops reading the socket while the app
-is busy, so anything slow between two receives stalls the upload. Here the loop only copies
-chunks into page-aligned buffers from the process's pool (ingest/buffers.py); full buffers queue
-up for one thread of this upload (hash + write, or multipart parsing), which hands each buffer
-back when done. An upload holds at most ``depth`` buffers, and the loop waits only when all of
-them are queued, so the socket keeps being read while the thread works.
+is busy (docs/facts.md, "Uploads"), so anything slow between two receives stalls the upload.
+Here the loop only copies chunks into page-aligned buffers from the process's pool
+(ingest/buffers.py); full buffers queue up for one thread of this upload (hash + write, or
+multipart parsing), which hands each buffer back when done. An upload holds at most ``depth``
+buffers, and the loop waits only when all of them are queued, so the socket keeps being read
+while the thread works.
 
 A slow body must not hold what a fast one needs (issue 11): when the body idles, ``release()``
 hands the whole 4 KiB blocks received so far to the thread and gives the buffer back, keeping

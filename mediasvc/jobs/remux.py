@@ -1,6 +1,6 @@
 """remux_faststart: give an MP4/MOV whose moov atom follows mdat a faststart copy.
 
-Files are immutable (DESIGN.md), so the copy is a new file with its own UID: a new row with
+Files are immutable (docs/design.md), so the copy is a new file with its own UID: a new row with
 ``derived_from`` = the original, the same name, type, owner, limits and delete token, pushed and
 probed like any upload; the original's ``faststart_uid`` points to it. ffmpeg writes into
 ``.incoming/<new uid>.part`` (swept if we die), the bytes are hashed afterwards in bounded

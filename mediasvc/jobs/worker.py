@@ -61,7 +61,7 @@ async def push_to_cloud(ctx: dict[str, Any], uid: str) -> str:
     job_ctx: JobContext = ctx[CONTEXT_KEY]
     outcome = await push_file(job_ctx, uid, attempt=ctx["job_try"])
     if outcome.retry_in_s is not None:
-        raise Retry(defer=outcome.retry_in_s)  # arq retries only on Retry (FIELD-NOTES)
+        raise Retry(defer=outcome.retry_in_s)  # arq retries only on Retry (docs/facts.md)
     return outcome.status
 
 
