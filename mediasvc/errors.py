@@ -21,7 +21,8 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     │   ├── InvalidFilename
     │   └── ChecksumMismatch
     ├── ServiceUnavailable (503)
-    │   └── DatabaseUnavailable
+    │   ├── DatabaseUnavailable
+    │   └── DownloadsInProgress (with Retry-After)
     └── InsufficientStorage (507)
 """
 
@@ -150,6 +151,15 @@ class ServiceUnavailable(MediaServiceError):
 
 class DatabaseUnavailable(ServiceUnavailable):
     slug = "database-unavailable"
+
+
+class DownloadsInProgress(ServiceUnavailable):
+    """The budget is held by other downloads still running; what they don't take comes back."""
+
+    slug = "downloads-in-progress"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
 class InsufficientStorage(MediaServiceError):
