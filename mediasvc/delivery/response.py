@@ -148,11 +148,15 @@ class FileBodyResponse(FileResponse):
             await self._timed_send(send, {"type": "http.response.body", "body": b""})
             return
 
+        timed_out = False
         async with anyio.create_task_group() as task_group:
 
             async def stream() -> None:
+                nonlocal timed_out
                 try:
                     await self._send_body(send, ranges or [(0, self.size)], boundary)
+                except SendTimeout:
+                    timed_out = True  # raised below, not wrapped in an ExceptionGroup
                 finally:
                     task_group.cancel_scope.cancel()
 
@@ -164,6 +168,8 @@ class FileBodyResponse(FileResponse):
                     self._disconnected = True
                     task_group.cancel_scope.cancel()
                     break
+        if timed_out:
+            raise SendTimeout
 
     async def _send_body(self, send: Send, ranges: list[tuple[int, int]], boundary: str) -> None:
         frame = None
