@@ -83,12 +83,18 @@ class FileBodyResponse(FileResponse):
             if (
                 method not in ("GET", "HEAD")
                 or http_range is None
-                or (if_range is not None and not self._should_use_range(if_range))
+                or (if_range is not None and not self._if_range_matches(if_range))
             ):
                 self._ranges = []
             else:
                 self._ranges = parse_range(http_range, self.size, max_ranges=self._max_ranges)
         return self._ranges
+
+    def _if_range_matches(self, if_range: str) -> bool:
+        """RFC 9110 §13.1.5: an exact, strong match of the ETag or the Last-Modified date."""
+        if if_range.startswith("W/"):
+            return False
+        return if_range in (self.headers["etag"], self.headers["last-modified"])
 
     def planned_body_bytes(self, request_headers: Headers, method: str) -> int:
         ranges = self.plan(request_headers, method)
