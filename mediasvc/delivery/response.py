@@ -33,6 +33,10 @@ from mediasvc.delivery.sources import ByteSource
 logger = logging.getLogger(__name__)
 
 
+# How long we wait for the server to notice a connection we reset (it takes one loop turn).
+RESET_NOTICE_S = 5.0
+
+
 def body_options(settings: Settings) -> dict[str, Any]:
     """The settings every FileBodyResponse takes."""
     return {
@@ -113,7 +117,12 @@ class FileBodyResponse(FileResponse):
                 self.source.name,
                 self._send_timeout_s,
             )
-            abort_connection(scope)
+            if abort_connection(scope):
+                # Let the server see the reset before we return, so it does not take this for
+                # an app that forgot to finish its response.
+                with anyio.move_on_after(RESET_NOTICE_S):
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
         finally:
             with anyio.CancelScope(shield=True):
                 await self.source.aclose()
