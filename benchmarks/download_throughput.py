@@ -1,4 +1,4 @@
-"""Download throughput of `mediasvc serve`: one full download and one Range, interleaved.
+"""Throughput of `mediasvc serve`: a full download, a Range and a `curl -T` upload, interleaved.
 
 Starts one server per contender (each a source tree: this checkout, or another one given with
 `--contender NAME=PATH`, put first on PYTHONPATH), uploads the same file to each, then in every
@@ -54,6 +54,18 @@ def download_mb_s(url: str, size: int, range_header: str | None) -> float:
     return int(got) / float(seconds) / 1e6
 
 
+def upload_mb_s(stream_url: str, data_path: Path) -> float:
+    """Upload with `curl -T` (then delete the copy, so the disk does not fill over the rounds)."""
+    command = ["curl", "-sS", "-X", "POST", "-T", str(data_path), "-w", "\n%{speed_upload}"]
+    done = subprocess.run([*command, stream_url], check=True, capture_output=True, text=True)
+    body, speed = done.stdout.rsplit("\n", 1)
+    meta = httpx.Response(201, content=body).json()
+    headers = {"X-Delete-Token": meta["delete_token"]}
+    file_url = f"{stream_url.rsplit('/', 1)[0]}/{meta['uid']}"
+    httpx.delete(file_url, headers=headers).raise_for_status()
+    return float(speed) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -88,6 +100,11 @@ def main() -> None:
                 urls[name] = f"http://127.0.0.1:{port}/api/v1/files/{uid}"
             results: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):
+                for name, _tree in contenders:
+                    stream_url = urls[name].rsplit("/", 1)[0] + "/stream"
+                    results.setdefault((name, "upload"), []).append(
+                        upload_mb_s(stream_url, data_path)
+                    )
                 for kind, header in (("full", None), ("range", "bytes=1-")):
                     for name, _tree in contenders:
                         speed = download_mb_s(urls[name], size, header)
@@ -101,7 +118,7 @@ def main() -> None:
         print(f"{name:<8} {kind:<6} median {statistics.median(speeds):7.0f} MB/s  {speeds}")
     if len(contenders) == 2:
         first, second = contenders[0][0], contenders[1][0]
-        for kind in ("full", "range"):
+        for kind in ("upload", "full", "range"):
             pairs = zip(results[(first, kind)], results[(second, kind)], strict=True)
             ratios = [a / b for a, b in pairs]
             print(f"{kind}: {first}/{second} median ratio {statistics.median(ratios):.2f}")
