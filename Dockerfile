@@ -8,7 +8,7 @@ RUN apt-get update \
 
 # glibc keeps body-sized buffers in the heap instead of faulting fresh pages for every chunk
 # (see mediasvc/cli.py and docs/facts.md); set here so every process starts with it.
-ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 \
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1 \
     PYTHONUNBUFFERED=1 \
     MEDIASVC_MEDIA_ROOT=/var/lib/mediasvc/media \
     UV_PROJECT_ENVIRONMENT=/opt/mediasvc \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
 from mediasvc.media.tools import missing_tools, missing_tools_warning
+from mediasvc.memory import trim_every
 from mediasvc.observability import Metrics, ObservabilityMiddleware
 from mediasvc.services import Services
 from mediasvc.web import install as install_web_page
@@ -35,7 +37,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if missing := missing_tools(settings.ffprobe_path, settings.ffmpeg_path):
                 logger.warning("%s", missing_tools_warning(missing))
             app.state.services = services
-            yield
+            # Plain tasks, not a task group: a lifespan may be entered and left in two tasks.
+            background = [
+                asyncio.create_task(services.access_log.run(settings.access_time_flush_s))
+            ]
+            if settings.malloc_trim_every_s > 0:
+                background.append(asyncio.create_task(trim_every(settings.malloc_trim_every_s)))
+            try:
+                yield
+            finally:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
         finally:
             await services.close()
 

@@ -18,8 +18,13 @@ if TYPE_CHECKING:
 # glibc's malloc hands body-sized buffers back to the kernel and faults them in again for every
 # chunk; these thresholds keep them in the heap (docs/facts.md: ~1.4 M page faults per 4 GiB upload
 # without, ~0 with; upload throughput roughly doubles). It must be set before the interpreter
-# starts, so `serve` re-executes itself once with it.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+# starts, so `serve` re-executes itself once with it. One arena: a worker thread's reads land in
+# the same heap as the event loop's, so the periodic malloc_trim (mediasvc.memory) can give all
+# of it back; the top of a thread arena is only ever trimmed past trim_threshold, i.e. never.
+MALLOC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+    ":glibc.malloc.arena_max=1"
+)
 
 
 def _serve(args: argparse.Namespace) -> None:

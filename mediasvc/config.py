@@ -141,6 +141,44 @@ class Settings(BaseSettings):
         "arrives, given back when a body idles); an upload waits for one when all are in use.",
     )
 
+    # --- delivery hardening (issue 11) -------------------------------------------------------
+    download_send_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A download whose client takes nothing this long is disconnected "
+        "(nginx send_timeout).",
+    )
+    download_send_part_bytes: int = Field(
+        default=1 * MiB,
+        ge=4 * KiB,
+        description="Largest piece handed to the server at once: a stalled download holds at "
+        "most one read (download_chunk_size_bytes) plus one such piece.",
+    )
+    download_reservation_lease_s: float = Field(
+        default=300.0,
+        ge=10,
+        description="How long an open budget reservation holds without being renewed (running "
+        "downloads renew it every third of this); a crashed process's lapse after it.",
+    )
+    download_budget_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A limited download refused only because other downloads of the file are "
+        "still running waits this long for them to settle, then gets 503 with Retry-After.",
+    )
+    access_time_flush_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Reads are recorded for LRU eviction in memory and written in one batch this "
+        "often (best effort: a failed write never fails a download).",
+    )
+    malloc_trim_every_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often freed heap memory is handed back to the system (glibc "
+        "malloc_trim); 0 = never.",
+    )
+
     # --- access control (all off by default) ----------------------------------------------
     api_keys: list[ApiKey] = Field(
         default_factory=list,

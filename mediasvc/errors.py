@@ -24,7 +24,8 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     │   └── ChecksumMismatch
     ├── ServiceUnavailable (503)
     │   ├── DatabaseUnavailable
-    │   └── TooManyUploads
+    │   ├── TooManyUploads (with Retry-After)
+    │   └── DownloadsInProgress (with Retry-After)
     └── InsufficientStorage (507)
 """
 
@@ -182,6 +183,15 @@ class TooManyUploads(ServiceUnavailable):
 
     def __init__(self, detail: str, *, retry_after_s: int) -> None:
         super().__init__(detail, headers=_retry_later(retry_after_s))
+
+
+class DownloadsInProgress(ServiceUnavailable):
+    """The budget is held by other downloads still running; what they don't take comes back."""
+
+    slug = "downloads-in-progress"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
 class InsufficientStorage(MediaServiceError):

@@ -8,6 +8,7 @@ from mediasvc.auth import KeyRing
 from mediasvc.config import Settings
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
+from mediasvc.delivery.access import AccessLog
 from mediasvc.ingest.pipeline import Ingestor
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.queue import ArqQueue, InProcessQueue, JobQueue
@@ -24,6 +25,7 @@ class Services:
     queue: JobQueue
     ingestor: Ingestor
     keyring: KeyRing
+    access_log: AccessLog
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -46,6 +48,7 @@ class Services:
             queue=queue,
             ingestor=Ingestor(settings, jobs.store, jobs.db, after_commit=enqueue_push),
             keyring=KeyRing(settings.api_keys),
+            access_log=AccessLog(jobs.db),
         )
 
     @property

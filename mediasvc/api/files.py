@@ -6,13 +6,12 @@ import base64
 import binascii
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from mediasvc.api.access import ReadableFile, check_owner
@@ -23,17 +22,13 @@ from mediasvc.api.uploads import problem_responses  # error responses in the Ope
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
 from mediasvc.delivery import conditional, signing
-from mediasvc.delivery.budget import (
-    budget_bytes,
-    is_exhausted,
-    is_prefetch,
-    remaining_downloads,
-)
-from mediasvc.delivery.cloud import CloudFileResponse
+from mediasvc.delivery.budget import budget_bytes, is_prefetch, remaining_downloads
+from mediasvc.delivery.cloud import cloud_file_response
 from mediasvc.delivery.disposition import content_disposition
-from mediasvc.delivery.ranges import LocalFileResponse
+from mediasvc.delivery.reservation import reserve
+from mediasvc.delivery.response import FileBodyResponse, body_options
+from mediasvc.delivery.sources import LocalFile
 from mediasvc.errors import (
-    DatabaseUnavailable,
     Forbidden,
     Gone,
     InvalidInput,
@@ -50,7 +45,6 @@ router = APIRouter(prefix="/api/v1")
 
 CACHE_PRIVATE_DAY = "private, max-age=86400"
 CACHE_NO_STORE = "private, no-store"
-LAST_ACCESS_RESOLUTION = timedelta(minutes=1)
 
 
 @router.get(
@@ -150,71 +144,76 @@ async def download(
         return Response(status_code=304, headers={name: headers[name] for name in kept})
 
     if request.method == "GET":
-        await _touch(services, record)
-    options: dict[str, Any] = {
-        "media_type": record.format,
-        "headers": headers,
-        "chunk_size": services.settings.download_chunk_size_bytes,
-        "max_ranges": services.settings.max_ranges,
-    }
-    response = await _file_response(services, record, options)
-    if budget is None:
+        services.access_log.record(record, datetime.now(UTC))  # best effort, written later
+    response = await _file_response(services, record, inline=inline)
+    try:
+        response.plan(request.headers, request.method)  # 400/416 from here, before any header
+        if budget is not None:
+            await _charge(services, record, response, request, budget)
         return response
+    except BaseException:
+        # The response will never run: close the file it opened.
+        with anyio.CancelScope(shield=True):
+            await response.source.aclose()
+        raise
+
+
+async def _charge(
+    services: Services,
+    record: FileRecord,
+    response: FileBodyResponse,
+    request: Request,
+    budget: int,
+) -> None:
+    """Reserve a GET's bytes (settled with what it sent) and say how many downloads are left."""
     bytes_served = record.bytes_served
     if request.method == "GET":
-        planned = response.planned_body_bytes(request.headers, record.size)
-        reserved = planned or 1  # an empty file's download still counts (budget.unit_bytes)
-        async with services.db.session() as session:
-            total = await repository.reserve_bytes(session, uid, reserved, budget)
-            if total is None:
-                await _retire_if_exhausted(session, record)
-                raise Gone("the file's download limit is used up")
-        bytes_served = total
-
-        async def refund(unsent: int) -> None:
-            try:
-                async with services.db.session() as session:
-                    await repository.refund_bytes(session, uid, unsent)
-            except DatabaseUnavailable:
-                logger.warning("could not give back %d unsent bytes of %s", unsent, uid)
-
-        response.refund_unsent(planned, refund)
+        planned = response.planned_body_bytes(request.headers, request.method)
+        reservation, bytes_served = await reserve(
+            services.db,
+            record,
+            planned or 1,  # an empty file's download still counts (budget.unit_bytes)
+            budget,
+            lease_s=services.settings.download_reservation_lease_s,
+            wait_s=services.settings.download_budget_wait_s,
+        )
+        response.charge_to(reservation)
     response.headers["X-Remaining-Downloads"] = str(remaining_downloads(record, bytes_served))
-    return response
 
 
 async def _file_response(
-    services: Services, record: FileRecord, options: dict[str, Any]
-) -> LocalFileResponse:
-    """From the local disk when this node has the file, else ranged reads from the cloud."""
-    path = services.store.path_for(record.uid)
+    services: Services, record: FileRecord, *, inline: bool
+) -> FileBodyResponse:
+    """From the local disk when this node has the file, else ranged reads from the cloud.
+
+    The local file is opened here, before any header is sent: once open, it is sent whole even
+    if it is deleted meanwhile; a file deleted before is 410.
+    """
+    options: dict[str, Any] = {
+        "media_type": record.format,
+        "headers": _representation_headers(record, inline=inline),
+        **body_options(services.settings),
+    }
     if record.local:
         try:
-            stat_result = await anyio.to_thread.run_sync(path.stat)
+            source = await LocalFile.open(services.store.path_for(record.uid))
         except FileNotFoundError:
-            pass  # evicted between the row read and now, or another node's upload
+            pass  # deleted, evicted between the row read and now, or another node's upload
         else:
-            return LocalFileResponse(path, stat_result=stat_result, **options)
-    if record.cloud_status != CloudStatus.UPLOADED.value or not record.cloud_path:
+            return FileBodyResponse(source, stat_result=source.stat_result, **options)
+    async with services.db.session() as session:
+        current = await repository.get(session, record.uid, fresh=True)
+    if current is None or current.gone_reason is not None:
+        raise Gone(f"the file is gone: {current.gone_reason if current else 'deleted'}")
+    if current.cloud_status != CloudStatus.UPLOADED.value or not current.cloud_path:
         raise ServiceUnavailable("the file's bytes are not on this node and not yet in the cloud")
-    return CloudFileResponse(
+    return cloud_file_response(
         cloud=services.cloud,
-        key=record.cloud_path,
-        size=record.size,
-        last_modified=record.created_at,
+        key=current.cloud_path,
+        size=current.size,
+        last_modified=current.created_at,
         **options,
     )
-
-
-async def _retire_if_exhausted(session: AsyncSession, record: FileRecord) -> None:
-    """A refused download of a file whose full downloads are all used makes it a tombstone."""
-    current = await repository.get(session, record.uid, fresh=True)
-    if (
-        current is not None
-        and current.gone_reason is None
-        and is_exhausted(current, current.bytes_served)
-    ):
-        await repository.mark_gone(session, record.uid, GoneReason.EXHAUSTED, datetime.now(UTC))
 
 
 @router.delete(
@@ -279,15 +278,6 @@ async def signed_link(
         url=f"{base_url_of(request)}/api/v1/files/{uid}?{query}",
         expires_at=datetime.fromtimestamp(expires_at, UTC),
     )
-
-
-async def _touch(services: Services, record: FileRecord) -> None:
-    """Record the read for LRU eviction, at most once a minute per file (it costs a write)."""
-    now = datetime.now(UTC)
-    if record.last_accessed_at and now - record.last_accessed_at < LAST_ACCESS_RESOLUTION:
-        return
-    async with services.db.session() as session:
-        await repository.touch(session, record.uid, now)
 
 
 def _representation_headers(record: FileRecord, *, inline: bool) -> dict[str, str]:

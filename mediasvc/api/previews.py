@@ -7,10 +7,8 @@ probed the file, or the local copy is gone); 404 until the probe job has made on
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -19,8 +17,9 @@ from mediasvc.api.common import services_of
 from mediasvc.api.files import CACHE_NO_STORE, CACHE_PRIVATE_DAY
 from mediasvc.api.uploads import problem_responses
 from mediasvc.db.models import FileRecord, ProbeStatus
-from mediasvc.delivery.cloud import CloudFileResponse
-from mediasvc.delivery.ranges import LocalFileResponse
+from mediasvc.delivery.cloud import cloud_file_response
+from mediasvc.delivery.response import FileBodyResponse, body_options
+from mediasvc.delivery.sources import LocalFile
 from mediasvc.errors import NotFound, ServiceUnavailable
 from mediasvc.media.preview import PREVIEW_MEDIA_TYPE
 from mediasvc.storage.cloud import CloudError
@@ -56,16 +55,15 @@ async def preview(request: Request, uid: str, record: ReadableFile) -> Response:
         },
         "content_disposition_type": "inline",
         "filename": f"{uid}.preview.jpg",
-        "chunk_size": services.settings.download_chunk_size_bytes,
-        "max_ranges": services.settings.max_ranges,
+        **body_options(services.settings),
     }
     path = services.store.preview_path_for(uid)
     try:
-        stat_result = await anyio.to_thread.run_sync(os.stat, path)
+        source = await LocalFile.open(path)
     except FileNotFoundError:
         pass
     else:
-        return LocalFileResponse(path, stat_result=stat_result, **options)
+        return FileBodyResponse(source, stat_result=source.stat_result, **options)
     if record.preview_path is None:
         raise NotFound(_why_no_preview(record))
     try:
@@ -74,7 +72,7 @@ async def preview(request: Request, uid: str, record: ReadableFile) -> Response:
         raise ServiceUnavailable("the preview is not on this node and the cloud is down") from exc
     if info is None:
         raise NotFound("the file's preview is missing from the cloud")
-    return CloudFileResponse(
+    return cloud_file_response(
         cloud=services.cloud,
         key=record.preview_path,
         size=info.size,

@@ -78,7 +78,12 @@ class FileRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     max_downloads: Mapped[int | None] = mapped_column(Integer)
+    # Body bytes charged to the download budget, open reservations included.
     bytes_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The part of bytes_served reserved by downloads still in flight, and until when that holds:
+    # running downloads renew the lease, so the reservations of a crashed process lapse.
+    bytes_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    reservations_expire_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     local: Mapped[bool] = mapped_column(Boolean, default=True)
     cloud_status: Mapped[str] = mapped_column(String(16), default=CloudStatus.PENDING.value)
     cloud_path: Mapped[str | None] = mapped_column(Text)

@@ -74,36 +74,101 @@ async def set_local(session: AsyncSession, uid: str, *, local: bool) -> None:
     await session.commit()
 
 
-async def touch(session: AsyncSession, uid: str, now: datetime) -> None:
-    await session.execute(
-        update(FileRecord).where(FileRecord.uid == uid).values(last_accessed_at=now)
-    )
+async def touch_many(session: AsyncSession, accessed_at: dict[str, datetime]) -> None:
+    """Record reads for LRU eviction, many files in one transaction."""
+    for uid, when in accessed_at.items():
+        await session.execute(
+            update(FileRecord)
+            .where(
+                FileRecord.uid == uid,
+                or_(FileRecord.last_accessed_at.is_(None), FileRecord.last_accessed_at < when),
+            )
+            .values(last_accessed_at=when)
+        )
     await session.commit()
 
 
-async def reserve_bytes(session: AsyncSession, uid: str, n: int, budget: int) -> int | None:
-    """Add ``n`` to ``bytes_served`` if it stays within ``budget``, atomically; the new total."""
+def _live_reserved(now: datetime) -> ColumnElement[int]:
+    """The open reservations that still hold: none once their lease has lapsed."""
+    return case(
+        (FileRecord.reservations_expire_at > now, FileRecord.bytes_reserved),
+        else_=0,
+    )
+
+
+async def reserve_bytes(
+    session: AsyncSession, uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
+) -> int | None:
+    """Reserve ``n`` bytes if they fit in ``budget``, in one atomic UPDATE; the new total.
+
+    Reservations whose lease lapsed (their process died) are dropped in the same statement.
+    """
+    lapsed = FileRecord.bytes_reserved - _live_reserved(now)
     result = await session.execute(
         update(FileRecord)
         .where(
             FileRecord.uid == uid,
             FileRecord.gone_reason.is_(None),
-            FileRecord.bytes_served + n <= budget,
+            FileRecord.bytes_served - lapsed + n <= budget,
         )
-        .values(bytes_served=FileRecord.bytes_served + n)
+        .values(
+            bytes_served=FileRecord.bytes_served - lapsed + n,
+            bytes_reserved=_live_reserved(now) + n,
+            reservations_expire_at=case(
+                (
+                    FileRecord.reservations_expire_at > lease_until,
+                    FileRecord.reservations_expire_at,
+                ),
+                else_=lease_until,
+            ),
+        )
         .returning(FileRecord.bytes_served)
     )
     await session.commit()
     return result.scalar_one_or_none()
 
 
-async def refund_bytes(session: AsyncSession, uid: str, n: int) -> None:
-    """Give back bytes a download reserved but did not send."""
+async def budget_state(session: AsyncSession, uid: str, now: datetime) -> tuple[int, int] | None:
+    """(bytes used by finished downloads, bytes held by open reservations); None if gone."""
+    live = _live_reserved(now)
+    result = await session.execute(
+        select(FileRecord.bytes_served - live, live).where(
+            FileRecord.uid == uid, FileRecord.gone_reason.is_(None)
+        )
+    )
+    row = result.first()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+async def renew_reservations(session: AsyncSession, uid: str, lease_until: datetime) -> None:
+    """A download still running keeps the file's open reservations alive."""
+    await session.execute(
+        update(FileRecord)
+        .where(
+            FileRecord.uid == uid,
+            or_(
+                FileRecord.reservations_expire_at.is_(None),
+                FileRecord.reservations_expire_at < lease_until,
+            ),
+        )
+        .values(reservations_expire_at=lease_until)
+    )
+    await session.commit()
+
+
+async def settle_reservation(session: AsyncSession, uid: str, reserved: int, sent: int) -> None:
+    """Close a reservation of ``reserved`` bytes, ``sent`` of them sent: the rest is given back."""
+    unsent = reserved - min(sent, reserved)
+
+    def minus(column: ColumnElement[int], n: int) -> ColumnElement[int]:
+        return case((column > n, column - n), else_=0)
+
     await session.execute(
         update(FileRecord)
         .where(FileRecord.uid == uid)
         .values(
-            bytes_served=case((FileRecord.bytes_served > n, FileRecord.bytes_served - n), else_=0)
+            bytes_served=minus(FileRecord.bytes_served, unsent),  # type: ignore[arg-type]
+            bytes_reserved=minus(FileRecord.bytes_reserved, reserved),  # type: ignore[arg-type]
         )
     )
     await session.commit()

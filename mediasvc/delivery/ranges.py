@@ -1,23 +1,17 @@
 """HTTP Range: Starlette's parser and FileResponse, with the few things they lack.
 
-Starlette parses each byte-range-spec (single, suffix, open-ended), answers ``If-Range`` and
-sends single ranges and ``multipart/byteranges``. What we add, in ``parse_range``:
+Starlette parses each byte-range-spec (single, suffix, open-ended); our response
+(``delivery.response``) sends single ranges and ``multipart/byteranges``. What we add here:
 - errors as our domain exceptions (problem+json), not plain-text 400/416 responses;
 - RFC 9110 §14.2: a Range in a unit we don't know is ignored (the full 200), not a 400;
 - RFC 9110 §15.5.17: unsatisfiable specs beside satisfiable ones are dropped, not a 416;
-- ``max_ranges`` and the read size from settings instead of class attributes.
+- ``max_ranges`` from settings instead of a class attribute.
 The same ranges drive the cloud-backed response, so both paths agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import anyio
-from starlette.datastructures import Headers
 from starlette.responses import FileResponse
-from starlette.types import Message, Receive, Scope, Send
 
 from mediasvc.errors import MalformedRange, RangeNotSatisfiable
 
@@ -81,59 +75,3 @@ def _is_pathological(requested: list[tuple[int, int]], size: int) -> bool:
     if overlaps > MAX_OVERLAPPING_RANGES:
         return True
     return len(requested) > MAX_UNORDERED_RANGES and requested != ordered
-
-
-# Gives back bytes a download reserved but did not send (the client went away).
-Refund = Callable[[int], Awaitable[None]]
-
-
-class LocalFileResponse(FileResponse):
-    """Starlette's FileResponse with our range rules, a read size from settings, and refunds."""
-
-    def __init__(self, *args: Any, chunk_size: int, max_ranges: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.chunk_size = chunk_size
-        self._max_ranges = max_ranges
-        self._reserved_bytes = 0
-        self._refund: Refund | None = None
-
-    def planned_body_bytes(self, request_headers: Headers, size: int) -> int:
-        """The file bytes this response will send: FileResponse's own Range/If-Range decision.
-
-        Raises MalformedRange/RangeNotSatisfiable as the response itself would.
-        """
-        http_range = request_headers.get("range")
-        if_range = request_headers.get("if-range")
-        if http_range is None or (if_range is not None and not self._should_use_range(if_range)):
-            return size
-        ranges = self._parse_range_header(http_range, size)
-        return sum(end - start for start, end in ranges) if ranges else size
-
-    def refund_unsent(self, reserved_bytes: int, refund: Refund) -> None:
-        """After sending, give back whatever part of ``reserved_bytes`` was not sent."""
-        self._reserved_bytes = reserved_bytes
-        self._refund = refund
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._refund is None:
-            await super().__call__(scope, receive, send)
-            return
-        sent = 0
-
-        async def counting_send(message: Message) -> None:
-            nonlocal sent
-            await send(message)
-            if message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-
-        try:
-            await super().__call__(scope, receive, counting_send)
-        finally:
-            # Body bytes include multipart framing, so this errs towards refunding too little.
-            unsent = self._reserved_bytes - min(sent, self._reserved_bytes)
-            if unsent:
-                with anyio.CancelScope(shield=True):
-                    await self._refund(unsent)
-
-    def _parse_range_header(self, http_range: str, file_size: int) -> list[tuple[int, int]]:  # type: ignore[override]
-        return parse_range(http_range, file_size, max_ranges=self._max_ranges)

@@ -1,0 +1,254 @@
+"""Budget reservations of running downloads (issue 11, item 6), on PostgreSQL and SQLite.
+
+A download is charged what was handed to the server (the kernel and the server's buffer hold
+at most one part more), not the reads it made; a refusal that is only due to other downloads
+still running is a 503 with Retry-After, never a 410 that retires the file; a reservation whose
+lease lapsed (its process died) does not block the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from mediasvc.app import create_app
+from mediasvc.config import Settings
+from mediasvc.db.migrations import upgrade
+from mediasvc.db.models import FileRecord
+from mediasvc.db.session import make_engine
+from tests.conftest import RunningServer, truncate
+from tests.test_download_budget import assert_gone, data_of, upload
+from tests.test_download_hardening import stalled_reader, wait_for
+
+MiB = 1024 * 1024
+PART_BYTES = 1 * MiB  # download_send_part_bytes, the default
+
+
+async def budget_row(database_url: str, uid: str) -> tuple[int, int, str | None]:
+    """(bytes_served, bytes_reserved, gone_reason) of a file."""
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(
+                        FileRecord.bytes_served, FileRecord.bytes_reserved, FileRecord.gone_reason
+                    ).where(FileRecord.uid == uid)
+                )
+            ).one()
+            return int(row[0]), int(row[1]), row[2]
+    finally:
+        await engine.dispose()
+
+
+def budget_row_now(database_url: str, uid: str) -> tuple[int, int, str | None]:
+    return asyncio.run(budget_row(database_url, uid))
+
+
+async def empty_database(kind: str, pg_url: str, tmp_path: Path) -> str:
+    if kind == "postgresql":
+        await truncate(pg_url)
+        return pg_url
+    url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
+    await anyio.to_thread.run_sync(upgrade, url)
+    return url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def serve(
+    request: pytest.FixtureRequest,
+    start_server: Callable[..., RunningServer],
+    pg_url: str,
+    tmp_path: Path,
+) -> Callable[..., tuple[RunningServer, str]]:
+    """Start a real `mediasvc serve` on an empty, migrated database: (server, database URL)."""
+    url = await empty_database(request.param, pg_url, tmp_path)
+
+    def start(**env: str) -> tuple[RunningServer, str]:
+        return start_server({"MEDIASVC_DATABASE_URL": url, **env}), url
+
+    return start
+
+
+def read_some(sock: socket.socket, at_least: int) -> int:
+    received = 0
+    while received < at_least:
+        data = sock.recv(65536)
+        assert data, "the server closed the connection"
+        received += len(data)
+    return received
+
+
+def kernel_send_bytes_max() -> int:
+    """The largest send buffer the kernel gives a TCP socket (tcp_wmem's maximum)."""
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
+@pytest.mark.e2e
+async def test_a_refusal_due_to_a_running_download_is_503_and_the_file_stays(
+    serve: Callable[..., tuple[RunningServer, str]],
+) -> None:
+    server, database_url = serve(MEDIASVC_DOWNLOAD_BUDGET_WAIT_S="0")
+    data = data_of(16 * MiB, seed=21)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
+        meta = await upload(http, data, max_downloads=1)
+        uid = meta["uid"]
+        url = f"/api/v1/files/{uid}"
+        first = stalled_reader(server.base_url, url)
+        try:
+            read_some(first, 66_000)
+            second = await http.get(url)
+            assert second.status_code == 503, second.text
+            assert second.headers["content-type"] == "application/problem+json"
+            assert int(second.headers["retry-after"]) >= 1
+            # Not retired: the metadata is there, and so is the file.
+            assert (await http.get(f"{url}/metadata")).status_code == 200
+            assert (await budget_row(database_url, uid))[2] is None
+        finally:
+            first.close()  # the first client gives up: what it did not take comes back
+        await anyio.to_thread.run_sync(
+            lambda: wait_for(
+                lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
+            )
+        )
+        served, _, gone = await budget_row(database_url, uid)
+        assert gone is None
+        assert served < len(data) // 2
+        # The player resumes where its bytes end, and gets the rest.
+        resumed = await http.get(url, headers={"Range": f"bytes={served}-"})
+        assert resumed.status_code == 206, resumed.text
+        assert resumed.content == data[served:]
+        # That was the one download: another whole one does not fit, and nothing is open now,
+        # so the file is retired.
+        assert_gone(await http.get(url))
+        assert (await budget_row(database_url, uid))[2] == "exhausted"
+
+
+@pytest.mark.e2e
+async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
+    serve: Callable[..., tuple[RunningServer, str]],
+) -> None:
+    server, database_url = serve()
+    data = data_of(64 * MiB, seed=22)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
+        meta = await upload(http, data, max_downloads=2)
+        uid = meta["uid"]
+        url = f"/api/v1/files/{uid}"
+        total_charged = 0
+        for _ in range(2):
+            reader = stalled_reader(server.base_url, url)
+            rcvbuf = reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            try:
+                received = read_some(reader, 66_000)
+                await anyio.to_thread.run_sync(
+                    lambda: wait_for(
+                        lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation"
+                    )
+                )
+            finally:
+                reader.close()
+            await anyio.to_thread.run_sync(
+                lambda: wait_for(
+                    lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
+                )
+            )
+            charged = (await budget_row(database_url, uid))[0] - total_charged
+            total_charged += charged
+            # What went to the kernel (our socket's send buffer and the client's receive
+            # buffer) plus at most two parts (the server's write buffer, one sent after the
+            # hang-up): not the two 4 MiB reads it used to be charged.
+            bound = received + rcvbuf + kernel_send_bytes_max() + 2 * PART_BYTES
+            assert charged <= bound, (charged, bound)
+        # Both full downloads are still there.
+        for _ in range(2):
+            full = await http.get(url)
+            assert full.status_code == 200
+            assert full.content == data
+        assert_gone(await http.get(url))
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def app_client(
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Settings],
+    pg_url: str,
+    tmp_path: Path,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
+    """The ASGI app on an empty database, not waiting for running downloads (wait 0)."""
+    url = await empty_database(request.param, pg_url, tmp_path)
+    settings = make_settings(database_url=url, download_budget_wait_s=0)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http, settings
+
+
+async def set_open_reservation(database_url: str, uid: str, *, lease_until: datetime) -> None:
+    """As a download that reserved the whole file and is (or was) still running."""
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(FileRecord)
+                .where(FileRecord.uid == uid)
+                .values(
+                    bytes_served=FileRecord.size,
+                    bytes_reserved=FileRecord.size,
+                    reservations_expire_at=lease_until,
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_an_open_reservation_is_a_503_until_its_lease_lapses(
+    app_client: tuple[httpx.AsyncClient, Settings],
+) -> None:
+    client, settings = app_client
+    data = data_of(1000, seed=23)
+    meta = await upload(client, data, max_downloads=1)
+    uid = meta["uid"]
+    url = f"/api/v1/files/{uid}"
+    now = datetime.now(UTC)
+
+    await set_open_reservation(settings.database_url, uid, lease_until=now + timedelta(hours=1))
+    busy = await client.get(url)
+    assert busy.status_code == 503, busy.text
+    assert "retry-after" in busy.headers
+    assert (await client.get(f"{url}/metadata")).status_code == 200
+    assert await budget_row(settings.database_url, uid) == (1000, 1000, None)
+
+    # Its process died: once the lease lapses, the reservation no longer counts.
+    await set_open_reservation(settings.database_url, uid, lease_until=now - timedelta(seconds=1))
+    response = await client.get(url)
+    assert response.status_code == 200, response.text
+    assert response.content == data
+    assert await budget_row(settings.database_url, uid) == (1000, 0, None)
+    assert_gone(await client.get(url))
+    assert (await budget_row(settings.database_url, uid))[2] == "exhausted"
+
+
+async def test_concurrent_ranges_wait_for_each_other_then_fit_exactly(
+    app_client: tuple[httpx.AsyncClient, Settings],
+) -> None:
+    """k = 1, size 1000: budget 1500. Six 300-byte ranges at once: five fit, one is refused."""
+    client, settings = app_client
+    data = data_of(1000, seed=24)
+    meta = await upload(client, data, max_downloads=1)
+    url = f"/api/v1/files/{meta['uid']}"
+    responses = await asyncio.gather(
+        *(client.get(url, headers={"Range": f"bytes={i * 100}-{i * 100 + 299}"}) for i in range(6))
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses[:5] == [206] * 5
+    assert statuses[5] in (410, 503)  # refused: used up, or held by the others
+    assert (await budget_row(settings.database_url, meta["uid"]))[:2] == (1500, 0)
