@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from mediasvc.server import ABORT_EXTENSION
 from mediasvc.server.uvicorn_protocol import HeaderLimits, MediasvcHttpProtocol, protocol_factory
 
 LIMIT_BYTES = 4096
@@ -251,3 +252,41 @@ def test_the_factory_survives_pickling_for_uvicorns_worker_processes() -> None:
     factory = pickle.loads(pickle.dumps(protocol_factory(limits)))
     assert factory.func is MediasvcHttpProtocol
     assert factory.keywords == {"limits": limits}
+
+
+async def test_the_abort_extension_resets_a_connection_whose_client_reads_nothing() -> None:
+    # A response far larger than the socket buffers, to a client that never reads: the app's
+    # send blocks on flow control until it aborts; then the server drops the connection at once
+    # (a graceful close would wait for the write buffer to drain, forever).
+    aborted = asyncio.Event()
+    blocked = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        abort = scope["extensions"][ABORT_EXTENSION]["abort"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        piece = b"x" * (1 << 20)
+        try:
+            async with asyncio.timeout(1.0):
+                while True:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except TimeoutError:
+            blocked.set()
+        abort()
+        async with asyncio.timeout(BOUND_S):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        aborted.set()
+
+    async with running(app) as (host, port):  # type: ignore[arg-type]
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            async with asyncio.timeout(BOUND_S):
+                await aborted.wait()
+            assert blocked.is_set()
+            with pytest.raises(ConnectionResetError):  # a reset, not the rest of the body
+                async with asyncio.timeout(BOUND_S):
+                    while await reader.read(1 << 20):
+                        pass
+        finally:
+            writer.close()

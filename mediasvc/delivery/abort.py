@@ -2,11 +2,13 @@
 
 ASGI has no "abort": an app that gives up on a response can only return, and the server then
 closes the transport gracefully, which (asyncio's ``close()``) waits until its write buffer is
-flushed, i.e. forever if the client never reads. So we find the connection's socket among the
-process's descriptors by its two addresses and reset it: ``SO_LINGER`` 0, then ``shutdown``.
-The server's next write fails, its transport closes, and the kernel drops the queued bytes.
-Linux only (``/proc/self/fd``); elsewhere, and when a proxy rewrote the client address, we fall
-back to the server's own close.
+flushed, i.e. forever if the client never reads. Under our uvicorn protocol the scope carries
+``ABORT_EXTENSION``, whose ``abort`` resets the connection (``transport.abort()``). Under another
+server (granian) we find the connection's socket among the process's descriptors by its two
+addresses and reset it: ``SO_LINGER`` 0, then ``shutdown``; the server's next write fails, its
+transport closes, and the kernel drops the queued bytes. That fallback is Linux only
+(``/proc/self/fd``); elsewhere, and when a proxy rewrote the client address, we fall back to the
+server's own close.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+from mediasvc.server import ABORT_EXTENSION
+
 logger = logging.getLogger(__name__)
 
 FD_DIR = "/proc/self/fd"
@@ -26,6 +30,14 @@ FD_DIR = "/proc/self/fd"
 
 def abort_connection(scope: Mapping[str, Any]) -> bool:
     """Reset the TCP connection of ``scope``; False if it could not be found."""
+    extension = scope.get("extensions", {}).get(ABORT_EXTENSION)
+    if extension is not None:
+        extension["abort"]()
+        return True
+    return _reset_socket_of(scope)
+
+
+def _reset_socket_of(scope: Mapping[str, Any]) -> bool:
     server, client = scope.get("server"), scope.get("client")
     if not server or not client:
         return False

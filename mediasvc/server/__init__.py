@@ -1,1 +1,7 @@
 """What the HTTP server needs from us beyond the ASGI app (see ``uvicorn_protocol``)."""
+
+# An ASGI extension our uvicorn protocol offers in ``scope["extensions"]``: ``{"abort": fn}``,
+# where ``fn()`` drops the connection at once (TCP reset), whatever is still buffered for it.
+# ASGI has no message for that, and a server's graceful close waits for its write buffer to
+# drain: forever, when the client reads nothing (delivery/abort.py).
+ABORT_EXTENSION = "mediasvc.connection.abort"

@@ -19,6 +19,9 @@ few seconds were never closed. So here, as nginx does (``large_client_header_buf
   requests). A request that has begun gets 408 (``RequestTimeout``); a connection that sent no
   request is just closed.
 
+It also offers the app the ``ABORT_EXTENSION`` (``mediasvc.server``): a way to drop a connection
+whose client stopped reading, which a download's send timeout needs.
+
 uvicorn instantiates the protocol itself, so the limits ride in a ``functools.partial``
 (:func:`protocol_factory`); unlike a class built at run time, it survives the pickling that
 starts uvicorn's worker processes.
@@ -27,7 +30,10 @@ starts uvicorn's worker processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mediasvc.api.problems import problem_for
 from mediasvc.errors import HeadersTooLarge, MediaServiceError, RequestTimeout
+from mediasvc.server import ABORT_EXTENSION
 
 if TYPE_CHECKING:
     from mediasvc.config import Settings
@@ -114,6 +121,8 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         self._message_begins += 1
         self._arm_header_timer()  # unless armed: a request that began behind another one
         super().on_message_begin()
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[ABORT_EXTENSION] = {"abort": self._abort}
 
     def on_headers_complete(self) -> None:
         self._in_header_block = False
@@ -192,6 +201,15 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + bytes(response.body))
         self.transport.close()
+
+    def _abort(self) -> None:
+        """Reset the connection: the kernel drops what it still holds for it too (SO_LINGER 0);
+        ``transport.abort()`` alone drops only our buffer and leaves the kernel flushing its own."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
