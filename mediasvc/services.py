@@ -11,7 +11,9 @@ from mediasvc.db.session import Database
 from mediasvc.delivery.access import AccessLog
 from mediasvc.ingest.pipeline import Ingestor
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.kinds import after_new_file
 from mediasvc.jobs.queue import ArqQueue, InProcessQueue, JobQueue
+from mediasvc.jobs.runner import enqueue_all
 from mediasvc.storage.cloud import CloudStore
 from mediasvc.storage.local import LocalStore
 
@@ -26,6 +28,7 @@ class Services:
     ingestor: Ingestor
     keyring: KeyRing
     access_log: AccessLog
+    jobs: JobContext  # what the in-process jobs use, and the API when it purges a file
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -34,11 +37,8 @@ class Services:
             ArqQueue(settings.redis_url) if settings.redis_url else InProcessQueue(jobs)
         )
 
-        async def enqueue_push(record: FileRecord) -> None:
-            # The probe goes beside the push. A fresh upload's push is refused only when the
-            # queue is down: then skip the probe's own wait too; the reconciler enqueues both.
-            if await queue.enqueue_push(record.uid):
-                await queue.enqueue_probe(record.uid)
+        async def after_upload(record: FileRecord) -> None:
+            await enqueue_all(queue.enqueue, after_new_file(record.uid))
 
         return cls(
             settings=settings,
@@ -46,14 +46,11 @@ class Services:
             store=jobs.store,
             cloud=jobs.cloud,
             queue=queue,
-            ingestor=Ingestor(settings, jobs.store, jobs.db, after_commit=enqueue_push),
+            ingestor=Ingestor(settings, jobs.store, jobs.db, after_commit=after_upload),
             keyring=KeyRing(settings.api_keys),
             access_log=AccessLog(jobs.db),
+            jobs=jobs,
         )
-
-    @property
-    def jobs(self) -> JobContext:
-        return JobContext(settings=self.settings, db=self.db, store=self.store, cloud=self.cloud)
 
     async def close(self) -> None:
         await self.queue.close()

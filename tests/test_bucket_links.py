@@ -55,10 +55,10 @@ async def upload_and_push(
 def no_background_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-process queue would push every upload at once: these tests push by hand."""
 
-    async def nothing(self: object, uid: str) -> bool:
+    async def nothing(self: object, kind: object, uid: str) -> bool:
         return False
 
-    monkeypatch.setattr("mediasvc.jobs.queue.InProcessQueue.enqueue_push", nothing)
+    monkeypatch.setattr("mediasvc.jobs.queue.InProcessQueue.enqueue", nothing)
 
 
 @pytest.fixture

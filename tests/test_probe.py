@@ -37,6 +37,7 @@ from mediasvc.jobs.probe import probe_file
 from mediasvc.jobs.reconcile import find_stuck_probes
 from mediasvc.jobs.worker import reconcile_job
 from mediasvc.media.atoms import read_layout
+from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import ProbeFailed, ffprobe_command, parse
 from tests.conftest import PG_SERVER, _pg_admin
 from tests.mediafiles import (
@@ -554,7 +555,7 @@ async def test_probing_a_4_gib_mp4_reads_headers_in_bounded_memory(
 
     # 1. ffprobe itself, with the job's very arguments, counts what it read (AVIOContext
     #    statistics, printed at -v verbose): the boxes it needs, not the 4 GiB of mdat.
-    command = ffprobe_command(settings, huge)
+    command = ffprobe_command(MediaConfig.from_settings(settings), huge)
     command[command.index("-v") + 1] = "verbose"
     result = await asyncio.to_thread(
         subprocess.run, command, capture_output=True, text=True, check=True

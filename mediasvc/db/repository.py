@@ -1,13 +1,20 @@
-"""Queries on the files table. Every function takes an open session; callers own transactions."""
+"""Queries on the files table: every statement the API and the jobs run on it lives here.
+
+Transactions: every function takes an open session, and each function that writes is one
+transaction of its own: it commits before it returns. A change that must be atomic over several
+statements is one function here (``record_purge``). Reads commit nothing, so a caller may hold a
+transaction-scoped lock across them (db/commit_window.py). Callers never commit themselves.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, not_, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, and_, case, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mediasvc.db.models import FileRecord, GoneReason
+from mediasvc.db.models import CloudStatus, FileRecord, GoneReason, ProbeStatus
 
 
 async def add(session: AsyncSession, record: FileRecord) -> None:
@@ -18,6 +25,11 @@ async def add(session: AsyncSession, record: FileRecord) -> None:
 async def get(session: AsyncSession, uid: str, *, fresh: bool = False) -> FileRecord | None:
     """The row; ``fresh`` re-reads it even if this session already holds a copy."""
     return await session.get(FileRecord, uid, populate_existing=fresh)
+
+
+async def exists(session: AsyncSession, uid: str) -> bool:
+    """Whether any row (live or a tombstone) has ``uid``."""
+    return await session.scalar(select(FileRecord.uid).where(FileRecord.uid == uid)) is not None
 
 
 async def list_live(
@@ -172,3 +184,296 @@ async def settle_reservation(session: AsyncSession, uid: str, reserved: int, sen
         )
     )
     await session.commit()
+
+
+# --- pushes -----------------------------------------------------------------------------------
+
+
+async def set_cloud_status(
+    session: AsyncSession,
+    uid: str,
+    status: CloudStatus,
+    *,
+    now: datetime,
+    error: str | None = None,
+    attempts: int | None = None,
+) -> None:
+    """Record a push's progress, unless the row already says ``uploaded``."""
+    values: dict[str, object] = {"cloud_status": status.value, "cloud_updated_at": now}
+    if error is not None:
+        values["cloud_error"] = error
+    if attempts is not None:
+        values["cloud_attempts"] = attempts
+    await session.execute(
+        update(FileRecord)
+        .where(FileRecord.uid == uid, FileRecord.cloud_status != CloudStatus.UPLOADED.value)
+        .values(**values)
+    )
+    await session.commit()
+
+
+def _in_the_cloud(key: str, now: datetime) -> dict[str, Any]:
+    return {
+        "cloud_status": CloudStatus.UPLOADED.value,
+        "cloud_path": key,
+        "cloud_error": None,
+        "cloud_updated_at": now,
+    }
+
+
+async def mark_uploaded(session: AsyncSession, uid: str, key: str, now: datetime) -> bool:
+    """A push finished: the live row points to its cloud copy ``key``; False if it went."""
+    result = await session.execute(
+        update(FileRecord)
+        .where(FileRecord.uid == uid, FileRecord.gone_reason.is_(None))
+        .values(**_in_the_cloud(key, now))
+        .returning(FileRecord.uid)
+    )
+    await session.commit()
+    return result.first() is not None
+
+
+async def stuck_pushes(
+    session: AsyncSession, *, stale_before: datetime, failed_before: datetime, limit: int
+) -> list[str]:
+    """Live local files whose push no job will finish: pending or uploading since before
+    ``stale_before``, or failed before ``failed_before``; the longest waiting first."""
+    query = (
+        select(FileRecord.uid)
+        .where(
+            FileRecord.gone_reason.is_(None),
+            FileRecord.local.is_(True),
+            or_(
+                and_(
+                    FileRecord.cloud_status.in_(
+                        [CloudStatus.PENDING.value, CloudStatus.UPLOADING.value]
+                    ),
+                    FileRecord.cloud_updated_at <= stale_before,
+                ),
+                and_(
+                    FileRecord.cloud_status == CloudStatus.FAILED.value,
+                    FileRecord.cloud_updated_at <= failed_before,
+                ),
+            ),
+        )
+        .order_by(FileRecord.cloud_updated_at)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+# --- probes and derived copies --------------------------------------------------------------
+
+
+async def record_probe(
+    session: AsyncSession,
+    uid: str,
+    status: ProbeStatus,
+    *,
+    now: datetime,
+    error: str | None,
+    media: dict[str, Any] | None = None,
+    preview: str | None = None,
+) -> bool:
+    """Write a probe's outcome on a live, still pending row; False if there is none."""
+    values: dict[str, Any] = {
+        "probe_status": status.value,
+        "probe_error": error,
+        "probe_updated_at": now,
+    }
+    if media is not None:
+        values["media"] = media
+    if preview is not None:
+        values["preview_path"] = preview
+    result = await session.execute(
+        update(FileRecord)
+        .where(
+            FileRecord.uid == uid,
+            FileRecord.gone_reason.is_(None),
+            FileRecord.probe_status == ProbeStatus.PENDING.value,
+        )
+        .values(**values)
+        .returning(FileRecord.uid)
+    )
+    await session.commit()
+    return result.first() is not None
+
+
+async def note_probe_error(session: AsyncSession, uid: str, error: str) -> None:
+    """A remark on the row's media processing that changes no state (a remux that failed)."""
+    await session.execute(update(FileRecord).where(FileRecord.uid == uid).values(probe_error=error))
+    await session.commit()
+
+
+async def stuck_probes(session: AsyncSession, *, stale_before: datetime, limit: int) -> list[str]:
+    """Live rows whose probe has been pending since before ``stale_before``; oldest first."""
+    since = func.coalesce(FileRecord.probe_updated_at, FileRecord.created_at)
+    query = (
+        select(FileRecord.uid)
+        .where(
+            FileRecord.gone_reason.is_(None),
+            FileRecord.probe_status == ProbeStatus.PENDING.value,
+            since <= stale_before,
+        )
+        .order_by(since)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def live_derived_uid(session: AsyncSession, uid: str) -> str | None:
+    """The uid of a live file derived from ``uid`` (its faststart copy), if there is one."""
+    return await session.scalar(
+        select(FileRecord.uid).where(
+            FileRecord.derived_from == uid, FileRecord.gone_reason.is_(None)
+        )
+    )
+
+
+async def link_faststart(session: AsyncSession, uid: str, derived_uid: str) -> None:
+    """Point the original ``uid`` to its faststart copy."""
+    await session.execute(
+        update(FileRecord).where(FileRecord.uid == uid).values(faststart_uid=derived_uid)
+    )
+    await session.commit()
+
+
+# --- cleanup ----------------------------------------------------------------------------------
+
+
+async def expire_due(session: AsyncSession, now: datetime) -> int:
+    """Turn live rows whose ``expires_at`` has come into tombstones; how many."""
+    result = await session.execute(
+        update(FileRecord)
+        .where(FileRecord.gone_reason.is_(None), FileRecord.expires_at <= now)
+        .values(gone_reason=GoneReason.EXPIRED.value, gone_at=now)
+    )
+    await session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def tombstones_with_bytes(session: AsyncSession, *, limit: int) -> list[FileRecord]:
+    """Tombstones whose bytes (local, cloud or preview) may still exist somewhere."""
+    query = (
+        select(FileRecord)
+        .where(
+            FileRecord.gone_reason.is_not(None),
+            or_(
+                FileRecord.local.is_(True),
+                FileRecord.cloud_path.is_not(None),
+                FileRecord.preview_path.is_not(None),
+            ),
+        )
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def record_purge(
+    session: AsyncSession, record: FileRecord, now: datetime
+) -> list[FileRecord]:
+    """A tombstone's bytes are gone: say so, unlink it from an original, and turn the live files
+    derived from it into tombstones of the same reason, in one transaction; those files."""
+    await session.execute(
+        update(FileRecord)
+        .where(FileRecord.uid == record.uid)
+        .values(local=False, cloud_path=None, preview_path=None)
+    )
+    # An original no longer points to a derived copy that is gone.
+    await session.execute(
+        update(FileRecord).where(FileRecord.faststart_uid == record.uid).values(faststart_uid=None)
+    )
+    derived = await session.execute(
+        update(FileRecord)
+        .where(FileRecord.derived_from == record.uid, FileRecord.gone_reason.is_(None))
+        .values(gone_reason=record.gone_reason or GoneReason.DELETED.value, gone_at=now)
+        .returning(FileRecord)
+    )
+    children = list(derived.scalars())
+    await session.commit()
+    return children
+
+
+async def evictable(
+    session: AsyncSession, *, limit: int, created_before: datetime | None = None
+) -> list[FileRecord]:
+    """Live local copies safe in the cloud: those made before ``created_before``, or else all,
+    least recently read first (never read before read)."""
+    query = select(FileRecord).where(
+        FileRecord.gone_reason.is_(None),
+        FileRecord.local.is_(True),
+        FileRecord.cloud_status == CloudStatus.UPLOADED.value,
+    )
+    if created_before is not None:
+        query = query.where(FileRecord.created_at <= created_before)
+    else:
+        query = query.order_by(
+            FileRecord.last_accessed_at.is_(None).desc(),
+            FileRecord.last_accessed_at,
+            FileRecord.created_at,
+        )
+    return list((await session.scalars(query.limit(limit))).all())
+
+
+async def mark_evicted(session: AsyncSession, uid: str) -> bool:
+    """``local = false`` on a row whose copy is uploaded, before its file goes; False if the row
+    changed meanwhile (then the file stays)."""
+    result = await session.execute(
+        update(FileRecord)
+        .where(
+            FileRecord.uid == uid,
+            FileRecord.local.is_(True),
+            FileRecord.cloud_status == CloudStatus.UPLOADED.value,
+        )
+        .values(local=False)
+        .returning(FileRecord.uid)
+    )
+    await session.commit()
+    return result.first() is not None
+
+
+# --- the volume audit -------------------------------------------------------------------------
+
+
+async def claims(
+    session: AsyncSession, uids: set[str]
+) -> dict[str, Row[str, bool, str | None, str]]:
+    """For each uid that has a row: its ``uid``, ``local``, ``gone_reason`` and ``cloud_status``."""
+    columns = (FileRecord.uid, FileRecord.local, FileRecord.gone_reason, FileRecord.cloud_status)
+    result = await session.execute(select(*columns).where(FileRecord.uid.in_(uids)))
+    return {row.uid: row for row in result}
+
+
+async def local_on_volume(
+    session: AsyncSession, volume: str, *, after: str, limit: int
+) -> list[FileRecord]:
+    """Live rows whose local copy is on ``volume``, by uid, from after ``after``."""
+    query = (
+        select(FileRecord)
+        .where(
+            FileRecord.gone_reason.is_(None),
+            FileRecord.local.is_(True),
+            FileRecord.volume == volume,
+            FileRecord.uid > after,
+        )
+        .order_by(FileRecord.uid)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def relocate_to_cloud(session: AsyncSession, uid: str, key: str, now: datetime) -> bool:
+    """A live local row whose file is missing is served from its confirmed cloud copy ``key``
+    from now on; False if the row changed meanwhile."""
+    result = await session.execute(
+        update(FileRecord)
+        .where(
+            FileRecord.uid == uid,
+            FileRecord.local.is_(True),
+            FileRecord.gone_reason.is_(None),
+        )
+        .values(local=False, **_in_the_cloud(key, now))
+        .returning(FileRecord.uid)
+    )
+    await session.commit()
+    return result.first() is not None

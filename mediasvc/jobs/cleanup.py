@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import anyio
-from sqlalchemy import or_, select, update
 
-from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
+from mediasvc.db import repository
+from mediasvc.db.models import FileRecord
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.volume_audit import VolumeReport, audit_volume
 from mediasvc.storage.cloud import CloudError, key_for, preview_key_for
@@ -55,7 +55,7 @@ async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupRep
     report.volume = await audit_volume(ctx, now_s=time.time())
     try:
         report.swept_bucket_temps = await ctx.cloud.sweep_abandoned(
-            older_than_s=ctx.settings.orphan_grace_s
+            older_than_s=ctx.config.orphan_grace_s
         )
     except CloudError as exc:
         logger.warning("sweeping the bucket's abandoned temporary files failed: %s", exc)
@@ -65,31 +65,13 @@ async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupRep
 async def _expire(ctx: JobContext, now: datetime) -> int:
     """Turn expired live rows into tombstones (their bytes go in the purge step)."""
     async with ctx.db.session() as session:
-        result = await session.execute(
-            update(FileRecord)
-            .where(FileRecord.gone_reason.is_(None), FileRecord.expires_at <= now)
-            .values(gone_reason=GoneReason.EXPIRED.value, gone_at=now)
-        )
-        await session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
+        return await repository.expire_due(session, now)
 
 
 async def _purge_gone(ctx: JobContext) -> list[str]:
     """Remove the bytes of tombstoned files, local and cloud; the tombstone row stays."""
-    query = (
-        select(FileRecord)
-        .where(
-            FileRecord.gone_reason.is_not(None),
-            or_(
-                FileRecord.local.is_(True),
-                FileRecord.cloud_path.is_not(None),
-                FileRecord.preview_path.is_not(None),
-            ),
-        )
-        .limit(CLEANUP_BATCH)
-    )
     async with ctx.db.session() as session:
-        records = list((await session.scalars(query)).all())
+        records = await repository.tombstones_with_bytes(session, limit=CLEANUP_BATCH)
     return [record.uid for record in records if await purge(ctx, record)]
 
 
@@ -109,31 +91,7 @@ async def purge(ctx: JobContext, record: FileRecord) -> bool:
     await anyio.to_thread.run_sync(ctx.store.remove, record.uid)
     await anyio.to_thread.run_sync(ctx.store.remove_preview, record.uid)
     async with ctx.db.session() as session:
-        await session.execute(
-            update(FileRecord)
-            .where(FileRecord.uid == record.uid)
-            .values(local=False, cloud_path=None, preview_path=None)
-        )
-        # An original no longer points to a derived copy that is gone.
-        await session.execute(
-            update(FileRecord)
-            .where(FileRecord.faststart_uid == record.uid)
-            .values(faststart_uid=None)
-        )
-        derived = list(
-            (
-                await session.execute(
-                    update(FileRecord)
-                    .where(FileRecord.derived_from == record.uid, FileRecord.gone_reason.is_(None))
-                    .values(
-                        gone_reason=record.gone_reason or GoneReason.DELETED.value,
-                        gone_at=datetime.now(UTC),
-                    )
-                    .returning(FileRecord)
-                )
-            ).scalars()
-        )
-        await session.commit()
+        derived = await repository.record_purge(session, record, datetime.now(UTC))
     for child in derived:
         await purge(ctx, child)
     return True
@@ -141,33 +99,24 @@ async def purge(ctx: JobContext, record: FileRecord) -> bool:
 
 async def _evict(ctx: JobContext, now: datetime) -> list[str]:
     """Evict local copies that are safe in the cloud: old ones, then LRU while the disk is full."""
-    settings = ctx.settings
-    evictable = select(FileRecord).where(
-        FileRecord.gone_reason.is_(None),
-        FileRecord.local.is_(True),
-        FileRecord.cloud_status == CloudStatus.UPLOADED.value,
-    )
+    config = ctx.config
     evicted: list[str] = []
-    if settings.local_retention_s:
-        cutoff = now - timedelta(seconds=settings.local_retention_s)
-        old = evictable.where(FileRecord.created_at <= cutoff).limit(CLEANUP_BATCH)
+    if config.local_retention_s:
+        cutoff = now - timedelta(seconds=config.local_retention_s)
         async with ctx.db.session() as session:
-            records = list((await session.scalars(old)).all())
+            records = await repository.evictable(
+                session, created_before=cutoff, limit=CLEANUP_BATCH
+            )
         for record in records:
             if await _evict_one(ctx, record):
                 evicted.append(record.uid)
 
     usage = await anyio.to_thread.run_sync(shutil.disk_usage, ctx.store.root)
-    if usage.used / usage.total <= settings.disk_high_watermark:
+    if usage.used / usage.total <= config.disk_high_watermark:
         return evicted
-    bytes_to_free = usage.used - int(usage.total * settings.disk_low_watermark)
-    least_recent = evictable.order_by(
-        FileRecord.last_accessed_at.is_(None).desc(),  # never read: first to go
-        FileRecord.last_accessed_at,
-        FileRecord.created_at,
-    ).limit(CLEANUP_BATCH)
+    bytes_to_free = usage.used - int(usage.total * config.disk_low_watermark)
     async with ctx.db.session() as session:
-        candidates = list((await session.scalars(least_recent)).all())
+        candidates = await repository.evictable(session, limit=CLEANUP_BATCH)
     linked = 0
     for record in candidates:
         if bytes_to_free <= 0:
@@ -204,19 +153,8 @@ async def _evict_one(ctx: JobContext, record: FileRecord) -> bool:
         )
         return False
     async with ctx.db.session() as session:
-        result = await session.execute(
-            update(FileRecord)
-            .where(
-                FileRecord.uid == record.uid,
-                FileRecord.local.is_(True),
-                FileRecord.cloud_status == CloudStatus.UPLOADED.value,
-            )
-            .values(local=False)
-            .returning(FileRecord.uid)
-        )
-        await session.commit()
-    if result.first() is None:
-        return False
+        if not await repository.mark_evicted(session, record.uid):
+            return False
     await anyio.to_thread.run_sync(ctx.store.remove, record.uid)
     return True
 
@@ -232,7 +170,7 @@ def _sweep_parts(ctx: JobContext, now_s: float) -> int:
         if not entry.name.endswith(PART_SUFFIX):
             continue
         try:
-            if now_s - entry.stat().st_mtime > ctx.settings.part_grace_s:
+            if now_s - entry.stat().st_mtime > ctx.config.part_grace_s:
                 os.unlink(entry.path)
                 swept += 1
         except FileNotFoundError:

@@ -1,4 +1,8 @@
-"""What every job needs: settings, database, local store, cloud store. Built per worker."""
+"""What every job needs: its config, the media tools' config, database, local and cloud store.
+
+``build`` is the one place where these are made from Settings; a worker builds one at start-up,
+the API builds one for its in-process jobs.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,16 @@ from dataclasses import dataclass
 
 from mediasvc.config import Settings
 from mediasvc.db.session import Database
+from mediasvc.jobs.config import JobsConfig
+from mediasvc.media.config import MediaConfig
 from mediasvc.storage.cloud import CloudStore, make_cloud_store
 from mediasvc.storage.local import LocalStore
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class JobContext:
-    settings: Settings
+    config: JobsConfig
+    media: MediaConfig
     db: Database
     store: LocalStore
     cloud: CloudStore
@@ -22,7 +29,8 @@ class JobContext:
         cls, settings: Settings, *, db: Database | None = None, store: LocalStore | None = None
     ) -> JobContext:
         return cls(
-            settings=settings,
+            config=JobsConfig.from_settings(settings),
+            media=MediaConfig.from_settings(settings),
             db=db or Database(settings.database_url),
             store=store
             or LocalStore(

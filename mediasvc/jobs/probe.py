@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import update
 
-from mediasvc.db.models import FileRecord, ProbeStatus
+from mediasvc.db import repository
+from mediasvc.db.models import ProbeStatus
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.kinds import FollowUp, JobResult, Kind
 from mediasvc.media.preview import PreviewFailed, make_preview
 from mediasvc.media.probe import LocalCopyMissing, MediaFacts, ProbeFailed, analyse, expects_media
 from mediasvc.media.tools import ToolMissing
@@ -43,7 +44,7 @@ class ProbeOutcome:
 async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
     """Probe ``uid`` if its row is still pending; see the module docstring."""
     async with ctx.db.session() as session:
-        record = await session.get(FileRecord, uid)
+        record = await repository.get(session, uid)
     if record is None or record.gone_reason is not None:
         return ProbeOutcome("gone")
     if record.probe_status != ProbeStatus.PENDING.value:
@@ -55,7 +56,7 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
     path = ctx.store.path_for(uid)
     try:
         facts = await analyse(
-            ctx.settings, path, expects_media=expects_media(record.format, record.extension)
+            ctx.media, path, expects_media=expects_media(record.format, record.extension)
         )
     except ToolMissing as exc:
         # Not the file's fault, and no retry will help until an operator installs the tool:
@@ -90,7 +91,7 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
     if not await _record(ctx, uid, ProbeStatus.DONE, error=note, media=media, preview=preview_key):
         return await _not_recorded(ctx, uid)
     remux = (
-        ctx.settings.remux_faststart
+        ctx.config.remux_faststart
         and facts is not None
         and facts.faststart is False
         and record.derived_from is None
@@ -99,9 +100,17 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
     return ProbeOutcome(ProbeStatus.DONE.value, remux=remux)
 
 
+async def probe_job(ctx: JobContext, uid: str, *, attempt: int) -> JobResult:
+    """The job: a probe, followed by a faststart remux when the probe asks for one."""
+    outcome = await probe_file(ctx, uid)
+    return JobResult(
+        outcome.status, follow_ups=(FollowUp(Kind.REMUX, uid),) if outcome.remux else ()
+    )
+
+
 async def _not_recorded(ctx: JobContext, uid: str) -> ProbeOutcome:
     async with ctx.db.session() as session:
-        current = await session.get(FileRecord, uid, populate_existing=True)
+        current = await repository.get(session, uid, fresh=True)
     if current is not None and current.gone_reason is None:
         return ProbeOutcome(current.probe_status)  # another run finished first
     # Deleted while we probed: the preview must not outlive the row.
@@ -112,7 +121,7 @@ async def _not_recorded(ctx: JobContext, uid: str) -> ProbeOutcome:
 async def _make_and_push_preview(ctx: JobContext, uid: str, path: Path, facts: MediaFacts) -> str:
     store = ctx.store
     final = store.preview_path_for(uid)
-    await make_preview(ctx.settings, path, store.preview_part_path_for(uid), final, facts)
+    await make_preview(ctx.media, path, store.preview_part_path_for(uid), final, facts)
     size, sha256 = await anyio.to_thread.run_sync(_measure, final)
     key = preview_key_for(uid)
     await ctx.cloud.put_file(key, final, size=size, sha256=sha256)
@@ -122,7 +131,7 @@ async def _make_and_push_preview(ctx: JobContext, uid: str, path: Path, facts: M
 async def _missing(ctx: JobContext, uid: str) -> ProbeOutcome:
     """No file where the row says there is one: evicted meanwhile (skipped), or lost (failed)."""
     async with ctx.db.session() as session:
-        record = await session.get(FileRecord, uid, populate_existing=True)
+        record = await repository.get(session, uid, fresh=True)
     if record is None or record.gone_reason is not None:
         return ProbeOutcome("gone")
     if not record.local:
@@ -142,28 +151,16 @@ async def _record(
     preview: str | None = None,
 ) -> bool:
     """Write the outcome on a live, still pending row; False if there is none."""
-    values: dict[str, Any] = {
-        "probe_status": status.value,
-        "probe_error": error[:MAX_ERROR_CHARS] if error else None,
-        "probe_updated_at": datetime.now(UTC),
-    }
-    if media is not None:
-        values["media"] = media
-    if preview is not None:
-        values["preview_path"] = preview
     async with ctx.db.session() as session:
-        result = await session.execute(
-            update(FileRecord)
-            .where(
-                FileRecord.uid == uid,
-                FileRecord.gone_reason.is_(None),
-                FileRecord.probe_status == ProbeStatus.PENDING.value,
-            )
-            .values(**values)
-            .returning(FileRecord.uid)
+        return await repository.record_probe(
+            session,
+            uid,
+            status,
+            now=datetime.now(UTC),
+            error=error[:MAX_ERROR_CHARS] if error else None,
+            media=media,
+            preview=preview,
         )
-        await session.commit()
-    return result.first() is not None
 
 
 async def _remove_preview(ctx: JobContext, uid: str) -> None:

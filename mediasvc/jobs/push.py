@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
-from sqlalchemy import update
 
-from mediasvc.db.models import CloudStatus, FileRecord
+from mediasvc.db import repository
+from mediasvc.db.models import CloudStatus
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.kinds import JobResult
 from mediasvc.storage.cloud import CloudError, key_for
 
 logger = logging.getLogger(__name__)
@@ -40,55 +41,51 @@ def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
 
 async def push_file(ctx: JobContext, uid: str, *, attempt: int) -> PushOutcome:
     """One attempt at pushing ``uid``; ``attempt`` counts from 1."""
-    settings = ctx.settings
+    config = ctx.config
     async with ctx.db.session() as session:
-        record = await session.get(FileRecord, uid)
-        if record is None or record.gone_reason is not None:
-            return PushOutcome("skipped")
-        if record.cloud_status == CloudStatus.UPLOADED.value:
-            return PushOutcome(CloudStatus.UPLOADED.value)
-        if not record.local:
-            # Not uploaded and no local copy: cleanup never does this; nothing we can push.
-            await _set_status(ctx, uid, CloudStatus.FAILED, error="no local copy to push")
-            return PushOutcome(CloudStatus.FAILED.value)
-        size, sha256 = record.size, record.sha256
+        record = await repository.get(session, uid)
+    if record is None or record.gone_reason is not None:
+        return PushOutcome("skipped")
+    if record.cloud_status == CloudStatus.UPLOADED.value:
+        return PushOutcome(CloudStatus.UPLOADED.value)
+    if not record.local:
+        # Not uploaded and no local copy: cleanup never does this; nothing we can push.
+        await _set_status(ctx, uid, CloudStatus.FAILED, error="no local copy to push")
+        return PushOutcome(CloudStatus.FAILED.value)
     await _set_status(ctx, uid, CloudStatus.UPLOADING, attempts=attempt)
 
     key = key_for(uid)
     try:
-        await ctx.cloud.put_file(key, ctx.store.path_for(uid), size=size, sha256=sha256)
+        await ctx.cloud.put_file(
+            key, ctx.store.path_for(uid), size=record.size, sha256=record.sha256
+        )
     except (CloudError, OSError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-        if attempt >= settings.push_max_tries:
+        if attempt >= config.push_max_tries:
             logger.warning("push of %s failed for good after %d tries: %s", uid, attempt, error)
             await _set_status(ctx, uid, CloudStatus.FAILED, error=error)
             return PushOutcome(CloudStatus.FAILED.value)
         delay_s = backoff_s(
-            attempt, base_s=settings.push_backoff_base_s, max_s=settings.push_backoff_max_s
+            attempt, base_s=config.push_backoff_base_s, max_s=config.push_backoff_max_s
         )
         logger.info("push of %s failed (try %d), again in %.0f s: %s", uid, attempt, delay_s, error)
         await _set_status(ctx, uid, CloudStatus.PENDING, error=error)
         return PushOutcome(CloudStatus.PENDING.value, retry_in_s=delay_s)
 
     async with ctx.db.session() as session:
-        result = await session.execute(
-            update(FileRecord)
-            .where(FileRecord.uid == uid, FileRecord.gone_reason.is_(None))
-            .values(
-                cloud_status=CloudStatus.UPLOADED.value,
-                cloud_path=key,
-                cloud_error=None,
-                cloud_updated_at=datetime.now(UTC),
-            )
-            .returning(FileRecord.uid)
-        )
-        await session.commit()
-    if result.first() is None:
+        recorded = await repository.mark_uploaded(session, uid, key, datetime.now(UTC))
+    if not recorded:
         # Deleted or expired while we pushed: the object must not outlive the row.
         with anyio.CancelScope(shield=True):
             await ctx.cloud.delete(key)
         return PushOutcome("skipped")
     return PushOutcome(CloudStatus.UPLOADED.value)
+
+
+async def push_job(ctx: JobContext, uid: str, *, attempt: int) -> JobResult:
+    """The job: one attempt; no follow-ups, perhaps a retry after a backoff."""
+    outcome = await push_file(ctx, uid, attempt=attempt)
+    return JobResult(outcome.status, retry_in_s=outcome.retry_in_s)
 
 
 async def _set_status(
@@ -99,21 +96,7 @@ async def _set_status(
     error: str | None = None,
     attempts: int | None = None,
 ) -> None:
-    values: dict[str, object] = {
-        "cloud_status": status.value,
-        "cloud_updated_at": datetime.now(UTC),
-    }
-    if error is not None:
-        values["cloud_error"] = error
-    if attempts is not None:
-        values["cloud_attempts"] = attempts
     async with ctx.db.session() as session:
-        await session.execute(
-            update(FileRecord)
-            .where(
-                FileRecord.uid == uid,
-                FileRecord.cloud_status != CloudStatus.UPLOADED.value,
-            )
-            .values(**values)
+        await repository.set_cloud_status(
+            session, uid, status, now=datetime.now(UTC), error=error, attempts=attempts
         )
-        await session.commit()

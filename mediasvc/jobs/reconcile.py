@@ -8,82 +8,40 @@ take, rows from before the probe existed).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
-
-from mediasvc.db.models import CloudStatus, FileRecord, ProbeStatus
+from mediasvc.db import repository
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.kinds import Enqueue, Kind
 
-# At most this many pushes are enqueued per run; the next run takes the rest.
+# At most this many pushes (and as many probes) are enqueued per run; the next run takes the rest.
 RECONCILE_BATCH = 500
-
-EnqueuePush = Callable[[str], Awaitable[bool]]
-EnqueueProbe = Callable[[str], Awaitable[bool]]
 
 
 async def find_stuck_pushes(ctx: JobContext, *, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
-    settings = ctx.settings
-    stale = now - timedelta(seconds=settings.reconcile_stale_after_s)
-    failed_long_ago = now - timedelta(seconds=settings.reconcile_failed_after_s)
-    query = (
-        select(FileRecord.uid)
-        .where(
-            FileRecord.gone_reason.is_(None),
-            FileRecord.local.is_(True),
-            or_(
-                and_(
-                    FileRecord.cloud_status.in_(
-                        [CloudStatus.PENDING.value, CloudStatus.UPLOADING.value]
-                    ),
-                    FileRecord.cloud_updated_at <= stale,
-                ),
-                and_(
-                    FileRecord.cloud_status == CloudStatus.FAILED.value,
-                    FileRecord.cloud_updated_at <= failed_long_ago,
-                ),
-            ),
-        )
-        .order_by(FileRecord.cloud_updated_at)
-        .limit(RECONCILE_BATCH)
-    )
+    config = ctx.config
     async with ctx.db.session() as session:
-        return list((await session.scalars(query)).all())
+        return await repository.stuck_pushes(
+            session,
+            stale_before=now - timedelta(seconds=config.reconcile_stale_after_s),
+            failed_before=now - timedelta(seconds=config.reconcile_failed_after_s),
+            limit=RECONCILE_BATCH,
+        )
 
 
 async def find_stuck_probes(ctx: JobContext, *, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
-    stale = now - timedelta(seconds=ctx.settings.reconcile_stale_after_s)
-    since = func.coalesce(FileRecord.probe_updated_at, FileRecord.created_at)
-    query = (
-        select(FileRecord.uid)
-        .where(
-            FileRecord.gone_reason.is_(None),
-            FileRecord.probe_status == ProbeStatus.PENDING.value,
-            since <= stale,
-        )
-        .order_by(since)
-        .limit(RECONCILE_BATCH)
-    )
+    stale_before = now - timedelta(seconds=ctx.config.reconcile_stale_after_s)
     async with ctx.db.session() as session:
-        return list((await session.scalars(query)).all())
+        return await repository.stuck_probes(
+            session, stale_before=stale_before, limit=RECONCILE_BATCH
+        )
 
 
-async def reconcile(ctx: JobContext, enqueue_push: EnqueuePush) -> int:
-    """Enqueue every stuck push; returns how many were enqueued."""
-    enqueued = 0
-    for uid in await find_stuck_pushes(ctx):
-        if await enqueue_push(uid):
-            enqueued += 1
-    return enqueued
-
-
-async def reconcile_probes(ctx: JobContext, enqueue_probe: EnqueueProbe) -> int:
-    """Enqueue every probe left pending; returns how many were enqueued."""
-    enqueued = 0
+async def reconcile(ctx: JobContext, enqueue: Enqueue) -> int:
+    """Enqueue every stuck push, then every probe left pending; how many pushes were enqueued."""
+    pushes = [await enqueue(Kind.PUSH, uid) for uid in await find_stuck_pushes(ctx)]
     for uid in await find_stuck_probes(ctx):
-        if await enqueue_probe(uid):
-            enqueued += 1
-    return enqueued
+        await enqueue(Kind.PROBE, uid)
+    return sum(pushes)

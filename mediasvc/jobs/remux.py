@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
-from sqlalchemy import select, update
+from sqlalchemy import update
 
+from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, ProbeStatus
 from mediasvc.errors import InsufficientStorage
 from mediasvc.ids import new_uid
 from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.kinds import JobResult, after_new_file
 from mediasvc.media.atoms import read_layout
 from mediasvc.media.remux import RemuxFailed, remux_faststart
 from mediasvc.storage.files import size_and_sha256
@@ -34,12 +36,8 @@ MAX_ERROR_CHARS = 500
 async def remux_file(ctx: JobContext, uid: str) -> str | None:
     """Make the faststart copy of ``uid``; its new UID, or None if none was made."""
     async with ctx.db.session() as session:
-        original = await session.get(FileRecord, uid)
-        existing = await session.scalar(
-            select(FileRecord.uid).where(
-                FileRecord.derived_from == uid, FileRecord.gone_reason.is_(None)
-            )
-        )
+        original = await repository.get(session, uid)
+        existing = await repository.live_derived_uid(session, uid)
     if original is None or original.gone_reason is not None or not original.local:
         return None
     if original.faststart_uid is not None or (original.media or {}).get("faststart") is not False:
@@ -55,14 +53,14 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
         await anyio.to_thread.run_sync(store.ensure_room_for, original.size)
         await anyio.to_thread.run_sync(store.prepare)  # the .incoming directory
         await remux_faststart(
-            ctx.settings,
+            ctx.media,
             store.path_for(uid),
             part,
             media_type=original.format,
             extension=original.extension,
         )
         size, sha256, faststart = await anyio.to_thread.run_sync(
-            _seal, part, ctx.settings.io_chunk_size_bytes, store.fsync
+            _seal, part, ctx.config.io_chunk_size_bytes, store.fsync
         )
         if faststart is not True:
             raise RemuxFailed("ffmpeg's output still has moov after mdat")
@@ -140,6 +138,14 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
     return derived_uid
 
 
+async def remux_job(ctx: JobContext, uid: str, *, attempt: int) -> JobResult:
+    """The job: a faststart copy, then pushed and probed like any new file."""
+    derived_uid = await remux_file(ctx, uid)
+    if derived_uid is None:
+        return JobResult("none")
+    return JobResult("copied", follow_ups=after_new_file(derived_uid))
+
+
 def _seal(path: Path, chunk_bytes: int, fsync: bool) -> tuple[int, str, bool | None]:
     """Size, sha256 and faststart of the finished copy, read in bounded chunks; then fsync."""
     with path.open("rb") as file:
@@ -152,20 +158,12 @@ def _seal(path: Path, chunk_bytes: int, fsync: bool) -> tuple[int, str, bool | N
 
 async def _link(ctx: JobContext, uid: str, derived_uid: str) -> None:
     async with ctx.db.session() as session:
-        await session.execute(
-            update(FileRecord).where(FileRecord.uid == uid).values(faststart_uid=derived_uid)
-        )
-        await session.commit()
+        await repository.link_faststart(session, uid, derived_uid)
 
 
 async def _note(ctx: JobContext, uid: str, error: str) -> None:
     async with ctx.db.session() as session:
-        await session.execute(
-            update(FileRecord)
-            .where(FileRecord.uid == uid)
-            .values(probe_error=error[:MAX_ERROR_CHARS])
-        )
-        await session.commit()
+        await repository.note_probe_error(session, uid, error[:MAX_ERROR_CHARS])
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import select, update
 
+from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord
 from mediasvc.ids import is_valid_uid
 from mediasvc.jobs.context import JobContext
@@ -61,7 +61,7 @@ class _OnDisk:
 
 async def audit_volume(ctx: JobContext, *, now_s: float) -> VolumeReport:
     report = VolumeReport()
-    cutoff_s = now_s - ctx.settings.orphan_grace_s
+    cutoff_s = now_s - ctx.config.orphan_grace_s
     for shard in await anyio.to_thread.run_sync(_shards, ctx.store.root):
         files = await anyio.to_thread.run_sync(_settled_files, shard, cutoff_s)
         for start in range(0, len(files), AUDIT_BATCH):
@@ -100,19 +100,8 @@ def _settled_files(shard: Path, cutoff_s: float) -> list[_OnDisk]:
 
 
 async def _sweep_unclaimed(ctx: JobContext, files: list[_OnDisk], report: VolumeReport) -> None:
-    columns = (
-        FileRecord.uid,
-        FileRecord.local,
-        FileRecord.gone_reason,
-        FileRecord.cloud_status,
-    )
     async with ctx.db.session() as session:
-        rows = {
-            row.uid: row
-            for row in await session.execute(
-                select(*columns).where(FileRecord.uid.in_({f.uid for f in files}))
-            )
-        }
+        rows = await repository.claims(session, {f.uid for f in files})
     for file in files:
         row = rows.get(file.uid)
         if row is None:
@@ -139,7 +128,7 @@ async def _remove_rowless(ctx: JobContext, file: _OnDisk) -> bool:
     async with ctx.db.session() as session:
         if not await ctx.db.commit_window.try_sweeping(session, file.uid):
             return False  # renamed, its INSERT still on its way: not ours
-        if await session.scalar(select(FileRecord.uid).where(FileRecord.uid == file.uid)):
+        if await repository.exists(session, file.uid):
             return False  # committed between our first look and the lock
         # Unlinked while the lock is held, so no commit of this uid can finish meanwhile.
         return await anyio.to_thread.run_sync(_unlink, file.path)
@@ -149,19 +138,10 @@ async def _audit_local_rows(ctx: JobContext, report: VolumeReport) -> None:
     volume = await anyio.to_thread.run_sync(lambda: ctx.store.volume_id)
     after = ""
     while True:
-        query = (
-            select(FileRecord)
-            .where(
-                FileRecord.gone_reason.is_(None),
-                FileRecord.local.is_(True),
-                FileRecord.volume == volume,
-                FileRecord.uid > after,
-            )
-            .order_by(FileRecord.uid)
-            .limit(AUDIT_BATCH)
-        )
         async with ctx.db.session() as session:
-            records = list((await session.scalars(query)).all())
+            records = await repository.local_on_volume(
+                session, volume, after=after, limit=AUDIT_BATCH
+            )
         if not records:
             return
         after = records[-1].uid
@@ -204,24 +184,8 @@ async def _settle_missing(ctx: JobContext, record: FileRecord, report: VolumeRep
         report.lost.append(record.uid)
         return
     async with ctx.db.session() as session:
-        result = await session.execute(
-            update(FileRecord)
-            .where(
-                FileRecord.uid == record.uid,
-                FileRecord.local.is_(True),
-                FileRecord.gone_reason.is_(None),
-            )
-            .values(
-                local=False,
-                cloud_status=CloudStatus.UPLOADED.value,
-                cloud_path=key,
-                cloud_error=None,
-                cloud_updated_at=datetime.now(UTC),
-            )
-            .returning(FileRecord.uid)
-        )
-        await session.commit()
-    if result.first() is not None:
+        relocated = await repository.relocate_to_cloud(session, record.uid, key, datetime.now(UTC))
+    if relocated:
         logger.warning("local copy of %s is missing: served from the cloud copy now", record.uid)
         report.relocated.append(record.uid)
 

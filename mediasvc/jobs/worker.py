@@ -1,37 +1,30 @@
 """The arq worker: ``mediasvc worker`` (or ``arq mediasvc.jobs.worker.WorkerSettings``).
 
-Functions: ``push_to_cloud``, ``probe_media``, ``remux_faststart``; cron: ``cleanup`` and
-``reconcile`` on schedules from settings.
+Its functions and crons are the rows of jobs/table.py, each run through jobs/runner.py; the
+follow-ups a job returns go to the same Redis.
 """
 
 from __future__ import annotations
 
 import ctypes
-import math
 from typing import Any
 
 from arq import Retry, cron
 from arq.connections import RedisSettings
 from arq.cron import CronJob
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
 
 from mediasvc.config import Settings
-from mediasvc.jobs.cleanup import cleanup
+from mediasvc.jobs.config import JobsConfig
 from mediasvc.jobs.context import JobContext
-from mediasvc.jobs.probe import probe_file
-from mediasvc.jobs.push import push_file
-from mediasvc.jobs.queue import (
-    PROBE_FUNCTION,
-    PUSH_FUNCTION,
-    REMUX_FUNCTION,
-    enqueue_probe_on,
-    enqueue_push_on,
-    enqueue_remux_on,
-)
-from mediasvc.jobs.reconcile import reconcile, reconcile_probes
-from mediasvc.jobs.remux import remux_file
+from mediasvc.jobs.kinds import Enqueue, Kind
+from mediasvc.jobs.queue import enqueue_on
+from mediasvc.jobs.runner import run_job
+from mediasvc.jobs.table import CRONS, JOBS, CronSpec, JobSpec
 
 CONTEXT_KEY = "mediasvc"
+ArqContext = dict[str, Any]
 
 # glibc's mallopt parameter; fixing it also turns off glibc's dynamic threshold.
 M_MMAP_THRESHOLD = -3
@@ -41,12 +34,9 @@ WORKER_MMAP_THRESHOLD_BYTES = 512 * 1024
 def bound_malloc_for_pushes() -> None:
     """Give every buffer of 512 KiB or more its own mapping, returned to the kernel on free.
 
-    A push moves 1 MiB chunks (Python) into 8 MiB parts (obstore's threads). glibc's dynamic
-    mmap threshold rises after the first large free, and then those buffers come from the
-    heap and the threads' arenas instead, which fragment: over 1 GiB pushes the worker's peak
-    RSS varied 119-155 MiB from run to run (issue 3's limit is 150 MB). With a fixed threshold it
-    stayed at ~121 MiB every run, at the same throughput (tests/test_topology.py). Nothing to do
-    outside glibc.
+    A push moves 1 MiB chunks into 8 MiB parts on obstore's threads; with glibc's dynamic
+    threshold those buffers come from arenas that fragment, and the worker's peak RSS is not
+    bounded (docs/performance.md has the figures). Nothing to do outside glibc.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -57,57 +47,39 @@ def bound_malloc_for_pushes() -> None:
     mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD_BYTES)
 
 
-async def push_to_cloud(ctx: dict[str, Any], uid: str) -> str:
-    job_ctx: JobContext = ctx[CONTEXT_KEY]
-    outcome = await push_file(job_ctx, uid, attempt=ctx["job_try"])
-    if outcome.retry_in_s is not None:
-        raise Retry(defer=outcome.retry_in_s)  # arq retries only on Retry (docs/facts.md)
-    return outcome.status
+def _enqueue_from(ctx: ArqContext) -> Enqueue:
+    async def enqueue(kind: Kind, uid: str) -> bool:
+        return await enqueue_on(ctx["redis"], kind, uid)
+
+    return enqueue
 
 
-async def probe_media(ctx: dict[str, Any], uid: str) -> str:
-    outcome = await probe_file(ctx[CONTEXT_KEY], uid)
-    if outcome.remux:
-        await enqueue_remux_on(ctx["redis"], uid)
-    return outcome.status
+def arq_job(spec: JobSpec) -> WorkerCoroutine:
+    """The arq coroutine of a job spec: run it, enqueue its follow-ups, retry when it asks."""
+
+    async def job(ctx: ArqContext, uid: str) -> str:
+        result = await run_job(
+            spec, ctx[CONTEXT_KEY], uid, attempt=ctx["job_try"], enqueue=_enqueue_from(ctx)
+        )
+        if result.retry_in_s is not None:
+            raise Retry(defer=result.retry_in_s)  # arq retries only on Retry (docs/facts.md)
+        return result.status
+
+    job.__qualname__ = job.__name__ = spec.kind.value
+    return job
 
 
-async def remux_faststart(ctx: dict[str, Any], uid: str) -> str | None:
-    derived_uid = await remux_file(ctx[CONTEXT_KEY], uid)
-    if derived_uid is not None:
-        # A new file like any upload: pushed to the cloud and probed (the reconciler would
-        # find both if Redis dropped them).
-        await enqueue_push_on(ctx["redis"], derived_uid)
-        await enqueue_probe_on(ctx["redis"], derived_uid)
-    return derived_uid
+def arq_cron(spec: CronSpec) -> WorkerCoroutine:
+    async def job(ctx: ArqContext) -> Any:
+        return await spec.run(ctx[CONTEXT_KEY], _enqueue_from(ctx))
+
+    job.__qualname__ = job.__name__ = f"{spec.name}_job"
+    return job
 
 
-async def cleanup_job(ctx: dict[str, Any]) -> dict[str, int]:
-    report = await cleanup(ctx[CONTEXT_KEY])
-    return {
-        "expired": report.expired,
-        "purged": len(report.purged),
-        "evicted": len(report.evicted),
-        "swept_parts": report.swept_parts,
-        "swept_orphans": len(report.volume.swept),
-        "relocated": len(report.volume.relocated),
-        "lost": len(report.volume.lost),
-        "swept_bucket_temps": report.swept_bucket_temps,
-    }
-
-
-async def reconcile_job(ctx: dict[str, Any]) -> int:
-    redis = ctx["redis"]
-
-    async def enqueue(uid: str) -> bool:
-        return await enqueue_push_on(redis, uid)
-
-    async def enqueue_probe(uid: str) -> bool:
-        return await enqueue_probe_on(redis, uid)
-
-    pushes = await reconcile(ctx[CONTEXT_KEY], enqueue)
-    await reconcile_probes(ctx[CONTEXT_KEY], enqueue_probe)
-    return pushes
+ARQ_CRONS = {spec.name: arq_cron(spec) for spec in CRONS}
+cleanup_job = ARQ_CRONS["cleanup"]
+reconcile_job = ARQ_CRONS["reconcile"]
 
 
 def schedule(every_s: int) -> dict[str, Any]:
@@ -122,72 +94,36 @@ def worker_settings(settings: Settings) -> type:
     """An arq WorkerSettings class for these settings."""
     if not settings.redis_url:
         raise SystemExit("MEDIASVC_REDIS_URL is not set: the arq worker needs Redis")
+    config = JobsConfig.from_settings(settings)
 
-    async def on_startup(ctx: dict[str, Any]) -> None:
+    async def on_startup(arq_ctx: ArqContext) -> None:
         bound_malloc_for_pushes()  # before any push allocates (see the function)
-        ctx[CONTEXT_KEY] = JobContext.build(settings)
+        arq_ctx[CONTEXT_KEY] = JobContext.build(settings)
 
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        job_ctx: JobContext | None = ctx.get(CONTEXT_KEY)
+    async def on_shutdown(arq_ctx: ArqContext) -> None:
+        job_ctx: JobContext | None = arq_ctx.get(CONTEXT_KEY)
         if job_ctx is not None:
             await job_ctx.cloud.close()
             await job_ctx.db.dispose()
 
     functions: list[Function] = [
         func(
-            push_to_cloud,
-            name=PUSH_FUNCTION,
-            # Keep no result: arq:result:<id> would block re-enqueueing this uid later.
-            keep_result=0,
-            # Our own code decides when to give up (push_max_tries); this is only a backstop
-            # for tries arq counts itself, such as a worker killed mid-push.
-            max_tries=settings.push_max_tries + 2,
-            timeout=settings.push_timeout_s,
-        ),
-        func(
-            probe_media,
-            name=PROBE_FUNCTION,
-            keep_result=0,  # as for pushes: a result would block the reconciler's re-enqueue
-            max_tries=3,  # a worker killed mid-probe; the job itself never raises Retry
-            # ffprobe, the atom walk and up to two preview renders (each bounded by
-            # probe_timeout_s), then the preview's put to the cloud; capped like the crons
-            # below, so it never holds a killed push back.
-            timeout=min(
-                math.ceil(3 * settings.probe_timeout_s + settings.s3_timeout_s),
-                settings.push_timeout_s,
-            ),
-        ),
-        func(
-            remux_faststart,
-            name=REMUX_FUNCTION,
-            keep_result=0,
-            max_tries=2,
-            # ffmpeg (bounded by remux_timeout_s), then hashing the copy once more; capped
-            # as above.
-            timeout=min(2 * settings.remux_timeout_s, settings.push_timeout_s),
-        ),
+            arq_job(spec),
+            name=spec.kind.value,
+            keep_result=0,  # a kept result would block the next job of this id (jobs/table.py)
+            max_tries=spec.max_tries(config),
+            timeout=spec.timeout_s(config),
+        )
+        for spec in JOBS.values()
     ]
-    # arq keeps every job's in-progress key for the longest timeout of ANY function + 10 s, cron
-    # jobs included; a job of a killed worker runs again only once that key expires (and
-    # reconcile cannot enqueue it meanwhile: its job key still exists). Probe, remux and cron
-    # timeouts are capped at push_timeout_s for this reason. Cron timeouts above
-    # push_timeout_s would hold a killed push back that long (1 h with the old fixed 3600 s
-    # here, whatever push_timeout_s said), so they are capped at the push timeout.
-    cleanup_timeout_s = min(3600, settings.push_timeout_s)
-    reconcile_timeout_s = min(600, settings.push_timeout_s)
     cron_jobs: list[CronJob] = [
         cron(
-            cleanup_job,
-            name="cleanup",
-            timeout=cleanup_timeout_s,
-            **schedule(settings.cleanup_every_s),
-        ),
-        cron(
-            reconcile_job,
-            name="reconcile",
-            timeout=reconcile_timeout_s,
-            **schedule(settings.reconcile_every_s),
-        ),
+            ARQ_CRONS[spec.name],
+            name=spec.name,
+            timeout=spec.timeout_s(config),
+            **schedule(spec.every_s(config)),
+        )
+        for spec in CRONS
     ]
     return type(
         "WorkerSettings",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from mediasvc.config import Settings
+from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import FORMAT_WHITELIST, MediaFacts
 from mediasvc.media.tools import ToolError, ToolMissing, run_tool
 
@@ -26,18 +26,18 @@ class PreviewFailed(Exception):
     pass
 
 
-def preview_command(settings: Settings, source: Path, target: Path, *, seek_s: float) -> list[str]:
-    bound = settings.preview_max_size_px
+def preview_command(config: MediaConfig, source: Path, target: Path, *, seek_s: float) -> list[str]:
+    bound = config.preview_max_size_px
     scale = (
         f"scale=w='min(iw,{bound})':h='min(ih,{bound})':force_original_aspect_ratio=decrease,"
         "format=yuvj420p"
     )
     seek = ["-ss", f"{seek_s:.3f}"] if seek_s > 0 else []
     return [
-        settings.ffmpeg_path,
+        config.ffmpeg_path,
         "-v", "error", "-hide_banner", "-nostdin", "-y",
         "-threads", "1",
-        "-max_pixels", str(settings.probe_max_pixels),
+        "-max_pixels", str(config.probe_max_pixels),
         "-format_whitelist", ",".join(FORMAT_WHITELIST),
         "-protocol_whitelist", "file",
         *seek,
@@ -51,7 +51,7 @@ def preview_command(settings: Settings, source: Path, target: Path, *, seek_s: f
 
 
 async def make_preview(
-    settings: Settings, source: Path, part: Path, final: Path, facts: MediaFacts
+    config: MediaConfig, source: Path, part: Path, final: Path, facts: MediaFacts
 ) -> None:
     """Write the preview of ``source`` to ``final`` (through ``part``); ``PreviewFailed`` if not.
 
@@ -62,11 +62,11 @@ async def make_preview(
         seek_s = facts.duration_s * POSTER_POSITION
     part.parent.mkdir(parents=True, exist_ok=True)
     try:
-        reason = await _render(settings, source, part, seek_s)
+        reason = await _render(config, source, part, seek_s)
         if reason is not None and seek_s > 0:
             # A duration that overstates the stream leaves nothing to show at 10 %: the first
             # frame is better than no preview.
-            reason = await _render(settings, source, part, 0.0)
+            reason = await _render(config, source, part, 0.0)
         if reason is not None:
             raise PreviewFailed(reason)
         await anyio.to_thread.run_sync(os.replace, part, final)
@@ -74,14 +74,14 @@ async def make_preview(
         await anyio.to_thread.run_sync(_unlink_quietly, part)
 
 
-async def _render(settings: Settings, source: Path, part: Path, seek_s: float) -> str | None:
+async def _render(config: MediaConfig, source: Path, part: Path, seek_s: float) -> str | None:
     """None on success, else why not."""
     try:
         result = await run_tool(
-            preview_command(settings, source, part, seek_s=seek_s),
-            timeout_s=settings.probe_timeout_s,
+            preview_command(config, source, part, seek_s=seek_s),
+            timeout_s=config.probe_timeout_s,
             max_output_bytes=MAX_TOOL_OUTPUT_BYTES,
-            max_memory_bytes=settings.media_tool_max_memory_bytes,
+            max_memory_bytes=config.tool_max_memory_bytes,
         )
     except ToolMissing:
         raise

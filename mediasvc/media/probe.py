@@ -1,6 +1,6 @@
 """What a file is, as media: ffprobe's facts, checked, plus the MP4 box layout.
 
-``analyse(settings, path, expects_media=…)`` returns ``MediaFacts`` for media, None for a file
+``analyse(config, path, expects_media=…)`` returns ``MediaFacts`` for media, None for a file
 that is not media, and raises ``ProbeFailed`` (a short reason) for a file that claims to be
 media and is not readable as such, or that is hostile: cut short, empty, a decompression bomb,
 or one that makes ffprobe hang or print without end.
@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import anyio
 
-from mediasvc.config import Settings
 from mediasvc.media.atoms import BoxLayout, read_layout
+from mediasvc.media.config import MediaConfig
 from mediasvc.media.tools import ToolError, ToolMissing, run_tool
 
 # Demuxers ffprobe may use: containers and raw streams of audio, video and pictures. Not
@@ -110,13 +110,13 @@ def expects_media(media_type: str, extension: str | None) -> bool:
     return top_level in MEDIA_TYPES or (extension or "") in MEDIA_EXTENSIONS
 
 
-def ffprobe_command(settings: Settings, path: Path) -> list[str]:
+def ffprobe_command(config: MediaConfig, path: Path) -> list[str]:
     return [
-        settings.ffprobe_path,
+        config.ffprobe_path,
         "-v", "error",
         "-hide_banner",
         "-threads", "1",
-        "-max_pixels", str(settings.probe_max_pixels),
+        "-max_pixels", str(config.probe_max_pixels),
         "-format_whitelist", ",".join(FORMAT_WHITELIST),
         "-protocol_whitelist", "file",
         "-print_format", "json",
@@ -128,7 +128,7 @@ def ffprobe_command(settings: Settings, path: Path) -> list[str]:
     ]  # fmt: skip
 
 
-async def analyse(settings: Settings, path: Path, *, expects_media: bool) -> MediaFacts | None:
+async def analyse(config: MediaConfig, path: Path, *, expects_media: bool) -> MediaFacts | None:
     """Media facts of the file at ``path``; None if it is not media. See the module docstring.
 
     Raises ``LocalCopyMissing`` if there is no file, ``ToolMissing`` if ffprobe is not
@@ -147,10 +147,10 @@ async def analyse(settings: Settings, path: Path, *, expects_media: bool) -> Med
 
     try:
         result = await run_tool(
-            ffprobe_command(settings, path),
-            timeout_s=settings.probe_timeout_s,
+            ffprobe_command(config, path),
+            timeout_s=config.probe_timeout_s,
             max_output_bytes=MAX_PROBE_OUTPUT_BYTES,
-            max_memory_bytes=settings.media_tool_max_memory_bytes,
+            max_memory_bytes=config.tool_max_memory_bytes,
         )
     except ToolMissing:
         raise
@@ -158,9 +158,7 @@ async def analyse(settings: Settings, path: Path, *, expects_media: bool) -> Med
         raise ProbeFailed(str(exc)) from exc
     reason = result.reason(hide={path: "file"})
     facts = (
-        parse(result.stdout, max_pixels=settings.probe_max_pixels)
-        if result.returncode == 0
-        else None
+        parse(result.stdout, max_pixels=config.probe_max_pixels) if result.returncode == 0 else None
     )
     if facts is None:
         if expects_media:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mediasvc.config import Settings
+from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import ISO_BMFF_FORMAT
 from mediasvc.media.tools import ToolError, run_tool
 
@@ -15,9 +15,9 @@ class RemuxFailed(Exception):
     pass
 
 
-def remux_command(settings: Settings, source: Path, target: Path, *, muxer: str) -> list[str]:
+def remux_command(config: MediaConfig, source: Path, target: Path, *, muxer: str) -> list[str]:
     return [
-        settings.ffmpeg_path,
+        config.ffmpeg_path,
         "-v", "error", "-hide_banner", "-nostdin", "-y",
         "-format_whitelist", ISO_BMFF_FORMAT,
         "-protocol_whitelist", "file",
@@ -40,16 +40,16 @@ def muxer_for(media_type: str, extension: str | None) -> str:
 
 
 async def remux_faststart(
-    settings: Settings, source: Path, target: Path, *, media_type: str, extension: str | None
+    config: MediaConfig, source: Path, target: Path, *, media_type: str, extension: str | None
 ) -> None:
     """Write ``target``: ``source`` with its moov atom first. ``RemuxFailed`` if ffmpeg fails."""
     muxer = muxer_for(media_type, extension)
     try:
         result = await run_tool(
-            remux_command(settings, source, target, muxer=muxer),
-            timeout_s=settings.remux_timeout_s,
+            remux_command(config, source, target, muxer=muxer),
+            timeout_s=config.remux_timeout_s,
             max_output_bytes=MAX_TOOL_OUTPUT_BYTES,
-            max_memory_bytes=settings.media_tool_max_memory_bytes,
+            max_memory_bytes=config.tool_max_memory_bytes,
         )
     except ToolError as exc:
         raise RemuxFailed(str(exc)) from exc

@@ -1,0 +1,61 @@
+"""What the jobs need to know: retries, schedules, retention and timeouts. Built from Settings
+once, in ``JobContext.build`` (jobs/context.py); the media tools have their own MediaConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mediasvc.config import Settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobsConfig:
+    redis_url: str | None = None  # None: the jobs run in the API process
+    # push
+    push_max_tries: int = 8
+    push_backoff_base_s: float = 2.0
+    push_backoff_max_s: float = 300.0
+    push_timeout_s: int = 3600
+    # probe and remux (their timeouts as jobs are derived from these, jobs/table.py)
+    probe_timeout_s: float = 30.0
+    remux_timeout_s: int = 3600
+    remux_faststart: bool = False
+    cloud_request_timeout_s: float = 300.0  # one request to the cloud store (a preview's put)
+    io_chunk_size_bytes: int = 1024 * 1024  # reading a remuxed copy to hash it
+    # reconcile
+    reconcile_every_s: int = 60
+    reconcile_stale_after_s: int = 600
+    reconcile_failed_after_s: int = 3600
+    # cleanup and the volume audit
+    cleanup_every_s: int = 300
+    local_retention_s: int = 7 * 86400  # 0: never evict for age
+    disk_high_watermark: float = 0.90
+    disk_low_watermark: float = 0.80
+    part_grace_s: int = 86400
+    orphan_grace_s: int = 3600
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobsConfig:
+        return cls(
+            redis_url=settings.redis_url,
+            push_max_tries=settings.push_max_tries,
+            push_backoff_base_s=settings.push_backoff_base_s,
+            push_backoff_max_s=settings.push_backoff_max_s,
+            push_timeout_s=settings.push_timeout_s,
+            probe_timeout_s=settings.probe_timeout_s,
+            remux_timeout_s=settings.remux_timeout_s,
+            remux_faststart=settings.remux_faststart,
+            cloud_request_timeout_s=settings.s3_timeout_s,
+            io_chunk_size_bytes=settings.io_chunk_size_bytes,
+            reconcile_every_s=settings.reconcile_every_s,
+            reconcile_stale_after_s=settings.reconcile_stale_after_s,
+            reconcile_failed_after_s=settings.reconcile_failed_after_s,
+            cleanup_every_s=settings.cleanup_every_s,
+            local_retention_s=settings.local_retention_s,
+            disk_high_watermark=settings.disk_high_watermark,
+            disk_low_watermark=settings.disk_low_watermark,
+            part_grace_s=settings.part_grace_s,
+            orphan_grace_s=settings.orphan_grace_s,
+        )

@@ -1,0 +1,46 @@
+"""The kinds of job, and what a job hands back to its runner: a status and its follow-ups.
+
+Follow-up rules, each made by the job that knows it (the runner enqueues them):
+- a new file (an upload, a faststart copy) → push + probe (``after_new_file``);
+- a probe of an MP4/MOV without faststart, with ``remux_faststart`` on → remux;
+- a push → nothing; it may ask to be run again later (``retry_in_s``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """A job kind; the value is also the arq function's name."""
+
+    PUSH = "push_to_cloud"
+    PROBE = "probe_media"
+    REMUX = "remux_faststart"
+
+
+#: A queue's ``enqueue(kind, uid)``: True if the job was queued, False if it was refused (the same
+#: job is already queued or running, or the queue is down). Never raises.
+Enqueue = Callable[[Kind, str], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    kind: Kind
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    status: str
+    #: Enqueued in order once the job returns; see jobs/runner.py.
+    follow_ups: tuple[FollowUp, ...] = ()
+    #: Run this job again after so many seconds (arq: ``Retry``; in-process: a sleep).
+    retry_in_s: float | None = None
+
+
+def after_new_file(uid: str) -> tuple[FollowUp, ...]:
+    """A file just committed is pushed to the cloud and probed (the push first: see runner)."""
+    return (FollowUp(Kind.PUSH, uid), FollowUp(Kind.PROBE, uid))
