@@ -206,7 +206,10 @@ class Settings(BaseSettings):
     push_timeout_s: int = Field(
         default=3600,
         ge=1,
-        description="arq timeout of one push; a killed worker's push runs again after it.",
+        description=(
+            "Timeout of one push try (arq or in-process); a killed worker's push runs again "
+            "after it."
+        ),
     )
     reconcile_every_s: int = Field(default=60, ge=1, description="How often the reconciler runs.")
     reconcile_stale_after_s: int = Field(
