@@ -24,6 +24,7 @@ from mediasvc.jobs.queue import InProcessQueue, enqueue_on
 from mediasvc.jobs.runner import enqueue_all, run_job
 from mediasvc.jobs.table import CRONS, JOBS, JobSpec
 from mediasvc.jobs.worker import worker_settings
+from mediasvc.media.config import MediaConfig
 from tests.mediafiles import MediaFiles
 from tests.test_jobs import row, run_worker, started, stopped, wait_for
 
@@ -97,6 +98,26 @@ def test_the_arq_worker_registers_exactly_the_table(make_settings: Callable[...,
     assert set(crons) == {cron.name for cron in CRONS}
     for cron in CRONS:
         assert crons[cron.name].timeout_s == cron.timeout_s(config)
+
+
+def test_the_small_configs_come_from_settings(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+        redis_url=REDIS_URL,
+        push_max_tries=3,
+        s3_timeout_s=7.5,
+        orphan_grace_s=123,
+        remux_faststart=True,
+        media_tool_max_memory_bytes=0,
+        ffmpeg_path="/opt/ffmpeg",
+        probe_timeout_s=4.0,
+    )
+    jobs, media = JobsConfig.from_settings(settings), MediaConfig.from_settings(settings)
+    assert (jobs.redis_url, jobs.push_max_tries, jobs.orphan_grace_s) == (REDIS_URL, 3, 123)
+    assert jobs.cloud_request_timeout_s == 7.5 and jobs.remux_faststart is True
+    assert jobs.probe_timeout_s == media.probe_timeout_s == 4.0
+    assert (media.tool_max_memory_bytes, media.ffmpeg_path) == (0, "/opt/ffmpeg")
+    assert JobsConfig.from_settings(Settings(_env_file=None)) == JobsConfig()  # same defaults
+    assert MediaConfig.from_settings(Settings(_env_file=None)) == MediaConfig()
 
 
 def test_a_new_file_is_pushed_then_probed() -> None:

@@ -22,6 +22,24 @@ async def add(session: AsyncSession, record: FileRecord) -> None:
     await session.commit()
 
 
+# A row that is not a tombstone.
+_LIVE = FileRecord.gone_reason.is_(None)
+
+
+async def _update_one(
+    session: AsyncSession, uid: str, *conditions: ColumnElement[bool], **values: Any
+) -> bool:
+    """Update the row ``uid`` if ``conditions`` hold, and commit; whether it did."""
+    result = await session.execute(
+        update(FileRecord)
+        .where(FileRecord.uid == uid, *conditions)
+        .values(**values)
+        .returning(FileRecord.uid)
+    )
+    await session.commit()
+    return result.first() is not None
+
+
 async def get(session: AsyncSession, uid: str, *, fresh: bool = False) -> FileRecord | None:
     """The row; ``fresh`` re-reads it even if this session already holds a copy."""
     return await session.get(FileRecord, uid, populate_existing=fresh)
@@ -45,7 +63,7 @@ async def list_live(
 
     ``kind``: video, audio or image (the top-level type of ``format``), or other.
     """
-    query = select(FileRecord).where(FileRecord.gone_reason.is_(None))
+    query = select(FileRecord).where(_LIVE)
     if kind is not None:
         query = query.where(_of_kind(kind))
     query = query.where((FileRecord.expires_at.is_(None)) | (FileRecord.expires_at > now))
@@ -71,14 +89,7 @@ def _of_kind(kind: str) -> ColumnElement[bool]:
 
 async def mark_gone(session: AsyncSession, uid: str, reason: GoneReason, now: datetime) -> bool:
     """Turn a live row into a tombstone; False if it was gone already."""
-    result = await session.execute(
-        update(FileRecord)
-        .where(FileRecord.uid == uid, FileRecord.gone_reason.is_(None))
-        .values(gone_reason=reason.value, gone_at=now)
-        .returning(FileRecord.uid)
-    )
-    await session.commit()
-    return result.first() is not None
+    return await _update_one(session, uid, _LIVE, gone_reason=reason.value, gone_at=now)
 
 
 async def set_local(session: AsyncSession, uid: str, *, local: bool) -> None:
@@ -120,7 +131,7 @@ async def reserve_bytes(
         update(FileRecord)
         .where(
             FileRecord.uid == uid,
-            FileRecord.gone_reason.is_(None),
+            _LIVE,
             FileRecord.bytes_served - lapsed + n <= budget,
         )
         .values(
@@ -144,9 +155,7 @@ async def budget_state(session: AsyncSession, uid: str, now: datetime) -> tuple[
     """(bytes used by finished downloads, bytes held by open reservations); None if gone."""
     live = _live_reserved(now)
     result = await session.execute(
-        select(FileRecord.bytes_served - live, live).where(
-            FileRecord.uid == uid, FileRecord.gone_reason.is_(None)
-        )
+        select(FileRecord.bytes_served - live, live).where(FileRecord.uid == uid, _LIVE)
     )
     row = result.first()
     return None if row is None else (int(row[0]), int(row[1]))
@@ -223,14 +232,7 @@ def _in_the_cloud(key: str, now: datetime) -> dict[str, Any]:
 
 async def mark_uploaded(session: AsyncSession, uid: str, key: str, now: datetime) -> bool:
     """A push finished: the live row points to its cloud copy ``key``; False if it went."""
-    result = await session.execute(
-        update(FileRecord)
-        .where(FileRecord.uid == uid, FileRecord.gone_reason.is_(None))
-        .values(**_in_the_cloud(key, now))
-        .returning(FileRecord.uid)
-    )
-    await session.commit()
-    return result.first() is not None
+    return await _update_one(session, uid, _LIVE, **_in_the_cloud(key, now))
 
 
 async def stuck_pushes(
@@ -241,7 +243,7 @@ async def stuck_pushes(
     query = (
         select(FileRecord.uid)
         .where(
-            FileRecord.gone_reason.is_(None),
+            _LIVE,
             FileRecord.local.is_(True),
             or_(
                 and_(
@@ -285,18 +287,8 @@ async def record_probe(
         values["media"] = media
     if preview is not None:
         values["preview_path"] = preview
-    result = await session.execute(
-        update(FileRecord)
-        .where(
-            FileRecord.uid == uid,
-            FileRecord.gone_reason.is_(None),
-            FileRecord.probe_status == ProbeStatus.PENDING.value,
-        )
-        .values(**values)
-        .returning(FileRecord.uid)
-    )
-    await session.commit()
-    return result.first() is not None
+    pending = FileRecord.probe_status == ProbeStatus.PENDING.value
+    return await _update_one(session, uid, _LIVE, pending, **values)
 
 
 async def note_probe_error(session: AsyncSession, uid: str, error: str) -> None:
@@ -311,7 +303,7 @@ async def stuck_probes(session: AsyncSession, *, stale_before: datetime, limit: 
     query = (
         select(FileRecord.uid)
         .where(
-            FileRecord.gone_reason.is_(None),
+            _LIVE,
             FileRecord.probe_status == ProbeStatus.PENDING.value,
             since <= stale_before,
         )
@@ -323,11 +315,7 @@ async def stuck_probes(session: AsyncSession, *, stale_before: datetime, limit: 
 
 async def live_derived_uid(session: AsyncSession, uid: str) -> str | None:
     """The uid of a live file derived from ``uid`` (its faststart copy), if there is one."""
-    return await session.scalar(
-        select(FileRecord.uid).where(
-            FileRecord.derived_from == uid, FileRecord.gone_reason.is_(None)
-        )
-    )
+    return await session.scalar(select(FileRecord.uid).where(FileRecord.derived_from == uid, _LIVE))
 
 
 async def link_faststart(session: AsyncSession, uid: str, derived_uid: str) -> None:
@@ -345,7 +333,7 @@ async def expire_due(session: AsyncSession, now: datetime) -> int:
     """Turn live rows whose ``expires_at`` has come into tombstones; how many."""
     result = await session.execute(
         update(FileRecord)
-        .where(FileRecord.gone_reason.is_(None), FileRecord.expires_at <= now)
+        .where(_LIVE, FileRecord.expires_at <= now)
         .values(gone_reason=GoneReason.EXPIRED.value, gone_at=now)
     )
     await session.commit()
@@ -385,7 +373,7 @@ async def record_purge(
     )
     derived = await session.execute(
         update(FileRecord)
-        .where(FileRecord.derived_from == record.uid, FileRecord.gone_reason.is_(None))
+        .where(FileRecord.derived_from == record.uid, _LIVE)
         .values(gone_reason=record.gone_reason or GoneReason.DELETED.value, gone_at=now)
         .returning(FileRecord)
     )
@@ -400,7 +388,7 @@ async def evictable(
     """Live local copies safe in the cloud: those made before ``created_before``, or else all,
     least recently read first (never read before read)."""
     query = select(FileRecord).where(
-        FileRecord.gone_reason.is_(None),
+        _LIVE,
         FileRecord.local.is_(True),
         FileRecord.cloud_status == CloudStatus.UPLOADED.value,
     )
@@ -418,18 +406,8 @@ async def evictable(
 async def mark_evicted(session: AsyncSession, uid: str) -> bool:
     """``local = false`` on a row whose copy is uploaded, before its file goes; False if the row
     changed meanwhile (then the file stays)."""
-    result = await session.execute(
-        update(FileRecord)
-        .where(
-            FileRecord.uid == uid,
-            FileRecord.local.is_(True),
-            FileRecord.cloud_status == CloudStatus.UPLOADED.value,
-        )
-        .values(local=False)
-        .returning(FileRecord.uid)
-    )
-    await session.commit()
-    return result.first() is not None
+    uploaded = FileRecord.cloud_status == CloudStatus.UPLOADED.value
+    return await _update_one(session, uid, FileRecord.local.is_(True), uploaded, local=False)
 
 
 # --- the volume audit -------------------------------------------------------------------------
@@ -451,7 +429,7 @@ async def local_on_volume(
     query = (
         select(FileRecord)
         .where(
-            FileRecord.gone_reason.is_(None),
+            _LIVE,
             FileRecord.local.is_(True),
             FileRecord.volume == volume,
             FileRecord.uid > after,
@@ -465,15 +443,5 @@ async def local_on_volume(
 async def relocate_to_cloud(session: AsyncSession, uid: str, key: str, now: datetime) -> bool:
     """A live local row whose file is missing is served from its confirmed cloud copy ``key``
     from now on; False if the row changed meanwhile."""
-    result = await session.execute(
-        update(FileRecord)
-        .where(
-            FileRecord.uid == uid,
-            FileRecord.local.is_(True),
-            FileRecord.gone_reason.is_(None),
-        )
-        .values(local=False, **_in_the_cloud(key, now))
-        .returning(FileRecord.uid)
-    )
-    await session.commit()
-    return result.first() is not None
+    local = FileRecord.local.is_(True)
+    return await _update_one(session, uid, local, _LIVE, local=False, **_in_the_cloud(key, now))

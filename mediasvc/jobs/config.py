@@ -3,7 +3,7 @@ once, in ``JobContext.build`` (jobs/context.py); the media tools have their own 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ class JobsConfig:
     remux_timeout_s: int = 3600
     remux_faststart: bool = False
     cloud_request_timeout_s: float = 300.0  # one request to the cloud store (a preview's put)
-    io_chunk_size_bytes: int = 1024 * 1024  # reading a remuxed copy to hash it
+    io_chunk_size_bytes: int = 4 * 1024 * 1024  # reading a remuxed copy to hash it
     # reconcile
     reconcile_every_s: int = 60
     reconcile_stale_after_s: int = 600
@@ -38,24 +38,10 @@ class JobsConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobsConfig:
-        return cls(
-            redis_url=settings.redis_url,
-            push_max_tries=settings.push_max_tries,
-            push_backoff_base_s=settings.push_backoff_base_s,
-            push_backoff_max_s=settings.push_backoff_max_s,
-            push_timeout_s=settings.push_timeout_s,
-            probe_timeout_s=settings.probe_timeout_s,
-            remux_timeout_s=settings.remux_timeout_s,
-            remux_faststart=settings.remux_faststart,
-            cloud_request_timeout_s=settings.s3_timeout_s,
-            io_chunk_size_bytes=settings.io_chunk_size_bytes,
-            reconcile_every_s=settings.reconcile_every_s,
-            reconcile_stale_after_s=settings.reconcile_stale_after_s,
-            reconcile_failed_after_s=settings.reconcile_failed_after_s,
-            cleanup_every_s=settings.cleanup_every_s,
-            local_retention_s=settings.local_retention_s,
-            disk_high_watermark=settings.disk_high_watermark,
-            disk_low_watermark=settings.disk_low_watermark,
-            part_grace_s=settings.part_grace_s,
-            orphan_grace_s=settings.orphan_grace_s,
-        )
+        """Each field from the setting of the same name, or of the name in ``SETTING_NAMES``."""
+        names = {field.name: SETTING_NAMES.get(field.name, field.name) for field in fields(cls)}
+        return cls(**{field: getattr(settings, name) for field, name in names.items()})
+
+
+# Fields whose setting has another name.
+SETTING_NAMES = {"cloud_request_timeout_s": "s3_timeout_s"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Kind(StrEnum):
@@ -26,8 +27,7 @@ class Kind(StrEnum):
 Enqueue = Callable[[Kind, str], Awaitable[bool]]
 
 
-@dataclass(frozen=True, slots=True)
-class FollowUp:
+class FollowUp(NamedTuple):
     kind: Kind
     uid: str
 

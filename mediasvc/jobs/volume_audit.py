@@ -38,6 +38,7 @@ from mediasvc.ids import is_valid_uid
 from mediasvc.jobs.context import JobContext
 from mediasvc.storage.cloud import CloudError, key_for
 from mediasvc.storage.cloud.base import PREVIEW_SUFFIX
+from mediasvc.storage.local import LocalStore
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ async def _sweep_unclaimed(ctx: JobContext, files: list[_OnDisk], report: Volume
                     "removed %s: no row claims it (a commit that never finished)", file.path
                 )
                 report.swept.append(file.path)
-        elif _unclaimed(file, row) and await anyio.to_thread.run_sync(_unlink, file.path):
+        elif _unclaimed(file, row) and await anyio.to_thread.run_sync(_remove, ctx.store, file):
             logger.info("removed %s: its row says the local copy is gone", file.path)
             report.swept.append(file.path)
 
@@ -131,7 +132,7 @@ async def _remove_rowless(ctx: JobContext, file: _OnDisk) -> bool:
         if await repository.exists(session, file.uid):
             return False  # committed between our first look and the lock
         # Unlinked while the lock is held, so no commit of this uid can finish meanwhile.
-        return await anyio.to_thread.run_sync(_unlink, file.path)
+        return await anyio.to_thread.run_sync(_remove, ctx.store, file)
 
 
 async def _audit_local_rows(ctx: JobContext, report: VolumeReport) -> None:
@@ -190,9 +191,6 @@ async def _settle_missing(ctx: JobContext, record: FileRecord, report: VolumeRep
         report.relocated.append(record.uid)
 
 
-def _unlink(path: Path) -> bool:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
+def _remove(store: LocalStore, file: _OnDisk) -> bool:
+    """Unlink a file found on the volume (blocking); True if it was there."""
+    return store.remove_preview(file.uid) if file.preview else store.remove(file.uid)

@@ -3,7 +3,7 @@ in ``JobContext.build`` (jobs/context.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,12 +22,10 @@ class MediaConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaConfig:
-        return cls(
-            ffprobe_path=settings.ffprobe_path,
-            ffmpeg_path=settings.ffmpeg_path,
-            probe_timeout_s=settings.probe_timeout_s,
-            probe_max_pixels=settings.probe_max_pixels,
-            tool_max_memory_bytes=settings.media_tool_max_memory_bytes,
-            preview_max_size_px=settings.preview_max_size_px,
-            remux_timeout_s=settings.remux_timeout_s,
-        )
+        """Each field from the setting of the same name, or of the name in ``SETTING_NAMES``."""
+        names = {field.name: SETTING_NAMES.get(field.name, field.name) for field in fields(cls)}
+        return cls(**{field: getattr(settings, name) for field, name in names.items()})
+
+
+# Fields whose setting has another name.
+SETTING_NAMES = {"tool_max_memory_bytes": "media_tool_max_memory_bytes"}
