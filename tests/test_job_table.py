@@ -4,6 +4,7 @@ rules in-process and on a real arq worker (real Redis, burst mode, as tests/test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -25,8 +26,8 @@ from mediasvc.jobs.runner import enqueue_all, run_job
 from mediasvc.jobs.table import CRONS, JOBS, JobSpec
 from mediasvc.jobs.worker import worker_settings
 from mediasvc.media.config import MediaConfig
+from tests import test_jobs
 from tests.mediafiles import MediaFiles
-from tests.test_jobs import row, run_worker, started, stopped, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,13 +35,7 @@ REDIS_URL = os.environ.get("MEDIASVC_TEST_REDIS", "redis://127.0.0.1:6379/13")
 DEAD_REDIS_URL = "redis://127.0.0.1:9/0"  # the discard port: nothing listens
 
 
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    client = aioredis.from_url(REDIS_URL)
-    await client.flushdb()
-    yield REDIS_URL
-    await client.flushdb()
-    await client.aclose()
+redis_url = test_jobs.redis_url  # the fixture: REDIS_URL, flushed before and after
 
 
 class Recorder:
@@ -176,30 +171,43 @@ async def _upload(client: httpx.AsyncClient, path: Path) -> str:
     return str(response.json()["uid"])
 
 
-async def _uploaded_but_not_queued(settings: Settings, path: Path) -> str:
-    """Upload with Redis down: the row is committed and no job runs until we run one."""
-    down = settings.model_copy(update={"redis_url": DEAD_REDIS_URL})
-    app, client = await started(down)
+@contextlib.asynccontextmanager
+async def _app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app, client = await test_jobs.started(settings)
     try:
-        return await _upload(client, path)
+        yield client
     finally:
-        await stopped(app, client)
+        await test_jobs.stopped(app, client)
+
+
+@contextlib.asynccontextmanager
+async def _one_upload_not_queued(
+    settings: Settings, path: Path
+) -> AsyncIterator[tuple[JobContext, str]]:
+    """A job context and the uid of ``path`` uploaded with Redis down: its row is committed
+    and no job runs until the test runs one."""
+    async with _app(settings.model_copy(update={"redis_url": DEAD_REDIS_URL})) as client:
+        uid = await _upload(client, path)
+    ctx = JobContext.build(settings)
+    try:
+        yield ctx, uid
+    finally:
+        await ctx.db.dispose()
+        await ctx.cloud.close()
 
 
 async def test_follow_ups_of_each_kind(
     make_settings: Callable[..., Settings], media_files: MediaFiles
 ) -> None:
     settings = make_settings(remux_faststart=True)
-    uid = await _uploaded_but_not_queued(settings, media_files.slow_mp4)
-    ctx = JobContext.build(settings)
     enqueue = Recorder()
-    try:
+    async with _one_upload_not_queued(settings, media_files.slow_mp4) as (ctx, uid):
         push = await run_job(JOBS[Kind.PUSH], ctx, uid, attempt=1, enqueue=enqueue)
         assert (push.status, push.follow_ups, push.retry_in_s) == ("uploaded", (), None)
         probe = await run_job(JOBS[Kind.PROBE], ctx, uid, attempt=1, enqueue=enqueue)
         assert probe.status == "done" and probe.follow_ups == (FollowUp(Kind.REMUX, uid),)
         remux = await run_job(JOBS[Kind.REMUX], ctx, uid, attempt=1, enqueue=enqueue)
-        derived = (await row(settings, uid)).faststart_uid
+        derived = (await test_jobs.row(settings, uid)).faststart_uid
         assert derived is not None and remux.follow_ups == after_new_file(derived)
         assert enqueue.asked == [FollowUp(Kind.REMUX, uid), *after_new_file(derived)]
         # The copy is faststart: its probe asks for nothing more, and a second remux of the
@@ -209,9 +217,6 @@ async def test_follow_ups_of_each_kind(
         )
         again = await run_job(JOBS[Kind.REMUX], ctx, uid, attempt=1, enqueue=enqueue)
         assert again.follow_ups == ()
-    finally:
-        await ctx.db.dispose()
-        await ctx.cloud.close()
     assert len(enqueue.asked) == 3
 
 
@@ -219,12 +224,8 @@ async def test_a_probe_asks_for_no_remux_when_it_is_off(
     make_settings: Callable[..., Settings], media_files: MediaFiles
 ) -> None:
     settings = make_settings(remux_faststart=False)
-    uid = await _uploaded_but_not_queued(settings, media_files.slow_mp4)
-    ctx = JobContext.build(settings)
-    try:
+    async with _one_upload_not_queued(settings, media_files.slow_mp4) as (ctx, uid):
         probe = await run_job(JOBS[Kind.PROBE], ctx, uid, attempt=1, enqueue=Recorder())
-    finally:
-        await ctx.db.dispose()
     assert probe == JobResult("done")
 
 
@@ -250,7 +251,7 @@ async def test_in_process_retries_with_the_next_attempt_until_done(
         async def finished() -> bool:
             return await queue.depth() == 0
 
-        await wait_for(finished)
+        await test_jobs.wait_for(finished)
     finally:
         await queue.close()
         await ctx.db.dispose()
@@ -283,9 +284,9 @@ async def test_in_process_a_crashed_or_overdue_job_frees_its_id_and_slot(
         async def drained() -> bool:
             return await queue.depth() == 0
 
-        await wait_for(drained, timeout_s=60)
+        await test_jobs.wait_for(drained, timeout_s=60)
         assert await queue.enqueue(Kind.PROBE, "p0") is True  # the id is free again
-        await wait_for(drained)
+        await test_jobs.wait_for(drained)
     finally:
         await queue.close()
         await ctx.db.dispose()
@@ -309,29 +310,26 @@ async def _jobs_of_an_upload(
         return await enqueue_all(enqueue, follow_ups)
 
     monkeypatch.setattr(runner, "enqueue_all", recording)
-    app, client = await started(settings)
-    try:
+    async with _app(settings) as client:
         uid = await _upload(client, path)
         await run()
 
         async def settled() -> bool:
-            original = await row(settings, uid)
+            original = await test_jobs.row(settings, uid)
             if original.faststart_uid is None or original.cloud_status != "uploaded":
                 return False
-            derived = await row(settings, original.faststart_uid)
+            derived = await test_jobs.row(settings, original.faststart_uid)
             return derived.cloud_status == "uploaded" and derived.probe_status == "done"
 
-        await wait_for(settled, timeout_s=90)
-        derived_uid = (await row(settings, uid)).faststart_uid
-    finally:
-        await stopped(app, client)
+        await test_jobs.wait_for(settled, timeout_s=90)
+        derived_uid = (await test_jobs.row(settings, uid)).faststart_uid
     names = {uid: "original", derived_uid: "copy"}
     return [(follow_up.kind, names[follow_up.uid]) for follow_up in asked]
 
 
+@pytest.mark.usefixtures("redis_url")  # REDIS_URL, flushed before and after
 async def test_the_same_follow_ups_in_process_and_on_arq(
     make_settings: Callable[..., Settings],
-    redis_url: str,
     media_files: MediaFiles,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -341,10 +339,10 @@ async def test_the_same_follow_ups_in_process_and_on_arq(
     in_process = make_settings(remux_faststart=True)
     local = await _jobs_of_an_upload(in_process, media_files.slow_mp4, nothing, monkeypatch)
 
-    on_arq = make_settings(remux_faststart=True, redis_url=redis_url)
+    on_arq = make_settings(remux_faststart=True, redis_url=REDIS_URL)
 
     async def burst() -> None:
-        await run_worker(on_arq)
+        await test_jobs.run_worker(on_arq)
 
     remote = await _jobs_of_an_upload(on_arq, media_files.slow_mp4, burst, monkeypatch)
     expected = [
