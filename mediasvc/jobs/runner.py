@@ -1,10 +1,10 @@
 """Run one job and enqueue what it hands back: the same steps on arq and in-process.
 
 A job returns its follow-ups (jobs/kinds.py); the runner enqueues them in order and stops at the
-first one refused. A refusal means the queue is down (every follow-up is a job of a fresh file or
-of a kind not queued yet), so the rest would only wait for the same timeout; the reconciler finds
-them all once the queue is back. Retries are the backend's: arq raises ``Retry``, the in-process
-queue sleeps.
+first one refused. Every list with more than one follow-up is a fresh file's (push, probe), whose
+push is refused only when the queue is down: the probe would only wait for the same timeout, and
+the reconciler enqueues both once the queue is back. Retries are the backend's: arq raises
+``Retry``, the in-process queue sleeps.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ async def run_job(
     spec: JobSpec, ctx: JobContext, uid: str, *, attempt: int, enqueue: Enqueue
 ) -> JobResult:
     """One try of ``spec`` on ``uid`` within its timeout, then its follow-ups."""
+    # The spec's timeout, in-process too; on arq the worker holds the job to the same one.
     async with asyncio.timeout(spec.timeout_s(ctx.config)):
         result = await spec.run(ctx, uid, attempt=attempt)
     await enqueue_all(enqueue, result.follow_ups)

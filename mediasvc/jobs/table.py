@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.config import JobsConfig
@@ -30,7 +30,13 @@ from mediasvc.jobs.push import push_job
 from mediasvc.jobs.reconcile import reconcile
 from mediasvc.jobs.remux import remux_job
 
-JobFunction = Callable[..., Awaitable[JobResult]]  # (ctx, uid, *, attempt) -> JobResult
+
+class JobFunction(Protocol):
+    """One try of a job on a file; ``attempt`` counts from 1."""
+
+    def __call__(self, ctx: JobContext, uid: str, *, attempt: int) -> Awaitable[JobResult]: ...
+
+
 CronFunction = Callable[[JobContext, Enqueue], Awaitable[Any]]
 
 
