@@ -9,6 +9,7 @@ from mediasvc.config import Settings
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
 from mediasvc.delivery.access import AccessLog
+from mediasvc.ingest.config import IngestConfig
 from mediasvc.ingest.pipeline import Ingestor
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.queue import ArqQueue, InProcessQueue, JobQueue
@@ -46,7 +47,12 @@ class Services:
             store=jobs.store,
             cloud=jobs.cloud,
             queue=queue,
-            ingestor=Ingestor(settings, jobs.store, jobs.db, after_commit=enqueue_push),
+            ingestor=Ingestor(
+                IngestConfig.from_settings(settings),
+                jobs.store,
+                jobs.db,
+                after_commit=enqueue_push,
+            ),
             keyring=KeyRing(settings.api_keys),
             access_log=AccessLog(jobs.db),
         )
