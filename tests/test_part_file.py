@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from mediasvc.errors import InsufficientStorage
-from mediasvc.storage import direct
 from mediasvc.storage import part as part_module
 from mediasvc.storage.direct import ALIGN, aligned_buffer
 from mediasvc.storage.local import LocalStore
@@ -43,7 +42,11 @@ def aligned(data: bytes) -> memoryview:
 def test_append_finish_commit_puts_the_bytes_in_place(store: LocalStore) -> None:
     part = store.create_part(UID)
     assert part.path == store.part_path_for(UID) and part.path.exists()
-    pieces = [aligned(os.urandom(4 * ALIGN)), aligned(os.urandom(2 * ALIGN)), b"tail-not-aligned"]
+    pieces: list[memoryview | bytes] = [
+        aligned(os.urandom(4 * ALIGN)),
+        aligned(os.urandom(2 * ALIGN)),
+        b"tail-not-aligned",
+    ]
     for piece in pieces:
         part.append(piece).result()
     assert part.finish() == sum(len(p) for p in pieces)
@@ -145,7 +148,7 @@ def test_a_full_disk_while_writing_is_507_at_the_next_append_and_at_finish(
             raise OSError(code, os.strerror(code))
         return real_write(fd, data)
 
-    monkeypatch.setattr(part_module.os, "write", write_then_fail)
+    monkeypatch.setattr(os, "write", write_then_fail)
     part = store.create_part(UID)
     part.append(aligned(b"1" * ALIGN))
     failed = part.append(aligned(b"2" * ALIGN))
@@ -180,7 +183,7 @@ def test_out_of_inodes_at_create_is_507_and_leaves_nothing(
     def no_inode(*args: object, **kwargs: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(direct.os, "open", no_inode)
+    monkeypatch.setattr(os, "open", no_inode)
     with pytest.raises(InsufficientStorage):
         store.create_part(UID)
     monkeypatch.undo()
@@ -210,7 +213,7 @@ def test_other_errors_stay_what_they_are(
     def broken(*args: object) -> int:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(part_module.os, "write", broken)
+    monkeypatch.setattr(os, "write", broken)
     part = store.create_part(UID)
     part.append(b"e")  # under a block: staged, written by finish()
     with pytest.raises(OSError) as caught:
