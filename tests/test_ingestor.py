@@ -7,6 +7,7 @@ only provides a migrated, empty database and a media root; no request is made.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from mediasvc.config import Settings
 from mediasvc.db.models import FileRecord
 from mediasvc.errors import (
     ChecksumMismatch,
@@ -29,7 +31,7 @@ from mediasvc.ingest.pipeline import Ingestor, UploadFacts, UploadOptions
 from mediasvc.services import Services
 
 BATCH = 64 * 1024
-CONFIG = IngestConfig(batch_bytes=BATCH, buffer_budget_bytes=8 * BATCH)
+CONFIG = IngestConfig(io_chunk_size_bytes=BATCH, upload_buffer_budget_bytes=8 * BATCH)
 
 
 def services_of(app: FastAPI) -> Services:
@@ -130,7 +132,9 @@ async def test_a_wrong_expected_digest_is_refused_and_nothing_is_kept(app: FastA
 
 
 async def test_the_file_limit_holds_for_a_source_of_unknown_length(app: FastAPI) -> None:
-    ingestor, _ = make_ingestor(app, IngestConfig(batch_bytes=BATCH, max_upload_size_bytes=BATCH))
+    ingestor, _ = make_ingestor(
+        app, IngestConfig(io_chunk_size_bytes=BATCH, max_upload_size_bytes=BATCH)
+    )
     with pytest.raises(PayloadTooLarge):
         await ingestor.ingest(chunks_of(os.urandom(BATCH + 1)), UploadFacts(), UploadOptions())
     assert leftover_files(services_of(app).store.root) == []
@@ -141,7 +145,9 @@ async def test_the_file_limit_holds_for_a_source_of_unknown_length(app: FastAPI)
 async def test_a_declared_length_over_the_limit_or_the_disk_is_refused_before_reading(
     app: FastAPI,
 ) -> None:
-    ingestor, _ = make_ingestor(app, IngestConfig(batch_bytes=BATCH, max_upload_size_bytes=BATCH))
+    ingestor, _ = make_ingestor(
+        app, IngestConfig(io_chunk_size_bytes=BATCH, max_upload_size_bytes=BATCH)
+    )
     pulled = 0
 
     async def counted() -> AsyncIterator[bytes]:
@@ -168,7 +174,9 @@ async def test_a_form_without_a_file_part_is_refused(app: FastAPI) -> None:
 
 
 async def test_the_client_address_in_the_facts_is_what_admission_counts(app: FastAPI) -> None:
-    ingestor, _ = make_ingestor(app, IngestConfig(batch_bytes=BATCH, max_uploads_per_client=1))
+    ingestor, _ = make_ingestor(
+        app, IngestConfig(io_chunk_size_bytes=BATCH, max_uploads_per_client=1)
+    )
     started, go = asyncio.Event(), asyncio.Event()
 
     async def held() -> AsyncIterator[bytes]:
@@ -188,3 +196,10 @@ async def test_the_client_address_in_the_facts_is_what_admission_counts(app: Fas
     go.set()
     assert (await first).record.size == len(b"firstrest")
     assert ingestor.admission.in_flight == 0
+
+
+def test_the_ingest_config_is_taken_from_the_settings_field_by_field(settings: Settings) -> None:
+    config = IngestConfig.from_settings(settings)
+    for field in dataclasses.fields(config):
+        assert getattr(config, field.name) == getattr(settings, field.name)
+    assert config.io_chunk_size_bytes == BATCH  # the test settings' batch, not the default

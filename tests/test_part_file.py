@@ -163,47 +163,37 @@ def test_a_full_disk_while_writing_is_507_at_the_next_append_and_at_finish(
     assert files_under(store) == []
 
 
-def test_a_full_disk_when_reserving_is_507(
-    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+def no_space(*args: object, **kwargs: object) -> int:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize(
+    ("step", "patched"),
+    [
+        ("create", (os, "open")),
+        ("reserve", (part_module, "preallocate")),
+        ("commit", (os, "replace")),
+    ],
+    ids=["create (out of inodes)", "reserve", "commit (mkdir, rename)"],
+)
+def test_a_full_disk_at_each_step_is_507_and_leaves_nothing(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch, step: str, patched: tuple[object, str]
 ) -> None:
-    def no_space(fd: int, size_bytes: int) -> bool:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(part_module, "preallocate", no_space)
-    part = store.create_part(UID)
+    part = None if step == "create" else store.create_part(UID)
+    if part is not None and step == "commit":
+        part.append(b"d" * 100)
+        part.finish()
+    monkeypatch.setattr(*patched, no_space)
     with pytest.raises(InsufficientStorage):
-        part.reserve(ALIGN)
-    part.discard()
-    assert files_under(store) == []
-
-
-def test_out_of_inodes_at_create_is_507_and_leaves_nothing(
-    store: LocalStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_inode(*args: object, **kwargs: object) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "open", no_inode)
-    with pytest.raises(InsufficientStorage):
-        store.create_part(UID)
+        if part is None:
+            store.create_part(UID)
+        elif step == "reserve":
+            part.reserve(ALIGN)
+        else:
+            part.commit()
     monkeypatch.undo()
-    assert files_under(store) == []
-
-
-def test_a_full_disk_at_commit_is_507_and_discard_leaves_nothing(
-    store: LocalStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_room(*args: object) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    part = store.create_part(UID)
-    part.append(b"d" * 100)
-    part.finish()
-    monkeypatch.setattr(os, "replace", no_room)
-    with pytest.raises(InsufficientStorage):
-        part.commit()
-    monkeypatch.undo()
-    part.discard()
+    if part is not None:
+        part.discard()
     assert files_under(store) == []
 
 

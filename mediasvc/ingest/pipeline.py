@@ -89,15 +89,16 @@ class Ingestor:
         self.admission = UploadAdmission(
             max_in_flight=config.max_uploads_in_flight,
             max_per_client=config.max_uploads_per_client,
-            retry_after_s=config.retry_after_s,
+            retry_after_s=config.upload_retry_after_s,
         )
         self.buffers = BufferPool(
-            buffer_bytes=config.batch_bytes, budget_bytes=config.buffer_budget_bytes
+            buffer_bytes=config.io_chunk_size_bytes,
+            budget_bytes=config.upload_buffer_budget_bytes,
         )
         self.body_reader = BodyReader(
-            idle_timeout_s=config.idle_timeout_s,
-            min_rate_bytes_per_s=config.min_rate_bytes_per_s,
-            window_s=config.min_rate_window_s,
+            idle_timeout_s=config.body_idle_timeout_s,
+            min_rate_bytes_per_s=config.body_min_rate_bytes_per_s,
+            window_s=config.body_min_rate_window_s,
         )
 
     async def ingest(
