@@ -1,5 +1,8 @@
 """Local disk layout: ``<root>/.incoming/<uid>.part``, then ``<root>/<uid[:2]>/<uid>``.
 
+Every new file arrives through a part file the store hands out (``create_part``; storage/part.py
+owns writing, reserving, fsync, the rename and the 507 for a full disk).
+
 A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``.
 ``<root>/.volume-id`` names this media volume: a row records the volume that holds its local
 copy, so a node never judges another node's files by its own disk.
