@@ -157,7 +157,7 @@ async def test_a_declared_length_over_the_limit_or_the_disk_is_refused_before_re
 
     with pytest.raises(PayloadTooLarge):
         await ingestor.ingest(counted(), UploadFacts(declared_length=BATCH + 1), UploadOptions())
-    unlimited, _ = make_ingestor(app)
+    unlimited, _ = make_ingestor(app, IngestConfig(max_upload_size_bytes=0))
     with pytest.raises(InsufficientStorage):
         await unlimited.ingest(counted(), UploadFacts(declared_length=1 << 60), UploadOptions())
     assert pulled == 0
@@ -203,3 +203,22 @@ def test_the_ingest_config_is_taken_from_the_settings_field_by_field(settings: S
     for field in dataclasses.fields(config):
         assert getattr(config, field.name) == getattr(settings, field.name)
     assert config.io_chunk_size_bytes == BATCH  # the test settings' batch, not the default
+
+
+def test_the_ingest_config_defaults_are_the_settings_defaults() -> None:
+    assert IngestConfig.from_settings(Settings(_env_file=None)) == IngestConfig()  # type: ignore[call-arg]
+
+
+async def test_a_form_of_unknown_length_is_held_to_the_limit_plus_framing(app: FastAPI) -> None:
+    # The same rule as for a declared Content-Length: the file's limit plus 64 KiB of framing,
+    # however the bytes are split between the file and other fields.
+    ingestor, _ = make_ingestor(app, IngestConfig(max_upload_size_bytes=BATCH))
+    filler = b"v" * (BATCH + 64 * 1024)  # a field that is not the file
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\n' + filler + b"\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\nx\r\n--b--\r\n'
+    )
+    facts = UploadFacts(declared_type="multipart/form-data; boundary=b")
+    with pytest.raises(PayloadTooLarge):
+        await ingestor.ingest_form(chunks_of(form), facts, UploadOptions())
+    assert leftover_files(services_of(app).store.root) == []
