@@ -180,6 +180,7 @@ class Ingestor:
 
         delete_token = new_delete_token()
         now = datetime.now(UTC)
+        expires_in = timedelta(seconds=options.expires_in_s) if options.expires_in_s else None
         record = new_record(
             part,
             sha256=received.file.sha256,
@@ -187,9 +188,7 @@ class Ingestor:
             original_name=received.name,
             extension=extension_of(received.name),
             media_type=choose_format(received.declared_type, received.file.head),
-            expires_at=now + timedelta(seconds=options.expires_in_s)
-            if options.expires_in_s
-            else None,
+            expires_at=now + expires_in if expires_in else None,
             max_downloads=options.max_downloads,
             owner=options.owner,
             delete_token_hash=hash_token(delete_token),
