@@ -9,6 +9,7 @@ from mediasvc.config import Settings
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
 from mediasvc.delivery.access import AccessLog
+from mediasvc.ingest.config import IngestConfig
 from mediasvc.ingest.pipeline import Ingestor
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import after_new_file
@@ -46,7 +47,12 @@ class Services:
             store=jobs.store,
             cloud=jobs.cloud,
             queue=queue,
-            ingestor=Ingestor(settings, jobs.store, jobs.db, after_commit=after_upload),
+            ingestor=Ingestor(
+                IngestConfig.from_settings(settings),
+                jobs.store,
+                jobs.db,
+                after_commit=after_upload,
+            ),
             keyring=KeyRing(settings.api_keys),
             access_log=AccessLog(jobs.db),
             jobs=jobs,

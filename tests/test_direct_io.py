@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from mediasvc.config import Settings
-from mediasvc.ingest.blob import BlobFile
+from mediasvc.ingest.sink import FileSink
 from mediasvc.storage import direct
 from mediasvc.storage.direct import ALIGN, STAGE_BYTES, AppendOnlyFile, aligned_buffer
+from mediasvc.storage.part import PartFile
 
 
 def aligned_piece(data: bytes) -> memoryview:
@@ -158,7 +159,7 @@ def test_the_file_is_removed_if_the_staging_buffer_cannot_be_had(
     assert not (tmp_path / "x.part").exists()
 
 
-# --- BlobFile: hash in the caller, write one batch behind -------------------------------------
+# --- FileSink: hash in the caller, write one batch behind -------------------------------------
 
 
 def test_a_failed_write_stops_every_later_one_and_surfaces(
@@ -176,7 +177,7 @@ def test_a_failed_write_stops_every_later_one_and_surfaces(
         real_write(self, data)
 
     monkeypatch.setattr(AppendOnlyFile, "write", failing_second_write)
-    blob = BlobFile(tmp_path / "x.part", max_size_bytes=0, fsync=False)
+    blob = FileSink(PartFile(tmp_path / "x.part", fsync=False), max_size_bytes=0)
     try:
         first = blob.write(aligned_piece(b"a" * ALIGN))
         with pytest.raises(ValueError, match="boom"):

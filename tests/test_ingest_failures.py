@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
-from mediasvc.ingest import blob as blob_module
+from mediasvc.storage import part as part_module
 from tests.conftest import leftovers
 from tests.test_ingest_multipart import BOUNDARY, form_part, multipart_body, multipart_headers
 from tests.test_ingest_raw import BATCH, client_for, random_bytes, upload
@@ -481,7 +481,7 @@ async def test_enospc_from_write_maps_to_507_and_removes_the_part_file(
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
         return real_write(fd, data)
 
-    monkeypatch.setattr(blob_module.os, "write", write_then_fail)
+    monkeypatch.setattr(part_module.os, "write", write_then_fail)
     response = await client.post(
         "/api/v1/files/stream", content=CountingBody(random_bytes(BATCH * 8))
     )

@@ -28,9 +28,10 @@ from starlette.datastructures import Headers, QueryParams
 from mediasvc.delivery.disposition import content_disposition
 from mediasvc.delivery.ranges import MAX_OVERLAPPING_RANGES, MAX_UNORDERED_RANGES, parse_range
 from mediasvc.errors import InvalidFilename, MalformedMultipart, RangeNotSatisfiable
-from mediasvc.ingest.blob import BlobFile
 from mediasvc.ingest.multipart import MultipartFileReader
 from mediasvc.ingest.names import name_from_request, validate_name
+from mediasvc.ingest.sink import FileSink
+from mediasvc.storage.part import PartFile
 from tests.test_delivery_ranges import assert_problem, parse_byteranges
 from tests.test_ingest_multipart import form_part, multipart_body, multipart_headers
 
@@ -378,7 +379,7 @@ def test_multipart_limits_hold_wherever_the_body_is_cut(
     too_many = len(parts) > max_parts
     too_big = any(part_header_bytes(part) > max_header for part in parts)
     with tempfile.TemporaryDirectory() as directory:
-        blob = BlobFile(Path(directory) / "x.part", max_size_bytes=0, fsync=False)
+        blob = FileSink(PartFile(Path(directory) / "x.part", fsync=False), max_size_bytes=0)
         reader = MultipartFileReader(
             multipart_headers()["Content-Type"],
             blob,

@@ -1,7 +1,8 @@
 """Upload routes: raw bodies (``--data-binary``, ``-T``) and multipart forms.
 
-They declare no body parameter (FastAPI would buffer it): they read ``request.stream()``
-through the ingest pipeline and describe their body in ``openapi_extra``. The API key is
+They declare no body parameter (FastAPI would buffer it): each turns its request into plain
+facts (name, type, length, digests, client address) and hands them with ``request.stream()`` to
+the ingestor (ingest/pipeline.py); they describe their body in ``openapi_extra``. The API key is
 checked by a dependency, before any body byte is read.
 """
 
@@ -16,7 +17,11 @@ from starlette.responses import Response
 
 from mediasvc.api.common import Caller, base_url_of, services_of
 from mediasvc.api.schemas import FileMetadata, UploadedFile
-from mediasvc.ingest.pipeline import StoredUpload, UploadOptions
+from mediasvc.errors import UnsupportedMediaType
+from mediasvc.ingest import checksum
+from mediasvc.ingest.names import name_from_request
+from mediasvc.ingest.pipeline import StoredUpload, UploadFacts, UploadOptions
+from mediasvc.ingest.sniff import is_multipart
 
 router = APIRouter(prefix="/api/v1")
 
@@ -238,11 +243,30 @@ async def _ingest_raw(
 ) -> Response:
     """The four raw routes (POST, PUT, each with and without a name in the path): one ingest,
     their own OpenAPI entries."""
-    options = _options(caller, max_downloads, expires_in)
-    stored = await services_of(request).ingestor.ingest_raw(
-        request, raw_path=raw_path, options=options
+    content_type = request.headers.get("content-type")
+    if is_multipart(content_type):
+        raise UnsupportedMediaType(
+            "this endpoint takes the raw file as the body; send multipart/form-data "
+            "to POST /api/v1/files"
+        )
+    name = name_from_request(request.headers, request.scope.get("query_string", b""), raw_path)
+    stored = await services_of(request).ingestor.ingest(
+        request.stream(),
+        _facts(request, name=name),
+        _options(caller, max_downloads, expires_in),
     )
     return _created(request, stored)
+
+
+def _facts(request: Request, *, name: str | None) -> UploadFacts:
+    declared = request.headers.get("content-length")
+    return UploadFacts(
+        name=name,
+        declared_type=request.headers.get("content-type"),
+        declared_length=int(declared) if declared and declared.isdigit() else None,
+        expected_sha256=tuple(checksum.expected_sha256(request.headers)),
+        client=request.client.host if request.client else None,
+    )
 
 
 @router.post(
@@ -259,6 +283,11 @@ async def upload_multipart(
     max_downloads: MaxDownloads = None,
     expires_in: ExpiresIn = None,
 ) -> Response:
-    options = _options(caller, max_downloads, expires_in)
-    stored = await services_of(request).ingestor.ingest_multipart(request, options=options)
+    if not is_multipart(request.headers.get("content-type")):
+        raise UnsupportedMediaType(
+            "this endpoint takes multipart/form-data; send raw bodies to /api/v1/files/stream"
+        )
+    stored = await services_of(request).ingestor.ingest_form(
+        request.stream(), _facts(request, name=None), _options(caller, max_downloads, expires_in)
+    )
     return _created(request, stored)

@@ -16,14 +16,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason, ProbeStatus
 
-
-async def add(session: AsyncSession, record: FileRecord) -> None:
-    session.add(record)
-    await session.commit()
-
-
 # A row that is not a tombstone.
 _LIVE = FileRecord.gone_reason.is_(None)
+
+
+async def add_new_file(
+    session: AsyncSession, record: FileRecord, *, faststart_of: str | None = None
+) -> bool:
+    """Insert ``record``; with ``faststart_of``, that live original points to it in the same
+    transaction, and nothing is written (False) if the original is gone."""
+    session.add(record)
+    if faststart_of is not None:
+        linked = await session.execute(
+            update(FileRecord)
+            .where(FileRecord.uid == faststart_of, _LIVE)
+            .values(faststart_uid=record.uid)
+            .returning(FileRecord.uid)
+        )
+        if linked.first() is None:
+            await session.rollback()
+            return False
+    await session.commit()
+    return True
 
 
 async def _update_one(

@@ -1,8 +1,8 @@
 """Batch buffers shared by every upload of a process, within a memory budget.
 
 An upload takes a buffer when body bytes arrive and gives it back once the batch is processed,
-or when its body idles (ingest/watchdog.py): a thousand slow uploads hold next to nothing, where
-each used to keep a full set of buffers (issue 11: 1,000 trickling uploads held 4.28 GB). When
+or when its body idles (ingest/body.py): a thousand slow uploads hold next to nothing
+(docs/performance.md has the figure from when each kept a full set). When
 the budget is used up, an upload waits for a buffer (and so stops reading its socket) instead of
 taking more memory. Buffers are page-aligned (storage/direct.py writes them with O_DIRECT as they
 are). A few free ones are kept warm so that a fast upload reuses touched pages; the rest are

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 
 from starlette.datastructures import Headers
 
@@ -47,7 +48,7 @@ def _sha256_from_repr_digest(value: str) -> list[str]:
     return found
 
 
-def verify(expected: list[str], actual_hex: str) -> None:
+def verify(expected: Sequence[str], actual_hex: str) -> None:
     for value in expected:
         if value != actual_hex:
             raise ChecksumMismatch(

@@ -3,21 +3,22 @@
 uvicorn hands the app ~64–256 KiB per ``receive()`` and stops reading the socket while the app
 is busy (docs/facts.md, "Uploads"), so anything slow between two receives stalls the upload.
 Here the loop only copies chunks into page-aligned buffers from the process's pool
-(ingest/buffers.py); full buffers queue up for one thread of this upload (hash + write, or
-multipart parsing), which hands each buffer back when done. An upload holds at most ``depth``
-buffers, and the loop waits only when all of them are queued, so the socket keeps being read
-while the thread works.
+(ingest/buffers.py); full buffers queue up for one thread of this upload, which runs
+``process`` on each (hash + write, or multipart parsing). ``process`` returns a future that is
+done once the batch is no longer read (its write may still run when ``process`` returns); the
+buffer goes back to the pool then, and only then. An upload holds at most ``depth`` buffers, and
+the loop waits only when all of them are queued, so the socket keeps being read while the
+thread works.
 
-A slow body must not hold what a fast one needs (issue 11): when the body idles, ``release()``
-hands the whole 4 KiB blocks received so far to the thread and gives the buffer back, keeping
-the rest (under 4 KiB) aside, so every batch still starts on a block boundary (O_DIRECT). The
-thread starts when the first batch is queued and ends once it had nothing to do for
-``THREAD_LINGER_S``, after ``on_idle`` (the blob parks its own writer thread): an idle upload
+A slow body must not hold what a fast one needs: when the body idles, ``release()`` hands the
+whole 4 KiB blocks received so far to the thread and gives the buffer back, keeping the rest
+(under 4 KiB) aside, so every batch still starts on a block boundary (O_DIRECT). The thread
+starts when the first batch is queued and ends once it had nothing to do for
+``THREAD_LINGER_S``, after ``on_idle`` (the part file ends its writer thread): an idle upload
 holds no thread.
 
-Why a thread per busy upload rather than a shared pool: batches must be processed in order, one
-at a time, and a one-batch-in-flight hand-off through a pool measured ~0.3 × the speed of uvicorn
-counting the body (the loop and the thread took turns instead of overlapping).
+A thread per busy upload, not a shared pool: batches must be processed in order, one at a time,
+and the loop and the thread must overlap rather than take turns (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import anyio
 from mediasvc.ingest.buffers import Buffer, BufferPool
 from mediasvc.storage.direct import ALIGN
 
-# One buffer filling on the loop, one being hashed, one being written (blob.py): three keep all
-# stages busy; a fourth measured no faster (2 GiB curl -T, 4 MiB buffers: ~1.0 GB/s either way).
+# One buffer filling on the loop, one being hashed, one being written: three keep all stages
+# busy (a fourth measured no faster: docs/performance.md).
 DEFAULT_DEPTH = 3
 # A worker thread with no batch for this long ends; the next batch starts another.
 THREAD_LINGER_S = 2.0
@@ -47,7 +48,7 @@ _Batch = tuple[Buffer, int]
 class BatchingFeeder:
     def __init__(
         self,
-        process: Callable[[memoryview], Future[None] | None],
+        process: Callable[[memoryview], Future[None]],
         *,
         pool: BufferPool,
         depth: int = DEFAULT_DEPTH,
@@ -117,7 +118,7 @@ class BatchingFeeder:
     async def drain(self) -> None:
         """Stop (skipping queued batches) and wait, even if cancelled, until the thread is done.
 
-        Writes the thread queued may still be running: BlobFile.discard() waits for them.
+        Writes the thread queued may still be running: PartFile.discard() waits for them.
         """
         self._abandoned = True
         self._carry = b""
@@ -190,16 +191,16 @@ class BatchingFeeder:
             self._handle(*item)
 
     def _handle(self, buffer: Buffer, n: int) -> None:
-        pending: Future[None] | None = None
-        if self._error is None and not self._abandoned:
-            try:
-                pending = self._process(memoryview(buffer)[:n])
-            except BaseException as exc:  # handed to the loop, raised there
-                self._error = exc
-        if pending is None:
+        if self._error is not None or self._abandoned:
             self._call_loop(self._give_back, buffer)
-        else:  # still being read (written): the buffer is free once that is done
-            pending.add_done_callback(functools.partial(self._release, buffer))
+            return
+        try:
+            done = self._process(memoryview(buffer)[:n])
+        except BaseException as exc:  # handed to the loop, raised there
+            self._error = exc
+            self._call_loop(self._give_back, buffer)
+            return
+        done.add_done_callback(functools.partial(self._release, buffer))
 
     def _release(self, buffer: Buffer, done: Future[None]) -> None:
         if not done.cancelled() and (exc := done.exception()) is not None and self._error is None:

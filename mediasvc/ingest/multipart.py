@@ -1,25 +1,27 @@
 """multipart/form-data bodies: python-multipart's callback parser, writing the file as it goes.
 
-Why python-multipart (the parser Starlette uses) and not streaming-form-data: both run at
-~2–2.5 GB/s on ordinary data, but on bodies full of ``\\r\\n--`` streaming-form-data fell to
-~41 MB/s while python-multipart, which searches part data with ``bytes.find``, stayed ~3 GB/s
-(issue 4's note has the script). Its low-level parser hands out header and data slices through
-callbacks and buffers nothing itself; part counts and header blocks are bounded here.
-Everything here runs in the ingest worker thread, never on the event loop.
+python-multipart (the parser Starlette uses), because it stays fast on bodies full of
+``\r\n--`` (it searches part data with ``bytes.find``; docs/performance.md has the comparison).
+Its low-level parser hands out header and data slices through callbacks and buffers nothing
+itself; part counts and header blocks are bounded here. Everything here runs in the ingest
+worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from mediasvc.errors import MalformedMultipart
-from mediasvc.ingest.blob import BlobFile
 from mediasvc.ingest.names import decode_name_bytes, filename_from_disposition, validate_name
+from mediasvc.ingest.sink import FileSink
 
 FILE_FIELD = "file"
+# Room for the multipart framing around the file: boundaries, part headers, small fields.
+FRAMING_ALLOWANCE_BYTES = 64 * 1024
 # An RFC 8187 filename* parameter in a Content-Disposition value.
 _EXTENDED_FILENAME = re.compile(rb";\s*filename\*\s*=", re.IGNORECASE)
 
@@ -33,12 +35,12 @@ def _decode(value: bytes) -> str:
 
 
 class MultipartFileReader:
-    """Feeds body batches to the parser; the part named ``file`` goes to ``blob``."""
+    """Feeds body batches to the parser; the part named ``file`` goes to ``sink``."""
 
     def __init__(
         self,
         content_type: str | None,
-        blob: BlobFile,
+        sink: FileSink,
         *,
         max_parts: int,
         max_part_header_bytes: int,
@@ -47,7 +49,7 @@ class MultipartFileReader:
         boundary = params.get(b"boundary")
         if not boundary or len(boundary) > 70:  # RFC 2046 §5.1.1: 1–70 characters
             raise MalformedMultipart("the multipart Content-Type has no usable boundary")
-        self._blob = blob
+        self._sink = sink
         self._max_parts = max_parts
         self._max_header_bytes = max_part_header_bytes
         self._parts = 0
@@ -81,9 +83,13 @@ class MultipartFileReader:
             max_header_size=max_part_header_bytes,
         )
 
-    def process(self, batch: memoryview) -> None:
+    def process(self, batch: memoryview) -> Future[None]:
+        """Parse ``batch``; the future is done already: the parser reads a copy, so the batch's
+        buffer is free when this returns."""
+        done: Future[None] = Future()
+        done.set_result(None)
         if self.ended:
-            return  # an epilogue after the closing delimiter (RFC 2046): ignored, not scanned
+            return done  # an epilogue after the closing delimiter (RFC 2046): ignored
         try:
             self._parser.write(bytes(batch))  # it searches with bytes.find: bytes, not a view
         except MultipartParseError as exc:
@@ -92,6 +98,7 @@ class MultipartFileReader:
                     f"a part's headers exceed {self._max_header_bytes} bytes"
                 ) from exc
             raise MalformedMultipart(f"bad multipart framing: {exc}") from exc
+        return done
 
     def check_complete(self) -> None:
         if not self.ended:
@@ -153,7 +160,7 @@ class MultipartFileReader:
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
-            self._blob.write(memoryview(data)[start:end])
+            self._sink.write(memoryview(data)[start:end])
 
     def _on_part_end(self) -> None:
         self._in_file = False

@@ -37,6 +37,7 @@ class JobContext:
                 settings.media_root,
                 fsync=settings.fsync,
                 min_free_bytes=settings.min_free_disk_bytes,
+                direct_io=settings.direct_io,
             ),
             cloud=make_cloud_store(settings),
         )

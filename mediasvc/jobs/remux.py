@@ -3,30 +3,30 @@
 Files are immutable (docs/design.md), so the copy is a new file with its own UID: a new row with
 ``derived_from`` = the original, the same name, type, owner, limits and delete token, pushed and
 probed like any upload; the original's ``faststart_uid`` points to it. ffmpeg writes into
-``.incoming/<new uid>.part`` (swept if we die), the bytes are hashed afterwards in bounded
-chunks, fsynced and renamed into place before the row is committed, as for an upload.
+its part file (``.incoming/<new uid>.part``, swept if we die), which is fsynced, hashed in
+bounded chunks, and committed with its row the way an upload is (ingest/commit.py).
 Idempotent: an original that already has a live derived copy gets linked to it, not a second.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
-from sqlalchemy import update
 
 from mediasvc.db import repository
-from mediasvc.db.models import CloudStatus, FileRecord, ProbeStatus
 from mediasvc.errors import InsufficientStorage
 from mediasvc.ids import new_uid
+from mediasvc.ingest.commit import commit_part, new_record
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import JobResult, after_new_file
 from mediasvc.media.atoms import read_layout
 from mediasvc.media.remux import RemuxFailed, remux_faststart
 from mediasvc.storage.files import size_and_sha256
+from mediasvc.storage.part import PartFile
 
 logger = logging.getLogger(__name__)
 
@@ -47,94 +47,64 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
         return None
 
     store = ctx.store
-    derived_uid = new_uid()
-    part = store.part_path_for(derived_uid)
+    part: PartFile | None = None
     try:
         await anyio.to_thread.run_sync(store.ensure_room_for, original.size)
         await anyio.to_thread.run_sync(store.prepare)  # the .incoming directory
+        part = await anyio.to_thread.run_sync(
+            functools.partial(store.create_part, new_uid(), written_by_tool=True)
+        )
         await remux_faststart(
             ctx.media,
             store.path_for(uid),
-            part,
+            part.path,
             media_type=original.format,
             extension=original.extension,
         )
-        size, sha256, faststart = await anyio.to_thread.run_sync(
-            _seal, part, ctx.config.io_chunk_size_bytes, store.fsync
+        await anyio.to_thread.run_sync(part.finish)  # durable before it is hashed and named
+        sha256, faststart = await anyio.to_thread.run_sync(
+            _inspect, part.path, ctx.config.io_chunk_size_bytes
         )
         if faststart is not True:
             raise RemuxFailed("ffmpeg's output still has moov after mdat")
         volume = await anyio.to_thread.run_sync(lambda: store.volume_id)
     except (RemuxFailed, InsufficientStorage, OSError) as exc:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_unlink_quietly, part)
+        if part is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(part.discard)
         logger.warning("faststart remux of %s failed: %s", uid, exc)
         await _note(ctx, uid, f"faststart remux failed: {exc}")
         return None
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_unlink_quietly, part)
+        if part is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(part.discard)
         raise
 
-    now = datetime.now(UTC)
-    derived = FileRecord(
-        uid=derived_uid,
+    derived = new_record(
+        part,
+        sha256=sha256,
+        created_at=datetime.now(UTC),
         original_name=original.original_name,
         extension=original.extension,
-        format=original.format,
-        size=size,
-        sha256=sha256,
-        created_at=now,
+        media_type=original.format,
         expires_at=original.expires_at,
         max_downloads=original.max_downloads,
-        bytes_served=0,
-        local=True,
-        cloud_status=CloudStatus.PENDING.value,
-        cloud_updated_at=now,
-        cloud_attempts=0,
-        delete_token_hash=original.delete_token_hash,
         owner=original.owner,
-        derived_from=uid,
-        probe_status=ProbeStatus.PENDING.value,
+        delete_token_hash=original.delete_token_hash,
         volume=volume,
+        derived_from=uid,
     )
-    # As for an upload, rename and row share the uid's commit window (db/commit_window.py):
-    # a sweep never takes the copy while its row is on its way.
-    renamed = False
+    derived_uid = derived.uid
+
     try:
-        async with (
-            ctx.db.session() as session,
-            ctx.db.commit_window.committing(session, derived_uid),
-        ):
-            try:
-                await anyio.to_thread.run_sync(store.commit, part, derived_uid)
-            except (InsufficientStorage, OSError) as exc:
-                await anyio.to_thread.run_sync(_unlink_quietly, part)
-                logger.warning("faststart remux of %s failed: %s", uid, exc)
-                await session.rollback()
-                await _note(ctx, uid, f"faststart remux failed: {exc}")
-                return None
-            renamed = True
-            session.add(derived)
-            linked = await session.execute(
-                update(FileRecord)
-                .where(FileRecord.uid == uid, FileRecord.gone_reason.is_(None))
-                .values(faststart_uid=derived_uid)
-                .returning(FileRecord.uid)
-            )
-            if linked.first() is None:  # the original went while we copied
-                await session.rollback()
-                await anyio.to_thread.run_sync(store.remove, derived_uid)
-                return None
-            await session.commit()
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            if renamed:
-                await anyio.to_thread.run_sync(store.remove, derived_uid)
-            else:
-                await anyio.to_thread.run_sync(_unlink_quietly, part)
-        raise
-    logger.info("faststart copy of %s is %s (%d bytes)", uid, derived_uid, size)
+        if not await commit_part(ctx.db, part, derived, faststart_of=uid):
+            return None  # the original went while we copied
+    except (InsufficientStorage, OSError) as exc:  # the rename: nothing of the copy is left
+        logger.warning("faststart remux of %s failed: %s", uid, exc)
+        await _note(ctx, uid, f"faststart remux failed: {exc}")
+        return None
+    logger.info("faststart copy of %s is %s (%d bytes)", uid, derived_uid, part.size)
     return derived_uid
 
 
@@ -146,14 +116,11 @@ async def remux_job(ctx: JobContext, uid: str, *, attempt: int) -> JobResult:
     return JobResult("copied", follow_ups=after_new_file(derived_uid))
 
 
-def _seal(path: Path, chunk_bytes: int, fsync: bool) -> tuple[int, str, bool | None]:
-    """Size, sha256 and faststart of the finished copy, read in bounded chunks; then fsync."""
+def _inspect(path: Path, chunk_bytes: int) -> tuple[str, bool | None]:
+    """sha256 and faststart of the finished copy, read in bounded chunks."""
     with path.open("rb") as file:
         size, sha256 = size_and_sha256(file, chunk_bytes)
-        layout = read_layout(file, size)
-        if fsync:
-            os.fsync(file.fileno())
-    return size, sha256, layout.faststart
+        return sha256, read_layout(file, size).faststart
 
 
 async def _link(ctx: JobContext, uid: str, derived_uid: str) -> None:
@@ -164,7 +131,3 @@ async def _link(ctx: JobContext, uid: str, derived_uid: str) -> None:
 async def _note(ctx: JobContext, uid: str, error: str) -> None:
     async with ctx.db.session() as session:
         await repository.note_probe_error(session, uid, error[:MAX_ERROR_CHARS])
-
-
-def _unlink_quietly(path: Path) -> None:
-    path.unlink(missing_ok=True)

@@ -1,5 +1,8 @@
 """Local disk layout: ``<root>/.incoming/<uid>.part``, then ``<root>/<uid[:2]>/<uid>``.
 
+Every new file arrives through a part file the store hands out (``create_part``; storage/part.py
+owns writing, reserving, fsync, the rename and the 507 for a full disk).
+
 A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``.
 ``<root>/.volume-id`` names this media volume: a row records the volume that holds its local
 copy, so a node never judges another node's files by its own disk.
@@ -9,7 +12,6 @@ Paths come from the UID alone; original file names never touch the filesystem.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import shutil
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from mediasvc.errors import InsufficientStorage
 from mediasvc.storage.cloud.base import PREVIEW_SUFFIX
-from mediasvc.storage.files import fsync_dir, preallocate
+from mediasvc.storage.files import fsync_dir
+from mediasvc.storage.part import PartFile, translate_os_error
 
 INCOMING_DIR = ".incoming"
 PART_SUFFIX = ".part"
@@ -28,14 +31,18 @@ VOLUME_ID_FILE = ".volume-id"
 class LocalStore:
     """The media root on local disk."""
 
-    def __init__(self, root: Path, *, fsync: bool, min_free_bytes: int) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool, min_free_bytes: int, direct_io: bool = True
+    ) -> None:
         self.root = root.resolve()
         self.incoming = self.root / INCOMING_DIR
         self.fsync = fsync
+        self.direct_io = direct_io  # part files bypass the page cache where the disk allows
         self.min_free_bytes = min_free_bytes
         self._volume_id: str | None = None
-        # Makes "check the free space, then allocate" one step for the uploads of this process.
-        self._reserving = threading.Lock()
+        # Makes "check the free space, then allocate" one step for the part files of this
+        # process (PartFile.reserve).
+        self.reserving = threading.Lock()
 
     def prepare(self) -> None:
         self.incoming.mkdir(parents=True, exist_ok=True)
@@ -72,23 +79,20 @@ class LocalStore:
                 f"{size_bytes} bytes do not fit: {free} bytes free on the media disk"
             )
 
-    def reserve(self, fd: int, size_bytes: int) -> bool:
-        """Allocate ``size_bytes`` to an upload's open ``.part`` file (blocking), beside the
-        headroom, or refuse (507). False: the filesystem cannot allocate ahead; only the check ran.
-
-        Checking alone let three concurrent 70 MB uploads into 209 MB free: one 201, two 507
-        (issue 12). Allocated blocks leave the free space at once, so the next upload's check
-        sees them; in other processes too (only check-and-allocate is not atomic across them).
-        """
-        with self._reserving:
-            self.ensure_room_for(size_bytes)
-            try:
-                return preallocate(fd, size_bytes)
-            except OSError as exc:
-                raise translate_os_error(exc) from exc
+    def create_part(self, uid: str, *, written_by_tool: bool = False) -> PartFile:
+        """A new ``.part`` file for ``uid`` (blocking); storage/part.py says how it is used."""
+        return PartFile(
+            self.part_path_for(uid),
+            fsync=self.fsync,
+            direct_io=self.direct_io,
+            store=self,
+            uid=uid,
+            written_by_tool=written_by_tool,
+        )
 
     def commit(self, part_path: Path, uid: str) -> Path:
-        """Atomically move a finished, fsynced ``.part`` file to its UID path (blocking)."""
+        """Atomically move a finished, fsynced ``.part`` file to its UID path (blocking);
+        ``PartFile.commit`` calls it."""
         final = self.path_for(uid)
         try:
             created = not final.parent.is_dir()
@@ -155,10 +159,3 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def translate_os_error(exc: OSError) -> Exception:
-    """Map disk-full errors to 507; anything else stays what it is."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage("the media disk is full")
-    return exc

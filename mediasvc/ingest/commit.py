@@ -1,0 +1,82 @@
+"""A finished part file becomes a file: its row, then rename and commit in the uid's window.
+
+Uploads and derived copies (the faststart remux) both end here, so a new file's row is built in
+one place and every new file reaches the media root the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import anyio
+
+from mediasvc.db import repository
+from mediasvc.db.models import CloudStatus, FileRecord, ProbeStatus
+from mediasvc.db.session import Database
+from mediasvc.storage.part import PartFile
+
+
+def new_record(
+    part: PartFile,
+    *,
+    sha256: str,
+    created_at: datetime,
+    original_name: str | None,
+    extension: str | None,
+    media_type: str,
+    expires_at: datetime | None,
+    max_downloads: int | None,
+    owner: str | None,
+    delete_token_hash: str,
+    volume: str,
+    derived_from: str | None = None,
+) -> FileRecord:
+    """The row of a new local file (``part``, finished): nothing pushed or probed yet."""
+    assert part.uid is not None
+    return FileRecord(
+        uid=part.uid,
+        original_name=original_name,
+        extension=extension,
+        format=media_type,
+        size=part.size,
+        sha256=sha256,
+        created_at=created_at,
+        expires_at=expires_at,
+        max_downloads=max_downloads,
+        bytes_served=0,
+        local=True,
+        cloud_status=CloudStatus.PENDING.value,
+        cloud_updated_at=created_at,
+        cloud_attempts=0,
+        delete_token_hash=delete_token_hash,
+        owner=owner,
+        derived_from=derived_from,
+        probe_status=ProbeStatus.PENDING.value,
+        volume=volume,
+    )
+
+
+async def commit_part(
+    db: Database, part: PartFile, record: FileRecord, *, faststart_of: str | None = None
+) -> bool:
+    """Rename ``part`` into place and commit ``record``; with ``faststart_of``, the row of that
+    original points to the new file in the same transaction, and False (nothing kept) if the
+    original is gone.
+
+    The uid's commit window lock is taken before the rename and held until the row's
+    transaction ends, so the sweep of rowless files never takes a file whose row is still on
+    its way, however long the INSERT waits (db/commit_window.py). On any failure, or a no,
+    nothing of the file is left; if the process dies in between, the file has no row and the
+    sweep removes it.
+    """
+    try:
+        async with db.session() as session, db.commit_window.committing(session, record.uid):
+            await anyio.to_thread.run_sync(part.commit)
+            if not await repository.add_new_file(session, record, faststart_of=faststart_of):
+                await anyio.to_thread.run_sync(part.discard)
+                return False
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(part.discard)
+        raise
+    return True

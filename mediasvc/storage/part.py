@@ -1,0 +1,208 @@
+"""One new file on its way into the media root: ``.incoming/<uid>.part`` until ``commit()``.
+
+The local store hands these out (``LocalStore.create_part``); whoever fills one (an upload, a
+remux, later a resumable upload's PATCHes) never touches paths, fsync, renames or errnos:
+
+- ``reserve(n)``: allocate ``n`` bytes up front (real blocks, so two uploads can't both count on
+  the same free space). Bytes appended beyond the reservation are checked against the headroom
+  before each write, so a body of unknown length stops at the headroom instead of filling the
+  disk (507).
+- ``append(data)``: write ``data`` at the end, through O_DIRECT where the filesystem allows
+  (storage/direct.py). The write runs in this file's writer thread, at most ``WRITES_BEHIND``
+  behind the caller, so the caller (which hashes) and the disk overlap; the returned future says
+  when ``data`` may be reused.
+- ``finish()``: the bytes are durable (flush, fsync) and the file is closed.
+- ``commit()``: atomic rename into ``<root>/<uid[:2]>/<uid>``, directories fsynced.
+- ``discard()``: whatever of it is on disk goes, before or after ``commit()``; safe to repeat.
+
+ENOSPC and EDQUOT, from any of these (a disk out of inodes fails at create), are 507. Methods
+block: call them from a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mediasvc.errors import InsufficientStorage
+from mediasvc.storage.direct import AppendOnlyFile
+from mediasvc.storage.files import preallocate
+
+if TYPE_CHECKING:
+    from mediasvc.storage.local import LocalStore
+
+# Without O_DIRECT (and with fsync on), flush this often so the disk's flush overlaps receiving.
+FLUSH_EVERY_BYTES = 64 * 1024 * 1024
+# Writes still running when append() returns: the caller hashes the batch while it is written.
+WRITES_BEHIND = 1
+
+
+class PartFile:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool,
+        direct_io: bool = True,
+        store: LocalStore | None = None,
+        uid: str | None = None,
+        written_by_tool: bool = False,
+    ) -> None:
+        """Create ``path`` (never overwriting a file). ``store`` and ``uid``: where it is
+        committed, and whose free space it keeps (without them, a scratch file that only
+        ``finish()`` and ``discard()`` apply to). ``written_by_tool``: another program (ffmpeg)
+        writes it by its path; there are no appends, ``finish()`` makes what it wrote durable.
+        """
+        self.path = path
+        self.uid = uid
+        self.size = 0  # bytes appended; after finish(), the file's size
+        self._fsync = fsync
+        self._store = store
+        self._reserved = 0
+        self._unflushed = 0
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
+        self._write_error: BaseException | None = None
+        self._committed: Path | None = None
+        self._file: AppendOnlyFile | None = None
+        try:
+            if written_by_tool:
+                path.touch(mode=0o640, exist_ok=False)
+            else:
+                self._file = AppendOnlyFile(path, direct=direct_io)
+        except OSError as exc:  # a disk out of inodes fails here with ENOSPC: 507, not 500
+            raise translate_os_error(exc) from exc
+
+    def reserve(self, size_bytes: int) -> None:
+        """Allocate ``size_bytes`` up front beside the headroom, or refuse (507). Where the
+        filesystem cannot allocate ahead, only the free space is checked.
+
+        Allocated blocks leave the free space at once, so the next upload's check sees them, in
+        other processes too (only check-and-allocate is not atomic across them)."""
+        assert self._file is not None and self._store is not None
+        if not size_bytes:
+            return
+        with self._store.reserving:  # check-then-allocate is one step for this process
+            self._store.ensure_room_for(size_bytes)
+            try:
+                allocated = preallocate(self._file.fd, size_bytes)
+            except OSError as exc:
+                raise translate_os_error(exc) from exc
+        if allocated:
+            self._reserved = size_bytes
+
+    def append(self, data: memoryview | bytes) -> Future[None]:
+        """Queue ``data``'s write at the end; ``data`` must stay intact until the future is done.
+
+        Returns once at most ``WRITES_BEHIND`` writes (this one included) are still running, and
+        raises the error of any earlier write (after one fails, none other runs: the file would
+        have a hole)."""
+        if self._write_error is not None:
+            raise self._write_error
+        self.size += len(data)
+        if self._store is not None and self.size > self._reserved:
+            # Not reserved: keep the headroom. The write still in flight is not on the disk
+            # yet, so the disk can end at most one batch below the headroom.
+            self._store.ensure_room_for(len(data))
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mediasvc-write")
+        written = self._writer.submit(self._write, data)
+        self._pending.append(written)
+        while len(self._pending) > WRITES_BEHIND:
+            self._pending.popleft().result()
+        return written
+
+    def park(self) -> None:
+        """Wait for queued writes and end the writer thread (the body idles); never raises.
+
+        A failed write stays recorded: the next ``append()`` or ``finish()`` raises it."""
+        while self._pending:
+            with contextlib.suppress(BaseException):
+                self._pending.popleft().result()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.shutdown(wait=True)
+
+    def finish(self) -> int:
+        """Make the bytes durable and close the file; its size."""
+        try:
+            if self._file is None:  # written by a tool: what it wrote is the file
+                return self._finish_tool_output()
+            while self._pending:
+                self._pending.popleft().result()
+            if self._write_error is not None:  # raised once already, to append(): again here
+                raise self._write_error
+            self._file.flush()
+            if self._reserved > self.size:  # the reservation covered multipart framing too
+                os.ftruncate(self._file.fd, self.size)
+            if self._fsync:
+                os.fsync(self._file.fd)
+        except OSError as exc:
+            error = translate_os_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            self._close()
+        return self.size
+
+    def commit(self) -> Path:
+        """Rename the finished file into place (atomic, durable); its final path."""
+        assert self._store is not None and self.uid is not None
+        self._committed = self._store.commit(self.path, self.uid)
+        return self._committed
+
+    def discard(self) -> None:
+        """Close and delete what is on disk: the ``.part`` file, or the committed file."""
+        self._close()
+        self.path.unlink(missing_ok=True)
+        if self._committed is not None:
+            self._committed.unlink(missing_ok=True)
+            self._committed = None
+
+    def _finish_tool_output(self) -> int:
+        with self.path.open("rb") as file:
+            if self._fsync:
+                os.fsync(file.fileno())
+            self.size = os.fstat(file.fileno()).st_size
+        return self.size
+
+    def _write(self, data: memoryview | bytes) -> None:
+        assert self._file is not None
+        if self._write_error is not None:
+            return  # never write past a failed write: the file would have a hole
+        try:
+            self._file.write(data)
+            if self._file.direct:
+                return
+            self._unflushed += len(data)
+            if self._fsync and self._unflushed >= FLUSH_EVERY_BYTES:
+                os.fdatasync(self._file.fd)
+                self._unflushed = 0
+        except BaseException as exc:
+            # Whatever it is, no later write may run (a hole), nor read a buffer the caller
+            # already got back because this error surfaced first.
+            self._write_error = error = translate_os_error(exc) if isinstance(exc, OSError) else exc
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.shutdown(wait=True)
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()
+
+
+def translate_os_error(exc: OSError) -> Exception:
+    """Map disk-full errors to 507; anything else stays what it is."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("the media disk is full")
+    return exc
