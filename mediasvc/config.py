@@ -25,6 +25,10 @@ from mediasvc.auth import ApiKey
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+#: The shortest signing secret accepted. Links are HMAC-SHA256: a key of the hash's own output
+#: size (32 bytes) is what RFC 2104 recommends, and the 256 bits are out of reach of a guess.
+#: An empty or short secret (a word, a default left in place) lets anyone forge a link.
+MIN_SIGNING_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -191,7 +195,9 @@ class Settings(BaseSettings):
         "GET /api/v1/files/{uid}/link or the owner's (or an admin) API key; needs api_keys.",
     )
     signing_secret: SecretStr | None = Field(
-        default=None, description="HMAC key of signed links; the same on every node."
+        default=None,
+        description="HMAC key of signed links; the same on every node; at least "
+        "32 bytes (HMAC-SHA256's key size), e.g. `openssl rand -hex 32`.",
     )
     max_link_expires_s: int = Field(default=7 * 86400, ge=1)
 
@@ -321,6 +327,16 @@ class Settings(BaseSettings):
     def _signing_needs_a_secret(self) -> Settings:
         if self.require_signed_downloads and self.signing_secret is None:
             raise ValueError("require_signed_downloads needs MEDIASVC_SIGNING_SECRET")
+        if self.signing_secret is not None:
+            # Checked here, not in a field validator: a field's error line shows its value, and
+            # the secret must never be printed.
+            secret_bytes = len(self.signing_secret.get_secret_value().encode("utf-8"))
+            if secret_bytes < MIN_SIGNING_SECRET_BYTES:
+                raise ValueError(
+                    f"MEDIASVC_SIGNING_SECRET is {secret_bytes} bytes, signed links need at "
+                    f"least {MIN_SIGNING_SECRET_BYTES}: anyone who guesses it can forge a link "
+                    'to any file; set it to e.g. "$(openssl rand -hex 32)"'
+                )
         if self.require_signed_downloads and not self.api_keys:
             # Without keys, anyone may call /link and mint a valid link for any UID: the
             # signatures would protect nothing.

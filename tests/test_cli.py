@@ -101,8 +101,17 @@ def test_an_invalid_value_is_one_line_and_hash_key_still_works(tmp_path: Path) -
             {"MEDIASVC_FSYNC": "maybe", "MEDIASVC_MAX_RANGES": "0"},
             "MEDIASVC_MAX_RANGES='0': Input should be greater than or equal to 1",
         ),
+        (
+            # An empty HMAC key: anyone could sign a link to any file.
+            {
+                "MEDIASVC_API_KEYS": '[{"name": "a", "sha256": "%s"}]' % ("0" * 64),
+                "MEDIASVC_REQUIRE_SIGNED_DOWNLOADS": "true",
+                "MEDIASVC_SIGNING_SECRET": "",
+            },
+            "MEDIASVC_SIGNING_SECRET is 0 bytes, signed links need at least 32",
+        ),
     ],
-    ids=["json", "rule-between-settings", "two-at-once"],
+    ids=["json", "rule-between-settings", "two-at-once", "empty-signing-secret"],
 )
 def test_every_kind_of_invalid_configuration_is_one_line(
     tmp_path: Path, env: dict[str, str], expected: str
