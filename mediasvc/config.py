@@ -19,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from mediasvc.auth import ApiKey
 
@@ -29,6 +31,11 @@ GiB = 1024 * MiB
 #: size (32 bytes) is what RFC 2104 recommends, and the 256 bits are out of reach of a guess.
 #: An empty or short secret (a word, a default left in place) lets anyone forge a link.
 MIN_SIGNING_SECRET_BYTES = 32
+#: The async drivers installed with mediasvc (pyproject.toml), as SQLAlchemy names them.
+DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
+DATABASE_URL_FORMS = (
+    "use postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB or sqlite+aiosqlite:///PATH"
+)
 
 
 class Settings(BaseSettings):
@@ -322,6 +329,25 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _database_url_has_a_driver_we_ship(self) -> Settings:
+        # Checked at start, not at the first query: an unknown scheme or a driver that is not
+        # installed (postgresql:// means psycopg2) came out of SQLAlchemy as a long traceback.
+        # Not a field validator: its error line would print the URL, password included.
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            raise ValueError(
+                f"MEDIASVC_DATABASE_URL is not a database URL; {DATABASE_URL_FORMS}"
+            ) from None
+        if url.drivername not in DATABASE_DRIVERS:
+            shown = url.render_as_string(hide_password=True)
+            raise ValueError(
+                f"MEDIASVC_DATABASE_URL={shown!r} uses the driver {url.drivername!r}, which "
+                f"mediasvc does not ship; {DATABASE_URL_FORMS}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _signing_needs_a_secret(self) -> Settings:
