@@ -45,7 +45,8 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default="sqlite+aiosqlite:///./data/mediasvc.db",
-        description="SQLAlchemy async URL: postgresql+asyncpg://… in production.",
+        description="SQLAlchemy async URL: postgresql+asyncpg://… in production; another "
+        "driver than it or sqlite+aiosqlite is refused at start.",
     )
     media_root: Path = Field(default=Path("./data/media"), description="Where files live on disk.")
     max_upload_size_bytes: int = Field(
