@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from mediasvc.config import Settings
@@ -128,19 +128,37 @@ def granian_app() -> object:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from arq.worker import check_health, run_worker
+    from arq.constants import default_queue_name, health_check_key_suffix
+    from arq.worker import run_worker
+    from redis.exceptions import RedisError
 
     from mediasvc import preflight
     from mediasvc.config import Settings
     from mediasvc.jobs.worker import worker_settings
 
     settings = Settings()
+    if not settings.redis_url:
+        raise preflight.StartupError(
+            "MEDIASVC_REDIS_URL is not set: the worker takes its jobs from Redis, e.g. "
+            "redis://127.0.0.1:6379/0 (without it the server runs the jobs itself)"
+        )
+    preflight.check_redis(settings.redis_url)
     settings_cls = worker_settings(settings)
-    if not args.check and (warning := preflight.media_tools_warning(settings)):
-        _warn(warning)
     if args.check:
-        raise SystemExit(check_health(settings_cls))
-    run_worker(settings_cls)
+        queue: str = getattr(settings_cls, "queue_name", default_queue_name)
+        health = preflight.worker_health(
+            settings.redis_url,
+            key=getattr(settings_cls, "health_check_key", None) or queue + health_check_key_suffix,
+            interval_s=settings_cls.health_check_interval,  # type: ignore[attr-defined]
+        )
+        print(f"worker is running: {health}")
+        return
+    if warning := preflight.media_tools_warning(settings):
+        _warn(warning)
+    try:
+        run_worker(settings_cls)
+    except (RedisError, OSError) as exc:  # Redis went away while arq was starting
+        raise preflight.StartupError(f"the worker lost Redis: {exc}") from exc
 
 
 def _upload(args: argparse.Namespace) -> None:
@@ -181,11 +199,11 @@ def _hash_key(args: argparse.Namespace) -> None:
 
 
 def _migrate(_args: argparse.Namespace) -> None:
+    from mediasvc import preflight
     from mediasvc.config import Settings
-    from mediasvc.db.migrations import upgrade
 
     settings = Settings()
-    upgrade(settings.database_url)
+    preflight.migrate(settings)
     print(f"database at head: {settings.database_url.split('@')[-1]}")
 
 
@@ -193,8 +211,29 @@ def _warn(message: str) -> None:
     print(f"mediasvc: warning: {message}", file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused command line is one line too (not the usage, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mediasvc: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _port(text: str) -> int:
+    """A TCP port for --port; 0 lets the system pick a free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port: use 1 to {MAX_PORT}")
+    return port
+
+
+MAX_PORT = 65535
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mediasvc",
         description="Media ingest and delivery: the service (serve, worker, migrate) and its "
         "command-line client (upload, download). Settings come from MEDIASVC_* environment "
@@ -218,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on; 0.0.0.0 for every interface (default: %(default)s)",
     )
     serve.add_argument(
-        "--port", type=int, default=8000, help="TCP port to listen on (default: %(default)s)"
+        "--port",
+        type=_port,
+        default=8000,
+        help="TCP port to listen on, 1 to 65535; 0 picks a free one (default: %(default)s)",
     )
     serve.add_argument(
         "--workers",

@@ -3,7 +3,8 @@
 Both stream in 1 MiB chunks (constant memory, any file size) and check the SHA-256 end to end:
 the upload against what the server computed, the download against the ETag (the sha256). A
 resumed download that does not match is downloaded again from the start, once: the partial file
-it continued may hold bytes that were never the file's.
+it continued may hold bytes that were never the file's. A file that fails the check is removed,
+so nothing left on disk looks complete without being the file.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def _headers(api_key: str | None) -> dict[str, str]:
 def _raise_for_problem(response: httpx.Response) -> None:
     if response.is_success:
         return
+    response.read()  # a streamed response's body is not read yet (it was ResponseNotRead)
     try:
         problem = response.json()
         detail = f"{problem.get('title')}: {problem.get('detail')}"
@@ -130,7 +132,8 @@ def download(
     """GET the file; resume a partial ``output`` with Range + If-Range; verify the sha256.
 
     ``restart`` ignores a partial ``output``. A resumed download whose sha256 does not match
-    is fetched again whole, once; a whole download that does not match is an error.
+    is removed and fetched again whole, once; a whole download that does not match is removed
+    and an error.
     """
     file_url = f"{url.rstrip('/')}/api/v1/files/{uid}"
     with _reaching(url), httpx.Client(timeout=TIMEOUT, headers=_headers(api_key)) as http:
@@ -140,14 +143,28 @@ def download(
         output = output or Path(_safe_name(meta.get("original_name")) or uid)
         resumed, digest = _fetch(http, file_url, output, meta, restart=restart, progress=progress)
         if resumed and digest != meta["sha256"]:
-            print(
-                f"{output}: the partial file from an earlier run does not match; "
-                "downloading it again from the start",
-                file=sys.stderr,
-            )
-            _, digest = _fetch(http, file_url, output, meta, restart=True, progress=progress)
+            # Removed first: if the new download fails too (the download budget is used up,
+            # the service went away), no full-size file of wrong bytes is left behind.
+            output.unlink()
+            try:
+                _, digest = _fetch(http, file_url, output, meta, restart=True, progress=progress)
+            except ClientError as exc:
+                raise ClientError(
+                    f"{output}: the partial file from an earlier run did not match and was "
+                    f"removed; downloading it again from the start failed: {exc}"
+                ) from exc
+            if digest == meta["sha256"]:
+                print(
+                    f"{output}: the partial file from an earlier run did not match; "
+                    "downloaded it again from the start",
+                    file=sys.stderr,
+                )
     if digest != meta["sha256"]:
-        raise ClientError(f"{output} has sha256 {digest}, expected {meta['sha256']}")
+        output.unlink()  # never leave a complete-looking file that is not the file
+        raise ClientError(
+            f"{output} had sha256 {digest}, expected {meta['sha256']}; removed it, "
+            "download it again"
+        )
     return output
 
 

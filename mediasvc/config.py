@@ -19,12 +19,23 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from mediasvc.auth import ApiKey
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+#: The shortest signing secret accepted. Links are HMAC-SHA256: a key of the hash's own output
+#: size (32 bytes) is what RFC 2104 recommends, and the 256 bits are out of reach of a guess.
+#: An empty or short secret (a word, a default left in place) lets anyone forge a link.
+MIN_SIGNING_SECRET_BYTES = 32
+#: The async drivers installed with mediasvc (pyproject.toml), as SQLAlchemy names them.
+DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
+DATABASE_URL_FORMS = (
+    "use postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB or sqlite+aiosqlite:///PATH"
+)
 
 
 class Settings(BaseSettings):
@@ -34,7 +45,8 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default="sqlite+aiosqlite:///./data/mediasvc.db",
-        description="SQLAlchemy async URL: postgresql+asyncpg://… in production.",
+        description="SQLAlchemy async URL: postgresql+asyncpg://… in production; another "
+        "driver than it or sqlite+aiosqlite is refused at start.",
     )
     media_root: Path = Field(default=Path("./data/media"), description="Where files live on disk.")
     max_upload_size_bytes: int = Field(
@@ -191,7 +203,9 @@ class Settings(BaseSettings):
         "GET /api/v1/files/{uid}/link or the owner's (or an admin) API key; needs api_keys.",
     )
     signing_secret: SecretStr | None = Field(
-        default=None, description="HMAC key of signed links; the same on every node."
+        default=None,
+        description="HMAC key of signed links; the same on every node; at least "
+        "32 bytes (HMAC-SHA256's key size), e.g. `openssl rand -hex 32`.",
     )
     max_link_expires_s: int = Field(default=7 * 86400, ge=1)
 
@@ -318,9 +332,38 @@ class Settings(BaseSettings):
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
+    def _database_url_has_a_driver_we_ship(self) -> Settings:
+        # Checked at start, not at the first query: an unknown scheme or a driver that is not
+        # installed (postgresql:// means psycopg2) came out of SQLAlchemy as a long traceback.
+        # Not a field validator: its error line would print the URL, password included.
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            raise ValueError(
+                f"MEDIASVC_DATABASE_URL is not a database URL; {DATABASE_URL_FORMS}"
+            ) from None
+        if url.drivername not in DATABASE_DRIVERS:
+            shown = url.render_as_string(hide_password=True)
+            raise ValueError(
+                f"MEDIASVC_DATABASE_URL={shown!r} uses the driver {url.drivername!r}, which "
+                f"mediasvc does not ship; {DATABASE_URL_FORMS}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _signing_needs_a_secret(self) -> Settings:
         if self.require_signed_downloads and self.signing_secret is None:
             raise ValueError("require_signed_downloads needs MEDIASVC_SIGNING_SECRET")
+        if self.signing_secret is not None:
+            # Checked here, not in a field validator: a field's error line shows its value, and
+            # the secret must never be printed.
+            secret_bytes = len(self.signing_secret.get_secret_value().encode("utf-8"))
+            if secret_bytes < MIN_SIGNING_SECRET_BYTES:
+                raise ValueError(
+                    f"MEDIASVC_SIGNING_SECRET is {secret_bytes} bytes, signed links need at "
+                    f"least {MIN_SIGNING_SECRET_BYTES}: anyone who guesses it can forge a link "
+                    'to any file; set it to e.g. "$(openssl rand -hex 32)"'
+                )
         if self.require_signed_downloads and not self.api_keys:
             # Without keys, anyone may call /link and mint a valid link for any UID: the
             # signatures would protect nothing.

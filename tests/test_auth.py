@@ -21,7 +21,7 @@ from tests.conftest import leftovers, truncate
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789"
 ADMIN = "admin-key-0123456789"
-SIGNING_SECRET = "auth-tests-signing-secret"
+SIGNING_SECRET = "auth-tests-signing-secret-of-32-bytes"
 BOUNDARY = "auth-matrix-boundary-7f3a"
 PAYLOAD = bytes(range(256)) * 256  # 64 KiB
 CHUNK = 4096

@@ -427,7 +427,7 @@ def signed_server(start_server: Callable[..., RunningServer], pg_url: str) -> Ru
         {
             "MEDIASVC_DATABASE_URL": pg_url,
             "MEDIASVC_REQUIRE_SIGNED_DOWNLOADS": "true",
-            "MEDIASVC_SIGNING_SECRET": "browser-test-secret",
+            "MEDIASVC_SIGNING_SECRET": "browser-test-signing-secret-32-bytes",
             "MEDIASVC_API_KEYS": json.dumps([{"name": "web", "sha256": hash_key(SIGNED_PAGE_KEY)}]),
         }
     )

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from arq.constants import default_queue_name, health_check_key_suffix
 
 from mediasvc.config import Settings, UnknownSetting
 from mediasvc.progress import format_bytes
@@ -101,8 +103,17 @@ def test_an_invalid_value_is_one_line_and_hash_key_still_works(tmp_path: Path) -
             {"MEDIASVC_FSYNC": "maybe", "MEDIASVC_MAX_RANGES": "0"},
             "MEDIASVC_MAX_RANGES='0': Input should be greater than or equal to 1",
         ),
+        (
+            # An empty HMAC key: anyone could sign a link to any file.
+            {
+                "MEDIASVC_API_KEYS": '[{"name": "a", "sha256": "%s"}]' % ("0" * 64),
+                "MEDIASVC_REQUIRE_SIGNED_DOWNLOADS": "true",
+                "MEDIASVC_SIGNING_SECRET": "",
+            },
+            "MEDIASVC_SIGNING_SECRET is 0 bytes, signed links need at least 32",
+        ),
     ],
-    ids=["json", "rule-between-settings", "two-at-once"],
+    ids=["json", "rule-between-settings", "two-at-once", "empty-signing-secret"],
 )
 def test_every_kind_of_invalid_configuration_is_one_line(
     tmp_path: Path, env: dict[str, str], expected: str
@@ -191,6 +202,80 @@ def test_the_overview_has_no_markup_and_the_url_default_is_shown(tmp_path: Path)
     assert "(env MEDIASVC_URL; default: http://127.0.0.1:8000)" in download_help
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("foo://bar", "uses the driver 'foo', which mediasvc does not ship; use postgresql+"),
+        ("postgresql://x", "uses the driver 'postgresql', which mediasvc does not ship"),
+        ("not a url", "MEDIASVC_DATABASE_URL is not a database URL; use postgresql+asyncpg://"),
+        ("unreachable", "Connect call failed"),
+        ("no-such-database", "does not exist; is it running, is MEDIASVC_DATABASE_URL right"),
+    ],
+)
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+def test_a_bad_database_url_is_one_line(
+    tmp_path: Path, pg_url: str, command: str, url: str, expected: str
+) -> None:
+    """These were 42 to 134 lines of SQLAlchemy traceback (serve said most in one line)."""
+    server = pg_url.rsplit("/", 1)[0]
+    url = {
+        "unreachable": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x",
+        "no-such-database": f"{server}/mediasvc_no_such_database",
+    }.get(url, url)
+    args = ["serve", "--port", str(free_port())] if command == "serve" else [command]
+    line = one_line(run(*args, env={"MEDIASVC_DATABASE_URL": url}, cwd=tmp_path))
+    assert expected in line
+
+
+def test_a_database_password_is_never_shown(tmp_path: Path) -> None:
+    env = {"MEDIASVC_DATABASE_URL": "postgresql://me:hunter2@db.example/x"}
+    line = one_line(run("migrate", env=env, cwd=tmp_path))
+    assert "hunter2" not in line and "postgresql://me:***@db.example/x" in line
+
+
+@pytest.mark.parametrize("args", [[], ["--check"]], ids=["worker", "check"])
+def test_a_worker_without_redis_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    port = free_port()  # nothing listens there
+    env = {"MEDIASVC_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    line = one_line(run("worker", *args, env=env, cwd=tmp_path))
+    assert f"cannot reach Redis at 127.0.0.1:{port}/0" in line
+    assert "is MEDIASVC_REDIS_URL right?" in line
+    unset = one_line(run("worker", *args, cwd=tmp_path))
+    assert "MEDIASVC_REDIS_URL is not set" in unset
+    bad_scheme = one_line(run("worker", *args, env={"MEDIASVC_REDIS_URL": "foo://x"}, cwd=tmp_path))
+    assert "Redis URL must specify one of the following schemes" in bad_scheme
+
+
+def test_worker_check_without_a_worker_says_what_to_do(tmp_path: Path) -> None:
+    redis_url = os.environ.get("MEDIASVC_TEST_REDIS", "redis://127.0.0.1:6379/13")
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete(f"{default_queue_name}{health_check_key_suffix}")  # no worker has run
+    line = one_line(run("worker", "--check", env={"MEDIASVC_REDIS_URL": redis_url}, cwd=tmp_path))
+    assert "no worker has reported" in line and "is `mediasvc worker` running" in line
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        ("99999", "argument --port: 99999 is not a TCP port: use 1 to 65535"),
+        ("-1", "argument --port: -1 is not a TCP port"),
+        ("http", "argument --port: 'http' is not a port number"),
+    ],
+)
+def test_serve_refuses_a_port_out_of_range_in_one_line(
+    tmp_path: Path, port: str, expected: str
+) -> None:
+    result = run("serve", "--port", port, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result)
+    assert expected in line and "`mediasvc serve --help`" in line
+
+
+def test_a_wrong_command_line_is_one_line(tmp_path: Path) -> None:
+    assert "invalid choice: 'srve'" in one_line(run("srve", cwd=tmp_path))
+    assert "required: uid" in one_line(run("download", cwd=tmp_path))
+
+
 # --- the client -------------------------------------------------------------------------------
 
 
@@ -230,7 +315,7 @@ def test_a_resumed_download_with_wrong_bytes_starts_again_once(
     output.write_bytes(b"\0" * MiB)  # a "partial download" that is not the file's first MiB
     result = run("download", uid, "-o", str(output), "--url", server.base_url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "does not match; downloading it again from the start" in result.stderr
+    assert "did not match; downloaded it again from the start" in result.stderr
     assert output.read_bytes() == body
     # One ranged request (the resume), then one whole download.
     assert downloads_by_status(server) == {"206": 1.0, "200": 1.0}
@@ -239,6 +324,50 @@ def test_a_resumed_download_with_wrong_bytes_starts_again_once(
     again = run("download", uid, "-o", str(output), "--url", server.base_url, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert output.read_bytes() == body
+
+
+def upload_once(server: RunningServer, tmp_path: Path, body: bytes) -> str:
+    """A file that allows one full download."""
+    source = tmp_path / "once.bin"
+    source.write_bytes(body)
+    args = ("upload", str(source), "--max-downloads", "1", "--url", server.base_url)
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    uid = re.search(r"^uid:\s+(\S+)$", result.stdout, re.M)
+    assert uid is not None
+    return uid.group(1)
+
+
+def test_a_used_up_file_is_one_line(
+    uploaded: tuple[RunningServer, str, bytes], tmp_path: Path
+) -> None:
+    server, _, body = uploaded
+    uid = upload_once(server, tmp_path, body)
+    output = tmp_path / "out.bin"
+    args = ("download", uid, "-o", str(output), "--url", server.base_url)
+    assert run(*args, cwd=tmp_path).returncode == 0
+    output.unlink()
+    line = one_line(run(*args, cwd=tmp_path))  # was a 24-line httpx.ResponseNotRead traceback
+    assert line.startswith("mediasvc: download failed: 410 ")
+    assert "download limit is used up" in line
+    assert not output.exists()
+
+
+def test_a_wrong_partial_file_that_cannot_be_downloaded_again_is_removed(
+    uploaded: tuple[RunningServer, str, bytes], tmp_path: Path
+) -> None:
+    """The resume and the restart need two downloads; a budget of one ends in a 410."""
+    server, _, body = uploaded
+    uid = upload_once(server, tmp_path, body)
+    output = tmp_path / "out.bin"
+    output.write_bytes(b"\0" * MiB)  # not the file's first MiB
+    result = run("download", uid, "-o", str(output), "--url", server.base_url, cwd=tmp_path)
+    line = one_line(result)
+    assert f"{output}: the partial file from an earlier run did not match and was removed" in line
+    assert "downloading it again from the start failed: 410 " in line
+    # Not left at full size with the wrong bytes, looking complete.
+    assert not output.exists()
+    assert downloads_by_status(server)["206"] == 1.0
 
 
 def test_restart_ignores_the_partial_file(

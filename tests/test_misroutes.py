@@ -63,16 +63,40 @@ async def test_a_trailing_slash_miss_is_a_307_that_says_where(
     assert f"send {method} {location}" in problem["detail"]
 
 
-async def test_multipart_put_to_the_stream_slash_is_told_where_forms_go(
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+@pytest.mark.parametrize("path", ["/api/v1/files/stream/", "/api/v1/files/stream/a.txt/"])
+async def test_a_form_sent_to_the_raw_upload_path_is_told_where_forms_go(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    # `curl -X PUT -F file=@f URL/api/v1/files/stream/` was a 307 recommending -L, which sent
+    # the whole body again only to get a 415 (a form on the raw endpoint).
+    response = await client.request(
+        method, f"{path}?max_downloads=2", files={"file": ("a.txt", b"hello")}
+    )
+    assert response.status_code == 415
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert "location" not in response.headers
+    problem = response.json()
+    assert problem["type"] == "urn:mediasvc:problem:unsupported-media-type"
+    detail = problem["detail"]
+    assert "POST it to http://testserver/api/v1/files" in detail
+    assert "curl -F file=@FILE http://testserver/api/v1/files" in detail
+    assert "-L" not in detail
+    # The same form posted where it is told to go is an upload.
+    form = await client.post("/api/v1/files", files={"file": ("a.txt", b"hello")})
+    assert form.status_code == 201, form.text
+
+
+async def test_a_raw_body_on_the_slash_miss_is_still_redirected(
     client: httpx.AsyncClient,
 ) -> None:
-    # `curl -X PUT -F file=@f URL/api/v1/files/stream/` was a bare 307 with an empty body.
-    response = await client.put("/api/v1/files/stream/", files={"file": ("a.txt", b"hello")})
-    assert response.status_code == 307
-    assert (
-        "curl -F file=@FILE http://testserver/api/v1/files (POST, multipart)"
-        in (response.json()["detail"])
+    response = await client.put(
+        "/api/v1/files/stream/",
+        content=b"--x\r\n",
+        headers={"Content-Type": "application/octet-stream"},
     )
+    assert response.status_code == 307
+    assert response.headers["location"] == "http://testserver/api/v1/files/stream"
 
 
 async def test_a_real_miss_stays_a_404(client: httpx.AsyncClient) -> None:

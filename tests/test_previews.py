@@ -225,7 +225,7 @@ async def test_signed_downloads_cover_the_preview(
     owner, stranger = {"Authorization": "Bearer owner-key"}, {"Authorization": "Bearer other-key"}
     settings = make_settings(
         require_signed_downloads=True,
-        signing_secret="s3cret",
+        signing_secret="previews-test-secret-of-32-bytes!",
         api_keys=[
             ApiKey(name="owner", sha256=hash_key("owner-key")),
             ApiKey(name="other", sha256=hash_key("other-key")),

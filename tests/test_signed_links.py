@@ -13,13 +13,13 @@ from pydantic import ValidationError
 from starlette.datastructures import QueryParams
 
 from mediasvc.auth import ApiKey, hash_key
-from mediasvc.config import Settings
+from mediasvc.config import MIN_SIGNING_SECRET_BYTES, Settings, describe_error
 from mediasvc.delivery import signing
 from mediasvc.errors import Forbidden
 from tests.conftest import RunningServer
 from tests.test_auth import assert_clean, bearer, fresh_client
 
-SECRET = "signed-links-test-secret"
+SECRET = "signed-links-test-secret-of-32-bytes"
 MAX_LINK_S = 3600
 DATA = bytes(range(256)) * 40 + b"tail"  # 10,244 bytes
 OTHER = b"another file's bytes"
@@ -295,8 +295,36 @@ def test_require_signed_downloads_without_secret_is_a_settings_error(
     with pytest.raises(ValidationError, match="MEDIASVC_SIGNING_SECRET"):
         make_settings(require_signed_downloads=True, api_keys=KEYS)
     assert make_settings(
-        require_signed_downloads=True, signing_secret="s", api_keys=KEYS
+        require_signed_downloads=True, signing_secret=SECRET, api_keys=KEYS
     ).signing_secret
+
+
+@pytest.mark.parametrize("require", [True, False], ids=["required", "links-only"])
+@pytest.mark.parametrize(
+    "secret",
+    ["", "s", "x" * (MIN_SIGNING_SECRET_BYTES - 1), "é" * 15],
+    ids=["empty", "1-byte", "31-bytes", "30-bytes-15-chars"],
+)
+def test_a_signing_secret_shorter_than_32_bytes_is_a_settings_error(
+    make_settings: Callable[..., Settings], secret: str, require: bool
+) -> None:
+    """An empty key signed links anyone could compute: the service must not start with it."""
+    with pytest.raises(ValidationError) as refused:
+        make_settings(require_signed_downloads=require, signing_secret=secret, api_keys=KEYS)
+    line = describe_error(refused.value)
+    n_bytes = len(secret.encode())
+    assert f"MEDIASVC_SIGNING_SECRET is {n_bytes} bytes, signed links need at least 32" in line
+    assert "openssl rand -hex 32" in line
+    if len(secret) > 1:
+        assert secret not in line  # never printed
+
+
+def test_a_32_byte_signing_secret_is_enough(make_settings: Callable[..., Settings]) -> None:
+    for secret in ("x" * MIN_SIGNING_SECRET_BYTES, "é" * 16):  # bytes, not characters
+        settings = make_settings(
+            require_signed_downloads=True, signing_secret=secret, api_keys=KEYS
+        )
+        assert settings.signing_secret is not None
 
 
 # --- one rule for every route that reveals a file ------------------------------------------------

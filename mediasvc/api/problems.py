@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from mediasvc.api import misroutes
-from mediasvc.errors import MediaServiceError
+from mediasvc.errors import MediaServiceError, UnsupportedMediaType
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         return _method_not_allowed(request)
     if exc.status_code == 404 and (other := misroutes.slash_variant(request)):
+        if form := misroutes.misdirected_form(request):
+            return problem_for(UnsupportedMediaType(form))  # not a redirect that cannot succeed
         return _slash_redirect(request, other)
     title = HTTPStatus(exc.status_code).phrase
     return problem_response(
