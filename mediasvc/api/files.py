@@ -18,7 +18,7 @@ from mediasvc.api.access import ReadableFile, check_owner
 from mediasvc.api.access import live_record as _live_record  # the name other modules import
 from mediasvc.api.common import Caller, base_url_of, services_of
 from mediasvc.api.schemas import FileList, FileMetadata, SignedLink
-from mediasvc.api.uploads import problem_responses  # error responses in the OpenAPI schema
+from mediasvc.api.openapi import problem_responses
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
 from mediasvc.delivery import conditional, signing

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from mediasvc.api.access import ReadableFile
 from mediasvc.api.common import services_of
 from mediasvc.api.files import CACHE_NO_STORE, CACHE_PRIVATE_DAY
-from mediasvc.api.uploads import problem_responses
+from mediasvc.api.openapi import problem_responses
 from mediasvc.db.models import FileRecord, ProbeStatus
 from mediasvc.delivery.cloud import cloud_file_response
 from mediasvc.delivery.response import FileBodyResponse, body_options
