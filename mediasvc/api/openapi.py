@@ -31,3 +31,17 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def bytes_responses(media_type: str) -> dict[int | str, dict[str, Any]]:
+    """A route that sends a representation's bytes (``delivery.serve``): its statuses.
+
+    400 malformed Range, 401/403 signature or key, 404 unknown UID, 410 gone, 412/416
+    preconditions and ranges, 422 bad query, 431 headers, 503 database or cloud.
+    """
+    return {
+        200: {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}}},
+        206: {"description": "Partial content (one range, or multipart/byteranges)"},
+        304: {"description": "Not modified"},
+        **problem_responses(400, 401, 403, 404, 410, 412, 416, 422, 431, 503),
+    }
