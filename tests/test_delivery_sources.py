@@ -7,6 +7,7 @@ bytes it fetched counted by a proxy.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -57,43 +58,40 @@ async def read_all(source: ByteSource, start: int, end: int, *, part_bytes: int)
 # --- local file -------------------------------------------------------------------------
 
 
-async def test_local_file_size_mtime_and_ranges(tmp_path: Path, data: bytes) -> None:
+@pytest.fixture
+def path(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / "f"
     path.write_bytes(data)
     os.utime(path, (WHEN.timestamp(), WHEN.timestamp()))
+    return path
+
+
+@pytest.fixture
+async def local(path: Path) -> AsyncIterator[LocalFile]:
     source = await LocalFile.open(path)
-    try:
-        assert source.size == SIZE
-        assert source.mtime == WHEN
-        for start, end in ((0, SIZE), (1, 2), (SIZE - 10, SIZE), (MiB - 1, 2 * MiB + 1)):
-            parts = await read_all(source, start, end, part_bytes=256 * KiB)
-            assert b"".join(parts) == data[start:end]
-            assert max(len(part) for part in parts) <= 256 * KiB
-    finally:
-        await source.aclose()
+    yield source
+    await source.aclose()
 
 
-async def test_local_file_reads_nothing_past_its_end(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(data)
-    source = await LocalFile.open(path)
-    try:
-        assert await source.read(SIZE, 10, part_bytes=MiB, range_end=SIZE + 10) == []
-        short = await source.read(SIZE - 5, 10, part_bytes=MiB, range_end=SIZE + 5)
-        assert b"".join(short) == data[-5:]
-    finally:
-        await source.aclose()
+async def test_local_file_size_mtime_and_ranges(local: LocalFile, data: bytes) -> None:
+    assert (local.size, local.mtime) == (SIZE, WHEN)
+    for start, end in ((0, SIZE), (1, 2), (SIZE - 10, SIZE), (MiB - 1, 2 * MiB + 1)):
+        parts = await read_all(local, start, end, part_bytes=256 * KiB)
+        assert b"".join(parts) == data[start:end]
+        assert max(len(part) for part in parts) <= 256 * KiB
 
 
-async def test_local_file_opened_before_a_delete_is_read_whole(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(data)
-    source = await LocalFile.open(path)
-    path.unlink()
-    try:
-        assert b"".join(await read_all(source, 0, SIZE, part_bytes=MiB)) == data
-    finally:
-        await source.aclose()
+async def test_local_file_reads_nothing_past_its_end(local: LocalFile, data: bytes) -> None:
+    assert await local.read(SIZE, 10, part_bytes=MiB, range_end=SIZE + 10) == []
+    short = await local.read(SIZE - 5, 10, part_bytes=MiB, range_end=SIZE + 5)
+    assert b"".join(short) == data[-5:]
+
+
+async def test_local_file_opened_before_a_delete_is_read_whole(
+    path: Path, local: LocalFile, data: bytes
+) -> None:
+    await asyncio.to_thread(path.unlink)
+    assert b"".join(await read_all(local, 0, SIZE, part_bytes=MiB)) == data
 
 
 async def test_local_file_close_gives_back_its_descriptor(tmp_path: Path) -> None:
@@ -223,7 +221,7 @@ async def test_the_disk_wins_and_the_cloud_is_asked_only_without_it(
     assert isinstance(local, LocalFile) and asked == []
     await local.aclose()
 
-    path.unlink()
+    await asyncio.to_thread(path.unlink)
     remote = await open_source(path, cloud, cloud_copy)
     try:
         assert isinstance(remote, CloudObject) and asked == ["cloud"]

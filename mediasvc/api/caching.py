@@ -45,10 +45,12 @@ class JsonCacheControlMiddleware:
         self.schema_paths = schema_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        value = SCHEMA_CACHE_CONTROL if scope["path"] in self.schema_paths else JSON_CACHE_CONTROL
+        if scope["type"] == "http":
+            send = self._saying_cache_control(send, scope["path"])
+        await self.app(scope, receive, send)
+
+    def _saying_cache_control(self, send: Send, path: str) -> Send:
+        value = SCHEMA_CACHE_CONTROL if path in self.schema_paths else JSON_CACHE_CONTROL
 
         async def send_with_cache_control(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -57,4 +59,4 @@ class JsonCacheControlMiddleware:
                     headers["Cache-Control"] = value
             await send(message)
 
-        await self.app(scope, receive, send_with_cache_control)
+        return send_with_cache_control

@@ -197,8 +197,7 @@ async def delete_file(
             raise Forbidden("the X-Delete-Token does not match this file")
     elif services.keyring.enabled:
         # With keys on, no token and no Authorization is a missing credential: 401 with the
-        # Bearer challenge (docs/design.md, status codes), as a malformed Authorization already was;
-        # it used to be 403 only when the header was absent.
+        # Bearer challenge (docs/design.md, status codes), as a malformed Authorization already was.
         caller = services.keyring.identify(request.headers)
         if caller is None or not caller.admin:
             raise Forbidden("only an admin key deletes without the file's X-Delete-Token")

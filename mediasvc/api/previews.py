@@ -7,8 +7,6 @@ the local copy is gone); 404 until the probe job has made one.
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -27,7 +25,6 @@ from mediasvc.media.preview import PREVIEW_MEDIA_TYPE
 from mediasvc.services import Services
 from mediasvc.storage.cloud import CloudError
 
-logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 
 
