@@ -1,7 +1,7 @@
 """The one response path alone (``delivery.serve`` + ``delivery.response``), at the ASGI level.
 
 No app, no route: a request scope, a local file as the source, and the messages the response
-sends. Single and multiple ranges, 416, If-Range, 304/412 (before any source is opened), HEAD,
+sends. Single and multiple ranges, 416, If-Range, 304/412 (the source closed again), HEAD,
 and a client that takes nothing until the send timeout.
 """
 
@@ -185,12 +185,14 @@ async def test_if_range(tmp_path: Path, data: bytes, if_range: str, status: int)
         {"if_modified_since": format_datetime(WHEN, usegmt=True)},
     ],
 )
-async def test_304_opens_no_source(tmp_path: Path, data: bytes, headers: dict[str, str]) -> None:
-    scope = scope_of(**headers)
+async def test_304_closes_the_source(tmp_path: Path, data: bytes, headers: dict[str, str]) -> None:
+    before = open_fds()
+    scope = scope_of(**headers, range="bytes=999999-")  # preconditions come before ranges
     opener = Opener(tmp_path / "f")
     response = await deliver(Request(scope), REPRESENTATION, opener, CONFIG)
+    assert open_fds() == before
     status, sent, body = await run(response, scope)
-    assert (status, body, opener.opened) == (304, b"", 0)
+    assert (status, body, opener.opened) == (304, b"", 1)
     assert sent["etag"] == ETAG and sent["cache-control"] == "private, max-age=86400"
     assert "content-length" not in sent or sent["content-length"] == "0"
 
@@ -199,11 +201,22 @@ async def test_304_opens_no_source(tmp_path: Path, data: bytes, headers: dict[st
     "headers",
     [{"if_match": '"other"'}, {"if_unmodified_since": "Sun, 06 Nov 1994 08:49:37 GMT"}],
 )
-async def test_412_opens_no_source(tmp_path: Path, headers: dict[str, str]) -> None:
+async def test_412_closes_the_source(tmp_path: Path, data: bytes, headers: dict[str, str]) -> None:
+    before = open_fds()
     opener = Opener(tmp_path / "f")
     with pytest.raises(PreconditionFailed):
         await deliver(Request(scope_of(**headers)), REPRESENTATION, opener, CONFIG)
-    assert opener.opened == 0
+    assert open_fds() == before
+
+
+async def test_a_missing_source_is_its_own_error_whatever_the_conditionals(
+    tmp_path: Path,
+) -> None:
+    """A 304 or 412 is only said of bytes that exist (a preview not made yet stays 404)."""
+    opener = Opener(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError):
+        scope = scope_of(if_none_match=ETAG, if_modified_since="Sun, 06 Nov 2094 08:49:37 GMT")
+        await deliver(Request(scope), REPRESENTATION, opener, CONFIG)
 
 
 async def test_head_sends_the_headers_only(tmp_path: Path, data: bytes) -> None:

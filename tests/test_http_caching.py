@@ -108,3 +108,13 @@ async def test_json_responses_say_no_store(make_settings: Callable[..., Settings
         assert download.headers["cache-control"] == "private, max-age=86400"
     finally:
         await stopped(app, client)
+
+
+async def test_a_file_without_a_preview_is_404_whatever_the_conditionals(
+    client: httpx.AsyncClient,
+) -> None:
+    uid = (await client.post("/api/v1/files/stream", content=b"not a picture")).json()["uid"]
+    await probed(client, uid)
+    headers = {"If-None-Match": "*", "If-Modified-Since": "Sun, 06 Nov 2094 08:49:37 GMT"}
+    response = await client.get(f"/api/v1/files/{uid}/preview", headers=headers)
+    assert response.status_code == 404

@@ -123,13 +123,8 @@ async def download(
         raise Forbidden("prefetches of a file with a download limit are refused")
 
     async def open_file() -> ByteSource:
-        if request.method == "GET":
-            services.access_log.record(record, datetime.now(UTC))  # best effort, written later
-        return await open_source(
-            services.store.path_for(record.uid),
-            services.cloud,
-            partial(_cloud_copy, services, record),
-        )
+        path = services.store.path_for(record.uid)
+        return await open_source(path, services.cloud, partial(_cloud_copy, services, record))
 
     response = await deliver(
         request,
@@ -137,7 +132,11 @@ async def download(
         open_file,
         SendConfig.from_settings(services.settings),
     )
-    if budget is not None and isinstance(response, SourceResponse):
+    if not isinstance(response, SourceResponse):
+        return response  # 304: no access recorded, nothing charged
+    if request.method == "GET":
+        services.access_log.record(record, datetime.now(UTC))  # best effort, written later
+    if budget is not None:
         try:
             await _charge(services, record, response, request, budget)
         except BaseException:

@@ -1,8 +1,9 @@
 """The one path from a request to the bytes of a representation, whatever serves them.
 
-Downloads, previews and the web page's assets all come here: preconditions (RFC 9110 §13.2.2:
-412, or 304 before any source is opened), then the source, then the ranges the request asks
-for (400/416 close the source again), then one ``SourceResponse``.
+Downloads, previews and the web page's assets all come here: the source (so a 304 or 412 is
+only ever said of bytes that exist: a missing preview stays a 404), the preconditions (RFC 9110
+§13.2.2: 412, or 304), the ranges the request asks for (400/416), then one ``SourceResponse``.
+Every answer but the last closes the source again.
 """
 
 from __future__ import annotations
@@ -51,19 +52,20 @@ async def deliver(
 ) -> Response:
     """A 304, or a ``SourceResponse`` (200/206) over the source ``open_source`` opens.
 
-    Raises 412 (``PreconditionFailed``), 400/416 (ranges) and whatever ``open_source`` raises.
+    Raises whatever ``open_source`` raises, then 412 (``PreconditionFailed``), 400/416 (ranges).
     """
     headers = representation.header_block()
-    outcome = conditional.evaluate(
-        request.headers,
-        method=request.method,
-        etag=representation.etag,
-        last_modified=representation.last_modified.replace(microsecond=0),
-    )
-    if outcome is conditional.Outcome.NOT_MODIFIED:
-        return not_modified(headers)
     source = await open_source()
     try:
+        outcome = conditional.evaluate(
+            request.headers,
+            method=request.method,
+            etag=representation.etag,
+            last_modified=representation.last_modified.replace(microsecond=0),
+        )
+        if outcome is conditional.Outcome.NOT_MODIFIED:
+            await source.aclose()
+            return not_modified(headers)
         ranges = requested_ranges(
             request.headers,
             request.method,
