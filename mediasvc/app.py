@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 import mediasvc
 from mediasvc.api import docs, files, health, metrics, previews, problems, uploads
+from mediasvc.api.caching import JsonCacheControlMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
@@ -65,6 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.state.metrics = Metrics()
     app.add_middleware(HeaderLimitMiddleware, max_header_bytes=settings.max_header_bytes)
+    # Outside the header limit, so its 431 says what a cache may do too (api/caching.py).
+    app.add_middleware(
+        JsonCacheControlMiddleware, schema_paths=frozenset({app.openapi_url or "/openapi.json"})
+    )
     # Outermost, so every response (a 431 included) carries X-Request-ID and is logged.
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)

@@ -7,27 +7,27 @@ import binascii
 import logging
 import time
 from datetime import UTC, datetime
-from email.utils import format_datetime
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Annotated, Literal
 
-import anyio
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from mediasvc.api.access import ReadableFile, check_owner
-from mediasvc.api.access import live_record as _live_record  # the name other modules import
+from mediasvc.api.access import ReadableFile, check_owner, live_record
+from mediasvc.api.caching import file_cache_control
 from mediasvc.api.common import Caller, base_url_of, services_of
+from mediasvc.api.openapi import bytes_responses, problem_responses
 from mediasvc.api.schemas import FileList, FileMetadata, SignedLink
-from mediasvc.api.uploads import problem_responses  # error responses in the OpenAPI schema
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
-from mediasvc.delivery import conditional, signing
+from mediasvc.delivery import signing
 from mediasvc.delivery.budget import budget_bytes, is_prefetch, remaining_downloads
-from mediasvc.delivery.cloud import cloud_file_response
 from mediasvc.delivery.disposition import content_disposition
+from mediasvc.delivery.locate import CloudCopy, open_source
 from mediasvc.delivery.reservation import reserve
-from mediasvc.delivery.response import FileBodyResponse, body_options
-from mediasvc.delivery.sources import LocalFile
+from mediasvc.delivery.response import SendConfig, SourceResponse
+from mediasvc.delivery.serve import Representation, deliver
+from mediasvc.delivery.sources import ByteSource
 from mediasvc.errors import (
     Forbidden,
     Gone,
@@ -42,9 +42,6 @@ from mediasvc.services import Services
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
-
-CACHE_PRIVATE_DAY = "private, max-age=86400"
-CACHE_NO_STORE = "private, no-store"
 
 
 @router.get(
@@ -97,15 +94,7 @@ async def file_metadata(request: Request, record: ReadableFile) -> FileMetadata:
     return FileMetadata.from_record(record, base_url=base_url_of(request))
 
 
-_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    # The file's own type (its `format`), not always application/octet-stream.
-    200: {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-    206: {"description": "Partial content (one range, or multipart/byteranges)"},
-    304: {"description": "Not modified"},
-    # 400 malformed Range, 401/403 signature, key or prefetch of a limited file, 404 unknown UID,
-    # 410 gone, 412/416 preconditions and ranges, 422 bad query, 431 headers, 503 database or cloud.
-    **problem_responses(400, 401, 403, 404, 410, 412, 416, 422, 431, 503),
-}
+_DOWNLOAD_RESPONSES = bytes_responses("*/*")  # the file's own type (its `format`)
 
 
 @router.get(
@@ -132,47 +121,44 @@ async def download(
     budget = budget_bytes(record)
     if budget is not None and is_prefetch(request.headers):
         raise Forbidden("prefetches of a file with a download limit are refused")
-    headers = _representation_headers(record, inline=inline)
-    outcome = conditional.evaluate(
-        request.headers,
-        method=request.method,
-        etag=headers["ETag"],
-        last_modified=record.created_at.replace(microsecond=0),
-    )
-    if outcome is conditional.Outcome.NOT_MODIFIED:
-        kept = ("ETag", "Last-Modified", "Cache-Control")
-        return Response(status_code=304, headers={name: headers[name] for name in kept})
 
+    async def open_file() -> ByteSource:
+        path = services.store.path_for(record.uid)
+        return await open_source(path, services.cloud, partial(_cloud_copy, services, record))
+
+    response = await deliver(
+        request,
+        _representation(record, inline=inline),
+        open_file,
+        SendConfig.from_settings(services.settings),
+    )
+    if not isinstance(response, SourceResponse):
+        return response  # 304: no access recorded, nothing charged
     if request.method == "GET":
         services.access_log.record(record, datetime.now(UTC))  # best effort, written later
-    response = await _file_response(services, record, inline=inline)
-    try:
-        response.plan(request.headers, request.method)  # 400/416 from here, before any header
-        if budget is not None:
+    if budget is not None:
+        try:
             await _charge(services, record, response, request, budget)
-        return response
-    except BaseException:
-        # The response will never run: close the file it opened.
-        with anyio.CancelScope(shield=True):
-            await response.source.aclose()
-        raise
+        except BaseException:
+            await response.discard()
+            raise
+    return response
 
 
 async def _charge(
     services: Services,
     record: FileRecord,
-    response: FileBodyResponse,
+    response: SourceResponse,
     request: Request,
     budget: int,
 ) -> None:
     """Reserve a GET's bytes (settled with what it sent) and say how many downloads are left."""
     bytes_served = record.bytes_served
     if request.method == "GET":
-        planned = response.planned_body_bytes(request.headers, request.method)
         reservation, bytes_served = await reserve(
             services.db,
             record,
-            planned or 1,  # an empty file's download still counts (budget.unit_bytes)
+            response.body_bytes or 1,  # an empty file's download still counts (budget.unit_bytes)
             budget,
             lease_s=services.settings.download_reservation_lease_s,
             wait_s=services.settings.download_budget_wait_s,
@@ -181,39 +167,15 @@ async def _charge(
     response.headers["X-Remaining-Downloads"] = str(remaining_downloads(record, bytes_served))
 
 
-async def _file_response(
-    services: Services, record: FileRecord, *, inline: bool
-) -> FileBodyResponse:
-    """From the local disk when this node has the file, else ranged reads from the cloud.
-
-    The local file is opened here, before any header is sent: once open, it is sent whole even
-    if it is deleted meanwhile; a file deleted before is 410.
-    """
-    options: dict[str, Any] = {
-        "media_type": record.format,
-        "headers": _representation_headers(record, inline=inline),
-        **body_options(services.settings),
-    }
-    if record.local:
-        try:
-            source = await LocalFile.open(services.store.path_for(record.uid))
-        except FileNotFoundError:
-            pass  # deleted, evicted between the row read and now, or another node's upload
-        else:
-            return FileBodyResponse(source, stat_result=source.stat_result, **options)
+async def _cloud_copy(services: Services, record: FileRecord) -> CloudCopy:
+    """The file is not on this disk: its cloud copy, as the row says now (410, 503 if none)."""
     async with services.db.session() as session:
         current = await repository.get(session, record.uid, fresh=True)
     if current is None or current.gone_reason is not None:
         raise Gone(f"the file is gone: {current.gone_reason if current else 'deleted'}")
     if current.cloud_status != CloudStatus.UPLOADED.value or not current.cloud_path:
         raise ServiceUnavailable("the file's bytes are not on this node and not yet in the cloud")
-    return cloud_file_response(
-        cloud=services.cloud,
-        key=current.cloud_path,
-        size=current.size,
-        last_modified=current.created_at,
-        **options,
-    )
+    return CloudCopy(key=current.cloud_path, size=current.size, mtime=current.created_at)
 
 
 @router.delete(
@@ -228,14 +190,13 @@ async def delete_file(
     x_delete_token: Annotated[str | None, Header(description="Token from the upload")] = None,
 ) -> Response:
     services = services_of(request)
-    record = await _live_record(request, uid)
+    record = await live_record(request, uid)
     if x_delete_token is not None:
         if not token_matches(x_delete_token, record.delete_token_hash):
             raise Forbidden("the X-Delete-Token does not match this file")
     elif services.keyring.enabled:
         # With keys on, no token and no Authorization is a missing credential: 401 with the
-        # Bearer challenge (docs/design.md, status codes), as a malformed Authorization already was;
-        # it used to be 403 only when the header was absent.
+        # Bearer challenge (docs/design.md, status codes), as a malformed Authorization already was.
         caller = services.keyring.identify(request.headers)
         if caller is None or not caller.admin:
             raise Forbidden("only an admin key deletes without the file's X-Delete-Token")
@@ -268,7 +229,7 @@ async def signed_link(
         raise NotFound("signed links are not configured (MEDIASVC_SIGNING_SECRET)")
     if expires_in > services.settings.max_link_expires_s:
         raise InvalidInput(f"expires_in may be at most {services.settings.max_link_expires_s} s")
-    record = await _live_record(request, uid)
+    record = await live_record(request, uid)
     check_owner(caller, record)
     expires_at = int(time.time()) + expires_in
     query = signing.signed_query(
@@ -280,19 +241,22 @@ async def signed_link(
     )
 
 
-def _representation_headers(record: FileRecord, *, inline: bool) -> dict[str, str]:
-    limited = record.max_downloads is not None or record.expires_at is not None
-    return {
-        "ETag": f'"{record.sha256}"',
-        "Last-Modified": format_datetime(record.created_at, usegmt=True),
-        "Cache-Control": CACHE_NO_STORE if limited else CACHE_PRIVATE_DAY,
-        "Content-Disposition": content_disposition(
-            record.original_name, media_type=record.format, inline=inline
-        ),
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "sandbox",
-        "Repr-Digest": repr_digest_header(record.sha256),
-    }
+def _representation(record: FileRecord, *, inline: bool) -> Representation:
+    return Representation(
+        etag=f'"{record.sha256}"',
+        # created_at, not a file's mtime: every node and the cloud path agree.
+        last_modified=record.created_at,
+        media_type=record.format,
+        headers={
+            "Cache-Control": file_cache_control(record),
+            "Content-Disposition": content_disposition(
+                record.original_name, media_type=record.format, inline=inline
+            ),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+            "Repr-Digest": repr_digest_header(record.sha256),
+        },
+    )
 
 
 def _encode_cursor(record: FileRecord) -> str:

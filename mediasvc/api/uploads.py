@@ -8,7 +8,6 @@ checked by a dependency, before any body byte is read.
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from mediasvc.api.common import Caller, base_url_of, services_of
+from mediasvc.api.openapi import problem_responses
 from mediasvc.api.schemas import FileMetadata, UploadedFile
 from mediasvc.errors import UnsupportedMediaType
 from mediasvc.ingest import checksum
@@ -98,32 +98,6 @@ _MULTIPART_UPLOAD_OPENAPI: dict[str, Any] = {
     },
     "parameters": _UPLOAD_HEADERS,
 }
-
-
-# Error responses, declared so that the OpenAPI schema is truthful (tests/test_schema_fuzz.py
-# checks every response against it). Every error is RFC 9457 problem+json (api/problems.py);
-# without these FastAPI declared only a 422 as application/json `HTTPValidationError`.
-PROBLEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object"}},
-    },
-}
-
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {
-            "description": HTTPStatus(status).phrase,
-            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
-        }
-        for status in statuses
-    }
 
 
 # 400 bad checksum header or multipart framing, 401/403 API keys, 408 idle or too slow body,

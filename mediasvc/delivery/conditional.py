@@ -1,7 +1,8 @@
-"""Preconditions of RFC 9110 §13.2.2 that Starlette's FileResponse leaves to us.
+"""Preconditions of RFC 9110 §13.2.2, in the order the RFC gives.
 
-Starlette answers ``If-Range`` itself; ``If-Match``, ``If-Unmodified-Since``, ``If-None-Match``
-and ``If-Modified-Since`` are evaluated here, in the order the RFC gives.
+``If-Match``, ``If-Unmodified-Since``, ``If-None-Match`` and ``If-Modified-Since`` are evaluated
+here (``delivery.serve`` runs this before any source is opened); ``If-Range`` goes with the
+ranges (``delivery.ranges``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,5 @@ def _http_date(value: str | None) -> datetime | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     # asctime() dates ("Sun Nov  6 08:49:37 1994") carry no zone and parse naive, yet RFC 9110
-    # §5.6.7 says a recipient MUST accept them and every HTTP-date is GMT: read naive as UTC
-    # (they used to be ignored, so If-Modified-Since in that form gave a 200, not a 304).
+    # §5.6.7 says a recipient MUST accept them and every HTTP-date is GMT: read naive as UTC.
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -1,9 +1,11 @@
-"""One response for every download, local or cloud: ranges, a send timeout, bounded memory.
+"""One response for every byte source, local or cloud: ranges, a send timeout, bounded memory.
 
-Starlette's FileResponse decides the headers (from a stat result) and If-Range; the body is ours:
+Built, not inherited (as ``starlette/staticfiles.py`` builds its responses): it takes the ranges
+``delivery.ranges`` already parsed and owns its ``__call__``:
 - the bytes come from a ``ByteSource`` opened before the route returned, so a file deleted
   after that is still sent whole and one deleted before is an error with a status, never a
   ``200`` whose body is missing;
+- one range is a 206 with ``Content-Range``; several are ``multipart/byteranges``;
 - each chunk is sent as parts of at most ``part_bytes``, each dropped once the server took it:
   a client that stops reading pins one chunk, not one per queued message;
 - every send has a timeout (nginx's ``send_timeout``): a client that reads nothing that long is
@@ -16,97 +18,126 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 from secrets import token_hex
-from typing import Any
 
 import anyio
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import FileResponse
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from mediasvc.config import Settings
 from mediasvc.delivery.abort import abort_connection
-from mediasvc.delivery.ranges import parse_range
 from mediasvc.delivery.reservation import Reservation
 from mediasvc.delivery.sources import ByteSource
 
 logger = logging.getLogger(__name__)
 
-
 # How long we wait for the server to notice a connection we reset (it takes one loop turn).
 RESET_NOTICE_S = 5.0
 
 
-def body_options(settings: Settings) -> dict[str, Any]:
-    """The settings every FileBodyResponse takes."""
-    return {
-        "chunk_size": settings.download_chunk_size_bytes,
-        "part_bytes": settings.download_send_part_bytes,
-        "max_ranges": settings.max_ranges,
-        "send_timeout_s": settings.download_send_timeout_s,
-    }
+@dataclass(frozen=True, kw_only=True)
+class SendConfig:
+    """How a response reads and sends (the ``download_*`` settings)."""
+
+    chunk_size_bytes: int
+    part_bytes: int
+    max_ranges: int
+    send_timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendConfig:
+        return cls(
+            chunk_size_bytes=settings.download_chunk_size_bytes,
+            part_bytes=settings.download_send_part_bytes,
+            max_ranges=settings.max_ranges,
+            send_timeout_s=settings.download_send_timeout_s,
+        )
 
 
 class SendTimeout(Exception):
     """The client took nothing for the send timeout."""
 
 
-class FileBodyResponse(FileResponse):
+class ByteRanges:
+    """The ``multipart/byteranges`` framing (RFC 9110 §14.6) of ``ranges`` of a ``size`` file."""
+
+    def __init__(self, ranges: list[tuple[int, int]], size: int, content_type: str) -> None:
+        self.boundary = token_hex(13)
+        self._size = size
+        self._content_type = content_type
+        self.content_length = sum(
+            len(self.part_header(start, end)) + (end - start) + 2 for start, end in ranges
+        ) + len(self.closing)
+
+    def part_header(self, start: int, end: int) -> bytes:
+        return (
+            f"--{self.boundary}\r\nContent-Type: {self._content_type}\r\n"
+            f"Content-Range: bytes {start}-{end - 1}/{self._size}\r\n\r\n"
+        ).encode("latin-1")
+
+    @property
+    def closing(self) -> bytes:
+        return f"--{self.boundary}--".encode("latin-1")
+
+
+class SourceResponse(Response):
+    """The body of ``source`` (or ``ranges`` of it, ``[]`` for all) with ``headers``.
+
+    ``headers`` are the representation's (ETag, Last-Modified, Cache-Control, …); the length,
+    range and type headers are set here.
+    """
+
     def __init__(
         self,
         source: ByteSource,
         *,
-        chunk_size: int,
-        part_bytes: int,
-        max_ranges: int,
-        send_timeout_s: float,
-        **kwargs: Any,
+        ranges: list[tuple[int, int]],
+        media_type: str,
+        headers: Mapping[str, str],
+        config: SendConfig,
     ) -> None:
-        super().__init__(source.name, **kwargs)
+        # Response's own __init__ would render an empty body and claim Content-Length 0.
+        self.status_code = 206 if ranges else 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers({**headers, "accept-ranges": "bytes"})
         self.source = source
-        self.chunk_size = chunk_size
-        self._part_bytes = part_bytes
-        self._max_ranges = max_ranges
-        self._send_timeout_s = send_timeout_s
+        self.ranges = ranges
+        self._config = config
+        self._multipart: ByteRanges | None = None
+        size = source.size
+        if len(ranges) == 1:
+            start, end = ranges[0]
+            self.headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+            self.headers["content-length"] = str(end - start)
+        elif ranges:
+            self._multipart = ByteRanges(ranges, size, self.headers["content-type"])
+            self.headers["content-type"] = (
+                f"multipart/byteranges; boundary={self._multipart.boundary}"
+            )
+            self.headers["content-length"] = str(self._multipart.content_length)
+        else:
+            self.headers["content-length"] = str(size)
         self._reservation: Reservation | None = None
-        self._ranges: list[tuple[int, int]] | None = None
         self._disconnected = False
         self._completed = False
-        self.sent_bytes = 0  # file bytes (no multipart framing) the server took
+        self.sent_bytes = 0  # source bytes (no multipart framing) the server took
 
     @property
-    def size(self) -> int:
-        assert self.stat_result is not None
-        return self.stat_result.st_size
-
-    def plan(self, request_headers: Headers, method: str) -> list[tuple[int, int]]:
-        """The byte ranges to send, ``[]`` for the whole file; raises 400/416 errors."""
-        if self._ranges is None:
-            http_range = request_headers.get("range")
-            if_range = request_headers.get("if-range")
-            if (
-                method not in ("GET", "HEAD")
-                or http_range is None
-                or (if_range is not None and not self._if_range_matches(if_range))
-            ):
-                self._ranges = []
-            else:
-                self._ranges = parse_range(http_range, self.size, max_ranges=self._max_ranges)
-        return self._ranges
-
-    def _if_range_matches(self, if_range: str) -> bool:
-        """RFC 9110 §13.1.5: an exact, strong match of the ETag or the Last-Modified date."""
-        if if_range.startswith("W/"):
-            return False
-        return if_range in (self.headers["etag"], self.headers["last-modified"])
-
-    def planned_body_bytes(self, request_headers: Headers, method: str) -> int:
-        ranges = self.plan(request_headers, method)
-        return sum(end - start for start, end in ranges) if ranges else self.size
+    def body_bytes(self) -> int:
+        """Source bytes a GET sends (what a budget reservation is for)."""
+        return sum(end - start for start, end in self.ranges) if self.ranges else self.source.size
 
     def charge_to(self, reservation: Reservation) -> None:
         """Settle ``reservation`` with the bytes sent once the response ends, however it ends."""
         self._reservation = reservation
+
+    async def discard(self) -> None:
+        """The response will never run: release its source."""
+        with anyio.CancelScope(shield=True):
+            await self.source.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -115,7 +146,7 @@ class FileBodyResponse(FileResponse):
             logger.warning(
                 "dropped a download of %s: the client read nothing for %s s",
                 self.source.name,
-                self._send_timeout_s,
+                self._config.send_timeout_s,
             )
             if abort_connection(scope):
                 # Let the server see the reset before we return, so it does not take this for
@@ -133,33 +164,19 @@ class FileBodyResponse(FileResponse):
 
     async def _timed_send(self, send: Send, message: Message) -> None:
         try:
-            with anyio.fail_after(self._send_timeout_s):
+            with anyio.fail_after(self._config.send_timeout_s):
                 await send(message)
         except TimeoutError as exc:
             raise SendTimeout from exc
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope["method"].upper()
-        ranges = self.plan(Headers(scope=scope), method)
-        headers = MutableHeaders(raw=list(self.raw_headers))
-        status = self.status_code
-        boundary = ""
-        if len(ranges) == 1:
-            start, end = ranges[0]
-            status = 206
-            headers["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
-            headers["content-length"] = str(end - start)
-        elif ranges:
-            status = 206
-            boundary = token_hex(13)
-            length, _ = self.generate_multipart(
-                ranges, boundary, self.size, self.headers["content-type"]
-            )
-            headers["content-type"] = f"multipart/byteranges; boundary={boundary}"
-            headers["content-length"] = str(length)
-        start_message = {"type": "http.response.start", "status": status, "headers": headers.raw}
+        start_message = {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
         await self._timed_send(send, start_message)
-        if method == "HEAD":
+        if scope["method"].upper() == "HEAD":
             await self._timed_send(send, {"type": "http.response.body", "body": b""})
             return
 
@@ -169,7 +186,7 @@ class FileBodyResponse(FileResponse):
             async def stream() -> None:
                 nonlocal timed_out
                 try:
-                    await self._send_body(send, ranges or [(0, self.size)], boundary)
+                    await self._send_body(send)
                 except SendTimeout:
                     timed_out = True  # raised below, not wrapped in an ExceptionGroup
                 finally:
@@ -186,20 +203,16 @@ class FileBodyResponse(FileResponse):
         if timed_out:
             raise SendTimeout
 
-    async def _send_body(self, send: Send, ranges: list[tuple[int, int]], boundary: str) -> None:
-        frame = None
-        if boundary:
-            _, frame = self.generate_multipart(
-                ranges, boundary, self.size, self.headers["content-type"]
-            )
-        for start, end in ranges:
-            if frame is not None:
-                await self._send_bytes(send, frame(start, end))
-            await self._send_file_range(send, start, end)
-            if frame is not None:
+    async def _send_body(self, send: Send) -> None:
+        multipart = self._multipart
+        for start, end in self.ranges or [(0, self.source.size)]:
+            if multipart is not None:
+                await self._send_bytes(send, multipart.part_header(start, end))
+            await self._send_range(send, start, end)
+            if multipart is not None:
                 await self._send_bytes(send, b"\r\n")
-        if frame is not None:
-            await self._send_bytes(send, f"--{boundary}--".encode("latin-1"))
+        if multipart is not None:
+            await self._send_bytes(send, multipart.closing)
         await self._timed_send(send, {"type": "http.response.body", "body": b""})
         self._completed = not self._disconnected
 
@@ -207,12 +220,13 @@ class FileBodyResponse(FileResponse):
         message = {"type": "http.response.body", "body": body, "more_body": True}
         await self._timed_send(send, message)
 
-    async def _send_file_range(self, send: Send, start: int, end: int) -> None:
+    async def _send_range(self, send: Send, start: int, end: int) -> None:
+        config = self._config
         position = start
         while position < end:
-            size = min(self.chunk_size, end - position)
+            size = min(config.chunk_size_bytes, end - position)
             parts = deque(
-                await self.source.read(position, size, part_bytes=self._part_bytes, range_end=end)
+                await self.source.read(position, size, part_bytes=config.part_bytes, range_end=end)
             )
             if not parts:
                 raise RuntimeError(f"{self.source.name} is shorter than expected")
@@ -225,3 +239,11 @@ class FileBodyResponse(FileResponse):
                 del part  # sent: let it go now, not when the chunk is done
             if self._reservation is not None:
                 await self._reservation.keep_alive()
+
+
+def not_modified(headers: Mapping[str, str]) -> Response:
+    """A 304 with the validators and caching headers of the representation (RFC 9110 §15.4.5)."""
+    kept = {"etag", "last-modified", "cache-control", "vary", "expires", "content-location"}
+    return Response(
+        status_code=304, headers={k: v for k, v in headers.items() if k.lower() in kept}
+    )

@@ -1,14 +1,16 @@
-"""Where a download's bytes come from: a file opened before the headers go out, or the cloud.
+"""Where a response's bytes come from: one protocol, a local file and a cloud object.
 
-A source hands out a chunk as a list of parts of at most ``part_bytes``: the response sends them
-one by one and drops each once the server took it, so a client that stops reading pins at most
-one chunk (the parts not yet sent), never one chunk per message queued behind it.
+A source knows its size and modification time and reads a range. It hands a chunk out as a
+list of parts of at most ``part_bytes``: the response sends them one by one and drops each once
+the server took it, so a client that stops reading pins at most one chunk (the parts not yet
+sent), never one chunk per message queued behind it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +20,9 @@ from mediasvc.storage.cloud import CloudStore
 
 
 class ByteSource(Protocol):
-    name: str
+    name: str  # for logs
+    size: int
+    mtime: datetime  # aware UTC
 
     async def read(
         self, position: int, size: int, *, part_bytes: int, range_end: int
@@ -26,10 +30,13 @@ class ByteSource(Protocol):
         """Up to ``size`` bytes from ``position``, as parts of at most ``part_bytes``.
 
         ``range_end``: where the range being sent ends (a source may fetch ahead up to it).
+        ``[]`` only at the end of the source.
         """
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release what the source holds; idempotent."""
+        ...
 
 
 class LocalFile:
@@ -37,7 +44,8 @@ class LocalFile:
 
     def __init__(self, fd: int, stat_result: os.stat_result, name: str) -> None:
         self._fd: int | None = fd
-        self.stat_result = stat_result
+        self.size = stat_result.st_size
+        self.mtime = datetime.fromtimestamp(stat_result.st_mtime, UTC)
         self.name = name
 
     @classmethod
@@ -87,13 +95,16 @@ class CloudObject:
     """Ranged GETs on a cloud object; a read that does not follow the last one opens a new GET.
 
     Each GET runs up to the end of the range it starts in, so a Range request fetches only
-    those bytes. Store chunks are re-cut into parts; at most one read's worth is held.
+    those bytes. Store chunks are re-cut into parts; at most one read's worth is held. Size and
+    time come from whoever located the object (the row, or a stat), not from a request here.
     """
 
-    def __init__(self, cloud: CloudStore, key: str) -> None:
+    def __init__(self, cloud: CloudStore, key: str, *, size: int, mtime: datetime) -> None:
         self._cloud = cloud
         self._key = key
         self.name = key
+        self.size = size
+        self.mtime = mtime
         self._stream: AsyncIterator[bytes] | None = None
         self._position = 0
         self._pending = b""

@@ -1,19 +1,28 @@
 """The web page: upload with progress, the list of files, a file page with a player.
 
-Plain static files (``static/``): ``/`` answers ``index.html`` and ``/static/`` the rest. The
+Plain static files (``static/``): ``/`` answers ``index.html`` and ``/static/`` the rest, through
+the same response as downloads (``delivery.serve``: ``If-None-Match``/``If-Modified-Since`` →
+304, ranges). Only the files found when the app is created are served, by their exact name. The
 page is one document; file pages are ``/#/files/<uid>``, so a deep link needs no route here.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import mimetypes
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.responses import Response
+
+from mediasvc.api.common import services_of
+from mediasvc.delivery.response import SendConfig
+from mediasvc.delivery.serve import Representation, deliver
+from mediasvc.delivery.sources import ByteSource, LocalFile
+from mediasvc.errors import NotFound
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -33,24 +42,52 @@ _PAGE_HEADERS = {
 }
 
 
-class _StaticFiles(StaticFiles):
-    def file_response(
-        self,
-        full_path: str | os.PathLike[str],
-        stat_result: os.stat_result,
-        scope: Scope,
-        status_code: int = 200,
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update(_PAGE_HEADERS)
-        return response
+@dataclass(frozen=True)
+class Asset:
+    path: Path
+    representation: Representation
+
+
+def _asset(path: Path) -> Asset:
+    data = path.read_bytes()
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return Asset(
+        path,
+        Representation(
+            # From the content, so every node and every restart agree.
+            etag=f'"{hashlib.sha256(data).hexdigest()[:32]}"',
+            last_modified=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+            media_type=media_type,
+            headers=_PAGE_HEADERS,
+        ),
+    )
 
 
 def install(app: FastAPI) -> None:
     """Serve the page at ``/`` and its assets at ``/static/``."""
+    assets = {
+        path.relative_to(STATIC_DIR).as_posix(): _asset(path)
+        for path in sorted(STATIC_DIR.rglob("*"))
+        if path.is_file()
+    }
+
+    async def serve(request: Request, asset: Asset) -> Response:
+        async def open_asset() -> ByteSource:
+            return await LocalFile.open(asset.path)
+
+        config = SendConfig.from_settings(services_of(request).settings)
+        return await deliver(request, asset.representation, open_asset, config)
 
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+        return await serve(request, assets["index.html"])
+
+    async def static(request: Request, name: str) -> Response:
+        asset = assets.get(name)
+        if asset is None:
+            raise NotFound("no such file")
+        return await serve(request, asset)
 
     app.add_api_route("/", index, methods=["GET", "HEAD"], include_in_schema=False)
-    app.mount("/static", _StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_api_route(
+        "/static/{name:path}", static, methods=["GET", "HEAD"], include_in_schema=False
+    )
