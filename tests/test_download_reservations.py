@@ -133,6 +133,36 @@ async def test_a_refusal_due_to_a_running_download_is_503_and_the_file_stays(
 
 
 @pytest.mark.e2e
+async def test_metadata_counts_what_was_sent_not_what_running_downloads_hold(
+    serve: Callable[..., tuple[RunningServer, str]],
+) -> None:
+    # A stalled reader holds the whole file's reservation; an earlier short read was charged a
+    # little. The metadata must not say "2 downloads of 1" meanwhile.
+    server, database_url = serve()
+    data = data_of(16 * MiB, seed=23)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
+        meta = await upload(http, data, max_downloads=1)
+        uid = meta["uid"]
+        url = f"/api/v1/files/{uid}"
+        short = await http.get(url, headers={"Range": "bytes=0-65999"})
+        assert short.status_code == 206
+        reader = stalled_reader(server.base_url, url)
+        try:
+            read_some(reader, 66_000)
+            await anyio.to_thread.run_sync(
+                lambda: wait_for(
+                    lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation"
+                )
+            )
+            served, reserved, _ = await budget_row(database_url, uid)
+            assert served - reserved == 66_000  # only the short read is settled
+            assert -(-served // len(data)) == 2  # what the old formula reported
+            assert (await http.get(f"{url}/metadata")).json()["downloads"] == 1
+        finally:
+            reader.close()
+
+
+@pytest.mark.e2e
 async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
     serve: Callable[..., tuple[RunningServer, str]],
 ) -> None:

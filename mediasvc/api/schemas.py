@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from mediasvc.db.models import FileRecord
-from mediasvc.delivery.budget import downloads_used
+from mediasvc.delivery.budget import downloads_settled
 
 
 class StreamInfo(BaseModel):
@@ -50,7 +50,8 @@ class FileMetadata(BaseModel):
     expires_at: datetime | None
     max_downloads: int | None
     downloads: int = Field(
-        description="Full downloads used: ceil(bytes served / size). Counted only for files "
+        description="Full downloads used: ceil(bytes sent / size), at most max_downloads; "
+        "bytes held by downloads still running count once they end. Counted only for files "
         "with max_downloads; 0 for the others"
     )
     local: bool
@@ -66,7 +67,7 @@ class FileMetadata(BaseModel):
 
     @classmethod
     def from_record(cls, record: FileRecord, *, base_url: str) -> FileMetadata:
-        downloads = downloads_used(record.bytes_served, record.size)
+        downloads = downloads_settled(record)
         return cls(
             uid=record.uid,
             original_name=record.original_name,

@@ -32,6 +32,14 @@ def downloads_used(bytes_served: int, size: int) -> int:
     return -(-bytes_served // unit_bytes(size))
 
 
+def downloads_settled(record: FileRecord) -> int:
+    """The metadata's ``downloads``: what was sent, not what running downloads hold (they may
+    yet give it back), and never more than the limit (the seek allowance is not a download)."""
+    sent = (record.bytes_served or 0) - (record.bytes_reserved or 0)  # unset on a new row
+    used = downloads_used(max(0, sent), record.size)
+    return used if record.max_downloads is None else min(used, record.max_downloads)
+
+
 def remaining_downloads(record: FileRecord, bytes_served: int) -> int:
     assert record.max_downloads is not None
     return max(0, record.max_downloads - downloads_used(bytes_served, record.size))
