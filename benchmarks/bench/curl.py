@@ -27,7 +27,9 @@ def parse_curl(proc_out: str, argv: Sequence[str]) -> list[dict[str, Any]]:
     return infos
 
 
-def curl(args: Sequence[str], *, body_out: str = "/dev/null", timeout: float = 900) -> dict[str, Any]:
+def curl(
+    args: Sequence[str], *, body_out: str = "/dev/null", timeout: float = 900
+) -> dict[str, Any]:
     argv = curl_argv(args, body_out)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -42,7 +44,9 @@ def curl(args: Sequence[str], *, body_out: str = "/dev/null", timeout: float = 9
     return info
 
 
-def parallel_curls(argvs: list[list[str]], timeout: float = 1800) -> tuple[float, list[dict[str, Any]]]:
+def parallel_curls(
+    argvs: list[list[str]], timeout: float = 1800
+) -> tuple[float, list[dict[str, Any]]]:
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

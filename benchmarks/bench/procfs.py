@@ -6,6 +6,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from bench.base import MB, BenchError
 
@@ -29,6 +30,7 @@ def descendants_of(pid: int) -> list[int]:
 
 
 def status_kb(pid: int, field_name: str) -> int:
+    """The number on a /proc/<pid>/status line: kB for the Vm* lines, a count for Threads."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith(field_name + ":"):
@@ -106,3 +108,22 @@ class RssProbe:
         cpu = (cpu_seconds(self.pid) - self.cpu0) / (time.perf_counter() - self.t0) * 100
         peak_kb = status_kb(self.pid, "VmHWM")
         return peak_kb * 1024 / MB, (peak_kb - self.before_kb) * 1024 / MB, cpu
+
+
+class ProcessFigures(NamedTuple):
+    """What a scenario script watches on a server: resident memory, threads, open fds."""
+
+    rss_bytes: int
+    threads: int
+    fds: int
+
+    def peak(self, other: ProcessFigures) -> ProcessFigures:
+        return ProcessFigures(*(max(a, b) for a, b in zip(self, other, strict=True)))
+
+
+def figures(pid: int) -> ProcessFigures:
+    return ProcessFigures(
+        rss_bytes=status_kb(pid, "VmRSS") * 1024,
+        threads=status_kb(pid, "Threads"),  # a count, on the same "Name: value" line
+        fds=len(os.listdir(f"/proc/{pid}/fd")),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,3 +67,8 @@ class Row:
 def round_order(items: list[Any], rnd: int) -> list[Any]:
     """Interleave: every contender once per round, the order reversed every other round."""
     return list(items) if rnd % 2 == 0 else list(reversed(items))
+
+
+def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """The median of the per-round ratios: throughput drifts over minutes, a round does not."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))

@@ -36,9 +36,8 @@ def section_downloads(r: Run) -> None:
     title = f"download {cfg.size_label}"
     contenders = download_urls(r)
     tail_start = cfg.size - cfg.range_tail
-    # Warm-up, not measured: every contender serves from the page cache. nginx's file was just
-    # written by this script; mediasvc's was uploaded with O_DIRECT, which leaves nothing cached,
-    # so its first read would measure the disk (~0.6-0.7 GB/s cold here) rather than the server.
+    # Warm-up, not measured: mediasvc's file was written with O_DIRECT (nothing cached), and the
+    # figures compare servers, not disks (docs/performance.md, "Benchmarks").
     for key, _, url in contenders:
         if key != "cloud":
             curl([url], timeout=1800)
