@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import text
 
 from mediasvc.app import create_app
-from mediasvc.auth import ApiKey, hash_key
+from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
 from mediasvc.db.session import make_engine
+from mediasvc.ids import hash_token
 from tests.conftest import leftovers, truncate
 
 ALICE = "alice-key-0123456789"
@@ -36,9 +37,9 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     """Keys on (two users and an admin), signing configured so /link answers."""
     return make_settings(
         api_keys=[
-            ApiKey(name="alice", sha256=hash_key(ALICE)),
-            ApiKey(name="bob", sha256=hash_key(BOB)),
-            ApiKey(name="root", sha256=hash_key(ADMIN), admin=True),
+            ApiKey(name="alice", sha256=hash_token(ALICE)),
+            ApiKey(name="bob", sha256=hash_token(BOB)),
+            ApiKey(name="root", sha256=hash_token(ADMIN), admin=True),
         ],
         signing_secret=SIGNING_SECRET,
     )

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from mediasvc.auth import ApiKey, hash_key
+from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
+from mediasvc.ids import hash_token
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.probe import probe_file
@@ -227,8 +228,8 @@ async def test_signed_downloads_cover_the_preview(
         require_signed_downloads=True,
         signing_secret="s3cret",
         api_keys=[
-            ApiKey(name="owner", sha256=hash_key("owner-key")),
-            ApiKey(name="other", sha256=hash_key("other-key")),
+            ApiKey(name="owner", sha256=hash_token("owner-key")),
+            ApiKey(name="other", sha256=hash_token("other-key")),
         ],
     )
     app, client = await started(settings)
