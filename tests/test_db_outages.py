@@ -23,12 +23,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.db.migrations import upgrade
 from mediasvc.db.session import Database
 from mediasvc.errors import DatabaseUnavailable
 from tests.conftest import PG_SERVER, free_port, leftovers
+from tests.helpers import client_for
 
 DUPLICATE_ROW = """
     INSERT INTO files (uid, format, size, sha256, created_at, delete_token_hash)
@@ -65,16 +65,6 @@ async def execute(url: str, *statements: str) -> None:
         for statement in statements:
             await session.execute(text(statement))
         await session.commit()
-
-
-@asynccontextmanager
-async def http_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on ``settings``; a server error comes back as the client sees it, not raised."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 def assert_bug_reported(
@@ -128,7 +118,7 @@ async def test_upload_breaking_a_constraint_is_500_with_a_logged_traceback(
     async with own_postgres_database() as url:
         await execute(url, "ALTER TABLE files ADD CONSTRAINT no_rows CHECK (size < 0) NOT VALID")
         settings = make_settings(database_url=url)
-        async with http_client(settings) as http:
+        async with client_for(settings, raise_app_exceptions=False) as http:
             with caplog.at_level(logging.ERROR):
                 response = await http.post("/api/v1/files/stream", content=b"x" * 1000)
     assert_bug_reported(response, caplog, IntegrityError)
@@ -140,7 +130,7 @@ async def test_sqlite_table_gone_is_500_not_503(
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/meta.db"
     await asyncio.to_thread(upgrade, url)
-    async with http_client(make_settings(database_url=url)) as http:
+    async with client_for(make_settings(database_url=url), raise_app_exceptions=False) as http:
         await execute(url, "ALTER TABLE files RENAME TO files_elsewhere")
         with caplog.at_level(logging.ERROR):
             response = await http.get("/api/v1/files")
@@ -197,7 +187,7 @@ async def test_database_dropped_under_the_app_is_503_problem(
 ) -> None:
     async with (
         own_postgres_database() as url,
-        http_client(make_settings(database_url=url)) as http,
+        client_for(make_settings(database_url=url), raise_app_exceptions=False) as http,
     ):
         admin = await asyncpg.connect(f"{PG_SERVER}/postgres")
         try:

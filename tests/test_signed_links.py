@@ -18,7 +18,7 @@ from mediasvc.delivery import signing
 from mediasvc.errors import Forbidden
 from mediasvc.ids import hash_token
 from tests.conftest import RunningServer
-from tests.test_auth import assert_clean, bearer, fresh_client
+from tests.helpers import assert_clean, bearer, fresh_client
 
 SECRET = "signed-links-test-secret"
 MAX_LINK_S = 3600
