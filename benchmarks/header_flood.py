@@ -16,23 +16,14 @@ import argparse
 import os
 import select
 import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
-
-MiB = 1024 * 1024
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+from bench.base import MiB
+from bench.latency import LatencyProbe
+from bench.procfs import figures
+from bench.standalone import serve_env, serve_mediasvc
 
 
 def flood(port: int, start: bytes, filler: bytes, limit_bytes: int) -> tuple[int, float, bytes]:
@@ -52,15 +43,6 @@ def flood(port: int, start: bytes, filler: bytes, limit_bytes: int) -> tuple[int
         except OSError:
             answer = b""
         return sent, time.perf_counter() - began, answer.split(b"\r\n", 1)[0]
-
-
-def healthz_while(port: int, stop: threading.Event, samples_ms: list[float]) -> None:
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
-        while not stop.is_set():
-            began = time.perf_counter()
-            http.get("/healthz")
-            samples_ms.append((time.perf_counter() - began) * 1000)
-            time.sleep(0.01)
 
 
 def slowloris(port: int, count: int, bound_s: float) -> tuple[int, float]:
@@ -96,41 +78,27 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP", "/tmp")) as tmp:
-        work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIASVC_")}
-        env["MEDIASVC_HEADER_TIMEOUT_S"] = str(args.header_timeout_s)
-        subprocess.run([sys.executable, "-m", "mediasvc", "migrate"], cwd=work, env=env, check=True)
-        command = ["serve", "--port", str(args.port), "--log-level", "error"]
-        server = subprocess.Popen([sys.executable, "-m", "mediasvc", *command], cwd=work, env=env)
-        try:
-            for _ in range(100):
-                try:
-                    httpx.get(f"http://127.0.0.1:{args.port}/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+        env = serve_env({"MEDIASVC_HEADER_TIMEOUT_S": str(args.header_timeout_s)})
+        args_ = ("--log-level", "error")
+        with serve_mediasvc(Path(tmp), port=args.port, env=env, args=args_) as server:
             shapes = {
                 "one huge header": (b"GET / HTTP/1.1\r\nX-Huge: ", b"a" * 65536),
                 "many tiny headers": (b"GET / HTTP/1.1\r\n", b"X-A: b\r\n" * 8192),
             }
             for name, (start, filler) in shapes.items():
-                rss_before = rss_bytes(server.pid)
-                samples_ms: list[float] = []
-                stop = threading.Event()
-                sampler = threading.Thread(target=healthz_while, args=(args.port, stop, samples_ms))
-                sampler.start()
-                while not samples_ms:  # the sampler is up before the flood starts
-                    time.sleep(0.01)
-                samples_ms.clear()
+                rss_before = figures(server.pid).rss_bytes
+                probe = LatencyProbe(f"{server.base}/healthz", interval_s=0.01)
+                probe.start()
+                probe.wait_running()  # the sampler is up before the flood starts
                 sent, took_s, status = flood(args.port, start, filler, args.flood_mib * MiB)
-                stop.set()
-                sampler.join()
-                growth = (rss_bytes(server.pid) - rss_before) / MiB
+                probe.stop()
+                growth = (figures(server.pid).rss_bytes - rss_before) / MiB
                 print(
                     f"{args.flood_mib} MiB, {name}: {status.decode()!r} after {took_s:.3f} s, "
                     f"client sent {sent / MiB:.1f} MiB, server RSS {growth:+.1f} MiB, "
-                    f"/healthz meanwhile: {len(samples_ms)} GETs, the slowest "
-                    f"{max(samples_ms, default=0):.1f} ms"
+                    f"/healthz meanwhile: {len(probe.latencies_ms)} GETs "
+                    f"({probe.failures} failed), the slowest "
+                    f"{max(probe.latencies_ms, default=0):.1f} ms"
                 )
             left, took_s = slowloris(args.port, args.slow, bound_s=10 * args.header_timeout_s)
             print(
@@ -138,9 +106,6 @@ def main() -> None:
                 f"{args.header_timeout_s:g} s): {args.slow - left} closed by the server, "
                 f"{left} still open after {took_s:.1f} s"
             )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

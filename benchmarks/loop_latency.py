@@ -11,24 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import httpx
-
-MiB = 1024 * 1024
-
-
-def percentiles(samples_ms: list[float]) -> str:
-    q = statistics.quantiles(samples_ms, n=100)
-    return (
-        f"p50 {q[49]:.2f} ms  p95 {q[94]:.2f} ms  p99 {q[98]:.2f} ms  max {max(samples_ms):.2f} ms"
-    )
+from bench.base import MB, MiB
+from bench.curl import curl
+from bench.latency import LatencyProbe, percentiles_text, sample_ms
+from bench.standalone import serve_env, serve_mediasvc
+from bench.testfiles import write_repeating
 
 
 def main() -> None:
@@ -39,84 +30,31 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP", "/tmp")) as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIASVC_")}
-        subprocess.run([sys.executable, "-m", "mediasvc", "migrate"], cwd=work, env=env, check=True)
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mediasvc",
-                "serve",
-                "--port",
-                str(args.port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=work,
-            env=env,
-        )
-        base = f"http://127.0.0.1:{args.port}"
-        try:
-            for _ in range(100):
-                try:
-                    httpx.get(f"{base}/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+        with serve_mediasvc(work, port=args.port, env=serve_env()) as server:
             big = work / "big.bin"
-            block = os.urandom(MiB)
-            with big.open("wb") as out:
-                for _ in range(args.size_mib):
-                    out.write(block)
-            with httpx.Client(base_url=base) as client:
+            write_repeating(big, args.size_mib * MiB, os.urandom(MiB))
+            with httpx.Client(base_url=server.base) as client:
                 uid = client.post("/api/v1/files/stream", content=b"probe").json()["uid"]
+            metadata_url = f"{server.base}/api/v1/files/{uid}/metadata"
+            idle = sample_ms(metadata_url, 300, pause_s=0.005)
+            probe = LatencyProbe(metadata_url, interval_s=0.005)
+            probe.start()
+            info = curl(["-T", str(big), f"{server.base}/api/v1/files/stream/"], timeout=1800)
+            probe.stop()
+            busy = probe.latencies_ms
 
-                def sample(stop: threading.Event | None, count: int) -> list[float]:
-                    samples: list[float] = []
-                    while (stop is None and len(samples) < count) or (stop and not stop.is_set()):
-                        start = time.perf_counter()
-                        client.get(f"/api/v1/files/{uid}/metadata").raise_for_status()
-                        samples.append((time.perf_counter() - start) * 1000)
-                        time.sleep(0.005)
-                    return samples
+    def text(samples: list[float]) -> str:
+        return percentiles_text(samples, (50, 95, 99), digits=2, with_max=True)
 
-                idle = sample(None, 300)
-                done = threading.Event()
-                result: dict[str, float] = {}
-
-                def upload() -> None:
-                    start = time.perf_counter()
-                    subprocess.run(
-                        [
-                            "curl",
-                            "-sS",
-                            "-o",
-                            "/dev/null",
-                            "-T",
-                            str(big),
-                            f"{base}/api/v1/files/stream/",
-                        ],
-                        check=True,
-                    )
-                    result["seconds"] = time.perf_counter() - start
-                    done.set()
-
-                thread = threading.Thread(target=upload)
-                thread.start()
-                busy = sample(done, 0)
-                thread.join()
-        finally:
-            server.terminate()
-            server.wait()
-
-    print(f"metadata GET, idle server         ({len(idle)} requests): {percentiles(idle)}")
+    print(f"metadata GET, idle server         ({len(idle)} requests): {text(idle)}")
     print(
-        f"metadata GET, during a {args.size_mib} MiB upload ({len(busy)} requests): "
-        f"{percentiles(busy)}"
+        f"metadata GET, during a {args.size_mib} MiB upload ({len(busy)} requests, "
+        f"{probe.failures} failed): {text(busy)}"
     )
+    seconds = float(info["time_total"])
     print(
-        f"upload: {args.size_mib} MiB in {result['seconds']:.2f} s = "
-        f"{args.size_mib * MiB / result['seconds'] / 1e6:.0f} MB/s"
+        f"upload: {args.size_mib} MiB in {seconds:.2f} s = "
+        f"{args.size_mib * MiB / seconds / MB:.0f} MB/s"
     )
 
 

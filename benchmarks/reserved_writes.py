@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.base import MB, MiB
+from bench.stats import median_ratio, round_order
+
 from mediasvc.storage.direct import AppendOnlyFile, aligned_buffer
 from mediasvc.storage.files import preallocate
 
-MiB = 1024 * 1024
 BATCH_BYTES = 4 * MiB
 
 
@@ -40,7 +41,7 @@ def write_mb_s(path: Path, size_bytes: int, *, reserve: bool) -> float:
         file.close()
         elapsed = time.perf_counter() - started
         path.unlink()
-    return size_bytes / elapsed / 1e6
+    return size_bytes / elapsed / MB
 
 
 def main() -> None:
@@ -50,19 +51,18 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args()
     size = args.size_mib * MiB
-    ratios = []
+    speeds: dict[bool, list[float]] = {False: [], True: []}
     for round_no in range(args.rounds):
-        order = (False, True) if round_no % 2 == 0 else (True, False)
-        speeds = {
-            reserve: write_mb_s(args.dir / "reserved-writes.bin", size, reserve=reserve)
-            for reserve in order
-        }
-        ratios.append(speeds[True] / speeds[False])
+        for reserve in round_order([False, True], round_no):
+            path = args.dir / "reserved-writes.bin"
+            speeds[reserve].append(write_mb_s(path, size, reserve=reserve))
+        appending, reserved = speeds[False][-1], speeds[True][-1]
         print(
-            f"round {round_no + 1}: appending {speeds[False]:.0f} MB/s  "
-            f"reserved {speeds[True]:.0f} MB/s  ratio {ratios[-1]:.2f}"
+            f"round {round_no + 1}: appending {appending:.0f} MB/s  "
+            f"reserved {reserved:.0f} MB/s  ratio {reserved / appending:.2f}"
         )
-    print(f"median reserved / appending over {args.rounds} rounds: {statistics.median(ratios):.2f}")
+    ratio = median_ratio(speeds[True], speeds[False])
+    print(f"median reserved / appending over {args.rounds} rounds: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -15,45 +15,23 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-
-MiB = 1024 * 1024
-
-
-def stats(pid: int) -> dict[str, int]:
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return {
-        "rss_mib": int(fields["VmRSS"].split()[0]) // 1024,
-        "threads": int(fields["Threads"]),
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
-    }
-
-
-def healthz_ms(base: str, count: int = 50) -> str:
-    samples = []
-    with httpx.Client(base_url=base, timeout=30) as client:
-        for _ in range(count):
-            start = time.perf_counter()
-            client.get("/healthz").raise_for_status()
-            samples.append((time.perf_counter() - start) * 1000)
-    q = statistics.quantiles(samples, n=100)
-    return f"healthz p50 {q[49]:.2f} ms p99 {q[98]:.2f} ms"
+from bench.base import MiB
+from bench.latency import percentiles_text, sample_ms
+from bench.procfs import figures
+from bench.standalone import serve_env, serve_mediasvc
 
 
 def report(label: str, pid: int, base: str) -> None:
-    figures = stats(pid)
+    rss_bytes, threads, fds = figures(pid)
+    healthz = percentiles_text(sample_ms(f"{base}/healthz", 50), digits=2, sep=" ")
     print(
-        f"{label:<34} RSS {figures['rss_mib']:>5} MiB  threads {figures['threads']:>3}  "
-        f"fds {figures['fds']:>4}  {healthz_ms(base)}",
+        f"{label:<34} RSS {rss_bytes // MiB:>5} MiB  threads {threads:>3}  "
+        f"fds {fds:>4}  healthz {healthz}",
         flush=True,
     )
 
@@ -72,7 +50,7 @@ def settle(pid: int, rounds: int = 5) -> None:
     last = -1
     for _ in range(60):
         time.sleep(1)
-        rss = stats(pid)["rss_mib"]
+        rss = figures(pid).rss_bytes // MiB
         if abs(rss - last) <= 2:
             rounds -= 1
             if rounds == 0:
@@ -92,50 +70,41 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP", "/tmp")) as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIASVC_")}
-        env.pop("GLIBC_TUNABLES", None)
-        env["MEDIASVC_DOWNLOAD_SEND_TIMEOUT_S"] = str(args.send_timeout_s)
-        env["MEDIASVC_MALLOC_TRIM_EVERY_S"] = "5"
-        subprocess.run([sys.executable, "-m", "mediasvc", "migrate"], cwd=work, env=env, check=True)
-        command = [sys.executable, "-m", "mediasvc", "serve", "--port", str(args.port)]
-        command += ["--log-level", "warning"]
+        env = serve_env(
+            {
+                "MEDIASVC_DOWNLOAD_SEND_TIMEOUT_S": str(args.send_timeout_s),
+                "MEDIASVC_MALLOC_TRIM_EVERY_S": "5",
+            }
+        )
+        serve_args = ["--log-level", "warning"]
         if args.no_malloc_tuning:
-            command.append("--no-malloc-tuning")
-        log = (work / "server.log").open("wb")
-        server = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=log)
-        base = f"http://127.0.0.1:{args.port}"
+            serve_args.append("--no-malloc-tuning")
+        log = work / "server.log"
         readers: list[socket.socket] = []
         try:
-            for _ in range(100):
-                try:
-                    httpx.get(f"{base}/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            data = os.urandom(MiB) * args.size_mib
-            with httpx.Client(base_url=base, timeout=300) as client:
-                uid = client.post("/api/v1/files/stream", content=data).json()["uid"]
-            del data
-            report("idle", server.pid, base)
-            started = time.monotonic()
-            readers = [stalled_reader(args.port, uid) for _ in range(args.readers)]
-            settle(server.pid)
-            report(f"{args.readers} stalled Range readers", server.pid, base)
-            time.sleep(max(0.0, args.close_after_s - (time.monotonic() - started)))
-            report("just before the clients close", server.pid, base)
-            for sock in readers:
-                sock.close()
-            readers = []
-            time.sleep(12)  # two trim periods
-            report("after the clients closed", server.pid, base)
+            with serve_mediasvc(work, port=args.port, env=env, args=serve_args) as server:
+                data = os.urandom(MiB) * args.size_mib
+                with httpx.Client(base_url=server.base, timeout=300) as client:
+                    uid = client.post("/api/v1/files/stream", content=data).json()["uid"]
+                del data
+                report("idle", server.pid, server.base)
+                started = time.monotonic()
+                readers = [stalled_reader(args.port, uid) for _ in range(args.readers)]
+                settle(server.pid)
+                report(f"{args.readers} stalled Range readers", server.pid, server.base)
+                time.sleep(max(0.0, args.close_after_s - (time.monotonic() - started)))
+                report("just before the clients close", server.pid, server.base)
+                for sock in readers:
+                    sock.close()
+                readers = []
+                time.sleep(12)  # two trim periods
+                report("after the clients closed", server.pid, server.base)
         finally:
             for sock in readers:
                 sock.close()
-            server.terminate()
-            server.wait()
-            log.close()
-            dropped = (work / "server.log").read_text().count("the client read nothing")
-            print(f"downloads dropped by the send timeout: {dropped}")
+            if log.exists():
+                dropped = log.read_text().count("the client read nothing")
+                print(f"downloads dropped by the send timeout: {dropped}")
 
 
 if __name__ == "__main__":

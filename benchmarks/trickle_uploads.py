@@ -20,62 +20,31 @@ import asyncio
 import collections
 import contextlib
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
+from bench.base import MiB
+from bench.latency import LatencyProbe, percentiles_text
+from bench.procfs import figures
+from bench.standalone import serve_env, serve_mediasvc
 
-MiB = 1024 * 1024
 SEND_PIECE_BYTES = 256 * 1024
 
 
-def figures(pid: int) -> tuple[int, int, int]:
-    """(RSS bytes, threads, open fds) of the server."""
-    rss = threads = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
-        elif line.startswith("Threads:"):
-            threads = int(line.split()[1])
-    return rss, threads, len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class Sampler(threading.Thread):
-    """/healthz latency every 50 ms, and the server's figures every 0.5 s."""
+class Sampler(LatencyProbe):
+    """/healthz latency every 50 ms, and the server's peak figures every 0.5 s."""
 
     def __init__(self, base: str, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.base, self.pid = base, pid
-        self.latencies_ms: list[float] = []
-        self.health_failures = 0
-        self.peak = (0, 0, 0)
-        self.stopping = threading.Event()
+        super().__init__(f"{base}/healthz", interval_s=0.05)
+        self.pid = pid
+        self.peak = figures(pid)
+        self._next_figures_s = 0.0
 
-    def run(self) -> None:
-        next_figures = 0.0
-        with httpx.Client(timeout=30) as http:
-            while not self.stopping.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = http.get(f"{self.base}/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.latencies_ms.append((time.perf_counter() - started) * 1000)
-                self.health_failures += not ok
-                if time.monotonic() >= next_figures:
-                    now = figures(self.pid)
-                    self.peak = (
-                        max(self.peak[0], now[0]),
-                        max(self.peak[1], now[1]),
-                        max(self.peak[2], now[2]),
-                    )
-                    next_figures = time.monotonic() + 0.5
-                self.stopping.wait(0.05)
+    def tick(self) -> None:
+        if time.monotonic() >= self._next_figures_s:
+            self.peak = self.peak.peak(figures(self.pid))
+            self._next_figures_s = time.monotonic() + 0.5
 
 
 async def one_client(
@@ -145,50 +114,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP", "/tmp")) as tmp:
         work = Path(tmp)
-        env = dict(os.environ)
-        subprocess.run(
-            [sys.executable, "-m", "mediasvc", "migrate"],
-            cwd=work,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "mediasvc", "serve", "--port", str(args.port)),
-                *("--log-level", "warning", "--graceful-shutdown-s", "1"),
-            ],
-            cwd=work,
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{args.port}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+        env = serve_env(inherit_settings=True)  # MEDIASVC_* given to this script apply
+        serve_args = ("--log-level", "warning", "--graceful-shutdown-s", "1")
+        with serve_mediasvc(work, port=args.port, env=env, args=serve_args) as server:
             idle = figures(server.pid)
-            sampler = Sampler(base, server.pid)
+            sampler = Sampler(server.base, server.pid)
             sampler.start()
             outcomes = asyncio.run(clients(args.port, args))
-            sampler.stopping.set()
-            sampler.join()
+            sampler.stop()
             last = figures(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
-    q = statistics.quantiles(sampler.latencies_ms, n=100)
     print(f"{args.connections} connections, ~4 MiB then 1 byte / {args.trickle_every_s:g} s,")
     print(f"  {args.duration_s:g} s; answers: {dict(sorted(outcomes.items()))}")
     for label, (rss, threads, fds) in (("idle", idle), ("peak", sampler.peak), ("end", last)):
         print(f"{label:>5}: RSS {rss / MiB:7.1f} MiB  threads {threads:5d}  fds {fds:5d}")
     print(
-        f"/healthz ({len(sampler.latencies_ms)} requests, {sampler.health_failures} failed): "
-        f"p50 {q[49]:.1f} ms  p99 {q[98]:.1f} ms  max {max(sampler.latencies_ms):.1f} ms"
+        f"/healthz ({len(sampler.latencies_ms)} answered, {sampler.failures} failed): "
+        + percentiles_text(sampler.latencies_ms, with_max=True)
     )
 
 

@@ -12,55 +12,23 @@ shared VM drifts, so only the ratio within a round means anything.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
-MiB = 1024 * 1024
-
-
-def start(tree: Path, work: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIASVC_")}
-    env["PYTHONPATH"] = str(tree.resolve())
-    subprocess.run([sys.executable, "-m", "mediasvc", "migrate"], cwd=work, env=env, check=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mediasvc", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=work,
-        env=env,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"server of {tree} did not start")
+from bench.base import MB, MiB
+from bench.curl import curl
+from bench.standalone import serve_env, serve_mediasvc
+from bench.stats import median_ratio, round_order
+from bench.testfiles import write_repeating
 
 
-def upload_mb_s(port: int, path: Path) -> float:
-    out = subprocess.run(
-        [
-            *("curl", "-sS", "-o", "/dev/null", "-w", "%{json}", "-T", str(path)),
-            f"http://127.0.0.1:{port}/api/v1/files/stream/f.bin",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    info = json.loads(out.stdout)
+def upload_mb_s(base: str, path: Path) -> float:
+    info = curl(["-T", str(path), f"{base}/api/v1/files/stream/f.bin"], timeout=600)
     if info["http_code"] != 201:
         raise SystemExit(f"upload answered {info['http_code']}")
-    return float(info["size_upload"]) / float(info["time_total"]) / 1e6
+    return float(info["size_upload"]) / float(info["time_total"]) / MB
 
 
 def main() -> None:
@@ -70,37 +38,31 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP", "/tmp")) as tmp:
+    with (
+        tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP", "/tmp")) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
         source = work / "upload.bin"
-        with source.open("wb") as f:
-            for _ in range(args.size_mib):
-                f.write(os.urandom(MiB))
-        servers = []
-        try:
-            for name, tree, port in (("a", args.tree_a, 8795), ("b", args.tree_b, 8796)):
-                (work / name).mkdir()
-                servers.append((port, start(tree, work / name, port)))
-            ratios = []
-            for round_no in range(args.rounds):
-                # Alternate who goes first: the second upload of a round meets the first one's
-                # writeback and measured slower with the same code on both sides.
-                if round_no % 2:
-                    b = upload_mb_s(servers[1][0], source)
-                    a = upload_mb_s(servers[0][0], source)
-                else:
-                    a = upload_mb_s(servers[0][0], source)
-                    b = upload_mb_s(servers[1][0], source)
-                ratios.append(b / a)
-                print(f"round {round_no + 1}: A {a:.0f} MB/s  B {b:.0f} MB/s  B/A {b / a:.2f}")
-                for name in ("a", "b"):  # keep the disk from filling up
-                    for stored in (work / name / "data" / "media").glob("??/*"):
-                        stored.unlink()
-            print(f"median B/A over {args.rounds} rounds: {statistics.median(ratios):.2f}")
-        finally:
-            for _, server in servers:
-                server.terminate()
-                server.wait(timeout=20)
+        write_repeating(source, args.size_mib * MiB, os.urandom(MiB))
+        servers = {}
+        for name, tree, port in (("a", args.tree_a, 8795), ("b", args.tree_b, 8796)):
+            (work / name).mkdir()
+            env = serve_env(pythonpath=tree)
+            servers[name] = stack.enter_context(serve_mediasvc(work / name, port=port, env=env))
+        speeds: dict[str, list[float]] = {"a": [], "b": []}
+        for round_no in range(args.rounds):
+            # Alternate who goes first: the second upload of a round meets the first one's
+            # writeback (docs/performance.md, "Benchmarks").
+            for name in round_order(["a", "b"], round_no):
+                speeds[name].append(upload_mb_s(servers[name].base, source))
+            a, b = speeds["a"][-1], speeds["b"][-1]
+            print(f"round {round_no + 1}: A {a:.0f} MB/s  B {b:.0f} MB/s  B/A {b / a:.2f}")
+            for name in ("a", "b"):  # keep the disk from filling up
+                for stored in (work / name / "data" / "media").glob("??/*"):
+                    stored.unlink()
+        ratio = median_ratio(speeds["b"], speeds["a"])
+        print(f"median B/A over {args.rounds} rounds: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ hash in constant time, without stopping at the first match.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 
 from mediasvc.errors import Forbidden, Unauthorized
+from mediasvc.ids import hash_token
 
 
 class ApiKey(BaseModel):
@@ -31,10 +31,6 @@ class Principal:
 
     name: str
     admin: bool
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 class KeyRing:
@@ -55,7 +51,7 @@ class KeyRing:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("use Authorization: Bearer <key>")
-        presented = hash_key(token.strip()).encode("ascii")
+        presented = hash_token(token.strip()).encode("ascii")
         found: ApiKey | None = None
         for key in self._keys:  # no early exit: the time does not depend on which key matched
             if hmac.compare_digest(presented, key.sha256.encode("ascii")):

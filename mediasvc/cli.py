@@ -193,9 +193,9 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _hash_key(args: argparse.Namespace) -> None:
-    from mediasvc.auth import hash_key
+    from mediasvc.ids import hash_token
 
-    print(hash_key(args.key))
+    print(hash_token(args.key))
 
 
 def _migrate(_args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ def new_delete_token() -> str:
 
 
 def hash_token(token: str) -> str:
+    """The stored form of a secret (a delete token, an API key): its SHA-256 in hex."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -32,6 +33,11 @@ from tests.mediafiles import media_files  # noqa: F401
 # S3 servers on loopback (moto, s3rver), shared by every test module that asks for them.
 from tests.s3servers import moto_bucket, moto_server, s3rver_bucket, s3rver_server  # noqa: F401
 
+# Shared helpers assert too: rewrite them as pytest does test modules (before they are imported).
+pytest.register_assert_rewrite("tests.helpers")
+
+# The Redis database the job tests flush (MEDIASVC_TEST_REDIS: one per parallel run).
+REDIS_URL = os.environ.get("MEDIASVC_TEST_REDIS", "redis://127.0.0.1:6379/13")
 PG_SERVER = os.environ.get("MEDIASVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,9 +183,35 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
     yield start
     for process in started:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def pg_server(
+    start_server: Callable[..., RunningServer], pg_url: str
+) -> Callable[..., RunningServer]:
+    def start(**settings: object) -> RunningServer:
+        env = {f"MEDIASVC_{name.upper()}": str(value) for name, value in settings.items()}
+        return start_server({"MEDIASVC_DATABASE_URL": pg_url, **env})
+
+    return start
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The tests' Redis database (MEDIASVC_TEST_REDIS), empty before and after each test."""
+    client = aioredis.from_url(REDIS_URL)
+    await client.flushdb()
+    yield REDIS_URL
+    await client.flushdb()
+    await client.aclose()

@@ -16,8 +16,7 @@ from fastapi import FastAPI
 from mediasvc.app import create_app
 from mediasvc.config import Settings
 from tests.conftest import leftovers
-from tests.test_jobs import REDIS_URL
-from tests.test_probe import DEAD_REDIS_URL
+from tests.helpers import DEAD_REDIS_URL, REDIS_URL
 
 
 async def upload(client: httpx.AsyncClient, body: bytes, name: str = "f.bin") -> dict[str, object]:

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from mediasvc.app import create_app
-from mediasvc.auth import ApiKey, hash_key
+from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
-from mediasvc.db.session import make_engine
-from tests.conftest import leftovers, truncate
+from mediasvc.ids import hash_token
+from tests.helpers import assert_clean, bearer, fresh_client
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789"
@@ -27,64 +23,17 @@ PAYLOAD = bytes(range(256)) * 256  # 64 KiB
 CHUNK = 4096
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     """Keys on (two users and an admin), signing configured so /link answers."""
     return make_settings(
         api_keys=[
-            ApiKey(name="alice", sha256=hash_key(ALICE)),
-            ApiKey(name="bob", sha256=hash_key(BOB)),
-            ApiKey(name="root", sha256=hash_key(ADMIN), admin=True),
+            ApiKey(name="alice", sha256=hash_token(ALICE)),
+            ApiKey(name="bob", sha256=hash_token(BOB)),
+            ApiKey(name="root", sha256=hash_token(ADMIN), admin=True),
         ],
         signing_secret=SIGNING_SECRET,
     )
-
-
-@asynccontextmanager
-async def fresh_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on a fresh app with these settings, on an empty files table."""
-    await truncate(settings.database_url)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-
-
-async def db_rows(url: str) -> dict[str, str | None]:
-    """Every row of the files table, tombstones included: uid → gone_reason."""
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as connection:
-            result = await connection.execute(text("SELECT uid, gone_reason FROM files"))
-            return {uid: reason for uid, reason in result}
-    finally:
-        await engine.dispose()
-
-
-async def assert_clean(settings: Settings, expected_rows: dict[str, str | None]) -> None:
-    """No .part file, only the live files on disk, only the expected rows."""
-    await assert_clean_at(settings.media_root, settings.database_url, expected_rows)
-
-
-async def assert_clean_at(
-    media_root: Path,
-    database_url: str,
-    expected_rows: dict[str, str | None],
-    *,
-    on_disk: set[str] | None = None,
-) -> None:
-    """No .part file; on disk the live files (or ``on_disk``); in the table exactly these rows."""
-    files = leftovers(media_root)
-    assert [p for p in files if p.name.endswith(".part")] == []
-    if on_disk is None:
-        on_disk = {uid for uid, reason in expected_rows.items() if reason is None}
-    assert {p.name for p in files} == on_disk
-    assert await db_rows(database_url) == expected_rows
 
 
 @dataclass

@@ -32,7 +32,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Response, ViewportSize, sync_playwright
 
-from mediasvc.auth import hash_key
+from mediasvc.ids import hash_token
 from tests.conftest import PROJECT_ROOT, RunningServer, leftovers, truncate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -428,7 +428,9 @@ def signed_server(start_server: Callable[..., RunningServer], pg_url: str) -> Ru
             "MEDIASVC_DATABASE_URL": pg_url,
             "MEDIASVC_REQUIRE_SIGNED_DOWNLOADS": "true",
             "MEDIASVC_SIGNING_SECRET": "browser-test-signing-secret-32-bytes",
-            "MEDIASVC_API_KEYS": json.dumps([{"name": "web", "sha256": hash_key(SIGNED_PAGE_KEY)}]),
+            "MEDIASVC_API_KEYS": json.dumps(
+                [{"name": "web", "sha256": hash_token(SIGNED_PAGE_KEY)}]
+            ),
         }
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from mediasvc.storage.cloud.sizing import (
     part_size_for,
     upload_concurrency_for,
 )
+from tests.conftest import free_port
 from tests.s3servers import S3Bucket, counting_proxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -385,9 +385,7 @@ async def test_missing_local_source_is_an_oserror(backend: Backend, tmp_path: Pa
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("size", [10, 12 * MiB], ids=["single-put", "multipart"])
 async def test_unreachable_store_is_unavailable(tmp_path: Path, size: int) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     source = tmp_path / "source"
     sha256 = write_random(source, size)
     config = S3Config(

@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import PROBLEM_JSON, assert_problem
+
 SIZE = 777
 DATA = random.Random(99).randbytes(SIZE)
-PROBLEM_JSON = "application/problem+json"
 CACHE_DAY = "private, max-age=86400"
 NO_STORE = "private, no-store"
 
@@ -63,15 +64,6 @@ def last_modified_of(meta: dict[str, Any]) -> datetime:
 
 def http_date(moment: datetime) -> str:
     return format_datetime(moment, usegmt=True)
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    return body
 
 
 def assert_not_modified(response: httpx.Response, meta: dict[str, Any], cache: str) -> None:

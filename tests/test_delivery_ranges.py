@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -18,14 +16,12 @@ import pytest
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
+from tests.helpers import MULTIPART_CT, assert_problem, parse_byteranges
 
 SIZE = 1000
 DATA = random.Random(20260101).randbytes(SIZE)
 CHUNK = 64 * 1024  # download_chunk_size_bytes in the test settings: the read size
 BIG = random.Random(7).randbytes(3 * CHUNK + 123)
-PROBLEM_JSON = "application/problem+json"
-MULTIPART_CT = re.compile(r"multipart/byteranges; boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")
-CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -73,69 +69,6 @@ def assert_full(response: httpx.Response, data: bytes) -> None:
     assert "content-range" not in response.headers
     assert response.headers["content-length"] == str(len(data))
     assert response.content == data
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    return body
-
-
-@dataclass
-class Part:
-    first: int
-    last: int
-    total: int
-    content_type: str | None
-    payload: bytes
-
-
-def parse_byteranges(response: httpx.Response) -> list[Part]:
-    """Parse a multipart/byteranges body strictly (RFC 9110 §14.6), reading each part by length."""
-    match = MULTIPART_CT.fullmatch(response.headers["content-type"])
-    assert match, response.headers["content-type"]
-    delimiter = b"--" + match.group(1).encode("ascii")
-    body = response.content
-    assert int(response.headers["content-length"]) == len(body)
-    assert body.startswith(delimiter + b"\r\n")
-    pos = len(delimiter) + 2
-    parts: list[Part] = []
-    while True:
-        header_end = body.index(b"\r\n\r\n", pos)
-        headers: dict[str, str] = {}
-        for line in body[pos:header_end].decode("latin-1").split("\r\n"):
-            name, sep, value = line.partition(":")
-            assert sep, f"bad part header line {line!r}"
-            headers[name.strip().lower()] = value.strip()
-        content_range = CONTENT_RANGE.fullmatch(headers["content-range"])
-        assert content_range, headers["content-range"]
-        first, last, total = map(int, content_range.groups())
-        assert first <= last < total
-        start = header_end + 4
-        parts.append(
-            Part(
-                first,
-                last,
-                total,
-                headers.get("content-type"),
-                body[start : start + last - first + 1],
-            )
-        )
-        pos = start + last - first + 1
-        assert body[pos : pos + 2] == b"\r\n"
-        pos += 2
-        assert body[pos : pos + len(delimiter)] == delimiter
-        pos += len(delimiter)
-        if body[pos : pos + 2] == b"--":
-            pos += 2
-            break
-        assert body[pos : pos + 2] == b"\r\n"
-        pos += 2
-    assert body[pos:].strip(b"\r\n") == b"", "only CRLF may follow the close delimiter"
-    return parts
 
 
 def assert_parts(response: httpx.Response, data: bytes, expected: list[tuple[int, int]]) -> None:

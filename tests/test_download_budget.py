@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,21 +22,10 @@ from sqlalchemy import text
 from mediasvc.config import Settings
 from mediasvc.db.session import make_engine
 from tests.conftest import RunningServer, truncate
-from tests.test_auth import assert_clean, assert_clean_at
+from tests.helpers import assert_clean, assert_clean_at, assert_gone, random_bytes, upload_data
 
 MiB = 1024 * 1024
 SIZE = 1000  # small files: budget = k × 1000 + 500
-
-
-def data_of(size: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-async def upload(client: httpx.AsyncClient, data: bytes, **params: int) -> dict[str, Any]:
-    response = await client.post("/api/v1/files/stream", content=data, params=params)
-    assert response.status_code == 201, response.text
-    meta: dict[str, Any] = response.json()
-    return meta
 
 
 async def bytes_served(database_url: str, uid: str) -> int:
@@ -57,12 +44,6 @@ async def downloads(client: httpx.AsyncClient, uid: str) -> int:
     response = await client.get(f"/api/v1/files/{uid}/metadata")
     assert response.status_code == 200, response.text
     return int(response.json()["downloads"])
-
-
-def assert_gone(response: httpx.Response) -> None:
-    assert response.status_code == 410, response.text
-    if response.request.method != "HEAD":
-        assert response.headers["content-type"] == "application/problem+json"
 
 
 # --- concurrency through a real uvicorn, on PostgreSQL and SQLite --------------------------------
@@ -103,10 +84,10 @@ async def test_concurrent_full_downloads_give_exactly_k_successes(
 ) -> None:
     server, database_url = served
     clients, k = 60, 7
-    data = data_of(256 * 1024, seed=3)
+    data = random_bytes(256 * 1024, seed=3)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=120) as http:
-        meta = await upload(http, data, max_downloads=k)
+        meta = await upload_data(http, data, max_downloads=k)
         url = f"/api/v1/files/{meta['uid']}"
         responses = await asyncio.gather(*(http.get(url) for _ in range(clients)))
 
@@ -133,10 +114,10 @@ async def test_disconnect_gives_back_unsent_bytes(
     """Read ~1 MiB of a 48 MiB one-download file and hang up: the rest is refunded."""
     await truncate(pg_url)
     server = start_server({"MEDIASVC_DATABASE_URL": pg_url})
-    data = data_of(48 * MiB, seed=5)
+    data = random_bytes(48 * MiB, seed=5)
     size = len(data)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload(http, data, max_downloads=1)
+        meta = await upload_data(http, data, max_downloads=1)
         uid = meta["uid"]
         url = f"/api/v1/files/{uid}"
 
@@ -179,8 +160,8 @@ async def test_player_can_seek_through_a_one_download_file(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     size = 100_000  # budget: 100,000 + 50,000 seek allowance
-    data = data_of(size)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(size)
+    meta = await upload_data(client, data, max_downloads=1)
     url = f"/api/v1/files/{meta['uid']}"
 
     first = await client.get(url, headers={"Range": "bytes=0-"})  # a player's first request
@@ -209,8 +190,8 @@ async def test_player_can_seek_through_a_one_download_file(
 async def test_k_plus_one_full_downloads_never_fit(
     client: httpx.AsyncClient, settings: Settings, k: int
 ) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=k)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=k)
     url = f"/api/v1/files/{meta['uid']}"
     for done in range(1, k + 1):
         response = await client.get(url)
@@ -231,8 +212,8 @@ async def test_ranges_fail_at_the_point_they_would_exceed_the_budget(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     """k = 1, size 1000: budget 1500. Five 300-byte ranges fit exactly; the sixth does not."""
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=1)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     ranges = [(0, 299), (300, 599), (600, 899), (700, 999), (100, 399)]
@@ -255,8 +236,8 @@ async def test_a_range_that_would_overshoot_is_refused_whole_not_cut(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     """Before exhaustion, a range larger than what is left is 410 and the file stays live."""
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=2)  # budget 2500
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=2)  # budget 2500
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     assert (await client.get(url, headers={"Range": "bytes=0-899"})).status_code == 206  # 900
@@ -288,8 +269,8 @@ async def test_a_range_that_would_overshoot_is_refused_whole_not_cut(
 async def test_headers_that_get_the_whole_file_pay_for_the_whole_file(
     client: httpx.AsyncClient, settings: Settings, headers: dict[str, str]
 ) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=1)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     response = await client.get(url, headers=headers)
@@ -306,8 +287,8 @@ async def test_headers_that_get_the_whole_file_pay_for_the_whole_file(
 async def test_multiple_ranges_cost_their_bytes(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=1)
     uid = meta["uid"]
     response = await client.get(f"/api/v1/files/{uid}", headers={"Range": "bytes=0-99,500-599,-50"})
     assert response.status_code == 206
@@ -325,8 +306,8 @@ async def test_multiple_ranges_cost_their_bytes(
 async def test_head_304_412_and_416_cost_nothing(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=1)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     head = await client.head(url)
@@ -369,8 +350,8 @@ PREFETCH_HEADERS = {
 async def test_prefetch_of_limited_file_is_403_and_costs_nothing(
     client: httpx.AsyncClient, settings: Settings, header: str, method: str
 ) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=1)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     for extra in ({}, {"Range": "bytes=0-9"}):
@@ -389,8 +370,8 @@ async def test_prefetch_of_limited_file_is_403_and_costs_nothing(
 async def test_prefetch_of_unlimited_file_is_served(
     client: httpx.AsyncClient, settings: Settings, header: str
 ) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data)
     response = await client.get(f"/api/v1/files/{meta['uid']}", headers=PREFETCH_HEADERS[header])
     assert response.status_code == 200
     assert response.content == data
@@ -402,8 +383,8 @@ async def test_prefetch_of_unlimited_file_is_served(
 
 
 async def test_x_remaining_downloads_values(client: httpx.AsyncClient, settings: Settings) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=3)  # budget 3500
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=3)  # budget 3500
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     steps: list[tuple[dict[str, str], int, str]] = [
@@ -419,7 +400,7 @@ async def test_x_remaining_downloads_values(client: httpx.AsyncClient, settings:
         assert response.headers["x-remaining-downloads"] == remaining
         assert (await client.head(url)).headers["x-remaining-downloads"] == remaining
     assert_gone(await client.get(url))  # 4100 > 3500
-    plain = await upload(client, data_of(10, seed=9))
+    plain = await upload_data(client, random_bytes(10, seed=9))
     assert (
         "x-remaining-downloads" not in (await client.get(f"/api/v1/files/{plain['uid']}")).headers
     )
@@ -432,8 +413,8 @@ async def test_x_remaining_downloads_values(client: httpx.AsyncClient, settings:
 
 
 async def test_exhausted_file_is_a_tombstone(client: httpx.AsyncClient, settings: Settings) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=1)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     assert (await client.get(url)).status_code == 200
@@ -458,8 +439,8 @@ async def test_exhausted_file_is_a_tombstone(client: httpx.AsyncClient, settings
 async def test_downloads_is_ceil_of_bytes_served_over_size(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    data = data_of(SIZE)
-    meta = await upload(client, data, max_downloads=3)
+    data = random_bytes(SIZE)
+    meta = await upload_data(client, data, max_downloads=3)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     assert await downloads(client, uid) == 0
@@ -475,7 +456,7 @@ async def test_downloads_is_ceil_of_bytes_served_over_size(
 async def test_empty_file_download_limit_holds(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    meta = await upload(client, b"", max_downloads=1)
+    meta = await upload_data(client, b"", max_downloads=1)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     first = await client.get(url)

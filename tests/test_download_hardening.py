@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from sqlalchemy import text
 
 from mediasvc.db.session import make_engine
 from tests.conftest import RunningServer, truncate
-from tests.test_download_budget import data_of, upload
+from tests.helpers import random_bytes, stalled_reader, upload_data, wait_until
 
 MiB = 1024 * 1024
 CHUNK_BYTES = 4 * MiB  # download_chunk_size_bytes, the default
@@ -70,23 +68,6 @@ def port_of(server: RunningServer) -> int:
     return int(server.base_url.rsplit(":", 1)[1])
 
 
-def stalled_reader(base_url: str, path: str, *, headers: str = "") -> socket.socket:
-    """A connection that asks for a download and then reads nothing (a small receive buffer)."""
-    host, port = base_url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.connect((host, int(port)))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
-    return sock
-
-
-def wait_for(condition: Callable[[], bool], what: str, *, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.e2e
 async def test_stalled_range_readers_are_bounded_dropped_and_their_memory_returned(
     start_server: Callable[..., RunningServer], pg_url: str
@@ -101,7 +82,7 @@ async def test_stalled_range_readers_are_bounded_dropped_and_their_memory_return
     )
     readers_count = 50
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload(http, data_of(32 * MiB, seed=11))
+        meta = await upload_data(http, random_bytes(32 * MiB, seed=11))
     idle = process_figures(server.pid)
 
     readers = [
@@ -114,10 +95,12 @@ async def test_stalled_range_readers_are_bounded_dropped_and_their_memory_return
         # Every request is taken and stalled, then the send timeout drops them all while the
         # clients still hold their ends open: the server's descriptors come back.
         port = port_of(server)
-        wait_for(
+        wait_until(
             lambda: connections_held(server.pid, port) == readers_count, "all readers connected"
         )
-        wait_for(lambda: connections_held(server.pid, port) == 0, "the stalled connections dropped")
+        wait_until(
+            lambda: connections_held(server.pid, port) == 0, "the stalled connections dropped"
+        )
         dropped = process_figures(server.pid)
         # Their descriptors are closed (the database pool may have grown by its connections).
         assert dropped["fds"] <= idle["fds"] + 30
@@ -133,7 +116,7 @@ async def test_stalled_range_readers_are_bounded_dropped_and_their_memory_return
             except ConnectionResetError:
                 pass
         # And the memory goes back to the system (a periodic malloc_trim).
-        wait_for(
+        wait_until(
             lambda: process_figures(server.pid)["rss"] <= idle["rss"] + 64 * MiB,
             "memory returned",
         )
@@ -153,12 +136,12 @@ async def test_delete_racing_downloads_gives_whole_bodies_or_410(
     await truncate(pg_url)
     server = start_server({"MEDIASVC_DATABASE_URL": pg_url})
     files, gets_per_file = 30, 10
-    data = data_of(1_000_000, seed=12)
+    data = random_bytes(1_000_000, seed=12)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     statuses: Counter[int] = Counter()
     truncated = 0
     async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=120) as http:
-        metas = [await upload(http, data) for _ in range(files)]
+        metas = [await upload_data(http, data) for _ in range(files)]
 
         async def get(uid: str, pause_s: float) -> None:
             nonlocal truncated
@@ -224,8 +207,8 @@ async def test_download_does_not_depend_on_the_access_time_write(
     pg_url: str,
     fail_access_time_writes: Callable[[bool], object],
 ) -> None:
-    data = data_of(100_000, seed=13)
-    meta = await upload(client, data)
+    data = random_bytes(100_000, seed=13)
+    meta = await upload_data(client, data)
     url = f"/api/v1/files/{meta['uid']}"
     await fail_access_time_writes(True)  # type: ignore[misc]
     try:

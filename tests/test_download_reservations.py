@@ -25,8 +25,7 @@ from mediasvc.db.migrations import upgrade
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import make_engine
 from tests.conftest import RunningServer, truncate
-from tests.test_download_budget import assert_gone, data_of, upload
-from tests.test_download_hardening import stalled_reader, wait_for
+from tests.helpers import assert_gone, random_bytes, stalled_reader, upload_data, wait_until
 
 MiB = 1024 * 1024
 PART_BYTES = 1 * MiB  # download_send_part_bytes, the default
@@ -97,9 +96,9 @@ async def test_a_refusal_due_to_a_running_download_is_503_and_the_file_stays(
     serve: Callable[..., tuple[RunningServer, str]],
 ) -> None:
     server, database_url = serve(MEDIASVC_DOWNLOAD_BUDGET_WAIT_S="0")
-    data = data_of(16 * MiB, seed=21)
+    data = random_bytes(16 * MiB, seed=21)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload(http, data, max_downloads=1)
+        meta = await upload_data(http, data, max_downloads=1)
         uid = meta["uid"]
         url = f"/api/v1/files/{uid}"
         first = stalled_reader(server.base_url, url)
@@ -115,7 +114,7 @@ async def test_a_refusal_due_to_a_running_download_is_503_and_the_file_stays(
         finally:
             first.close()  # the first client gives up: what it did not take comes back
         await anyio.to_thread.run_sync(
-            lambda: wait_for(
+            lambda: wait_until(
                 lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
             )
         )
@@ -139,9 +138,9 @@ async def test_metadata_counts_what_was_sent_not_what_running_downloads_hold(
     # A stalled reader holds the whole file's reservation; an earlier short read was charged a
     # little. The metadata must not say "2 downloads of 1" meanwhile.
     server, database_url = serve()
-    data = data_of(16 * MiB, seed=23)
+    data = random_bytes(16 * MiB, seed=23)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload(http, data, max_downloads=1)
+        meta = await upload_data(http, data, max_downloads=1)
         uid = meta["uid"]
         url = f"/api/v1/files/{uid}"
         short = await http.get(url, headers={"Range": "bytes=0-65999"})
@@ -150,7 +149,7 @@ async def test_metadata_counts_what_was_sent_not_what_running_downloads_hold(
         try:
             read_some(reader, 66_000)
             await anyio.to_thread.run_sync(
-                lambda: wait_for(
+                lambda: wait_until(
                     lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation"
                 )
             )
@@ -167,9 +166,9 @@ async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
     serve: Callable[..., tuple[RunningServer, str]],
 ) -> None:
     server, database_url = serve()
-    data = data_of(64 * MiB, seed=22)
+    data = random_bytes(64 * MiB, seed=22)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload(http, data, max_downloads=2)
+        meta = await upload_data(http, data, max_downloads=2)
         uid = meta["uid"]
         url = f"/api/v1/files/{uid}"
         total_charged = 0
@@ -179,14 +178,14 @@ async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
             try:
                 received = read_some(reader, 66_000)
                 await anyio.to_thread.run_sync(
-                    lambda: wait_for(
+                    lambda: wait_until(
                         lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation"
                     )
                 )
             finally:
                 reader.close()
             await anyio.to_thread.run_sync(
-                lambda: wait_for(
+                lambda: wait_until(
                     lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
                 )
             )
@@ -244,8 +243,8 @@ async def test_an_open_reservation_is_a_503_until_its_lease_lapses(
     app_client: tuple[httpx.AsyncClient, Settings],
 ) -> None:
     client, settings = app_client
-    data = data_of(1000, seed=23)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(1000, seed=23)
+    meta = await upload_data(client, data, max_downloads=1)
     uid = meta["uid"]
     url = f"/api/v1/files/{uid}"
     now = datetime.now(UTC)
@@ -272,8 +271,8 @@ async def test_concurrent_ranges_wait_for_each_other_then_fit_exactly(
 ) -> None:
     """k = 1, size 1000: budget 1500. Six 300-byte ranges at once: five fit, one is refused."""
     client, settings = app_client
-    data = data_of(1000, seed=24)
-    meta = await upload(client, data, max_downloads=1)
+    data = random_bytes(1000, seed=24)
+    meta = await upload_data(client, data, max_downloads=1)
     url = f"/api/v1/files/{meta['uid']}"
     responses = await asyncio.gather(
         *(client.get(url, headers={"Range": f"bytes={i * 100}-{i * 100 + 299}"}) for i in range(6))

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, leftovers, peak_rss_bytes, truncate
+from tests.helpers import curl, make_file
 from tests.mediafiles import SAMPLE_MP4
 
 pytestmark = pytest.mark.e2e
@@ -24,36 +25,12 @@ MiB = 1024 * 1024
 MAX_SERVER_RSS_BYTES = 150 * MiB
 
 
-def make_file(path: Path, size_bytes: int) -> str:
-    """Write ``size_bytes`` of varied bytes in 1 MiB blocks (never all in memory); return sha256."""
-    block = os.urandom(MiB)
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        for index in range(size_bytes // MiB):
-            chunk = index.to_bytes(8, "big") + block[8:]
-            digest.update(chunk)
-            out.write(chunk)
-        tail = block[: size_bytes % MiB]
-        digest.update(tail)
-        out.write(tail)
-    return digest.hexdigest()
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as source:
         while chunk := source.read(MiB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["curl", "--silent", "--show-error", "--fail-with-body", *args],
-        capture_output=True,
-        timeout=600,
-        check=True,
-    )
 
 
 @pytest.fixture

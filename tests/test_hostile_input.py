@@ -26,9 +26,21 @@ from mediasvc.config import Settings
 from mediasvc.db.session import make_engine
 from mediasvc.ingest.feeder import DEFAULT_DEPTH
 from tests.conftest import RunningServer, truncate
-from tests.test_ingest_multipart import BOUNDARY, form_part, multipart_body, multipart_headers
+from tests.helpers import (
+    BOUNDARY,
+    POLL_TIMEOUT_S,
+    PROBLEM_JSON,
+    assert_problem,
+    connect,
+    form_part,
+    multipart_body,
+    multipart_headers,
+    part_files,
+    poll_until,
+    read_head,
+    request_head,
+)
 
-PROBLEM_JSON = "application/problem+json"
 MiB = 1024 * 1024
 UPLOAD_ENDPOINTS = [
     ("POST", "/api/v1/files/stream"),
@@ -36,8 +48,6 @@ UPLOAD_ENDPOINTS = [
     ("PUT", "/api/v1/files/stream/name.bin"),
     ("POST", "/api/v1/files"),
 ]
-# Bounds of the polls below: generous, they only end a test that would otherwise hang.
-POLL_TIMEOUT_S = 30.0
 
 
 # --- teardown: nothing left behind ---------------------------------------------------------------
@@ -51,10 +61,6 @@ async def db_uids(database_url: str) -> set[str]:
             return {row[0] for row in rows}
     finally:
         await engine.dispose()
-
-
-def part_files(media_root: Path) -> list[Path]:
-    return sorted(media_root.rglob("*.part"))
 
 
 @pytest.fixture
@@ -71,17 +77,6 @@ def nothing_left_behind(tmp_path: Path, pg_url: str, kept: set[str]) -> Iterator
     media_root = tmp_path / "media"  # both `make_settings` and `start_server` use this root
     assert part_files(media_root) == []
     assert asyncio.run(db_uids(pg_url)) == kept
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    if response.request.method == "HEAD":
-        return {}
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert {"type", "title", "status", "detail"} <= problem.keys()
-    return problem
 
 
 class CountingBody:
@@ -163,37 +158,6 @@ async def test_headers_at_the_limit_are_accepted(
 # --- a real uvicorn: raw sockets for what httpx won't do ------------------------------------------
 
 
-def connect(server: RunningServer) -> socket.socket:
-    host, port = server.base_url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=POLL_TIMEOUT_S)
-    return sock
-
-
-def read_head(sock: socket.socket, timeout_s: float = POLL_TIMEOUT_S) -> tuple[int, dict[str, str]]:
-    """Status and headers of the response on ``sock``; (0, {}) if it closed without one.
-
-    Bounded: recv() waits at most until the deadline (a socket timeout, not a sleep).
-    """
-    deadline = time.monotonic() + timeout_s
-    received = b""
-    while b"\r\n\r\n" not in received:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no response within {timeout_s} s: {received!r}")
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return 0, {}
-        if not chunk:
-            return 0, {}
-        received += chunk
-    status_line, *lines = received.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    assert status_line.startswith("HTTP/1.1 "), status_line
-    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
-    return int(status_line.split()[1]), headers
-
-
 def read_status(sock: socket.socket) -> int:
     return read_head(sock)[0]
 
@@ -211,34 +175,6 @@ def closed_by_server(sock: socket.socket, timeout_s: float = POLL_TIMEOUT_S) -> 
         except TimeoutError:
             return False
     return False
-
-
-def poll_until(predicate: Callable[[], bool], what: str, timeout_s: float = POLL_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.01)  # a poll interval, not a wait for something to happen
-
-
-def request_head(method: str, url: str, headers: dict[str, str]) -> bytes:
-    lines = [
-        f"{method} {url} HTTP/1.1",
-        "Host: 127.0.0.1",
-        *(f"{k}: {v}" for k, v in headers.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-@pytest.fixture
-def pg_server(
-    start_server: Callable[..., RunningServer], pg_url: str
-) -> Callable[..., RunningServer]:
-    def start(**settings: object) -> RunningServer:
-        env = {f"MEDIASVC_{name.upper()}": str(value) for name, value in settings.items()}
-        return start_server({"MEDIASVC_DATABASE_URL": pg_url, **env})
-
-    return start
 
 
 def listing(server: RunningServer) -> list[dict[str, Any]]:

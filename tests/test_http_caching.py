@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from mediasvc.config import Settings
+from tests.helpers import probed, started, stopped, upload_file
 from tests.mediafiles import MediaFiles
-from tests.test_jobs import started, stopped
-from tests.test_probe import probed, upload_file
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -28,8 +28,20 @@ from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.storage import part as part_module
 from tests.conftest import leftovers
-from tests.test_ingest_multipart import BOUNDARY, form_part, multipart_body, multipart_headers
-from tests.test_ingest_raw import BATCH, client_for, random_bytes, upload
+from tests.helpers import (
+    BATCH,
+    BOUNDARY,
+    CountingBody,
+    HeldBody,
+    assert_nothing_left,
+    assert_problem,
+    client_for,
+    form_part,
+    multipart_body,
+    multipart_headers,
+    random_bytes,
+    upload,
+)
 
 MULTIPART_ALLOWANCE = 64 * 1024
 MiB = 1024 * 1024
@@ -39,39 +51,6 @@ RAW_ENDPOINTS = [
     ("PUT", "/api/v1/files/stream/name.bin"),
 ]
 ALL_ENDPOINTS = [*RAW_ENDPOINTS, ("POST", "/api/v1/files")]
-
-
-class CountingBody:
-    """A request body sent chunked (or with the Content-Length given in headers) that counts how
-    many chunks the app asked for, to tell "refused before reading" from "refused while reading"."""
-
-    def __init__(self, data: bytes, chunk_size: int = 16 * 1024) -> None:
-        self.data = data
-        self.chunk_size = chunk_size
-        self.pulled = 0
-        self.chunks = -(-len(data) // chunk_size)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for start in range(0, len(self.data), self.chunk_size):
-            self.pulled += 1
-            yield self.data[start : start + self.chunk_size]
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    problem: dict[str, Any] = response.json()
-    assert {"type", "title", "status", "detail"} <= problem.keys()
-    assert problem["status"] == status
-    assert problem["detail"]
-    return problem
-
-
-async def assert_nothing_left(client: httpx.AsyncClient, media_root: Path) -> None:
-    assert leftovers(media_root) == []
-    listing = await client.get("/api/v1/files")
-    assert listing.status_code == 200, listing.text
-    assert listing.json()["items"] == []
 
 
 def as_multipart(data: bytes, filename: str = "f.bin") -> bytes:
@@ -304,21 +283,6 @@ async def test_content_length_larger_than_the_free_disk_is_507_before_reading(
         assert_problem(response, 507)
         assert body.pulled == 0
     await assert_nothing_left(client, tiny_disk)
-
-
-class HeldBody:
-    """Sends ``data[:split]``, then nothing until ``go`` is set, then the rest."""
-
-    def __init__(self, data: bytes, split: int) -> None:
-        self.data, self.split, self.pulled = data, split, 0
-        self.go = asyncio.Event()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        self.pulled += 1
-        yield self.data[: self.split]
-        await self.go.wait()
-        self.pulled += 1
-        yield self.data[self.split :]
 
 
 async def _poll(predicate: Callable[[], bool], what: str) -> None:

@@ -12,53 +12,24 @@ import pytest
 
 from mediasvc.config import Settings
 from tests.conftest import leftovers
-from tests.test_ingest_raw import (
+from tests.helpers import (
     BATCH,
+    BOUNDARY,
     METADATA_FIELDS,
     PNG_HEADER,
-    SAMPLE_MP4,
     UID_RE,
     assert_downloads_exactly,
     assert_stored_at_uid_path,
     client_for,
     files_outside,
+    form_part,
+    multipart_body,
+    multipart_headers,
     random_bytes,
     small_chunks,
     upload,
 )
-
-BOUNDARY = "----mediasvcTestBoundary7MA4YWxkTrZu0gW"
-
-
-def form_part(
-    name: str,
-    data: bytes,
-    *,
-    filename: str | bytes | None = None,
-    content_type: str | None = None,
-    disposition: bytes | None = None,
-) -> bytes:
-    """One part, framing included up to (not including) the CRLF before the next delimiter."""
-    if disposition is None:
-        disposition = b'form-data; name="' + name.encode() + b'"'
-        if filename is not None:
-            raw = filename if isinstance(filename, bytes) else filename.encode()
-            disposition += b'; filename="' + raw + b'"'
-    headers = b"Content-Disposition: " + disposition + b"\r\n"
-    if content_type is not None:
-        headers += b"Content-Type: " + content_type.encode() + b"\r\n"
-    return headers + b"\r\n" + data
-
-
-def multipart_body(*parts: bytes, boundary: str = BOUNDARY, close: bool = True) -> bytes:
-    """Parts joined by delimiters, ending with the closing delimiter unless ``close`` is False."""
-    delimiter = b"--" + boundary.encode()
-    body = b"".join(delimiter + b"\r\n" + part + b"\r\n" for part in parts)
-    return body + (delimiter + b"--\r\n" if close else b"")
-
-
-def multipart_headers(boundary: str = BOUNDARY) -> dict[str, str]:
-    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+from tests.mediafiles import SAMPLE_MP4
 
 
 async def post_form(client: httpx.AsyncClient, body: Any, **kwargs: Any) -> httpx.Response:

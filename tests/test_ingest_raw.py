@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import random
-import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,92 +12,22 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from mediasvc.app import create_app
 from mediasvc.config import Settings
-from mediasvc.ingest.checksum import repr_digest_header
 from tests.conftest import leftovers
-from tests.mediafiles import SAMPLE_MP4
-
-PNG_HEADER = (
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00"
+from tests.helpers import (
+    BATCH,
+    METADATA_FIELDS,
+    PNG_HEADER,
+    UID_RE,
+    assert_downloads_exactly,
+    assert_stored_at_uid_path,
+    client_for,
+    files_outside,
+    random_bytes,
+    small_chunks,
+    upload,
 )
-BATCH = 64 * 1024  # io_chunk_size_bytes in the test settings: the feeder's batch size
-UID_RE = re.compile(r"^[a-z2-7]{26}$")
-METADATA_FIELDS = {
-    "uid",
-    "original_name",
-    "extension",
-    "format",
-    "size",
-    "sha256",
-    "created_at",
-    "expires_at",
-    "max_downloads",
-    "downloads",
-    "local",
-    "cloud_status",
-    "cloud_path",
-    "download_url",
-    # The probe job's (issue 7).
-    "probe_status",
-    "probe_error",
-    "media",
-    "preview_url",
-    "derived_from",
-    "faststart_uid",
-}
-
-
-def random_bytes(size: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-@asynccontextmanager
-async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on a fresh app with these settings (request `client` too: it empties the table)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-
-
-async def small_chunks(data: bytes, *, seed: int = 7, max_chunk: int = 997) -> AsyncIterator[bytes]:
-    """`data` in many small chunks of varying size: httpx sends it chunked, no Content-Length."""
-    rng = random.Random(seed)
-    position = 0
-    while position < len(data):
-        size = rng.randint(1, max_chunk)
-        yield data[position : position + size]
-        position += size
-
-
-async def upload(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-    response = await client.request(method, url, **kwargs)
-    assert response.status_code == 201, response.text
-    assert response.headers["content-type"] == "application/json"
-    meta: dict[str, Any] = response.json()
-    assert response.headers["location"] == f"/api/v1/files/{meta['uid']}"
-    return meta
-
-
-async def assert_downloads_exactly(
-    client: httpx.AsyncClient, meta: dict[str, Any], body: bytes
-) -> None:
-    download = await client.get(f"/api/v1/files/{meta['uid']}")
-    assert download.status_code == 200, download.text
-    assert download.content == body
-    assert hashlib.sha256(download.content).hexdigest() == meta["sha256"]
-    assert int(download.headers["content-length"]) == len(body)
-    assert download.headers["repr-digest"] == repr_digest_header(meta["sha256"])
-
-
-def assert_stored_at_uid_path(media_root: Path, uid: str, body: bytes) -> None:
-    """Exactly one file on disk, at <root>/<uid[:2]>/<uid>, holding the body; no .part left."""
-    root = media_root.resolve()
-    assert leftovers(root) == [root / uid[:2] / uid]
-    assert (root / uid[:2] / uid).read_bytes() == body
-
+from tests.mediafiles import SAMPLE_MP4
 
 # --- byte-exact round trips ---------------------------------------------------------------------
 
@@ -468,15 +395,6 @@ async def test_name_of_exactly_255_utf8_bytes_is_accepted(client: httpx.AsyncCli
     assert meta["original_name"] == name
     meta = await upload(client, "PUT", f"/api/v1/files/stream/{quote(name)}", content=b"x")
     assert meta["original_name"] == name
-
-
-def files_outside(root: Path, media_root: Path) -> list[Path]:
-    media_root = media_root.resolve()
-    return [
-        p
-        for p in root.resolve().rglob("*")
-        if p.is_file() and media_root not in p.parents and p != media_root
-    ]
 
 
 @pytest.mark.parametrize(

@@ -26,16 +26,13 @@ from mediasvc.jobs.runner import enqueue_all, run_job
 from mediasvc.jobs.table import CRONS, JOBS, JobSpec
 from mediasvc.jobs.worker import worker_settings
 from mediasvc.media.config import MediaConfig
-from tests import test_jobs
+from tests.helpers import row, run_worker, started, stopped, wait_for
 from tests.mediafiles import MediaFiles
 
 pytestmark = pytest.mark.timeout(180)
 
 REDIS_URL = os.environ.get("MEDIASVC_TEST_REDIS", "redis://127.0.0.1:6379/13")
 DEAD_REDIS_URL = "redis://127.0.0.1:9/0"  # the discard port: nothing listens
-
-
-redis_url = test_jobs.redis_url  # the fixture: REDIS_URL, flushed before and after
 
 
 class Recorder:
@@ -173,11 +170,11 @@ async def _upload(client: httpx.AsyncClient, path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def _app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app, client = await test_jobs.started(settings)
+    app, client = await started(settings)
     try:
         yield client
     finally:
-        await test_jobs.stopped(app, client)
+        await stopped(app, client)
 
 
 @contextlib.asynccontextmanager
@@ -207,7 +204,7 @@ async def test_follow_ups_of_each_kind(
         probe = await run_job(JOBS[Kind.PROBE], ctx, uid, attempt=1, enqueue=enqueue)
         assert probe.status == "done" and probe.follow_ups == (FollowUp(Kind.REMUX, uid),)
         remux = await run_job(JOBS[Kind.REMUX], ctx, uid, attempt=1, enqueue=enqueue)
-        derived = (await test_jobs.row(settings, uid)).faststart_uid
+        derived = (await row(settings, uid)).faststart_uid
         assert derived is not None and remux.follow_ups == after_new_file(derived)
         assert enqueue.asked == [FollowUp(Kind.REMUX, uid), *after_new_file(derived)]
         # The copy is faststart: its probe asks for nothing more, and a second remux of the
@@ -251,7 +248,7 @@ async def test_in_process_retries_with_the_next_attempt_until_done(
         async def finished() -> bool:
             return await queue.depth() == 0
 
-        await test_jobs.wait_for(finished)
+        await wait_for(finished)
     finally:
         await queue.close()
         await ctx.db.dispose()
@@ -284,9 +281,9 @@ async def test_in_process_a_crashed_or_overdue_job_frees_its_id_and_slot(
         async def drained() -> bool:
             return await queue.depth() == 0
 
-        await test_jobs.wait_for(drained, timeout_s=60)
+        await wait_for(drained, timeout_s=60)
         assert await queue.enqueue(Kind.PROBE, "p0") is True  # the id is free again
-        await test_jobs.wait_for(drained)
+        await wait_for(drained)
     finally:
         await queue.close()
         await ctx.db.dispose()
@@ -315,14 +312,14 @@ async def _jobs_of_an_upload(
         await run()
 
         async def settled() -> bool:
-            original = await test_jobs.row(settings, uid)
+            original = await row(settings, uid)
             if original.faststart_uid is None or original.cloud_status != "uploaded":
                 return False
-            derived = await test_jobs.row(settings, original.faststart_uid)
+            derived = await row(settings, original.faststart_uid)
             return derived.cloud_status == "uploaded" and derived.probe_status == "done"
 
-        await test_jobs.wait_for(settled, timeout_s=90)
-        derived_uid = (await test_jobs.row(settings, uid)).faststart_uid
+        await wait_for(settled, timeout_s=90)
+        derived_uid = (await row(settings, uid)).faststart_uid
     names = {uid: "original", derived_uid: "copy"}
     return [(follow_up.kind, names[follow_up.uid]) for follow_up in asked]
 
@@ -342,7 +339,7 @@ async def test_the_same_follow_ups_in_process_and_on_arq(
     on_arq = make_settings(remux_faststart=True, redis_url=REDIS_URL)
 
     async def burst() -> None:
-        await test_jobs.run_worker(on_arq)
+        await run_worker(on_arq)
 
     remote = await _jobs_of_an_upload(on_arq, media_files.slow_mp4, burst, monkeypatch)
     expected = [

@@ -8,56 +8,23 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 import redis.asyncio as aioredis
-from arq.worker import Worker
-from fastapi import FastAPI
-from sqlalchemy import update
 
-from mediasvc.app import create_app
 from mediasvc.config import Settings
-from mediasvc.db.models import FileRecord
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.push import backoff_s
 from mediasvc.jobs.reconcile import find_stuck_pushes
-from mediasvc.jobs.worker import worker_settings
 from mediasvc.storage.cloud import key_for
-from tests.conftest import truncate
+from tests.helpers import age_rows, row, run_worker, started, stopped, wait_for
 
-REDIS_URL = os.environ.get("MEDIASVC_TEST_REDIS", "redis://127.0.0.1:6379/13")
 DEAD_REDIS_URL = "redis://127.0.0.1:9/0"  # the discard port: nothing listens
 KiB = 1024
-
-
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    """A Redis database of our own, empty before and after each test."""
-    client = aioredis.from_url(REDIS_URL)
-    await client.flushdb()
-    yield REDIS_URL
-    await client.flushdb()
-    await client.aclose()
-
-
-async def started(settings: Settings) -> tuple[FastAPI, httpx.AsyncClient]:
-    await truncate(settings.database_url)
-    app = create_app(settings)
-    context = app.router.lifespan_context(app)
-    await context.__aenter__()
-    app.state.test_lifespan = context
-    transport = httpx.ASGITransport(app=app)
-    return app, httpx.AsyncClient(transport=transport, base_url="http://testserver")
-
-
-async def stopped(app: FastAPI, client: httpx.AsyncClient) -> None:
-    await client.aclose()
-    await app.state.test_lifespan.__aexit__(None, None, None)
 
 
 async def upload(client: httpx.AsyncClient, body: bytes, **params: int) -> dict[str, object]:
@@ -65,53 +32,6 @@ async def upload(client: httpx.AsyncClient, body: bytes, **params: int) -> dict[
     assert response.status_code == 201, response.text
     meta: dict[str, object] = response.json()
     return meta
-
-
-async def run_worker(settings: Settings) -> None:
-    """A real arq worker on the real Redis, in burst mode: runs what is queued, then returns."""
-    cls = worker_settings(settings)
-    worker = Worker(
-        functions=cls.functions,
-        redis_settings=cls.redis_settings,
-        on_startup=cls.on_startup,
-        on_shutdown=cls.on_shutdown,
-        burst=True,
-        poll_delay=0,
-        handle_signals=False,
-    )
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
-
-
-async def row(settings: Settings, uid: str) -> FileRecord:
-    ctx = JobContext.build(settings)
-    try:
-        async with ctx.db.session() as session:
-            record = await session.get(FileRecord, uid)
-            assert record is not None
-            return record
-    finally:
-        await ctx.db.dispose()
-
-
-async def wait_for(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
-    """Poll an async condition until true, within a bound (no bare sleeps)."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout_s
-    while not await condition():  # type: ignore[misc]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
-async def age_rows(settings: Settings, **values: object) -> None:
-    ctx = JobContext.build(settings)
-    async with ctx.db.session() as session:
-        await session.execute(update(FileRecord).values(**values))
-        await session.commit()
-    await ctx.db.dispose()
 
 
 def bucket_object(settings: Settings, uid: str) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-PROBLEM_JSON = "application/problem+json"
+from tests.helpers import PROBLEM_JSON
 
 
 async def test_post_with_a_name_in_the_path_is_an_upload(client: httpx.AsyncClient) -> None:

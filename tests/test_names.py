@@ -24,8 +24,8 @@ from mediasvc.ingest.names import (
     validate_name,
 )
 from mediasvc.ingest.sniff import choose_format, essence, is_multipart, sniff
+from tests.helpers import assert_clean
 from tests.mediafiles import SAMPLE_MP4, SAMPLE_WEBM
-from tests.test_auth import assert_clean
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
 

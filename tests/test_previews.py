@@ -8,21 +8,30 @@ import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from mediasvc.auth import ApiKey, hash_key
+from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
+from mediasvc.ids import hash_token
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.probe import probe_file
 from mediasvc.storage.cloud import preview_key_for
+from tests.helpers import (
+    DEAD_REDIS_URL,
+    age_rows,
+    assert_problem,
+    probed,
+    row,
+    started,
+    stopped,
+    upload_bytes,
+    upload_file,
+)
 from tests.mediafiles import SAMPLE_MP4, MediaFiles, ffmpeg, picture_size
-from tests.test_jobs import age_rows, row, started, stopped
-from tests.test_probe import DEAD_REDIS_URL, probed, upload_bytes, upload_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,14 +113,6 @@ async def test_the_bound_is_a_setting(
         assert await asyncio.to_thread(picture_size, poster) == ("mjpeg", 160, 90)
     finally:
         await stopped(app, client)
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert {"type", "title", "status", "detail"} <= problem.keys()
-    return problem
 
 
 async def test_preview_is_404_until_the_probe_made_one(
@@ -227,8 +228,8 @@ async def test_signed_downloads_cover_the_preview(
         require_signed_downloads=True,
         signing_secret="previews-test-secret-of-32-bytes!",
         api_keys=[
-            ApiKey(name="owner", sha256=hash_key("owner-key")),
-            ApiKey(name="other", sha256=hash_key("other-key")),
+            ApiKey(name="owner", sha256=hash_token("owner-key")),
+            ApiKey(name="other", sha256=hash_token("other-key")),
         ],
     )
     app, client = await started(settings)

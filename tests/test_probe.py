@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +39,18 @@ from mediasvc.media.atoms import read_layout
 from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import ProbeFailed, ffprobe_command, parse
 from tests.conftest import PG_SERVER, _pg_admin
+from tests.helpers import (
+    DEAD_REDIS_URL,
+    age_rows,
+    probed,
+    row,
+    run_worker,
+    started,
+    stopped,
+    upload_bytes,
+    upload_file,
+    wait_for,
+)
 from tests.mediafiles import (
     SAMPLE_MP4,
     GiB,
@@ -48,12 +59,10 @@ from tests.mediafiles import (
     png_with_declared_size,
     write_huge_mdat_mp4,
 )
-from tests.test_jobs import age_rows, row, run_worker, started, stopped, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 REDIS_URL = os.environ.get("MEDIASVC_TEST_PROBE_REDIS", "redis://127.0.0.1:6379/11")
-DEAD_REDIS_URL = "redis://127.0.0.1:9/0"
 
 
 @pytest.fixture
@@ -64,37 +73,6 @@ async def redis_url() -> AsyncIterator[str]:
     yield REDIS_URL
     await client.flushdb()
     await client.aclose()
-
-
-async def upload_file(
-    client: httpx.AsyncClient, path: Path, name: str | None = None, **headers: str
-) -> dict[str, Any]:
-    response = await client.post(
-        "/api/v1/files/stream",
-        content=await asyncio.to_thread(path.read_bytes),
-        headers={"X-Filename": name or path.name, **headers},
-    )
-    assert response.status_code == 201, response.text
-    meta: dict[str, Any] = response.json()
-    return meta
-
-
-async def upload_bytes(client: httpx.AsyncClient, body: bytes, name: str) -> dict[str, Any]:
-    response = await client.post("/api/v1/files/stream", content=body, headers={"X-Filename": name})
-    assert response.status_code == 201, response.text
-    meta: dict[str, Any] = response.json()
-    return meta
-
-
-async def probed(client: httpx.AsyncClient, uid: str, timeout_s: float = 60) -> dict[str, Any]:
-    """The metadata once the in-process probe is no longer pending (polled, bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        meta: dict[str, Any] = (await client.get(f"/api/v1/files/{uid}/metadata")).json()
-        if meta["probe_status"] != "pending":
-            return meta
-        assert time.monotonic() < deadline, f"still pending: {meta}"
-        await asyncio.sleep(0.05)
 
 
 # --- facts of real media ------------------------------------------------------------------------

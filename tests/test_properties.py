@@ -32,8 +32,13 @@ from mediasvc.ingest.multipart import MultipartFileReader
 from mediasvc.ingest.names import name_from_request, validate_name
 from mediasvc.ingest.sink import FileSink
 from mediasvc.storage.part import PartFile
-from tests.test_delivery_ranges import assert_problem, parse_byteranges
-from tests.test_ingest_multipart import form_part, multipart_body, multipart_headers
+from tests.helpers import (
+    assert_problem,
+    form_part,
+    multipart_body,
+    multipart_headers,
+    parse_byteranges,
+)
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 

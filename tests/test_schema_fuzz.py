@@ -36,7 +36,7 @@ from sqlalchemy import text
 from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.db.session import make_engine
-from tests.conftest import RunningServer, free_port, truncate
+from tests.conftest import RunningServer, free_port, stop_process, truncate
 
 pytestmark = pytest.mark.e2e
 
@@ -94,12 +94,7 @@ def server(
         outcomes = Outcomes()
         yield running, outcomes
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     # Nothing left behind: no .part file, and a row for each 201 and no other.
     assert sorted(running.media_root.rglob("*.part")) == []
     assert asyncio.run(_uids(pg_url)) == outcomes.created

@@ -12,12 +12,13 @@ import pytest
 from pydantic import ValidationError
 from starlette.datastructures import QueryParams
 
-from mediasvc.auth import ApiKey, hash_key
+from mediasvc.auth import ApiKey
 from mediasvc.config import MIN_SIGNING_SECRET_BYTES, Settings, describe_error
 from mediasvc.delivery import signing
 from mediasvc.errors import Forbidden
+from mediasvc.ids import hash_token
 from tests.conftest import RunningServer
-from tests.test_auth import assert_clean, bearer, fresh_client
+from tests.helpers import assert_clean, bearer, fresh_client
 
 SECRET = "signed-links-test-secret-of-32-bytes"
 MAX_LINK_S = 3600
@@ -29,9 +30,9 @@ OWNER = "signed-owner-key-0123"
 STRANGER = "signed-stranger-key-0123"
 ADMIN = "signed-admin-key-0123"
 KEYS = [
-    ApiKey(name="owner", sha256=hash_key(OWNER)),
-    ApiKey(name="stranger", sha256=hash_key(STRANGER)),
-    ApiKey(name="admin", sha256=hash_key(ADMIN), admin=True),
+    ApiKey(name="owner", sha256=hash_token(OWNER)),
+    ApiKey(name="stranger", sha256=hash_token(STRANGER)),
+    ApiKey(name="admin", sha256=hash_token(ADMIN), admin=True),
 ]
 
 

@@ -31,8 +31,8 @@ import redis
 
 from mediasvc.storage.cloud import key_for
 from tests.conftest import PROJECT_ROOT, RunningServer, peak_rss_bytes, truncate
+from tests.helpers import curl, make_file
 from tests.s3servers import CountingProxy, S3Bucket
-from tests.test_e2e import curl, make_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

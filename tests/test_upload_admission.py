@@ -23,24 +23,20 @@ from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.ingest.pipeline import Ingestor
 from tests.conftest import RunningServer, leftovers
-from tests.test_hostile_input import (
+from tests.helpers import (
+    BATCH,
     POLL_TIMEOUT_S,
-    connect,
-    part_files,
-    pg_server,
-    poll_until,
-    read_head,
-    request_head,
-)
-from tests.test_ingest_failures import (
     CountingBody,
     HeldBody,
     assert_nothing_left,
     assert_problem,
+    connect,
+    part_files,
+    poll_until,
+    random_bytes,
+    read_head,
+    request_head,
 )
-from tests.test_ingest_raw import BATCH, random_bytes
-
-__all__ = ["pg_server"]  # a fixture, imported for the end-to-end test
 
 MiB = 1024 * 1024
 ANYIO_WORKERS = 40  # anyio's default thread limiter: to_thread.run_sync never runs more

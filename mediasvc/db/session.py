@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,17 +15,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from mediasvc.db.commit_window import CommitWindow
+from mediasvc.db.outages import is_outage
 from mediasvc.errors import DatabaseUnavailable
-
-# What a dead or unreachable database raises through SQLAlchemy and the drivers beneath it.
-_UNAVAILABLE_ERRORS = (
-    OperationalError,
-    InterfaceError,
-    DBAPIError,
-    OSError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -49,7 +39,8 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 class Database:
-    """Owns the engine; hands out sessions whose outage errors become ``DatabaseUnavailable``."""
+    """Owns the engine; hands out sessions whose outage errors become ``DatabaseUnavailable``
+    (503). Every other database error is a bug and propagates as it is (500, logged)."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
@@ -62,8 +53,10 @@ class Database:
         try:
             async with self._sessions() as session:
                 yield session
-        except _UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable("the metadata database is unavailable") from exc
+        except Exception as exc:
+            if is_outage(exc):
+                raise DatabaseUnavailable("the metadata database is unavailable") from exc
+            raise
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -1,0 +1,1 @@
+"""The pieces of `make bench` (benchmarks/run.py) and of the scenario scripts beside it."""

@@ -1,0 +1,1 @@
+"""One module per section of `make bench`; each exports `section(r: Run)`."""
