@@ -439,11 +439,18 @@ async def upload_bytes(client: httpx.AsyncClient, body: bytes, name: str) -> dic
     return meta
 
 
-async def probed(client: httpx.AsyncClient, uid: str, timeout_s: float = 60) -> dict[str, Any]:
+async def probed(
+    client: httpx.AsyncClient,
+    uid: str,
+    timeout_s: float = 60,
+    *,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The metadata once the in-process probe is no longer pending (polled, bounded)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        meta: dict[str, Any] = (await client.get(f"/api/v1/files/{uid}/metadata")).json()
+        url = f"/api/v1/files/{uid}/metadata"
+        meta: dict[str, Any] = (await client.get(url, headers=headers)).json()
         if meta["probe_status"] != "pending":
             return meta
         assert time.monotonic() < deadline, f"still pending: {meta}"

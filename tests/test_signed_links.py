@@ -18,7 +18,7 @@ from mediasvc.delivery import signing
 from mediasvc.errors import Forbidden
 from mediasvc.ids import hash_token
 from tests.conftest import RunningServer
-from tests.helpers import assert_clean, bearer, fresh_client
+from tests.helpers import assert_clean, bearer, fresh_client, probed
 
 SECRET = "signed-links-test-secret-of-32-bytes"
 MAX_LINK_S = 3600
@@ -335,7 +335,8 @@ REVEALING = {
     "GET /files/{uid}": ("GET", ""),
     "HEAD /files/{uid}": ("HEAD", ""),
     "GET /files/{uid}/metadata": ("GET", "/metadata"),
-    # Not probed here, so a caller that passes the rule gets the preview's own 404.
+    # Not a picture or a video (probed first, so the answer does not race the probe): a caller
+    # that passes the rule gets the preview's own 404.
     "GET /files/{uid}/preview": ("GET", "/preview"),
 }
 # credential → expected status when the rule lets the caller through (None) or not.
@@ -359,6 +360,7 @@ async def test_every_route_that_reveals_a_file_follows_the_download_rule(
     """Metadata and preview answer exactly when the download does: a link or the owner's key."""
     meta = await upload(client, DATA, max_downloads=1)
     other = await upload(client, OTHER)
+    await probed(client, meta["uid"], headers=bearer(ADMIN))
     method, suffix = REVEALING[route]
     given, refused_with = READ_CREDENTIALS[credential]
     url = f"/api/v1/files/{meta['uid']}{suffix}"
@@ -379,7 +381,7 @@ async def test_every_route_that_reveals_a_file_follows_the_download_rule(
             assert "sha256" not in response.text and meta["sha256"] not in response.text
     elif suffix == "/preview":
         assert response.status_code == 404, response.text
-        assert "not been probed" in response.json()["detail"]
+        assert "not a video or an image" in response.json()["detail"]
     else:
         assert response.status_code == 200, response.text
         if suffix == "/metadata":
