@@ -15,8 +15,8 @@ from fastapi import FastAPI
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
-from tests.conftest import leftovers
-from tests.helpers import DEAD_REDIS_URL, REDIS_URL
+from tests.conftest import REDIS_URL, leftovers
+from tests.helpers import DEAD_REDIS_URL
 
 
 async def upload(client: httpx.AsyncClient, body: bytes, name: str = "f.bin") -> dict[str, object]:
