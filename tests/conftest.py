@@ -6,6 +6,7 @@ Tests talk to the real PostgreSQL on 127.0.0.1:5432 (MEDIASVC_TEST_PG overrides 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -207,11 +208,47 @@ def pg_server(
     return start
 
 
+@contextlib.asynccontextmanager
+async def flushed_redis(url: str) -> AsyncIterator[str]:
+    """The Redis database ``url``, empty on the way in and on the way out."""
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    try:
+        yield url
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
     """The tests' Redis database (MEDIASVC_TEST_REDIS), empty before and after each test."""
-    client = aioredis.from_url(REDIS_URL)
-    await client.flushdb()
-    yield REDIS_URL
-    await client.flushdb()
-    await client.aclose()
+    async with flushed_redis(REDIS_URL) as url:
+        yield url
+
+
+async def empty_database(kind: str, pg_url: str, tmp_path: Path) -> str:
+    """A migrated database with no rows: the run's PostgreSQL one truncated, or a new SQLite file
+    under ``tmp_path`` (``kind``: "postgresql" or "sqlite"); its URL."""
+    if kind == "postgresql":
+        await truncate(pg_url)
+        return pg_url
+    url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
+    await asyncio.to_thread(upgrade, url)
+    return url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def serve(
+    request: pytest.FixtureRequest,
+    start_server: Callable[..., RunningServer],
+    pg_url: str,
+    tmp_path: Path,
+) -> Callable[..., tuple[RunningServer, str]]:
+    """Start a real `mediasvc serve` on an empty, migrated database: (server, database URL)."""
+    url = await empty_database(request.param, pg_url, tmp_path)
+
+    def start(**env: str) -> tuple[RunningServer, str]:
+        return start_server({"MEDIASVC_DATABASE_URL": url, **env}), url
+
+    return start

@@ -96,20 +96,18 @@ def test_missing_debian_packages_are_named_to_a_user_who_is_not_root(
     script = tmp_path / "system-packages"
     shutil.copy(PROJECT_ROOT / "scripts" / "system-packages", script)
     script.chmod(0o755)
-    ran = subprocess.run(
-        [
-            SETPRIV,
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            str(bare / "bash"),
-            str(script),
-            "test",
-        ],
-        env={"PATH": str(bare), "HOME": str(tmp_path)},
-        capture_output=True,
-        timeout=60,
-    )
+
+    def as_nobody(goal: str) -> subprocess.CompletedProcess[bytes]:
+        """The script for ``goal`` (test or run), run by user nobody with only ``bare`` on PATH."""
+        argv = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        return subprocess.run(
+            [*argv, str(bare / "bash"), str(script), goal],
+            env={"PATH": str(bare), "HOME": str(tmp_path)},
+            capture_output=True,
+            timeout=60,
+        )
+
+    ran = as_nobody("test")
     assert ran.returncode == 1
     assert ran.stdout == b""
     assert (
@@ -117,20 +115,7 @@ def test_missing_debian_packages_are_named_to_a_user_who_is_not_root(
         "docker-compose ffmpeg nodejs npm postgresql redis-server"
     ) in ran.stderr.decode()
     # The service alone needs none of them.
-    run_only = subprocess.run(
-        [
-            SETPRIV,
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            str(bare / "bash"),
-            str(script),
-            "run",
-        ],
-        env={"PATH": str(bare), "HOME": str(tmp_path)},
-        capture_output=True,
-        timeout=60,
-    )
+    run_only = as_nobody("run")
     assert (run_only.returncode, run_only.stderr) == (0, b"")
 
 

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +19,13 @@ from sqlalchemy import text
 from mediasvc.config import Settings
 from mediasvc.db.session import make_engine
 from tests.conftest import RunningServer, truncate
-from tests.helpers import assert_clean, assert_clean_at, assert_gone, random_bytes, upload_data
+from tests.helpers import (
+    assert_clean,
+    assert_clean_at,
+    assert_gone,
+    random_bytes,
+    upload_data,
+)
 
 MiB = 1024 * 1024
 SIZE = 1000  # small files: budget = k × 1000 + 500
@@ -49,33 +52,10 @@ async def downloads(client: httpx.AsyncClient, uid: str) -> int:
 # --- concurrency through a real uvicorn, on PostgreSQL and SQLite --------------------------------
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def served(
-    request: pytest.FixtureRequest,
-    start_server: Callable[..., RunningServer],
-    pg_url: str,
-    tmp_path: Path,
-) -> tuple[RunningServer, str]:
-    """A real `mediasvc serve` on an empty, migrated database; (server, database URL)."""
-    if request.param == "postgresql":
-        url = pg_url
-        await truncate(url)
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
-        env = {**os.environ, "MEDIASVC_DATABASE_URL": url}
-        migrate = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mediasvc",
-            "migrate",
-            cwd=tmp_path,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await asyncio.wait_for(migrate.communicate(), timeout=120)
-        assert migrate.returncode == 0, output.decode(errors="replace")
-    return start_server({"MEDIASVC_DATABASE_URL": url}), url
+@pytest.fixture
+def served(serve: Callable[..., tuple[RunningServer, str]]) -> tuple[RunningServer, str]:
+    """A real `mediasvc serve` on an empty, migrated database, once on each: (server, its URL)."""
+    return serve()
 
 
 @pytest.mark.e2e

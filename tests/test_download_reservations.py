@@ -21,11 +21,17 @@ from sqlalchemy import select, update
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
-from mediasvc.db.migrations import upgrade
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import make_engine
-from tests.conftest import RunningServer, truncate
-from tests.helpers import assert_gone, random_bytes, stalled_reader, upload_data, wait_until
+from tests.conftest import RunningServer
+from tests.helpers import (
+    assert_gone,
+    empty_database,
+    random_bytes,
+    stalled_reader,
+    upload_data,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 PART_BYTES = 1 * MiB  # download_send_part_bytes, the default
@@ -52,29 +58,11 @@ def budget_row_now(database_url: str, uid: str) -> tuple[int, int, str | None]:
     return asyncio.run(budget_row(database_url, uid))
 
 
-async def empty_database(kind: str, pg_url: str, tmp_path: Path) -> str:
-    if kind == "postgresql":
-        await truncate(pg_url)
-        return pg_url
-    url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
-    await anyio.to_thread.run_sync(upgrade, url)
-    return url
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def serve(
-    request: pytest.FixtureRequest,
-    start_server: Callable[..., RunningServer],
-    pg_url: str,
-    tmp_path: Path,
-) -> Callable[..., tuple[RunningServer, str]]:
-    """Start a real `mediasvc serve` on an empty, migrated database: (server, database URL)."""
-    url = await empty_database(request.param, pg_url, tmp_path)
-
-    def start(**env: str) -> tuple[RunningServer, str]:
-        return start_server({"MEDIASVC_DATABASE_URL": url, **env}), url
-
-    return start
+async def reservation_opened(database_url: str, uid: str) -> None:
+    """Wait (bounded) until a download of ``uid`` holds a reservation."""
+    await anyio.to_thread.run_sync(
+        lambda: wait_until(lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation")
+    )
 
 
 def read_some(sock: socket.socket, at_least: int) -> int:
@@ -148,11 +136,7 @@ async def test_metadata_counts_what_was_sent_not_what_running_downloads_hold(
         reader = stalled_reader(server.base_url, url)
         try:
             read_some(reader, 66_000)
-            await anyio.to_thread.run_sync(
-                lambda: wait_until(
-                    lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation"
-                )
-            )
+            await reservation_opened(database_url, uid)
             served, reserved, _ = await budget_row(database_url, uid)
             assert served - reserved == 66_000  # only the short read is settled
             assert -(-served // len(data)) == 2  # what the old formula reported
@@ -177,11 +161,7 @@ async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
             rcvbuf = reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             try:
                 received = read_some(reader, 66_000)
-                await anyio.to_thread.run_sync(
-                    lambda: wait_until(
-                        lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation"
-                    )
-                )
+                await reservation_opened(database_url, uid)
             finally:
                 reader.close()
             await anyio.to_thread.run_sync(

@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from mediasvc.config import Settings
@@ -38,7 +37,7 @@ from mediasvc.jobs.worker import reconcile_job
 from mediasvc.media.atoms import read_layout
 from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import ProbeFailed, ffprobe_command, parse
-from tests.conftest import PG_SERVER, _pg_admin
+from tests.conftest import PG_SERVER, _pg_admin, flushed_redis
 from tests.helpers import (
     DEAD_REDIS_URL,
     age_rows,
@@ -67,12 +66,9 @@ REDIS_URL = os.environ.get("MEDIASVC_TEST_PROBE_REDIS", "redis://127.0.0.1:6379/
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    """Redis database 11 of our own, empty before and after each test."""
-    client = aioredis.from_url(REDIS_URL)
-    await client.flushdb()
-    yield REDIS_URL
-    await client.flushdb()
-    await client.aclose()
+    """A Redis database of the probe tests' own (not conftest's), empty before and after."""
+    async with flushed_redis(REDIS_URL) as url:
+        yield url
 
 
 # --- facts of real media ------------------------------------------------------------------------

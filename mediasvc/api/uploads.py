@@ -8,6 +8,7 @@ checked by a dependency, before any body byte is read.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -36,21 +37,26 @@ ExpiresIn = Annotated[
     int | None, Query(ge=1, le=MAX_EXPIRES_IN_S, description="Seconds until the file expires")
 ]
 
+
+def _optional(name: str, where: str, description: str, **schema: str) -> dict[str, Any]:
+    """An optional string parameter of the OpenAPI schema."""
+    return {
+        "name": name,
+        "in": where,
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
 _UPLOAD_HEADERS: list[dict[str, Any]] = [
-    {
-        "name": "X-Checksum-Sha256",
-        "in": "header",
-        "required": False,
-        "description": "SHA-256 of the file, hex; a mismatch is 422 and nothing is kept",
-        "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-    },
-    {
-        "name": "Repr-Digest",
-        "in": "header",
-        "required": False,
-        "description": "RFC 9530 digest, e.g. sha-256=:base64:",
-        "schema": {"type": "string"},
-    },
+    _optional(
+        "X-Checksum-Sha256",
+        "header",
+        "SHA-256 of the file, hex; a mismatch is 422 and nothing is kept",
+        pattern="^[0-9a-fA-F]{64}$",
+    ),
+    _optional("Repr-Digest", "header", "RFC 9530 digest, e.g. sha-256=:base64:"),
 ]
 _RAW_UPLOAD_OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -59,27 +65,13 @@ _RAW_UPLOAD_OPENAPI: dict[str, Any] = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
     "parameters": [
-        {
-            "name": "X-Filename",
-            "in": "header",
-            "required": False,
-            "description": "Original file name, percent-encoded UTF-8",
-            "schema": {"type": "string"},
-        },
-        {
-            "name": "Content-Disposition",
-            "in": "header",
-            "required": False,
-            "description": "Original file name as filename* (RFC 8187) or filename",
-            "schema": {"type": "string"},
-        },
-        {
-            "name": "filename",
-            "in": "query",
-            "required": False,
-            "description": "Original file name",
-            "schema": {"type": "string"},
-        },
+        _optional("X-Filename", "header", "Original file name, percent-encoded UTF-8"),
+        _optional(
+            "Content-Disposition",
+            "header",
+            "Original file name as filename* (RFC 8187) or filename",
+        ),
+        _optional("filename", "query", "Original file name"),
         *_UPLOAD_HEADERS,
     ],
 }
@@ -127,14 +119,6 @@ def _created(request: Request, stored: StoredUpload) -> Response:
     )
 
 
-@router.post(
-    "/files/stream",
-    status_code=201,
-    response_model=UploadedFile,
-    responses=_UPLOAD_ERRORS,
-    openapi_extra=_RAW_UPLOAD_OPENAPI,
-    summary="Upload a file as the raw request body",
-)
 async def upload_raw(
     request: Request,
     caller: Caller,
@@ -144,32 +128,7 @@ async def upload_raw(
     return await _ingest_raw(request, None, caller, max_downloads, expires_in)
 
 
-@router.put(
-    "/files/stream",
-    status_code=201,
-    response_model=UploadedFile,
-    responses=_UPLOAD_ERRORS,
-    openapi_extra=_RAW_UPLOAD_OPENAPI,
-    summary="Upload a file as the raw request body (curl -T)",
-)
-async def upload_raw_put(
-    request: Request,
-    caller: Caller,
-    max_downloads: MaxDownloads = None,
-    expires_in: ExpiresIn = None,
-) -> Response:
-    return await _ingest_raw(request, None, caller, max_downloads, expires_in)
-
-
-@router.post(
-    "/files/stream/{filename}",
-    status_code=201,
-    response_model=UploadedFile,
-    responses=_UPLOAD_ERRORS,
-    openapi_extra=_RAW_UPLOAD_OPENAPI,
-    summary="Upload a file as the raw request body, named by the path (curl -X POST -T f URL/)",
-)
-async def upload_raw_named_post(
+async def upload_raw_named(
     request: Request,
     filename: str,
     caller: Caller,
@@ -181,23 +140,50 @@ async def upload_raw_named_post(
     )
 
 
-@router.put(
-    "/files/stream/{filename}",
-    status_code=201,
-    response_model=UploadedFile,
-    responses=_UPLOAD_ERRORS,
-    openapi_extra=_RAW_UPLOAD_OPENAPI,
-    summary="Upload a file as the raw request body, named by the path (curl -T f URL/)",
-)
-async def upload_raw_named(
-    request: Request,
-    filename: str,
-    caller: Caller,
-    max_downloads: MaxDownloads = None,
-    expires_in: ExpiresIn = None,
-) -> Response:
-    return await _ingest_raw(
-        request, _raw_path(request, filename), caller, max_downloads, expires_in
+# The four raw routes: two endpoints (with and without a name in the path), each for POST and
+# PUT, every one its own operation in the OpenAPI schema (with the ids FastAPI derived when each
+# had a function of its own, so clients generated from the schema keep their names).
+_RAW_ROUTES: list[tuple[str, str, Callable[..., Awaitable[Response]], str, str]] = [
+    (
+        "POST",
+        "/files/stream",
+        upload_raw,
+        "upload_raw_api_v1_files_stream_post",
+        "Upload a file as the raw request body",
+    ),
+    (
+        "PUT",
+        "/files/stream",
+        upload_raw,
+        "upload_raw_put_api_v1_files_stream_put",
+        "Upload a file as the raw request body (curl -T)",
+    ),
+    (
+        "POST",
+        "/files/stream/{filename}",
+        upload_raw_named,
+        "upload_raw_named_post_api_v1_files_stream__filename__post",
+        "Upload a file as the raw request body, named by the path (curl -X POST -T f URL/)",
+    ),
+    (
+        "PUT",
+        "/files/stream/{filename}",
+        upload_raw_named,
+        "upload_raw_named_api_v1_files_stream__filename__put",
+        "Upload a file as the raw request body, named by the path (curl -T f URL/)",
+    ),
+]
+for method, path, endpoint, operation_id, summary in _RAW_ROUTES:
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=[method],
+        status_code=201,
+        response_model=UploadedFile,
+        responses=_UPLOAD_ERRORS,
+        openapi_extra=_RAW_UPLOAD_OPENAPI,
+        summary=summary,
+        operation_id=operation_id,
     )
 
 
