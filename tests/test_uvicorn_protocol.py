@@ -149,7 +149,7 @@ async def test_the_parser_gets_no_byte_past_the_limit() -> None:
     fed: list[int] = []
     original = MediasvcHttpProtocol._feed
 
-    def counting_feed(self: MediasvcHttpProtocol, piece: bytes) -> bool:
+    def counting_feed(self: MediasvcHttpProtocol, piece: memoryview) -> bool:
         fed.append(len(piece))
         return original(self, piece)
 
@@ -319,7 +319,7 @@ def count_fed(patch: pytest.MonkeyPatch) -> list[int]:
     fed: list[int] = []
     original = MediasvcHttpProtocol._feed
 
-    def counting_feed(self: MediasvcHttpProtocol, piece: bytes) -> bool:
+    def counting_feed(self: MediasvcHttpProtocol, piece: memoryview) -> bool:
         fed.append(len(piece))
         return original(self, piece)
 

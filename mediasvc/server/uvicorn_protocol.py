@@ -45,6 +45,13 @@ Responses to fully read requests keep the connection alive as before.
 It also offers the app the ``ABORT_EXTENSION`` (``mediasvc.server``): a way to drop a connection
 whose client stopped reading, which a download's send timeout needs.
 
+What it overrides or touches of ``HttpToolsProtocol``, all pinned by the tests: ``data_received``
+(what reaches the parser), the parser callbacks ``on_message_begin``, ``on_header`` (drops
+trailers), ``on_headers_complete``, ``on_body``, ``on_chunk_header``, ``on_chunk_complete``,
+``on_message_complete``, and ``on_response_complete`` (the lingering close); its ``cycle``
+(``response_started``/``response_complete``, ``keep_alive``, ``disconnected``,
+``message_event``), ``pipeline``, ``flow``, ``headers``, ``_unset_keepalive_if_required``.
+
 uvicorn instantiates the protocol itself, so the limits ride in a ``functools.partial``
 (:func:`protocol_factory`); unlike a class built at run time, it survives the pickling that
 starts uvicorn's worker processes.
@@ -115,11 +122,14 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
             return
         if not self._in_message:
             self._arm_header_timer()  # the first byte of a request (or a stray blank line)
+        self._feed_all(memoryview(data))  # slices of a view: no copies of the rest of a read
+
+    def _feed_all(self, data: memoryview) -> None:
         while data:
             if self._in_message and not self._in_header_block:
                 if not self._framed:
                     # A Content-Length body: bounded by uvicorn's flow control and the app.
-                    piece, data = data, b""
+                    piece, data = data, data[:0]
                 else:
                     # A chunked body: the parser gets no framing byte past the limit.
                     room = self.limits.max_header_bytes - self._framing_bytes
@@ -137,7 +147,7 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
             if not self._feed(piece):
                 return
 
-    def _feed(self, piece: bytes) -> bool:
+    def _feed(self, piece: memoryview) -> bool:
         """Parse ``piece``; count it against the header block or the chunk framing left open.
         False: stop feeding."""
         was_idle = not self._in_message
@@ -147,7 +157,7 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
             self._chunks_completed,
         )
         self._piece_body_bytes = 0
-        super().data_received(piece)
+        super().data_received(piece)  # type: ignore[arg-type]  # feed_data takes any buffer
         if self.transport.is_closing() or self.transport.get_protocol() is not self:
             return False  # a parse error answered 400 and closed, or an upgrade took over
         if self._in_header_block:
