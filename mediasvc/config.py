@@ -121,6 +121,19 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- closing a connection whose request body was not read (our uvicorn protocol) ---------
+    lingering_close_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "A response that went out before its request body was read whole (an early 4xx, "
+            "a body sent to a route that reads none) ends its connection: the server shuts its "
+            "side, discards what still arrives for at most this long, then closes (nginx's "
+            "lingering close; its lingering_timeout is 5 s). Time for the client to read the "
+            "response before a close turns into a reset."
+        ),
+    )
+
     # --- uploads in flight: admission, slow bodies, buffer memory (issue 11) -----------------
     max_uploads_in_flight: int = Field(
         default=128,

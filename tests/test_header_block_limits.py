@@ -1,6 +1,8 @@
 """Header blocks through a real ``mediasvc serve`` (uvicorn, httptools): too big ones are refused
-before they are read, slow ones are timed out. Counted, not timed: the server's RSS (VmRSS/VmHWM),
-its bytes read (``rchar``), its open fds, and status codes seen on raw sockets."""
+before they are read, slow ones are timed out; so are a chunked body's trailers; a response sent
+before its request body was read ends the connection (lingering close). Counted, not timed: the
+server's RSS (VmRSS/VmHWM), its bytes read (``rchar``), its open fds, and status codes seen on
+raw sockets."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ KiB = 1024
 MiB = 1024 * KiB
 LIMIT_BYTES = 16 * KiB  # max_header_bytes' default
 HEADER_TIMEOUT_S = 2
+LINGERING_CLOSE_S = 1
 FLOOD_BYTES = 64 * MiB  # the hostile client gives up after this much
 # What the server may read beyond the limit: its first socket read (uvloop reads up to 256 KiB)
 # plus whatever its own database round trips read meanwhile. The old code read the whole flood.
@@ -37,7 +40,11 @@ CONNECTIONS = 20
 def server(start_server: Callable[..., RunningServer], pg_url: str) -> RunningServer:
     asyncio.run(truncate(pg_url))
     return start_server(
-        {"MEDIASVC_DATABASE_URL": pg_url, "MEDIASVC_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S)}
+        {
+            "MEDIASVC_DATABASE_URL": pg_url,
+            "MEDIASVC_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+            "MEDIASVC_LINGERING_CLOSE_S": str(LINGERING_CLOSE_S),
+        }
     )
 
 
@@ -248,3 +255,171 @@ def test_a_block_of_exactly_the_limit_works_and_keep_alive_outlasts_the_header_t
         time.sleep(HEADER_TIMEOUT_S + 1)
     sock.sendall(block_of(LIMIT_BYTES + 1))  # one byte more, on the same connection
     assert_431(read_to_close(sock))
+
+
+TRAILER_LINE = b"X-T: " + b"a" * 1000 + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"PUT /api/v1/files/stream/t.bin HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["upload", "healthz"],
+)
+def test_64_mib_of_trailers_cost_no_memory_and_end_the_connection(
+    server: RunningServer, connect: Callable[[], socket.socket], head: bytes
+) -> None:
+    pid = server.pid
+    warm = connect()  # the upload and refusal paths' first-use allocations are not counted
+    warm.sendall(head + b"5\r\nhello\r\n0\r\n" + TRAILER_LINE * 64)
+    read_to_close(warm)
+
+    rss_before, peak_before, read_before = (
+        status_of(pid, "VmRSS"),
+        status_of(pid, "VmHWM"),
+        bytes_read(pid),
+    )
+    sock = connect()
+    sent = flood(sock, head + b"5\r\nhello\r\n0\r\n", TRAILER_LINE * 64)
+    response = read_to_close(sock)  # and the server closed the connection
+    read = bytes_read(pid) - read_before
+    rss_growth = status_of(pid, "VmRSS") - rss_before
+    peak_growth = status_of(pid, "VmHWM") - peak_before
+    print(
+        f"\nclient sent {sent / MiB:.1f} MiB of trailers; the server read {read / KiB:.0f} KiB, "
+        f"RSS +{rss_growth / KiB:.0f} KiB, peak +{peak_growth / KiB:.0f} KiB; "
+        f"answer {response[:12]!r}"
+    )
+    assert peak_growth < RSS_MARGIN_BYTES  # uvicorn alone kept every trailer line: ~+2x
+    if head.startswith(b"PUT"):
+        # The upload reads its body: the framing limit refuses it, nothing more is read.
+        assert_431(response)
+        assert read <= 2 * LIMIT_BYTES + READ_MARGIN_BYTES
+        assert sent < FLOOD_BYTES
+        incoming = server.media_root / ".incoming"
+        poll_until(lambda: not list(incoming.glob("*")), "the refused upload kept nothing")
+    else:
+        # /healthz may answer before the framing is over the limit, then linger (reading and
+        # discarding) for a bounded while: either way a short answer, then the close.
+        assert response.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 431 ")), response[:200]
+
+
+def test_trailers_trickling_are_408_and_their_connections_closed(
+    server: RunningServer, connect: Callable[[], socket.socket]
+) -> None:
+    head = (
+        b"PUT /api/v1/files/stream/t.bin HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    baseline = open_fds(server.pid)
+    slow = [connect() for _ in range(CONNECTIONS)]
+    for sock in slow:
+        sock.sendall(head + b"5\r\nhello\r\n0\r\n")
+    lines, most_fds, received = trickle_until_closed(server.pid, slow, b"X-Slow: 1\r\n")
+    assert most_fds > baseline  # the fd count does see the connections
+    assert lines > HEADER_TIMEOUT_S  # they kept sending: the limit is on the section, not silence
+    for data in received:
+        assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data[:200]
+        assert b'"type":"urn:mediasvc:problem:request-timeout"' in data
+    poll_until(lambda: open_fds(server.pid) <= baseline, "the server closed their sockets")
+
+
+def trickle_until_closed(
+    pid: int, socks: list[socket.socket], piece: bytes, *, past_eof: bool = False
+) -> tuple[int, int, list[bytes]]:
+    """Send ``piece`` on every socket every 0.5 s until the server closed them all; how many
+    rounds that took, the most fds the server had meanwhile, and what each socket received.
+    ``past_eof``: a client that keeps sending after the server's FIN, until a send or receive
+    fails (the server has closed the socket and resets)."""
+    received = {sock: b"" for sock in socks}
+    open_ = set(socks)
+    at_eof: set[socket.socket] = set()
+    rounds = 0
+    most_fds = 0
+    deadline = time.monotonic() + BOUND_S
+    while open_ and time.monotonic() < deadline:
+        most_fds = max(most_fds, open_fds(pid))
+        for sock in list(open_):
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                open_.discard(sock)
+        rounds += 1
+        waiting = list(open_ - at_eof)
+        readable, _, _ = select.select(waiting, [], [], 0.5) if waiting else ([], [], [])
+        if not waiting:
+            time.sleep(0.5)
+        for sock in readable:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                open_.discard(sock)
+                continue
+            received[sock] += chunk
+            if not chunk:
+                at_eof.add(sock)
+                if not past_eof:
+                    open_.discard(sock)
+    assert not open_, f"{len(open_)} connections still open"
+    return rounds, most_fds, [received[sock] for sock in socks]
+
+
+def test_answered_requests_whose_endless_body_trickles_are_closed(
+    server: RunningServer, connect: Callable[[], socket.socket]
+) -> None:
+    # Routes that read no body, sent 10 GB of it a byte at a time: the answer goes out, then
+    # the connection is closed after the lingering close, not kept reading the body for ever.
+    uid = "0" * 32
+    heads = [
+        b"GET /healthz",
+        f"GET /api/v1/files/{uid}/metadata".encode(),
+        f"DELETE /api/v1/files/{uid}".encode(),
+    ]
+    baseline = open_fds(server.pid)
+    slow = [connect() for _ in range(CONNECTIONS)]
+    for i, sock in enumerate(slow):
+        sock.sendall(heads[i % 3] + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000000\r\n\r\n")
+    rounds, most_fds, received = trickle_until_closed(server.pid, slow, b"x", past_eof=True)
+    print(
+        f"\n{CONNECTIONS} connections with endless bodies closed after {rounds} rounds of sending; "
+        f"server fds {baseline} → {most_fds}"
+    )
+    assert most_fds > baseline  # the fd count does see the connections
+    for i, data in enumerate(received):
+        status = int(data.split(b" ", 2)[1])
+        assert status == 200 if i % 3 == 0 else 400 <= status < 500, data[:200]
+    assert rounds > 2 * LINGERING_CLOSE_S  # the client kept sending through the linger
+    poll_until(lambda: open_fds(server.pid) <= baseline, "the server closed their sockets")
+
+
+def test_an_upload_and_keep_alive_after_a_read_body_are_unaffected(
+    server: RunningServer, connect: Callable[[], socket.socket]
+) -> None:
+    sock = connect()
+    buffered = bytearray()
+    body = b"z" * 100_000
+    for name in ("a.bin", "b.bin"):  # Content-Length, then chunked with a trailer
+        if name == "a.bin":
+            sock.sendall(
+                f"PUT /api/v1/files/stream/{name} HTTP/1.1\r\nHost: t\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        else:
+            sock.sendall(
+                f"PUT /api/v1/files/stream/{name} HTTP/1.1\r\nHost: t\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n".encode()
+                + b"%x\r\n" % len(body)
+                + body
+                + b"\r\n0\r\nX-Checksum: 1\r\n\r\n"
+            )
+        status, headers, answer = read_response(sock, buffered)
+        assert status == 201, answer
+        assert json.loads(answer)["size"] == len(body)
+        assert "connection" not in headers  # kept alive
+    # A body that /healthz does not read but that arrived whole: kept alive too.
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+    assert read_response(sock, buffered)[0] == 200
+    sock.sendall(block_of(200))
+    assert read_response(sock, buffered)[0] == 200

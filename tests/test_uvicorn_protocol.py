@@ -20,27 +20,34 @@ from mediasvc.server.uvicorn_protocol import HeaderLimits, MediasvcHttpProtocol,
 
 LIMIT_BYTES = 4096
 TIMEOUT_S = 0.5  # the header timeout of these servers
+LINGER_S = 0.5  # their lingering close
 BOUND_S = 20.0  # bounds every wait below: it only ends a test that would otherwise hang
 
 
 class App:
-    """Answers ``<method> <path> <body length>``; ``/slow`` waits for ``release``."""
+    """Answers ``<method> <path> <body length>``; ``/slow`` waits for ``release``; ``/noread``
+    answers without reading the body."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.called = asyncio.Event()
         self.release = asyncio.Event()
+        self.disconnects = 0
+        self.header_names: list[bytes] = []  # of the last request, once its body was read
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
         self.calls += 1
         self.called.set()
         size = 0
-        while True:
+        while scope["path"] != "/noread":
             message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnects += 1
             size += len(message.get("body", b""))
             if not message.get("more_body"):
                 break
+        self.header_names = [name for name, _ in scope["headers"]]
         if scope["path"] == "/slow":
             await self.release.wait()
         payload = f"{scope['method']} {scope['path']} {size}".encode()
@@ -54,7 +61,9 @@ class App:
 async def running(app: App, *, timeout_keep_alive: int = 5) -> AsyncIterator[tuple[str, int]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    limits = HeaderLimits(max_header_bytes=LIMIT_BYTES, header_timeout_s=TIMEOUT_S)
+    limits = HeaderLimits(
+        max_header_bytes=LIMIT_BYTES, header_timeout_s=TIMEOUT_S, lingering_close_s=LINGER_S
+    )
     config = uvicorn.Config(
         app,
         http=protocol_factory(limits),
@@ -140,7 +149,7 @@ async def test_the_parser_gets_no_byte_past_the_limit() -> None:
     fed: list[int] = []
     original = MediasvcHttpProtocol._feed
 
-    def counting_feed(self: MediasvcHttpProtocol, piece: bytes) -> bool:
+    def counting_feed(self: MediasvcHttpProtocol, piece: memoryview) -> bool:
         fed.append(len(piece))
         return original(self, piece)
 
@@ -248,7 +257,7 @@ async def test_keep_alive_idle_longer_than_the_header_timeout_is_not_a_header_ti
 
 
 def test_the_factory_survives_pickling_for_uvicorns_worker_processes() -> None:
-    limits = HeaderLimits(max_header_bytes=1234, header_timeout_s=5.0)
+    limits = HeaderLimits(max_header_bytes=1234, header_timeout_s=5.0, lingering_close_s=2.0)
     factory = pickle.loads(pickle.dumps(protocol_factory(limits)))
     assert factory.func is MediasvcHttpProtocol
     assert factory.keywords == {"limits": limits}
@@ -290,3 +299,195 @@ async def test_the_abort_extension_resets_a_connection_whose_client_reads_nothin
                         pass
         finally:
             writer.close()
+
+
+# --- a chunked body's framing: trailers and chunk-size lines -------------------------------------
+
+CHUNKED_HEAD = b"PUT /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def closed_or_reset(reader: asyncio.StreamReader) -> bytes:
+    """As ``closed_by_server``, for a client whose unread bytes make the server's close a reset."""
+    try:
+        return await closed_by_server(reader)
+    except ConnectionResetError:
+        return b""
+
+
+def count_fed(patch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the pieces the protocol hands to uvicorn's parser."""
+    fed: list[int] = []
+    original = MediasvcHttpProtocol._feed
+
+    def counting_feed(self: MediasvcHttpProtocol, piece: memoryview) -> bool:
+        fed.append(len(piece))
+        return original(self, piece)
+
+    patch.setattr(MediasvcHttpProtocol, "_feed", counting_feed)
+    return fed
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"5\r\nhello\r\n0\r\n"
+        + b"X-T: aaaaaaaaaaaaaaaaaaaaaaaaaa\r\n" * 32768,  # 1 MiB of trailers
+        b"5\r\nhello\r\n0\r\nX-T: " + b"a" * 1024 * 1024,  # one huge trailer line
+        b"5\r\nhello\r\n5;ext=" + b"e" * 1024 * 1024,  # one huge chunk extension
+    ],
+    ids=["many-trailers", "one-huge-trailer", "chunk-extension"],
+)
+async def test_chunk_framing_over_the_limit_is_431_and_the_parser_gets_little_of_it(
+    framing: bytes,
+) -> None:
+    app = App()
+    with pytest.MonkeyPatch.context() as patch:
+        fed = count_fed(patch)
+        async with running(app) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            with contextlib.suppress(ConnectionError):
+                writer.write(CHUNKED_HEAD + framing)
+                await writer.drain()
+            status, headers, body = await read_response(reader)
+            assert (status, headers["connection"]) == (431, "close")
+            assert json.loads(body)["type"] == "urn:mediasvc:problem:headers-too-large"
+            assert "chunk framing" in json.loads(body)["detail"]
+            assert await closed_or_reset(reader) == b""
+            writer.close()
+    # The framing is counted from the first piece after the one the headers ended in (that
+    # piece is within the header limit itself): at most twice the limit reached the parser.
+    assert sum(fed) <= 2 * LIMIT_BYTES
+    assert app.calls <= 1  # the app may have started on the headers: it saw a disconnect
+    assert app.disconnects == app.calls
+
+
+async def test_trailers_within_the_limit_are_served_and_not_given_to_the_app() -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\nX-Other: 2\r\n\r\n")
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, b"PUT /up 5")
+        assert b"x-trailer" not in app.header_names and b"x-other" not in app.header_names
+        assert b"transfer-encoding" in app.header_names
+        # And the connection is kept alive: the body was read whole.
+        writer.write(request(300, "/next"))
+        assert (await read_response(reader))[::2] == (200, b"GET /next 0")
+        writer.close()
+
+
+async def test_a_chunked_body_of_many_tiny_chunks_is_not_framing_over_the_limit() -> None:
+    # 20000 chunks of 1 byte: 100 kB of framing, but never more than 5 bytes since a chunk ended.
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(CHUNKED_HEAD + b"1\r\na\r\n" * 20000 + b"0\r\n\r\n")
+        assert (await read_response(reader))[::2] == (200, b"PUT /up 20000")
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("start", "trickle"),
+    [(b"5\r\nhello\r\n0\r\n", b"X-Slow: 1\r\n"), (b"5\r\nhello\r\n10\r\n", b"")],
+    ids=["trailers-trickling", "chunk-data-never-begins"],
+)
+async def test_a_trailer_section_that_never_ends_gets_408_and_close(
+    start: bytes, trickle: bytes
+) -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(CHUNKED_HEAD + start)
+        lines_sent = 0
+        received = b""
+        async with asyncio.timeout(BOUND_S):
+            while not reader.at_eof():
+                with contextlib.suppress(ConnectionError):
+                    writer.write(trickle)
+                    lines_sent += 1
+                with contextlib.suppress(TimeoutError):
+                    received += await asyncio.wait_for(reader.read(65536), TIMEOUT_S / 5)
+        assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b'"type":"urn:mediasvc:problem:request-timeout"' in received
+        assert lines_sent > 2
+        assert app.disconnects == app.calls == 1  # its app saw the request end in a disconnect
+        writer.close()
+
+
+# --- a response before its body: lingering close --------------------------------------------
+
+
+async def send_until_closed(writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> int:
+    """Keep sending body bytes until the connection breaks; the pieces sent after the server
+    shut its side (it discards them meanwhile)."""
+    sent_after_eof = 0
+    async with asyncio.timeout(BOUND_S):
+        while True:
+            try:
+                writer.write(b"x" * 100)
+                await writer.drain()
+            except ConnectionError:
+                return sent_after_eof
+            if writer.transport.is_closing():
+                return sent_after_eof
+            with contextlib.suppress(TimeoutError):
+                assert await asyncio.wait_for(reader.read(65536), LINGER_S / 10) == b""
+            if reader.at_eof():
+                sent_after_eof += 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000000\r\n\r\n",
+        b"DELETE /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000000\r\n\r\n",
+        CHUNKED_HEAD.replace(b"/up", b"/noread") + b"5\r\nhello\r\n",
+        CHUNKED_HEAD.replace(b"/up", b"/noread") + b"5\r\nhello\r\n0\r\nX-T: 1\r\n",
+    ],
+    ids=["get", "delete", "chunked", "chunked-in-trailers"],
+)
+async def test_a_response_before_its_body_ends_the_connection_after_a_linger(head: bytes) -> None:
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head)
+        status, _, body = await read_response(reader)  # the whole response first
+        assert (status, body) == (200, head.split(b" ", 1)[0] + b" /noread 0")
+        sent_after_eof = await send_until_closed(writer, reader)
+        # The server shut its side at once, discarded for a while (the client's sends went
+        # through), then closed: the connection broke.
+        assert reader.at_eof()
+        assert sent_after_eof > 1
+        assert app.calls == 1
+        writer.close()
+
+
+async def test_a_body_received_whole_before_the_response_keeps_the_connection_alive() -> None:
+    # The app reads none of it, but it is all in before the response: no reason to close.
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        for _ in range(3):
+            writer.write(request(300, "/noread", method="POST", body=b"x" * 1000))
+            status, headers, body = await read_response(reader)
+            assert (status, body) == (200, b"POST /noread 0")
+            assert "connection" not in headers
+        writer.write(request(300, "/last"))
+        assert (await read_response(reader))[::2] == (200, b"GET /last 0")
+        assert not reader.at_eof()
+        writer.close()
+
+
+async def test_a_pipelined_request_behind_an_unread_body_is_not_served() -> None:
+    # The body of /noread never ends (10 GB declared): what follows is body, not a request.
+    app = App()
+    async with running(app) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000000\r\n\r\n"
+            + request(300, "/next")
+        )
+        assert (await read_response(reader))[::2] == (200, b"POST /noread 0")
+        assert await closed_by_server(reader) == b""
+        assert app.calls == 1
+        writer.close()

@@ -19,8 +19,38 @@ few seconds were never closed. So here, as nginx does (``large_client_header_buf
   requests). A request that has begun gets 408 (``RequestTimeout``); a connection that sent no
   request is just closed.
 
+A request body is not parsed free of charge either. A chunked body's framing (each chunk-size
+line with its extensions and, after the last chunk, the trailer section) goes into the same
+parser, and uvicorn keeps every trailer line in the request's header list: 300 MB of trailers
+behind a 5-byte body were read and kept whole. So:
+
+- the framing since the last complete chunk counts like a header block: over
+  ``max_header_bytes``, no more bytes go to the parser; the request gets 431 if its response has
+  not begun (its app sees a disconnect), and the connection is closed. Trailers are never handed
+  to the app (``on_header`` drops them: we use none). Body pieces of a chunked request go to the
+  parser at most as many bytes as the framing may still take, so the count is exact up to the
+  piece in which the request's headers ended (itself within the header limit);
+- after a chunk-size line, the chunk's data must begin, or for the last chunk the trailer section
+  end, within ``header_timeout_s``: 408 (or a close once a response has begun).
+
+And a response can complete before its request body is read (``/healthz`` with a body, a 413
+refusing an upload early). uvicorn would then read and discard the rest of the body to reach the
+next request on the connection, for as long as the client trickles it (10 GB declared, a byte
+every few seconds: held forever). So, as nginx's lingering close: the connection is not kept
+alive; nothing more is parsed, our side is shut for writing (the client sees the response end
+and the close), and what still arrives is discarded for at most ``lingering_close_s`` (so a
+close does not turn into a reset before the client read the response), then it is closed.
+Responses to fully read requests keep the connection alive as before.
+
 It also offers the app the ``ABORT_EXTENSION`` (``mediasvc.server``): a way to drop a connection
 whose client stopped reading, which a download's send timeout needs.
+
+What it overrides or touches of ``HttpToolsProtocol``, all pinned by the tests: ``data_received``
+(what reaches the parser), the parser callbacks ``on_message_begin``, ``on_header`` (drops
+trailers), ``on_headers_complete``, ``on_body``, ``on_chunk_header``, ``on_chunk_complete``,
+``on_message_complete``, and ``on_response_complete`` (the lingering close); its ``cycle``
+(``response_started``/``response_complete``, ``keep_alive``, ``disconnected``,
+``message_event``), ``pipeline``, ``flow``, ``headers``, ``_unset_keepalive_if_required``.
 
 uvicorn instantiates the protocol itself, so the limits ride in a ``functools.partial``
 (:func:`protocol_factory`); unlike a class built at run time, it survives the pickling that
@@ -51,10 +81,12 @@ if TYPE_CHECKING:
 class HeaderLimits:
     max_header_bytes: int
     header_timeout_s: float
+    lingering_close_s: float
 
 
 class MediasvcHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` whose header blocks are bounded in bytes and in time."""
+    """``HttpToolsProtocol`` whose header blocks (and chunk framing) are bounded in bytes and
+    in time, and whose connections close (lingering) after a response to an unread body."""
 
     def __init__(self, *args: Any, limits: HeaderLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,8 +95,17 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         self._in_message = False  # between the parser's message begin and message complete
         self._in_header_block = False  # between message begin and headers complete
         self._message_begins = 0
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._refused = False  # a header block was refused: nothing more goes to the parser
+        self._headers_completed = 0
+        # A chunked body: its framing since the last complete chunk (an upper bound), and the
+        # body bytes and chunk ends seen by the piece being parsed.
+        self._framed = False
+        self._framing_bytes = 0
+        self._piece_body_bytes = 0
+        self._chunks_completed = 0
+        # The header block's timer, or in a chunked body the chunk framing's (never both).
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused = False  # a header block or framing was refused: nothing more is parsed
+        self._lingering = False  # a response went out before its body: discard, then close
 
     # --- the connection -------------------------------------------------------------------
 
@@ -73,17 +114,29 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         self._arm_header_timer()  # a connection that never sends a byte is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        self._cancel_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._lingering:
             return
         if not self._in_message:
             self._arm_header_timer()  # the first byte of a request (or a stray blank line)
+        self._feed_all(memoryview(data))  # slices of a view: no copies of the rest of a read
+
+    def _feed_all(self, data: memoryview) -> None:
         while data:
             if self._in_message and not self._in_header_block:
-                piece, data = data, b""  # a body: bounded by uvicorn's flow control and the app
+                if not self._framed:
+                    # A Content-Length body: bounded by uvicorn's flow control and the app.
+                    piece, data = data, data[:0]
+                else:
+                    # A chunked body: the parser gets no framing byte past the limit.
+                    room = self.limits.max_header_bytes - self._framing_bytes
+                    if room <= 0:
+                        self._refuse_framing(self._too_large("the request's chunk framing exceeds"))
+                        return
+                    piece, data = data[:room], data[room:]
             else:
                 # A header block is open or may start here: the parser gets no byte past the limit.
                 room = self.limits.max_header_bytes - self._header_bytes
@@ -94,11 +147,17 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
             if not self._feed(piece):
                 return
 
-    def _feed(self, piece: bytes) -> bool:
-        """Parse ``piece``; count it against the header block left open. False: stop feeding."""
+    def _feed(self, piece: memoryview) -> bool:
+        """Parse ``piece``; count it against the header block or the chunk framing left open.
+        False: stop feeding."""
         was_idle = not self._in_message
-        begins = self._message_begins
-        super().data_received(piece)
+        begins, completed, chunks = (
+            self._message_begins,
+            self._headers_completed,
+            self._chunks_completed,
+        )
+        self._piece_body_bytes = 0
+        super().data_received(piece)  # type: ignore[arg-type]  # feed_data takes any buffer
         if self.transport.is_closing() or self.transport.get_protocol() is not self:
             return False  # a parse error answered 400 and closed, or an upgrade took over
         if self._in_header_block:
@@ -111,6 +170,14 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
                 # It began after other requests in this piece, at an offset httptools does not
                 # tell: count it from the next piece on (at most one socket read too lenient).
                 self._header_bytes = 0
+        elif self._in_message and self._framed and self._headers_completed == completed:
+            # Its framing: what was not body. After a chunk's end within the piece, all of the
+            # piece's framing is counted (an upper bound: httptools does not tell the offset).
+            framing = len(piece) - self._piece_body_bytes
+            if self._chunks_completed == chunks:
+                self._framing_bytes += framing
+            else:
+                self._framing_bytes = framing
         return True
 
     # --- httptools callbacks ----------------------------------------------------------------
@@ -124,15 +191,52 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         extensions = self.scope.setdefault("extensions", {})
         extensions[ABORT_EXTENSION] = {"abort": self._abort}
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_header_block:
+            super().on_header(name, value)
+        # else a trailer field: dropped (uvicorn would append it to the request's headers)
+
     def on_headers_complete(self) -> None:
         self._in_header_block = False
         self._header_bytes = 0
-        self._cancel_header_timer()
+        self._headers_completed += 1
+        self._framed = any(name == b"transfer-encoding" for name, _ in self.headers)
+        self._framing_bytes = 0
+        self._cancel_timer()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._piece_body_bytes += len(body)
+        if self._framed:
+            self._cancel_timer()  # the chunk's data began
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        # Its data follows, or, for the last chunk, the trailer section: either within the
+        # header timeout.
+        self._cancel_timer()
+        self._timer = self.loop.call_later(self.limits.header_timeout_s, self._framing_timeout)
+
+    def on_chunk_complete(self) -> None:
+        self._chunks_completed += 1
+        self._cancel_timer()
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._cancel_timer()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        # The parser is inside this response's own request body (a later request would be
+        # queued in the pipeline): it was not read whole.
+        body_unread = self._in_message and not self._in_header_block and not self.pipeline
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self._refused:
+            self.transport.close()  # a refused request was pipelined behind this response
+        elif body_unread:
+            self._linger()
 
     # --- refusing ----------------------------------------------------------------------------
 
@@ -141,7 +245,7 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
 
     def _refuse_header_block(self) -> None:
         self._refused = True
-        self._cancel_header_timer()
+        self._cancel_timer()
         self.logger.warning(
             "%s: request headers over %d bytes refused", self._peer(), self.limits.max_header_bytes
         )
@@ -151,26 +255,42 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             self.flow.pause_reading()
             return
-        self._answer_and_close(
-            HeadersTooLarge(
-                f"the request headers exceed {self.limits.max_header_bytes} bytes, "
-                "the most accepted"
-            )
-        )
+        self._answer_and_close(self._too_large("the request headers exceed"))
+
+    def _too_large(self, what: str) -> HeadersTooLarge:
+        return HeadersTooLarge(f"{what} {self.limits.max_header_bytes} bytes, the most accepted")
+
+    def _refuse_framing(self, error: MediaServiceError) -> None:
+        """Refuse the request whose chunked body is being parsed: nothing more is parsed."""
+        self._refused = True
+        self._cancel_timer()
+        self.logger.warning("%s: %s", self._peer(), error.detail)
+        if self.pipeline:
+            # Its app has not started: a response ahead of it is still going out. Drop the
+            # request; the connection closes once that response is complete.
+            self.pipeline.clear()
+            self.flow.pause_reading()
+            return
+        started = self.cycle.response_started
+        # Its app sees a disconnect, and what it still sends is dropped.
+        self.cycle.disconnected = True
+        self.cycle.message_event.set()
+        if started:
+            self.transport.close()  # a response has begun: there is no answering any more
+        else:
+            self._answer_and_close(error)
 
     def _arm_header_timer(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(
-                self.limits.header_timeout_s, self._header_timeout
-            )
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
+        self._timer = None
         if self.transport.is_closing():
             return
         if self._response_in_flight():
@@ -192,6 +312,21 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
             )
         )
 
+    def _framing_timeout(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or self._refused or self._lingering:
+            return
+        if self.pipeline:
+            # Reading is paused behind a response still going out: not the client's delay.
+            self._timer = self.loop.call_later(self.limits.header_timeout_s, self._framing_timeout)
+            return
+        self._refuse_framing(
+            RequestTimeout(
+                "the request's chunk data or trailer section did not arrive within "
+                f"{self.limits.header_timeout_s:g} s"
+            )
+        )
+
     def _answer_and_close(self, error: MediaServiceError) -> None:
         """Write ``error`` as problem+json (as the app would) with ``Connection: close``."""
         response = problem_for(error)
@@ -201,6 +336,28 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + bytes(response.body))
         self.transport.close()
+
+    # --- lingering close ---------------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """The response is out, its request body is not: close, but not at once. A close with
+        unread data makes the kernel send a reset, which can destroy the response before the
+        client read it; so shut our side, discard what arrives, close after a bounded while."""
+        self._lingering = True
+        self._cancel_timer()
+        self._unset_keepalive_if_required()  # not kept alive: uvicorn's idle timer is moot
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the client sees the end (after the response)
+        self._timer = self.loop.call_later(self.limits.lingering_close_s, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size():
+            self._abort()  # the client does not even read its response: it holds nothing more
+        else:
+            self.transport.close()
 
     def _abort(self) -> None:
         """Reset the connection: the kernel drops what it still holds for it too (SO_LINGER 0);
@@ -223,5 +380,7 @@ def protocol_factory(limits: HeaderLimits) -> type[asyncio.Protocol]:
 
 def limits_from(settings: Settings) -> HeaderLimits:
     return HeaderLimits(
-        max_header_bytes=settings.max_header_bytes, header_timeout_s=settings.header_timeout_s
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        lingering_close_s=settings.lingering_close_s,
     )
