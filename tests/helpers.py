@@ -276,6 +276,16 @@ METADATA_FIELDS = {
 }
 
 
+def assert_created(response: httpx.Response) -> dict[str, Any]:
+    """A 201 upload answer: every metadata field and the delete token, a UID, its Location."""
+    assert response.status_code == 201, response.text
+    meta: dict[str, Any] = response.json()
+    assert set(meta) == METADATA_FIELDS | {"delete_token"}
+    assert UID_RE.match(meta["uid"])
+    assert response.headers["location"] == f"/api/v1/files/{meta['uid']}"
+    return meta
+
+
 async def small_chunks(data: bytes, *, seed: int = 7, max_chunk: int = 997) -> AsyncIterator[bytes]:
     """`data` in many small chunks of varying size: httpx sends it chunked, no Content-Length."""
     rng = random.Random(seed)

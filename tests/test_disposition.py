@@ -74,6 +74,17 @@ def assert_safe_fallback(fallback: str) -> None:
         assert forbidden not in fallback, (forbidden, fallback)
 
 
+def assert_name_comes_back(params: dict[str, str], name: str) -> None:
+    """A safe fallback, and the name as sent but for path separators, which become "_" (no path
+    reaches a save dialog)."""
+    assert_safe_fallback(params["filename"])
+    expected = name.replace("/", "_").replace("\\", "_")
+    if "filename*" in params:
+        assert decoded_ext_value(params["filename*"]) == expected
+    else:
+        assert params["filename"] == expected
+
+
 def decoded_ext_value(value: str) -> str:
     match = EXT_VALUE.fullmatch(value)
     assert match, value
@@ -154,13 +165,7 @@ def test_hostile_name_never_injects(name: str, inline: bool) -> None:
     header = content_disposition(name, media_type="video/mp4", inline=inline)
     kind, params = parse(header)
     assert kind == ("inline" if inline else "attachment")
-    assert_safe_fallback(params["filename"])
-    # Path separators become "_" (no path reaches a save dialog); the rest comes back as sent.
-    expected = name.replace("/", "_").replace("\\", "_")
-    if "filename*" in params:
-        assert decoded_ext_value(params["filename*"]) == expected
-    else:
-        assert params["filename"] == expected
+    assert_name_comes_back(params, name)
 
 
 @pytest.mark.parametrize(
@@ -281,12 +286,7 @@ async def test_download_hostile_name(client: httpx.AsyncClient, name: str) -> No
     meta = await upload(client, name=name)
     kind, params = parse(await disposition_of(client, meta["uid"]))
     assert kind == "attachment"
-    assert_safe_fallback(params["filename"])
-    expected = name.replace("/", "_").replace("\\", "_")
-    if "filename*" in params:
-        assert decoded_ext_value(params["filename*"]) == expected
-    else:
-        assert params["filename"] == expected
+    assert_name_comes_back(params, name)
 
 
 async def test_download_255_byte_name(client: httpx.AsyncClient) -> None:

@@ -15,9 +15,8 @@ from tests.conftest import leftovers
 from tests.helpers import (
     BATCH,
     BOUNDARY,
-    METADATA_FIELDS,
     PNG_HEADER,
-    UID_RE,
+    assert_created,
     assert_downloads_exactly,
     assert_stored_at_uid_path,
     client_for,
@@ -64,11 +63,7 @@ async def test_multipart_response_has_every_metadata_field_and_location(
     response = await client.post(
         "/api/v1/files", files={"file": ("Song.OGG", b"OggS\x00\x02" + b"\x00" * 100, "audio/ogg")}
     )
-    assert response.status_code == 201, response.text
-    meta = response.json()
-    assert set(meta) == METADATA_FIELDS | {"delete_token"}
-    assert UID_RE.match(meta["uid"])
-    assert response.headers["location"] == f"/api/v1/files/{meta['uid']}"
+    meta = assert_created(response)
     assert meta["original_name"] == "Song.OGG"
     assert meta["extension"] == "ogg"
     assert meta["format"] == "audio/ogg"

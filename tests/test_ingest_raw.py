@@ -18,7 +18,7 @@ from tests.helpers import (
     BATCH,
     METADATA_FIELDS,
     PNG_HEADER,
-    UID_RE,
+    assert_created,
     assert_downloads_exactly,
     assert_stored_at_uid_path,
     client_for,
@@ -145,11 +145,7 @@ async def test_upload_response_has_every_metadata_field_and_location(
     response = await client.post(
         "/api/v1/files/stream", content=body, headers={"X-Filename": "Notes.TXT"}
     )
-    assert response.status_code == 201, response.text
-    meta = response.json()
-    assert set(meta) == METADATA_FIELDS | {"delete_token"}
-    assert UID_RE.match(meta["uid"])
-    assert response.headers["location"] == f"/api/v1/files/{meta['uid']}"
+    meta = assert_created(response)
     assert meta["original_name"] == "Notes.TXT"
     assert meta["extension"] == "txt"
     assert meta["format"] == "text/plain"

@@ -75,7 +75,8 @@ def misdirected_form(request: Request) -> str | None:
     )
 
 
-def upload_hint(request: Request) -> str | None:
+def with_upload_hint(request: Request, detail: str) -> str:
+    """``detail``, and on the upload paths the ways to upload."""
     if not request.url.path.startswith(UPLOAD_PREFIX):
-        return None
-    return UPLOAD_HINT.format(base=str(request.base_url).rstrip("/"))
+        return detail
+    return f"{detail}; {UPLOAD_HINT.format(base=str(request.base_url).rstrip('/'))}"

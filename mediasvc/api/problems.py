@@ -75,12 +75,10 @@ def _method_not_allowed(request: Request) -> Response:
     allowed = misroutes.allowed_methods(request)
     path = request.url.path
     detail = f"{request.method} is not allowed on {path}: use {' or '.join(allowed)} {path}"
-    if hint := misroutes.upload_hint(request):
-        detail = f"{detail}; {hint}"
     return problem_response(
         status=405,
         title="Method Not Allowed",
-        detail=detail,
+        detail=misroutes.with_upload_hint(request, detail),
         type_uri="urn:mediasvc:problem:method-not-allowed",
         headers={"Allow": ", ".join(allowed)},
         allow=allowed,
@@ -91,12 +89,10 @@ def _slash_redirect(request: Request, other: str) -> Response:
     """307 (the method and body are kept) to the path without, or with, its trailing slash."""
     location = str(request.url.replace(path=other))
     detail = f"the URL is {other}: send {request.method} {location} (curl follows with -L)"
-    if hint := misroutes.upload_hint(request):
-        detail = f"{detail}; {hint}"
     return problem_response(
         status=307,
         title="Temporary Redirect",
-        detail=detail,
+        detail=misroutes.with_upload_hint(request, detail),
         type_uri="urn:mediasvc:problem:moved",
         headers={"Location": location},
         location=location,
