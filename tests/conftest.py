@@ -227,10 +227,11 @@ async def redis_url() -> AsyncIterator[str]:
         yield url
 
 
-async def empty_database(kind: str, pg_url: str, tmp_path: Path) -> str:
-    """A migrated database with no rows: the run's PostgreSQL one truncated, or a new SQLite file
-    under ``tmp_path`` (``kind``: "postgresql" or "sqlite"); its URL."""
-    if kind == "postgresql":
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def empty_db_url(request: pytest.FixtureRequest, pg_url: str, tmp_path: Path) -> str:
+    """A migrated database with no rows, once on each kind: the run's PostgreSQL database
+    truncated, then a new SQLite file under ``tmp_path``; its URL."""
+    if request.param == "postgresql":
         await truncate(pg_url)
         return pg_url
     url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
@@ -238,17 +239,13 @@ async def empty_database(kind: str, pg_url: str, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def serve(
-    request: pytest.FixtureRequest,
-    start_server: Callable[..., RunningServer],
-    pg_url: str,
-    tmp_path: Path,
+@pytest.fixture
+def serve(
+    start_server: Callable[..., RunningServer], empty_db_url: str
 ) -> Callable[..., tuple[RunningServer, str]]:
     """Start a real `mediasvc serve` on an empty, migrated database: (server, database URL)."""
-    url = await empty_database(request.param, pg_url, tmp_path)
 
     def start(**env: str) -> tuple[RunningServer, str]:
-        return start_server({"MEDIASVC_DATABASE_URL": url, **env}), url
+        return start_server({"MEDIASVC_DATABASE_URL": empty_db_url, **env}), empty_db_url
 
     return start

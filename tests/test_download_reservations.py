@@ -26,7 +26,6 @@ from mediasvc.db.session import make_engine
 from tests.conftest import RunningServer
 from tests.helpers import (
     assert_gone,
-    empty_database,
     random_bytes,
     stalled_reader,
     upload_data,
@@ -65,6 +64,12 @@ async def reservation_opened(database_url: str, uid: str) -> None:
     )
 
 
+async def limited_file(http: httpx.AsyncClient, data: bytes, max_downloads: int) -> tuple[str, str]:
+    """Upload ``data`` with a download limit: its (uid, download path)."""
+    meta = await upload_data(http, data, max_downloads=max_downloads)
+    return meta["uid"], f"/api/v1/files/{meta['uid']}"
+
+
 def read_some(sock: socket.socket, at_least: int) -> int:
     received = 0
     while received < at_least:
@@ -86,9 +91,7 @@ async def test_a_refusal_due_to_a_running_download_is_503_and_the_file_stays(
     server, database_url = serve(MEDIASVC_DOWNLOAD_BUDGET_WAIT_S="0")
     data = random_bytes(16 * MiB, seed=21)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload_data(http, data, max_downloads=1)
-        uid = meta["uid"]
-        url = f"/api/v1/files/{uid}"
+        uid, url = await limited_file(http, data, 1)
         first = stalled_reader(server.base_url, url)
         try:
             read_some(first, 66_000)
@@ -128,9 +131,7 @@ async def test_metadata_counts_what_was_sent_not_what_running_downloads_hold(
     server, database_url = serve()
     data = random_bytes(16 * MiB, seed=23)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload_data(http, data, max_downloads=1)
-        uid = meta["uid"]
-        url = f"/api/v1/files/{uid}"
+        uid, url = await limited_file(http, data, 1)
         short = await http.get(url, headers={"Range": "bytes=0-65999"})
         assert short.status_code == 206
         reader = stalled_reader(server.base_url, url)
@@ -152,9 +153,7 @@ async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
     server, database_url = serve()
     data = random_bytes(64 * MiB, seed=22)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
-        meta = await upload_data(http, data, max_downloads=2)
-        uid = meta["uid"]
-        url = f"/api/v1/files/{uid}"
+        uid, url = await limited_file(http, data, 2)
         total_charged = 0
         for _ in range(2):
             reader = stalled_reader(server.base_url, url)
@@ -184,16 +183,12 @@ async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
         assert_gone(await http.get(url))
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture
 async def app_client(
-    request: pytest.FixtureRequest,
-    make_settings: Callable[..., Settings],
-    pg_url: str,
-    tmp_path: Path,
+    make_settings: Callable[..., Settings], empty_db_url: str
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
     """The ASGI app on an empty database, not waiting for running downloads (wait 0)."""
-    url = await empty_database(request.param, pg_url, tmp_path)
-    settings = make_settings(database_url=url, download_budget_wait_s=0)
+    settings = make_settings(database_url=empty_db_url, download_budget_wait_s=0)
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)

@@ -75,27 +75,29 @@ def _method_not_allowed(request: Request) -> Response:
     allowed = misroutes.allowed_methods(request)
     path = request.url.path
     detail = f"{request.method} is not allowed on {path}: use {' or '.join(allowed)} {path}"
-    return problem_response(
-        status=405,
-        title="Method Not Allowed",
-        detail=misroutes.with_upload_hint(request, detail),
-        type_uri="urn:mediasvc:problem:method-not-allowed",
-        headers={"Allow": ", ".join(allowed)},
-        allow=allowed,
-    )
+    headers = {"Allow": ", ".join(allowed)}
+    return _misroute(request, 405, "method-not-allowed", detail, headers, allow=allowed)
 
 
 def _slash_redirect(request: Request, other: str) -> Response:
     """307 (the method and body are kept) to the path without, or with, its trailing slash."""
     location = str(request.url.replace(path=other))
     detail = f"the URL is {other}: send {request.method} {location} (curl follows with -L)"
+    headers = {"Location": location}
+    return _misroute(request, 307, "moved", detail, headers, location=location)
+
+
+def _misroute(
+    request: Request, status: int, slug: str, detail: str, headers: dict[str, str], **extra: Any
+) -> Response:
+    """A request that missed its route, told where to go (on the upload paths, how to upload)."""
     return problem_response(
-        status=307,
-        title="Temporary Redirect",
+        status=status,
+        title=HTTPStatus(status).phrase,
         detail=misroutes.with_upload_hint(request, detail),
-        type_uri="urn:mediasvc:problem:moved",
-        headers={"Location": location},
-        location=location,
+        type_uri=f"urn:mediasvc:problem:{slug}",
+        headers=headers,
+        **extra,
     )
 
 

@@ -50,9 +50,9 @@ class FileMetadata(BaseModel):
     expires_at: datetime | None
     max_downloads: int | None
     downloads: int = Field(
-        description="Full downloads used: ceil(bytes sent / size), at most max_downloads; "
-        "bytes held by downloads still running count once they end. Counted only for files "
-        "with max_downloads; 0 for the others"
+        description="Full downloads used: ceil(bytes sent / size); bytes held by downloads "
+        "still running count once they end. Counted only for files with max_downloads; 0 for "
+        "the others"
     )
     local: bool
     cloud_status: str

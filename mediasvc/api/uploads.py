@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from mediasvc.api.common import Caller, base_url_of, services_of
@@ -98,12 +98,19 @@ _MULTIPART_UPLOAD_OPENAPI: dict[str, Any] = {
 _UPLOAD_ERRORS = problem_responses(400, 401, 403, 408, 413, 415, 422, 429, 431, 503, 507)
 
 
-def _options(caller: Caller, max_downloads: int | None, expires_in: int | None) -> UploadOptions:
+def upload_options(
+    caller: Caller, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
+) -> UploadOptions:
+    """Every upload route's options: the query's limits, and the key that owns the file (a
+    missing or wrong key is refused here, before a body byte is read)."""
     return UploadOptions(
         max_downloads=max_downloads,
         expires_in_s=expires_in,
         owner=caller.name if caller else None,
     )
+
+
+Options = Annotated[UploadOptions, Depends(upload_options)]
 
 
 def _created(request: Request, stored: StoredUpload) -> Response:
@@ -119,25 +126,12 @@ def _created(request: Request, stored: StoredUpload) -> Response:
     )
 
 
-async def upload_raw(
-    request: Request,
-    caller: Caller,
-    max_downloads: MaxDownloads = None,
-    expires_in: ExpiresIn = None,
-) -> Response:
-    return await _ingest_raw(request, None, caller, max_downloads, expires_in)
+async def upload_raw(request: Request, options: Options) -> Response:
+    return await _ingest_raw(request, None, options)
 
 
-async def upload_raw_named(
-    request: Request,
-    filename: str,
-    caller: Caller,
-    max_downloads: MaxDownloads = None,
-    expires_in: ExpiresIn = None,
-) -> Response:
-    return await _ingest_raw(
-        request, _raw_path(request, filename), caller, max_downloads, expires_in
-    )
+async def upload_raw_named(request: Request, filename: str, options: Options) -> Response:
+    return await _ingest_raw(request, _raw_path(request, filename), options)
 
 
 # The four raw routes: two endpoints (with and without a name in the path), each for POST and
@@ -194,13 +188,7 @@ def _raw_path(request: Request, filename: str) -> bytes:
     return raw_path
 
 
-async def _ingest_raw(
-    request: Request,
-    raw_path: bytes | None,
-    caller: Caller,
-    max_downloads: int | None,
-    expires_in: int | None,
-) -> Response:
+async def _ingest_raw(request: Request, raw_path: bytes | None, options: UploadOptions) -> Response:
     """The four raw routes (POST, PUT, each with and without a name in the path): one ingest,
     their own OpenAPI entries."""
     content_type = request.headers.get("content-type")
@@ -213,7 +201,7 @@ async def _ingest_raw(
     stored = await services_of(request).ingestor.ingest(
         request.stream(),
         _facts(request, name=name),
-        _options(caller, max_downloads, expires_in),
+        options,
     )
     return _created(request, stored)
 
@@ -237,17 +225,12 @@ def _facts(request: Request, *, name: str | None) -> UploadFacts:
     openapi_extra=_MULTIPART_UPLOAD_OPENAPI,
     summary="Upload a file as the multipart/form-data part named 'file'",
 )
-async def upload_multipart(
-    request: Request,
-    caller: Caller,
-    max_downloads: MaxDownloads = None,
-    expires_in: ExpiresIn = None,
-) -> Response:
+async def upload_multipart(request: Request, options: Options) -> Response:
     if not is_multipart(request.headers.get("content-type")):
         raise UnsupportedMediaType(
             "this endpoint takes multipart/form-data; send raw bodies to /api/v1/files/stream"
         )
     stored = await services_of(request).ingestor.ingest_form(
-        request.stream(), _facts(request, name=None), _options(caller, max_downloads, expires_in)
+        request.stream(), _facts(request, name=None), options
     )
     return _created(request, stored)

@@ -33,11 +33,10 @@ def downloads_used(bytes_served: int, size: int) -> int:
 
 
 def downloads_settled(record: FileRecord) -> int:
-    """The metadata's ``downloads``: what was sent, not what running downloads hold (they may
-    yet give it back), and never more than the limit (the seek allowance is not a download)."""
+    """The metadata's ``downloads``: ceil(bytes sent / size), leaving out what downloads still
+    running hold (they may yet give it back)."""
     sent = (record.bytes_served or 0) - (record.bytes_reserved or 0)  # unset on a new row
-    used = downloads_used(max(0, sent), record.size)
-    return used if record.max_downloads is None else min(used, record.max_downloads)
+    return downloads_used(max(0, sent), record.size)
 
 
 def remaining_downloads(record: FileRecord, bytes_served: int) -> int:

@@ -14,12 +14,11 @@ import anyio
 
 from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import FORMAT_WHITELIST, MediaFacts
-from mediasvc.media.tools import ToolError, ToolMissing, run_tool
+from mediasvc.media.tools import ToolError, ToolMissing, run_media_tool
 
 PREVIEW_MEDIA_TYPE = "image/jpeg"
 POSTER_POSITION = 0.10  # of the duration
 JPEG_QUALITY = 4  # mjpeg qscale: 2 (best) … 31
-MAX_TOOL_OUTPUT_BYTES = 64 * 1024  # ffmpeg prints nothing on stdout; the cap is a backstop
 
 
 class PreviewFailed(Exception):
@@ -77,12 +76,8 @@ async def make_preview(
 async def _render(config: MediaConfig, source: Path, part: Path, seek_s: float) -> str | None:
     """None on success, else why not."""
     try:
-        result = await run_tool(
-            preview_command(config, source, part, seek_s=seek_s),
-            timeout_s=config.probe_timeout_s,
-            max_output_bytes=MAX_TOOL_OUTPUT_BYTES,
-            max_memory_bytes=config.tool_max_memory_bytes,
-        )
+        command = preview_command(config, source, part, seek_s=seek_s)
+        result = await run_media_tool(config, command, timeout_s=config.probe_timeout_s)
     except ToolMissing:
         raise
     except ToolError as exc:

@@ -24,7 +24,7 @@ import anyio
 
 from mediasvc.media.atoms import BoxLayout, read_layout
 from mediasvc.media.config import MediaConfig
-from mediasvc.media.tools import ToolError, ToolMissing, run_tool
+from mediasvc.media.tools import ToolError, ToolMissing, run_media_tool
 
 # Demuxers ffprobe may use: containers and raw streams of audio, video and pictures. Not
 # among them: hls, dash, concat, image2 (file patterns), tty, subtitle formats, anything that
@@ -146,11 +146,11 @@ async def analyse(config: MediaConfig, path: Path, *, expects_media: bool) -> Me
         return None
 
     try:
-        result = await run_tool(
+        result = await run_media_tool(
+            config,
             ffprobe_command(config, path),
             timeout_s=config.probe_timeout_s,
             max_output_bytes=MAX_PROBE_OUTPUT_BYTES,
-            max_memory_bytes=config.tool_max_memory_bytes,
         )
     except ToolMissing:
         raise

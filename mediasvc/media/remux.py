@@ -6,9 +6,7 @@ from pathlib import Path
 
 from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import ISO_BMFF_FORMAT
-from mediasvc.media.tools import ToolError, run_tool
-
-MAX_TOOL_OUTPUT_BYTES = 64 * 1024
+from mediasvc.media.tools import ToolError, run_media_tool
 
 
 class RemuxFailed(Exception):
@@ -45,12 +43,8 @@ async def remux_faststart(
     """Write ``target``: ``source`` with its moov atom first. ``RemuxFailed`` if ffmpeg fails."""
     muxer = muxer_for(media_type, extension)
     try:
-        result = await run_tool(
-            remux_command(config, source, target, muxer=muxer),
-            timeout_s=config.remux_timeout_s,
-            max_output_bytes=MAX_TOOL_OUTPUT_BYTES,
-            max_memory_bytes=config.tool_max_memory_bytes,
-        )
+        command = remux_command(config, source, target, muxer=muxer)
+        result = await run_media_tool(config, command, timeout_s=config.remux_timeout_s)
     except ToolError as exc:
         raise RemuxFailed(str(exc)) from exc
     if result.returncode != 0:

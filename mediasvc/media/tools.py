@@ -18,6 +18,10 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mediasvc.media.config import MediaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -146,4 +150,24 @@ def missing_tools_warning(missing: Sequence[str]) -> str:
         f"{names} not found: uploads work, but videos are not examined (probe_status "
         "'skipped', no previews); install ffmpeg (Debian: apt-get install ffmpeg) or set "
         "MEDIASVC_FFPROBE_PATH / MEDIASVC_FFMPEG_PATH"
+    )
+
+
+# ffmpeg writes files and prints nothing on stdout: the cap is a backstop.
+FFMPEG_MAX_OUTPUT_BYTES = 64 * 1024
+
+
+async def run_media_tool(
+    config: MediaConfig,
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    max_output_bytes: int = FFMPEG_MAX_OUTPUT_BYTES,
+) -> ToolResult:
+    """``run_tool`` under the media tools' memory limit (``tool_max_memory_bytes``)."""
+    return await run_tool(
+        argv,
+        timeout_s=timeout_s,
+        max_output_bytes=max_output_bytes,
+        max_memory_bytes=config.tool_max_memory_bytes,
     )
