@@ -16,7 +16,7 @@ from mediasvc.api.caching import JsonCacheControlMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
-from mediasvc.media.tools import missing_tools, missing_tools_warning
+from mediasvc.media.tools import missing_tools_warning
 from mediasvc.memory import trim_every
 from mediasvc.observability import Metrics, ObservabilityMiddleware
 from mediasvc.services import Services
@@ -35,8 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(services.store.prepare)
             await check_current(services.db, settings.database_url)
             await services.queue.start()
-            if missing := missing_tools(settings.ffprobe_path, settings.ffmpeg_path):
-                logger.warning("%s", missing_tools_warning(missing))
+            if warning := missing_tools_warning(services.jobs.media):
+                logger.warning("%s", warning)
             app.state.services = services
             # Plain tasks, not a task group: a lifespan may be entered and left in two tasks.
             background = [

@@ -38,6 +38,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     from mediasvc import preflight
     from mediasvc.config import Settings
+    from mediasvc.media.config import MediaConfig
+    from mediasvc.media.tools import missing_tools_warning
     from mediasvc.observability import log_config
     from mediasvc.server.uvicorn_protocol import limits_from, protocol_factory
 
@@ -46,7 +48,7 @@ def _serve(args: argparse.Namespace) -> None:
         args.graceful_shutdown_s = settings.graceful_shutdown_s
     preflight.check_port(args.host, args.port)
     preflight.check_database(settings)
-    if warning := preflight.media_tools_warning(settings):
+    if warning := missing_tools_warning(MediaConfig.from_settings(settings)):
         _warn(warning)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker process keeps its own counters; in this directory /metrics merges them.
@@ -135,6 +137,8 @@ def _worker(args: argparse.Namespace) -> None:
     from mediasvc import preflight
     from mediasvc.config import Settings
     from mediasvc.jobs.worker import worker_settings
+    from mediasvc.media.config import MediaConfig
+    from mediasvc.media.tools import missing_tools_warning
 
     settings = Settings()
     if not settings.redis_url:
@@ -153,7 +157,7 @@ def _worker(args: argparse.Namespace) -> None:
         )
         print(f"worker is running: {health}")
         return
-    if warning := preflight.media_tools_warning(settings):
+    if warning := missing_tools_warning(MediaConfig.from_settings(settings)):
         _warn(warning)
     try:
         run_worker(settings_cls)
@@ -204,7 +208,7 @@ def _migrate(_args: argparse.Namespace) -> None:
 
     settings = Settings()
     preflight.migrate(settings)
-    print(f"database at head: {settings.database_url.split('@')[-1]}")
+    print(f"database at head: {preflight.database_where(settings)}")
 
 
 def _warn(message: str) -> None:

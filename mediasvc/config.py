@@ -390,10 +390,6 @@ class Settings(BaseSettings):
             raise ValueError("disk_low_watermark must not exceed disk_high_watermark")
         return self
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 # --- unknown names and one-line errors -------------------------------------------------------
 

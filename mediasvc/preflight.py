@@ -20,7 +20,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from mediasvc.config import Settings
 from mediasvc.db.migrations import DatabaseNotMigrated, check_current, upgrade
 from mediasvc.db.session import Database
-from mediasvc.media.tools import missing_tools, missing_tools_warning
 
 #: Connecting to and asking Redis, each: a Redis that is up answers in milliseconds.
 REDIS_TIMEOUT_S = 5.0
@@ -72,7 +71,9 @@ def migrate(settings: Settings) -> None:
         try:
             upgrade(settings.database_url)
         except AlembicCommandError as exc:  # e.g. a revision this code does not know
-            raise StartupError(f"cannot migrate {_where(settings)}: {_first_line(exc)}") from exc
+            raise StartupError(
+                f"cannot migrate {database_where(settings)}: {_first_line(exc)}"
+            ) from exc
 
 
 @contextmanager
@@ -83,13 +84,14 @@ def opening_database(settings: Settings, *, then: str) -> Iterator[None]:
     except (SQLAlchemyError, OSError) as exc:
         reason = _first_line(getattr(exc, "orig", None) or exc)
         raise StartupError(
-            f"cannot open the database {_where(settings)}: {reason}; is it running, is "
+            f"cannot open the database {database_where(settings)}: {reason}; is it running, is "
             f"MEDIASVC_DATABASE_URL right, and {then}"
         ) from exc
 
 
-def _where(settings: Settings) -> str:
-    return settings.database_url.split("@")[-1]  # never the password
+def database_where(settings: Settings) -> str:
+    """The database as it may be shown: never the user or password."""
+    return settings.database_url.split("@")[-1]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -132,8 +134,3 @@ def _reaching_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 def _redis_where(redis_url: str) -> str:
     return redis_url.split("@")[-1].removeprefix("redis://")  # never the password
-
-
-def media_tools_warning(settings: Settings) -> str | None:
-    missing = missing_tools(settings.ffprobe_path, settings.ffmpeg_path)
-    return missing_tools_warning(missing) if missing else None

@@ -9,6 +9,7 @@ from mediasvc.config import Settings
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
 from mediasvc.delivery.access import AccessLog
+from mediasvc.delivery.response import SendConfig
 from mediasvc.ingest.config import IngestConfig
 from mediasvc.ingest.pipeline import Ingestor
 from mediasvc.jobs.context import JobContext
@@ -30,6 +31,7 @@ class Services:
     keyring: KeyRing
     access_log: AccessLog
     jobs: JobContext  # what the in-process jobs use, and the API when it purges a file
+    send_config: SendConfig  # how every response body goes out (chunks, parts, send timeout)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -56,6 +58,7 @@ class Services:
             keyring=KeyRing(settings.api_keys),
             access_log=AccessLog(jobs.db),
             jobs=jobs,
+            send_config=SendConfig.from_settings(settings),
         )
 
     async def close(self) -> None:

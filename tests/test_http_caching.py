@@ -79,7 +79,7 @@ async def test_the_preview_answers_conditionals_from_disk_and_from_the_cloud(
 
 
 async def test_json_responses_say_no_store(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(signing_secret="s3cret")
+    settings = make_settings(signing_secret="http-caching-test-secret-of-32-bytes")
     app, client = await started(settings)
     try:
         created = await client.post("/api/v1/files/stream", content=b"hello")

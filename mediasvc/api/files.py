@@ -25,10 +25,11 @@ from mediasvc.delivery.budget import budget_bytes, is_prefetch, remaining_downlo
 from mediasvc.delivery.disposition import content_disposition
 from mediasvc.delivery.locate import CloudCopy, open_source
 from mediasvc.delivery.reservation import reserve
-from mediasvc.delivery.response import SendConfig, SourceResponse
+from mediasvc.delivery.response import SourceResponse
 from mediasvc.delivery.serve import Representation, deliver
 from mediasvc.delivery.sources import ByteSource
 from mediasvc.errors import (
+    DatabaseUnavailable,
     Forbidden,
     Gone,
     InvalidInput,
@@ -130,7 +131,7 @@ async def download(
         request,
         _representation(record, inline=inline),
         open_file,
-        SendConfig.from_settings(services.settings),
+        services.send_config,
     )
     if not isinstance(response, SourceResponse):
         return response  # 304: no access recorded, nothing charged
@@ -205,8 +206,13 @@ async def delete_file(
     async with services.db.session() as session:
         if not await repository.mark_gone(session, uid, GoneReason.DELETED, datetime.now(UTC)):
             raise Gone("the file was deleted")
-    # Local and cloud copies go now; if the store is down, the cleanup cron finishes the job.
-    await purge(services.jobs, record)
+    # The file is deleted: its row is a tombstone. Its bytes go now, best effort: what fails here
+    # (the disk, or the database recording the purge) the cleanup cron finishes, as it does
+    # when the cloud store is down.
+    try:
+        await purge(services.jobs, record)
+    except (OSError, DatabaseUnavailable) as exc:
+        logger.warning("purge of deleted %s failed, the next cleanup retries: %s", uid, exc)
     return Response(status_code=204)
 
 

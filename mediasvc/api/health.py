@@ -10,7 +10,7 @@ from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
 from mediasvc.errors import DatabaseUnavailable
-from mediasvc.media.tools import missing_tools, missing_tools_warning
+from mediasvc.media.tools import missing_tools_warning
 from mediasvc.services import Services
 
 router = APIRouter()
@@ -43,16 +43,12 @@ async def readyz(request: Request) -> Response:
         checks["disk"] = "unavailable"
     else:
         checks["disk"] = "ok" if free_bytes >= needed_bytes else "full"
-    settings = services.settings
-    missing = await anyio.to_thread.run_sync(
-        missing_tools, settings.ffprobe_path, settings.ffmpeg_path
-    )
-    checks["ffmpeg"] = "missing" if missing else "ok"
+    warning = await anyio.to_thread.run_sync(missing_tools_warning, services.jobs.media)
+    checks["ffmpeg"] = "missing" if warning else "ok"
     failed = [
         name for name, value in checks.items() if value != "ok" and name not in OPTIONAL_CHECKS
     ]
-    if not failed and missing:
-        warning = missing_tools_warning(missing)
+    if not failed and warning:
         return JSONResponse({"status": "degraded", "checks": checks, "warnings": [warning]})
     if not failed:
         return JSONResponse({"status": "ready", "checks": checks})

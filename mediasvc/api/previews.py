@@ -17,7 +17,6 @@ from mediasvc.api.openapi import bytes_responses
 from mediasvc.db.models import FileRecord, ProbeStatus
 from mediasvc.delivery.disposition import content_disposition
 from mediasvc.delivery.locate import CloudCopy, open_source
-from mediasvc.delivery.response import SendConfig
 from mediasvc.delivery.serve import Representation, deliver
 from mediasvc.delivery.sources import ByteSource
 from mediasvc.errors import NotFound, ServiceUnavailable
@@ -45,9 +44,7 @@ async def preview(request: Request, uid: str, record: ReadableFile) -> Response:
         path = services.store.preview_path_for(uid)
         return await open_source(path, services.cloud, lambda: _cloud_copy(services, record))
 
-    return await deliver(
-        request, representation, open_preview, SendConfig.from_settings(services.settings)
-    )
+    return await deliver(request, representation, open_preview, services.send_config)
 
 
 def _representation(record: FileRecord) -> Representation:

@@ -126,7 +126,3 @@ class FileRecord(Base):
         Index("ix_files_probe_status", "probe_status"),
         Index("ix_files_derived_from", "derived_from"),
     )
-
-    @property
-    def is_live(self) -> bool:
-        return self.gone_reason is None

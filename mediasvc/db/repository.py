@@ -106,11 +106,6 @@ async def mark_gone(session: AsyncSession, uid: str, reason: GoneReason, now: da
     return await _update_one(session, uid, _LIVE, gone_reason=reason.value, gone_at=now)
 
 
-async def set_local(session: AsyncSession, uid: str, *, local: bool) -> None:
-    await session.execute(update(FileRecord).where(FileRecord.uid == uid).values(local=local))
-    await session.commit()
-
-
 async def touch_many(session: AsyncSession, accessed_at: dict[str, datetime]) -> None:
     """Record reads for LRU eviction, many files in one transaction."""
     for uid, when in accessed_at.items():

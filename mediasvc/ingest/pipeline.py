@@ -153,8 +153,9 @@ class Ingestor:
         length = facts.declared_length
         if length is not None and max_body_bytes and length > max_body_bytes:
             raise PayloadTooLarge(f"the body is {length} bytes; files may be at most {limit} bytes")
-        self._store.ensure_room_for(length or 0)
         with self.admission.admit(facts.client):  # before a body byte is read: 503/429
+            # statvfs may block (a slow or network mount): off the event loop.
+            await anyio.to_thread.run_sync(self._store.ensure_room_for, length or 0)
             return await self._admitted(chunks, facts, options, receive, max_body_bytes)
 
     async def _admitted(

@@ -54,4 +54,5 @@ class FileSink:
         return ReceivedFile(size=self.size, sha256=self._hash.hexdigest(), head=bytes(self._head))
 
     def discard(self) -> None:
+        """Remove the part file (a sink used on its own, as the property tests do)."""
         self.part.discard()

@@ -73,7 +73,7 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(part.discard)
         logger.warning("faststart remux of %s failed: %s", uid, exc)
-        await _note(ctx, uid, f"faststart remux failed: {exc}")
+        await _note(ctx, uid, f"faststart remux failed: {_public_reason(exc)}")
         return None
     except BaseException:
         if part is not None:
@@ -102,10 +102,18 @@ async def remux_file(ctx: JobContext, uid: str) -> str | None:
             return None  # the original went while we copied
     except (InsufficientStorage, OSError) as exc:  # the rename: nothing of the copy is left
         logger.warning("faststart remux of %s failed: %s", uid, exc)
-        await _note(ctx, uid, f"faststart remux failed: {exc}")
+        await _note(ctx, uid, f"faststart remux failed: {_public_reason(exc)}")
         return None
     logger.info("faststart copy of %s is %s (%d bytes)", uid, derived_uid, part.size)
     return derived_uid
+
+
+def _public_reason(exc: BaseException) -> str:
+    """What the metadata may say of a failure: an OSError's message names our paths, so only its
+    reason (the log has the whole message)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 async def remux_job(ctx: JobContext, uid: str, *, attempt: int) -> JobResult:

@@ -6,7 +6,6 @@ follow-ups a job returns go to the same Redis.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 from arq import Retry, cron
@@ -15,6 +14,7 @@ from arq.cron import CronJob
 from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
 
+from mediasvc import libc
 from mediasvc.config import Settings
 from mediasvc.jobs.config import JobsConfig
 from mediasvc.jobs.context import JobContext
@@ -38,13 +38,9 @@ def bound_malloc_for_pushes() -> None:
     threshold those buffers come from arenas that fragment, and the worker's peak RSS is not
     bounded (docs/performance.md has the figures). Nothing to do outside glibc.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD_BYTES)
+    mallopt = libc.mallopt()
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD_BYTES)
 
 
 def _enqueue_from(ctx: ArqContext) -> Enqueue:

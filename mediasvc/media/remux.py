@@ -48,4 +48,4 @@ async def remux_faststart(
     except ToolError as exc:
         raise RemuxFailed(str(exc)) from exc
     if result.returncode != 0:
-        raise RemuxFailed(result.reason(hide={source: "file"}))
+        raise RemuxFailed(result.reason(hide={source: "file", target: "the copy"}))

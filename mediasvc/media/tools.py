@@ -138,16 +138,14 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def missing_tools(*binaries: str) -> list[str]:
-    """Those of ``binaries`` (names or paths, as configured) that cannot be run."""
-    return [binary for binary in binaries if shutil.which(binary) is None]
-
-
-def missing_tools_warning(missing: Sequence[str]) -> str:
-    """What an operator reads when ffprobe or ffmpeg is not there."""
-    names = ", ".join(missing)
+def missing_tools_warning(config: MediaConfig) -> str | None:
+    """What an operator reads when ffprobe or ffmpeg (as configured) cannot be run; None when
+    both can. Said at start (serve, worker, the app's lifespan) and by /readyz."""
+    missing = [path for path in (config.ffprobe_path, config.ffmpeg_path) if not shutil.which(path)]
+    if not missing:
+        return None
     return (
-        f"{names} not found: uploads work, but videos are not examined (probe_status "
+        f"{', '.join(missing)} not found: uploads work, but videos are not examined (probe_status "
         "'skipped', no previews); install ffmpeg (Debian: apt-get install ffmpeg) or set "
         "MEDIASVC_FFPROBE_PATH / MEDIASVC_FFMPEG_PATH"
     )

@@ -1,4 +1,4 @@
-"""File helpers shared by the local store, the local bucket and the jobs (no imports of ours)."""
+"""File helpers shared by the local store, the local bucket and the jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import hashlib
 import os
 from pathlib import Path
 from typing import BinaryIO
+
+from mediasvc import libc
 
 
 def size_and_sha256(file: BinaryIO, chunk_bytes: int) -> tuple[int, str]:
@@ -28,13 +30,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_fallocate = getattr(_libc, "fallocate", None)
-if _fallocate is not None:
-    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    _fallocate.restype = ctypes.c_int
-
-
 def preallocate(fd: int, size_bytes: int) -> bool:
     """Allocate blocks for the file's first ``size_bytes`` (its size grows to that, filled with
     zeros); False where the filesystem cannot. Raises OSError (ENOSPC) when they don't fit.
@@ -42,9 +37,10 @@ def preallocate(fd: int, size_bytes: int) -> bool:
     Linux's fallocate(2), not os.posix_fallocate: where the filesystem has no fallocate, glibc
     emulates it by writing a byte per block, which for a multi-GB upload is its own slow write.
     """
-    if _fallocate is None:
+    fallocate = libc.fallocate()
+    if fallocate is None:
         return False
-    if _fallocate(fd, 0, 0, size_bytes) == 0:
+    if fallocate(fd, 0, 0, size_bytes) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EOPNOTSUPP, errno.ENOSYS):

@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mediasvc.api.common import services_of
-from mediasvc.delivery.response import SendConfig
 from mediasvc.delivery.serve import Representation, deliver
 from mediasvc.delivery.sources import ByteSource, LocalFile
 from mediasvc.errors import NotFound
@@ -75,7 +74,7 @@ def install(app: FastAPI) -> None:
         async def open_asset() -> ByteSource:
             return await LocalFile.open(asset.path)
 
-        config = SendConfig.from_settings(services_of(request).settings)
+        config = services_of(request).send_config
         return await deliver(request, asset.representation, open_asset, config)
 
     async def index(request: Request) -> Response:
