@@ -16,6 +16,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -254,3 +255,29 @@ async def test_a_client_that_takes_nothing_is_aborted_at_the_send_timeout(
     assert aborted.is_set()
     assert response.sent_bytes == 2 * 4 * KiB  # two parts went, the third never did
     assert open_fds() == before
+
+
+async def test_parts_sent_after_a_hang_up_are_not_counted(tmp_path: Path, data: bytes) -> None:
+    # uvicorn (ASGI < 2.4) drops every send after the client hung up, at once and without a
+    # word; only receive() tells. Parts "sent" that way must not be charged to a download budget.
+    response = await respond(tmp_path, scope_of())
+    assert isinstance(response, SourceResponse)
+    hung_up = anyio.Event()
+    bodies = 0
+
+    async def send(message: Message) -> None:
+        nonlocal bodies
+        if message["type"] != "http.response.body" or hung_up.is_set():
+            return  # dropped, as uvicorn does: nothing awaited
+        bodies += 1
+        if bodies == 3:  # the client went away after taking two parts: this one is dropped
+            hung_up.set()
+            return
+        await anyio.lowlevel.checkpoint()  # a send the server takes yields to the loop
+
+    async def receive() -> Message:
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    await response(scope_of(), receive, send)
+    assert response.sent_bytes == 2 * 4 * KiB  # the two parts the client took, not the chunk

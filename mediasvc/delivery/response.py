@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from secrets import token_hex
 
 import anyio
+import anyio.lowlevel
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -233,6 +234,10 @@ class SourceResponse(Response):
             while parts:
                 part = parts.popleft()
                 await self._send_bytes(send, part)
+                # uvicorn drops a send after a hang-up at once, without awaiting anything: one
+                # loop turn lets the disconnect listener record the hang-up before we count the
+                # part as sent (else the rest of the read is charged in one go).
+                await anyio.lowlevel.checkpoint()
                 if not self._disconnected:
                     self.sent_bytes += len(part)
                 position += len(part)
