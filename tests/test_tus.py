@@ -23,16 +23,18 @@ from mediasvc.ids import hash_token
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
 from tests.conftest import leftovers
-from tests.helpers import assert_problem, client_for, random_bytes
-from tests.tus_helpers import (
+from tests.helpers import (
     OCTETS,
     TUS,
     UPLOADS,
+    assert_problem,
     checksum,
+    client_for,
     create,
     metadata,
     offset_of,
     patch,
+    random_bytes,
     send_in_pieces,
 )
 
