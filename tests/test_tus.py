@@ -23,6 +23,7 @@ from mediasvc.db.session import Database
 from mediasvc.ids import hash_token
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
+from mediasvc.resumable.hashing import ResumableSha256
 from tests.conftest import leftovers
 from tests.helpers import (
     OCTETS,
@@ -693,3 +694,24 @@ async def test_cors_for_a_browser_tus_client(make_settings: Callable[..., Settin
             UPLOADS, headers={**TUS, "Upload-Length": "3", "Origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_an_upload_stranded_at_its_length_is_completed_by_head(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A process that died after the last checkpoint but before the commit left every byte and
+    a row at the upload's length: the next look makes it the file (a client that reads
+    Upload-Offset = Upload-Length sends nothing more)."""
+    path = await create(client, 10)
+    assert (await patch(client, path, 0, b"01234")).status_code == 204
+    (part,) = upload_files(settings.media_root)
+    with part.open("ab") as file:
+        file.write(b"56789")
+    hasher = ResumableSha256()
+    hasher.update(b"0123456789")
+    await age(settings, uid_of(path), offset=10, hash_state=hasher.state())
+    head = await client.head(path, headers=TUS)
+    assert head.headers["upload-offset"] == "10"
+    assert head.headers["content-location"] == f"/api/v1/files/{uid_of(path)}"
+    meta = await file_metadata(client, uid_of(path))
+    assert meta["sha256"] == hashlib.sha256(b"0123456789").hexdigest()
