@@ -16,7 +16,8 @@ SYNC := $(UV) sync --frozen --python $(PYTHON)
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed
 
-.PHONY: run test migrate lint typecheck services system-packages lock lock-check bench-loop clean
+.PHONY: run test migrate lint typecheck services system-packages lock lock-check bench-loop clean \
+	vendor-web
 
 $(UV): tools/uv-requirements.txt
 	test -x $(UV_DIR)/bin/python || $(PYTHON) -m venv $(UV_DIR)
@@ -87,6 +88,11 @@ typecheck: $(TEST_STAMP)
 
 bench-loop: $(TEST_STAMP)
 	$(BIN)/python benchmarks/loop_latency.py
+
+## Refresh the web page's browser libraries (mediasvc/web/static/vendor/) from npm, at the exact
+## versions of web-vendor/package-lock.json; the copies are committed (no npm needed to run).
+vendor-web:
+	bash scripts/vendor-web
 
 clean:
 	rm -rf $(VENV) $(UV_DIR) .pytest_cache .mypy_cache .ruff_cache
