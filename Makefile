@@ -40,6 +40,12 @@ $(S3RVER): tests/s3rver/package.json tests/s3rver/package-lock.json
 	npm ci --prefix tests/s3rver --no-audit --no-fund --loglevel=error
 	touch $(S3RVER)
 
+# tus-js-client under Node, for the resumable-upload tests (tests/test_tus_clients.py).
+TUS_NODE := tests/tus-node/node_modules/tus-js-client/package.json
+$(TUS_NODE): tests/tus-node/package.json tests/tus-node/package-lock.json
+	npm ci --prefix tests/tus-node --no-audit --no-fund --loglevel=error
+	touch $(TUS_NODE)
+
 ## Set up and run the service on its embedded defaults (SQLite under ./data, files in ./data/media).
 ## HOST and PORT choose the address: `make run PORT=8080`, `make run HOST=0.0.0.0`.
 run:
@@ -56,7 +62,7 @@ migrate: $(RUN_STAMP)
 ## and Redis if stopped, then lint, types and pytest.
 test:
 	@bash scripts/system-packages test
-	@$(MAKE) --no-print-directory lock-check $(TEST_STAMP) $(S3RVER) services
+	@$(MAKE) --no-print-directory lock-check $(TEST_STAMP) $(S3RVER) $(TUS_NODE) services
 	$(BIN)/ruff check mediasvc tests
 	$(BIN)/mypy
 	$(BIN)/pytest

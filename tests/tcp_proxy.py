@@ -1,0 +1,105 @@
+"""A loopback TCP proxy for the resumable-upload tests: counts the bytes clients send through
+it, and cuts or holds a connection once a number of them has crossed.
+
+It runs its own asyncio loop in a thread, so synchronous tests (a Node or CLI subprocess, the
+Playwright browser) can use it. A cut aborts both sides (RST): the client sees a network error
+mid-body, the server a disconnect, exactly as when a network breaks. A hold stops forwarding the
+crossing connection's bytes (the server sees a client that went quiet) until the proxy closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+CHUNK = 64 * 1024
+
+
+class TcpProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.sent = 0  # bytes clients sent through the proxy (towards the server), all told
+        self.connections = 0
+        self.cuts = 0
+        self.cut_at: int | None = None  # one-shot: abort every connection when `sent` crosses
+        self.hold_at: int | None = None  # one-shot: the crossing connection stops forwarding
+        self._loop = asyncio.new_event_loop()
+        self._open: set[asyncio.StreamWriter] = set()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the proxy did not start")
+        return self
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        for writer in self._open:
+            writer.transport.abort()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._open |= {client_w, server_w}
+        try:
+            await asyncio.gather(
+                self._pump(client_r, server_w, upstream=True),
+                self._pump(server_r, client_w, upstream=False),
+            )
+        finally:
+            for writer in (client_w, server_w):
+                self._open.discard(writer)
+                writer.transport.abort()
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(CHUNK):
+                if upstream:
+                    self.sent += len(data)
+                    if self.hold_at is not None and self.sent >= self.hold_at:
+                        self.hold_at = None
+                        await asyncio.Event().wait()  # never forwards again (until close)
+                    if self.cut_at is not None and self.sent >= self.cut_at:
+                        self.cut_at = None
+                        self.cuts += 1
+                        for open_writer in list(self._open):
+                            open_writer.transport.abort()
+                        return
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(OSError):
+            if writer.can_write_eof():
+                writer.write_eof()
+
+
+@contextlib.contextmanager
+def proxy_to(port: int) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(port).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
