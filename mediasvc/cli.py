@@ -253,7 +253,7 @@ def _positive(text: str) -> int:
 def _size(text: str) -> int:
     """A byte count with an optional binary unit: 1048576, 512K, 8M, 1G."""
     number, unit = text.upper().removesuffix("IB").removesuffix("B"), ""
-    if number[-1:] in _UNITS:
+    if number and number[-1] in _UNITS:
         number, unit = number[:-1], number[-1]
     if not number.isdigit() or int(number) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 1048576, 512K or 8M")
