@@ -31,7 +31,6 @@ from bench.context import Run
 from bench.mediasvc_ops import mediasvc_delete
 from bench.procfs import RSS_LABEL, RSS_UNIT, RssProbe
 from bench.stats import round_order
-
 from mediasvc.client import DELETE_TOKEN_HEADER
 
 TITLE = "resumable uploads (tus)"
