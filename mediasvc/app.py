@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 import mediasvc
-from mediasvc.api import docs, files, health, metrics, previews, problems, uploads
+from mediasvc.api import docs, files, health, metrics, previews, problems, tus, uploads
 from mediasvc.api.caching import JsonCacheControlMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
+from mediasvc.api.tus import TusMiddleware
 from mediasvc.config import Settings
 from mediasvc.db.migrations import check_current
 from mediasvc.media.tools import missing_tools_warning
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.queue.start()
             if warning := missing_tools_warning(services.jobs.media):
                 logger.warning("%s", warning)
+            services.uploads.observer = app.state.metrics
             app.state.services = services
             # Plain tasks, not a task group: a lifespan may be entered and left in two tasks.
             background = [
@@ -71,10 +74,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         JsonCacheControlMiddleware, schema_paths=frozenset({app.openapi_url or "/openapi.json"})
     )
     # Outermost, so every response (a 431 included) carries X-Request-ID and is logged.
+    app.add_middleware(TusMiddleware)  # Tus-Resumable on every answer, X-HTTP-Method-Override
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "PUT", *tus.METHODS],
+            allow_headers=list(tus.REQUEST_HEADERS),
+            expose_headers=list(tus.EXPOSED_HEADERS),
+            max_age=86400,
+        )
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(uploads.router)
+    app.include_router(tus.router)
     app.include_router(files.router)
     app.include_router(previews.router)
     docs.install(app)

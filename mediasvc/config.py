@@ -222,6 +222,38 @@ class Settings(BaseSettings):
     )
     max_link_expires_s: int = Field(default=7 * 86400, ge=1)
 
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='JSON list of origins (e.g. ["https://app.example"], or ["*"]) whose web '
+        "pages may call the API from a browser: CORS headers, those of tus included.",
+    )
+
+    # --- resumable uploads (issue 14) -----------------------------------------------------
+    upload_expires_after_s: int = Field(
+        default=86400,
+        ge=60,
+        description="An unfinished resumable upload expires this long after its last byte "
+        "(Upload-Expires); cleanup removes its bytes and row.",
+    )
+    upload_checkpoint_every_bytes: int = Field(
+        default=64 * MiB,
+        ge=4 * KiB,
+        description="A long resumable PATCH makes its bytes durable and records the offset "
+        "and hash state this often (a cut or crash keeps up to here).",
+    )
+    upload_takeover_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a request for a resumable upload waits for the request it takes "
+        "over, in another worker process, to let go (423 after that).",
+    )
+    upload_lease_check_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a resumable upload's writer looks whether a request in another "
+        "worker process took the upload over.",
+    )
+
     # --- jobs -----------------------------------------------------------------------------
     redis_url: str | None = Field(
         default=None,

@@ -11,6 +11,9 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     ├── Forbidden (403)
     ├── NotFound (404)
     ├── RequestTimeout (408)
+    ├── Conflict (409)
+    │   ├── OffsetMismatch
+    │   └── UploadTakenOver
     ├── Gone (410)
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
@@ -19,6 +22,8 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     ├── HeadersTooLarge (431)
     ├── RangeNotSatisfiable (416)
     ├── PreconditionFailed (412)
+    ├── Locked (423)
+    ├── ChecksumFailed (460, tus)
     ├── InvalidInput (422)
     │   ├── InvalidFilename
     │   └── ChecksumMismatch
@@ -90,6 +95,27 @@ class RequestTimeout(MediaServiceError):
     slug = "request-timeout"
 
 
+class Conflict(MediaServiceError):
+    status = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
+class OffsetMismatch(Conflict):
+    """A resumable upload's request starts somewhere else than where the upload is."""
+
+    slug = "offset-mismatch"
+
+
+class UploadTakenOver(Conflict):
+    """A newer request for the same resumable upload ended this one (what arrived is kept)."""
+
+    slug = "upload-taken-over"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
+
+
 class Gone(MediaServiceError):
     status = 410
     title = "Gone"
@@ -150,6 +176,23 @@ class RangeNotSatisfiable(MediaServiceError):
             f"no requested range starts inside the {size}-byte file",
             headers={"Content-Range": f"bytes */{size}"},
         )
+
+
+class Locked(MediaServiceError):
+    """Another process still writes this resumable upload and did not let go in time."""
+
+    status = 423
+    title = "Locked"
+    slug = "upload-locked"
+
+
+class ChecksumFailed(MediaServiceError):
+    """tus's checksum extension: the request body does not match its ``Upload-Checksum``
+    (nothing of it was kept)."""
+
+    status = 460
+    title = "Checksum Mismatch"
+    slug = "checksum-failed"
 
 
 class InvalidInput(MediaServiceError):

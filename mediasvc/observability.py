@@ -78,6 +78,30 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        # Resumable uploads (mediasvc/resumable/): this class is the engine's Observer.
+        self.resumable_writing = Gauge(
+            "mediasvc_resumable_uploads_in_progress",
+            "Requests writing a resumable upload right now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.resumable_bytes = Counter(
+            "mediasvc_resumable_bytes_received",
+            "Bytes kept by resumable upload requests",
+            registry=r,
+        )
+        self.resumptions = Counter(
+            "mediasvc_resumable_resumptions",
+            "Requests that continued a resumable upload past its first byte",
+            registry=r,
+        )
+        self.resumable_uploads = Gauge(
+            "mediasvc_resumable_uploads",
+            "Unfinished resumable uploads: open, or expired and waiting for cleanup",
+            ["state"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.disk_bytes = Gauge(
             "mediasvc_local_disk_bytes",
             "Media disk usage",
@@ -85,6 +109,15 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+
+    def writing(self, delta: int) -> None:
+        self.resumable_writing.inc(delta)
+
+    def received(self, n_bytes: int) -> None:
+        self.resumable_bytes.inc(n_bytes)
+
+    def resumed(self) -> None:
+        self.resumptions.inc()
 
 
 class ObservabilityMiddleware:

@@ -16,6 +16,7 @@ from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import after_new_file
 from mediasvc.jobs.queue import ArqQueue, InProcessQueue, JobQueue
 from mediasvc.jobs.runner import enqueue_all
+from mediasvc.resumable.engine import ResumableConfig, UploadEngine
 from mediasvc.storage.cloud import CloudStore
 from mediasvc.storage.local import LocalStore
 
@@ -28,6 +29,7 @@ class Services:
     cloud: CloudStore
     queue: JobQueue
     ingestor: Ingestor
+    uploads: UploadEngine  # resumable uploads (tus)
     keyring: KeyRing
     access_log: AccessLog
     jobs: JobContext  # what the in-process jobs use, and the API when it purges a file
@@ -43,17 +45,18 @@ class Services:
         async def after_upload(record: FileRecord) -> None:
             await enqueue_all(queue.enqueue, after_new_file(record.uid))
 
+        ingestor = Ingestor(
+            IngestConfig.from_settings(settings), jobs.store, jobs.db, after_commit=after_upload
+        )
         return cls(
             settings=settings,
             db=jobs.db,
             store=jobs.store,
             cloud=jobs.cloud,
             queue=queue,
-            ingestor=Ingestor(
-                IngestConfig.from_settings(settings),
-                jobs.store,
-                jobs.db,
-                after_commit=after_upload,
+            ingestor=ingestor,
+            uploads=UploadEngine(
+                ResumableConfig.from_settings(settings), ingestor, jobs.store, jobs.db
             ),
             keyring=KeyRing(settings.api_keys),
             access_log=AccessLog(jobs.db),

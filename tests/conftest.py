@@ -94,9 +94,10 @@ async def truncate(url: str) -> None:
     engine = make_engine(url)
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            await connection.execute(text("TRUNCATE files"))
+            await connection.execute(text("TRUNCATE files, uploads"))
         else:
             await connection.execute(text("DELETE FROM files"))
+            await connection.execute(text("DELETE FROM uploads"))
     await engine.dispose()
 
 

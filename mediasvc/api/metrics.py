@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 
 import anyio
 from fastapi import APIRouter, Request
@@ -15,6 +16,7 @@ from mediasvc.api.common import services_of
 from mediasvc.db.models import CloudStatus, FileRecord
 from mediasvc.errors import DatabaseUnavailable
 from mediasvc.observability import Metrics, multiprocess_dir
+from mediasvc.resumable.repository import count_unfinished
 
 router = APIRouter()
 
@@ -36,6 +38,10 @@ async def metrics(request: Request) -> Response:
                 )
             )
         collected.push_failed_files.set(failed or 0)
+        async with services.db.session() as session:
+            open_uploads, expired_uploads = await count_unfinished(session, datetime.now(UTC))
+        collected.resumable_uploads.labels("open").set(open_uploads)
+        collected.resumable_uploads.labels("expired").set(expired_uploads)
     except DatabaseUnavailable:
         pass  # the other metrics are still worth a scrape
     usage = await anyio.to_thread.run_sync(shutil.disk_usage, services.store.root)

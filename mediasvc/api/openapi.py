@@ -23,10 +23,14 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
+# Statuses outside the IANA registry that a protocol we speak defines.
+_PHRASES = {460: "Checksum Mismatch"}  # tus's checksum extension
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {
-            "description": HTTPStatus(status).phrase,
+            "description": _PHRASES.get(status) or HTTPStatus(status).phrase,
             "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
         }
         for status in statuses

@@ -1,4 +1,5 @@
-"""SQLAlchemy models. One table: a row per file, kept as a tombstone once the file is gone."""
+"""SQLAlchemy models: a row per file (kept as a tombstone once the file is gone), and a row per
+resumable upload while it is under way (mediasvc/resumable/)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -125,4 +127,43 @@ class FileRecord(Base):
         Index("ix_files_expires_at", "expires_at"),
         Index("ix_files_probe_status", "probe_status"),
         Index("ix_files_derived_from", "derived_from"),
+    )
+
+
+class UploadConcat(enum.StrEnum):
+    PARTIAL = "partial"  # a piece of a later final upload; never a file of its own
+    FINAL = "final"  # the concatenation of finished partial uploads
+
+
+class UploadRecord(Base):
+    """A resumable upload: its offset is the count of bytes durably in its ``.upload`` file and
+    ``hash_state`` the sha256 state after exactly those bytes (both written together at each
+    checkpoint). Once complete, the file of the same uid exists and the row stays (HEAD still
+    answers) until it expires."""
+
+    __tablename__ = "uploads"
+
+    uid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    length: Mapped[int | None] = mapped_column(BigInteger)  # None: deferred
+    # rehashes' serialized SHA-256 state after ``offset`` bytes.
+    hash_state: Mapped[bytes] = mapped_column(LargeBinary)
+    # The state the hashing started from: a fresh hash, or for a partial upload, where the
+    # partial finished just before it by the same owner ended (concatenation continues it).
+    hash_start: Mapped[bytes] = mapped_column(LargeBinary)
+    metadata_header: Mapped[str | None] = mapped_column(Text)  # Upload-Metadata as received
+    owner: Mapped[str | None] = mapped_column(String(64))
+    concat: Mapped[str | None] = mapped_column(String(8))  # UploadConcat, None: a plain upload
+    parts: Mapped[list[str] | None] = mapped_column(JSON)  # a final upload's partials, in order
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Raised by each request that takes the upload over: the writer holding it sees the change
+    # at its next look and ends (resumable/writers.py).
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_uploads_expires_at", "expires_at"),
+        Index("ix_uploads_owner_completed", "owner", "concat", "completed_at"),
     )

@@ -8,24 +8,52 @@ transaction-scoped lock across them (db/commit_window.py). Callers never commit 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, and_, case, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mediasvc.db.models import CloudStatus, FileRecord, GoneReason, ProbeStatus
+from mediasvc.db.models import CloudStatus, FileRecord, GoneReason, ProbeStatus, UploadRecord
 
 # A row that is not a tombstone.
 _LIVE = FileRecord.gone_reason.is_(None)
 
 
+@dataclass(frozen=True, slots=True)
+class UploadCompletion:
+    """A resumable upload's row, once its file is committed (mediasvc/resumable/)."""
+
+    completed_at: datetime
+    expires_at: datetime  # the row (not the file) is kept until then, so HEAD still answers
+    hash_state: bytes
+
+
 async def add_new_file(
-    session: AsyncSession, record: FileRecord, *, faststart_of: str | None = None
+    session: AsyncSession,
+    record: FileRecord,
+    *,
+    faststart_of: str | None = None,
+    completes_upload: UploadCompletion | None = None,
 ) -> bool:
     """Insert ``record``; with ``faststart_of``, that live original points to it in the same
-    transaction, and nothing is written (False) if the original is gone."""
+    transaction, and nothing is written (False) if the original is gone. With
+    ``completes_upload``, the resumable upload of the same uid is marked complete in it too."""
     session.add(record)
+    if completes_upload is not None:
+        await session.execute(
+            update(UploadRecord)
+            .where(UploadRecord.uid == record.uid)
+            .values(
+                offset=record.size,
+                length=record.size,
+                completed_at=completes_upload.completed_at,
+                updated_at=completes_upload.completed_at,
+                expires_at=completes_upload.expires_at,
+                hash_state=completes_upload.hash_state,
+            )
+        )
     if faststart_of is not None:
         linked = await session.execute(
             update(FileRecord)

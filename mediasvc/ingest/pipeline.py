@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 
 from mediasvc.db.models import FileRecord
+from mediasvc.db.repository import UploadCompletion
 from mediasvc.db.session import Database
 from mediasvc.errors import PayloadTooLarge
 from mediasvc.ids import hash_token, new_delete_token, new_uid
@@ -35,6 +36,7 @@ from mediasvc.ingest.names import extension_of
 from mediasvc.ingest.sink import FileSink, ReceivedFile
 from mediasvc.ingest.sniff import choose_format
 from mediasvc.storage.local import LocalStore
+from mediasvc.storage.part import PartFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ class Ingestor:
         db: Database,
         after_commit: AfterCommit | None = None,
     ) -> None:
-        self._config = config
+        self.config = config
         self._store = store
         self._db = db
         self._after_commit = after_commit
@@ -127,8 +129,8 @@ class Ingestor:
             reader = MultipartFileReader(
                 facts.declared_type,
                 sink,
-                max_parts=self._config.multipart_max_parts,
-                max_part_header_bytes=self._config.multipart_max_part_header_bytes,
+                max_parts=self.config.multipart_max_parts,
+                max_part_header_bytes=self.config.multipart_max_part_header_bytes,
             )
             await self._pump(chunks, sink, reader.process, max_body_bytes)
             reader.check_complete()
@@ -148,7 +150,7 @@ class Ingestor:
         *,
         allowance_bytes: int,
     ) -> StoredUpload:
-        limit = self._config.max_upload_size_bytes
+        limit = self.config.max_upload_size_bytes
         max_body_bytes = limit + allowance_bytes if limit else 0
         length = facts.declared_length
         if length is not None and max_body_bytes and length > max_body_bytes:
@@ -167,35 +169,62 @@ class Ingestor:
         max_body_bytes: int,
     ) -> StoredUpload:
         part = await anyio.to_thread.run_sync(self._store.create_part, new_uid())
-        sink = FileSink(part, max_size_bytes=self._config.max_upload_size_bytes)
+        sink = FileSink(part, max_size_bytes=self.config.max_upload_size_bytes)
         try:
             if facts.declared_length:
                 await anyio.to_thread.run_sync(part.reserve, facts.declared_length)
             received = await receive(chunks, sink, max_body_bytes)
             checksum.verify(facts.expected_sha256, received.file.sha256)
-            volume = await anyio.to_thread.run_sync(lambda: self._store.volume_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(part.discard)
             raise
 
+        return await self.commit_file(
+            part,
+            sha256=received.file.sha256,
+            name=received.name,
+            declared_type=received.declared_type,
+            head=received.file.head,
+            options=options,
+        )
+
+    async def commit_file(
+        self,
+        part: PartFile,
+        *,
+        sha256: str,
+        name: str | None,
+        declared_type: str | None,
+        head: bytes,
+        options: UploadOptions,
+        completes_upload: UploadCompletion | None = None,
+    ) -> StoredUpload:
+        """A finished part file becomes a file: its row (with a new delete token), the rename,
+        then the jobs every new file gets. A resumable upload ends here too."""
+        try:
+            volume = await anyio.to_thread.run_sync(lambda: self._store.volume_id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(part.discard)
+            raise
         delete_token = new_delete_token()
         now = datetime.now(UTC)
         expires_in = timedelta(seconds=options.expires_in_s) if options.expires_in_s else None
         record = new_record(
             part,
-            sha256=received.file.sha256,
+            sha256=sha256,
             created_at=now,
-            original_name=received.name,
-            extension=extension_of(received.name),
-            media_type=choose_format(received.declared_type, received.file.head),
+            original_name=name,
+            extension=extension_of(name),
+            media_type=choose_format(declared_type, head),
             expires_at=now + expires_in if expires_in else None,
             max_downloads=options.max_downloads,
             owner=options.owner,
             delete_token_hash=hash_token(delete_token),
             volume=volume,
         )
-        await commit_part(self._db, part, record)
+        await commit_part(self._db, part, record, completes_upload=completes_upload)
         if self._after_commit is not None:
             await self._after_commit(record)
         return StoredUpload(record=record, delete_token=delete_token)

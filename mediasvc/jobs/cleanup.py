@@ -27,6 +27,7 @@ from mediasvc.db import repository
 from mediasvc.db.models import FileRecord
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.volume_audit import VolumeReport, audit_volume
+from mediasvc.resumable.expiry import expire_uploads
 from mediasvc.storage.cloud import CloudError, key_for, preview_key_for
 from mediasvc.storage.local import PART_SUFFIX
 
@@ -38,6 +39,7 @@ CLEANUP_BATCH = 500
 @dataclass(slots=True)
 class CleanupReport:
     expired: int = 0
+    expired_uploads: int = 0  # resumable uploads (and finished ones' rows) past their expiry
     purged: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
     swept_parts: int = 0
@@ -49,6 +51,7 @@ async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupRep
     now = now or datetime.now(UTC)
     report = CleanupReport()
     report.expired = await _expire(ctx, now)
+    report.expired_uploads = await expire_uploads(ctx.db, ctx.store, now, batch=CLEANUP_BATCH)
     report.purged = await _purge_gone(ctx)
     report.evicted = await _evict(ctx, now)
     report.swept_parts = await anyio.to_thread.run_sync(_sweep_parts, ctx, time.time())

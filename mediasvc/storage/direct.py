@@ -37,21 +37,85 @@ def _is_aligned(view: memoryview) -> bool:
 
 
 class AppendOnlyFile:
-    """Blocking writes: call from a worker thread. Creates ``path``, never overwrites it."""
+    """Blocking writes: call from a worker thread. Creates ``path``, never overwrites it; or,
+    with ``resume_at``, reopens an existing file to append at that offset (what lies past it is
+    cut off: bytes written after the last checkpoint of a resumable upload)."""
 
-    def __init__(self, path: Path, *, direct: bool) -> None:
-        # O_EXCL: a UID collision (or a stale file) must never be silently overwritten.
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    def __init__(self, path: Path, *, direct: bool, resume_at: int | None = None) -> None:
+        if resume_at is None:
+            # O_EXCL: a UID collision (or a stale file) must never be silently overwritten.
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        else:
+            self.fd = os.open(path, os.O_RDWR)
         self.direct = False
         self._stage: mmap.mmap | None = None
         self._staged = 0
-        if direct and hasattr(os, "O_DIRECT"):
-            try:
+        try:
+            tail = self._cut_at(resume_at) if resume_at is not None else b""
+            if direct and hasattr(os, "O_DIRECT"):
                 self._enter_direct()
-            except BaseException:  # the caller has no object to clean up: do it here
-                os.close(self.fd)
+            if resume_at is not None:
+                self._position_at(resume_at, tail)
+        except BaseException:  # the caller has no object to clean up: do it here
+            os.close(self.fd)
+            if resume_at is None:
                 path.unlink(missing_ok=True)
-                raise
+            raise
+
+    def _cut_at(self, offset: int) -> bytes:
+        """Cut the file at ``offset``; the bytes of its last, partial block (read before
+        O_DIRECT is on: a direct read must be aligned too)."""
+        os.ftruncate(self.fd, offset)
+        base = offset - offset % ALIGN
+        tail = os.pread(self.fd, offset - base, base)
+        if len(tail) != offset - base:
+            raise OSError(errno.EIO, "short read of the part file's last block")
+        return tail
+
+    def _position_at(self, offset: int, tail: bytes) -> None:
+        """Append from ``offset``. O_DIRECT writes must start on a block boundary: the bytes of
+        the last, partial block go into the staging buffer and the position back to the
+        block's start, so the next direct write rewrites them (the same bytes) together with
+        what follows."""
+        if not self.direct:
+            os.lseek(self.fd, offset, os.SEEK_SET)
+            return
+        assert self._stage is not None
+        self._stage[: len(tail)] = tail
+        self._staged = len(tail)
+        os.lseek(self.fd, offset - len(tail), os.SEEK_SET)
+
+    def sync(self, *, fsync: bool = True) -> None:
+        """Make every byte written so far durable (fsync) without leaving direct I/O.
+
+        Whole staged blocks are written directly; the partial block at the end is written
+        through the page cache at its place (``pwrite``) but also stays staged, and the
+        position stays on its block boundary, so the next direct write rewrites it whole.
+        """
+        if self._staged and self.direct:
+            assert self._stage is not None
+            aligned = self._staged - self._staged % ALIGN
+            if aligned:
+                rest = self._staged - aligned
+                self._write_direct(memoryview(self._stage)[:aligned])
+                self._stage[:rest] = self._stage[aligned : self._staged]
+                self._staged = rest
+            if self._staged and self.direct:
+                position = os.lseek(self.fd, 0, os.SEEK_CUR)
+                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                try:
+                    tail, done = memoryview(self._stage)[: self._staged], 0
+                    while done < len(tail):
+                        done += os.pwrite(self.fd, tail[done:], position + done)
+                finally:
+                    fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
+            elif self._staged:  # a direct write fell back to the page cache meanwhile
+                staged = memoryview(self._stage)[: self._staged]
+                self._staged = 0
+                self._write_all(staged)
+        if fsync:
+            os.fsync(self.fd)
 
     def _enter_direct(self) -> None:
         try:

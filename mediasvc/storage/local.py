@@ -3,6 +3,10 @@
 Every new file arrives through a part file the store hands out (``create_part``; storage/part.py
 owns writing, reserving, fsync, the rename and the 507 for a full disk).
 
+A resumable upload's bytes wait in ``<root>/.incoming/<uid>.upload`` between its requests
+(``create_upload``, ``open_upload``): not ``.part``, which the cleanup's sweep of crashed
+uploads would take from an upload whose client comes back after a day; its row's expiry decides.
+
 A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``.
 ``<root>/.volume-id`` names this media volume: a row records the volume that holds its local
 copy, so a node never judges another node's files by its own disk.
@@ -25,6 +29,7 @@ from mediasvc.storage.part import PartFile, translate_os_error
 
 INCOMING_DIR = ".incoming"
 PART_SUFFIX = ".part"
+UPLOAD_SUFFIX = ".upload"
 VOLUME_ID_FILE = ".volume-id"
 
 
@@ -89,6 +94,35 @@ class LocalStore:
             uid=uid,
             written_by_tool=written_by_tool,
         )
+
+    def upload_path_for(self, uid: str) -> Path:
+        return self.incoming / f"{uid}{UPLOAD_SUFFIX}"
+
+    def create_upload(self, uid: str) -> None:
+        """The empty file of a new resumable upload (blocking)."""
+        try:
+            fd = os.open(self.upload_path_for(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            os.close(fd)
+            if self.fsync:
+                fsync_dir(self.incoming)
+        except OSError as exc:
+            raise translate_os_error(exc) from exc
+
+    def open_upload(self, uid: str, offset: int) -> PartFile:
+        """A resumable upload's file, reopened to append at ``offset``, its last checkpoint
+        (blocking); committed like any part file once complete."""
+        return PartFile(
+            self.upload_path_for(uid),
+            fsync=self.fsync,
+            direct_io=self.direct_io,
+            store=self,
+            uid=uid,
+            resume_at=offset,
+        )
+
+    def remove_upload(self, uid: str) -> bool:
+        """Delete a resumable upload's bytes (blocking); True if there were any."""
+        return _unlink(self.upload_path_for(uid))
 
     def commit(self, part_path: Path, uid: str) -> Path:
         """Atomically move a finished, fsynced ``.part`` file to its UID path (blocking);

@@ -11,6 +11,9 @@ remux, later a resumable upload's PATCHes) never touches paths, fsync, renames o
   (storage/direct.py). The write runs in this file's writer thread, at most ``WRITES_BEHIND``
   behind the caller, so the caller (which hashes) and the disk overlap; the returned future says
   when ``data`` may be reused.
+- ``checkpoint()``: every byte appended so far is durable (fsync); appends go on. A resumable
+  upload records its offset only after this, and reopens its part later with ``resume_at``
+  (what a crash left past the recorded offset is cut off).
 - ``finish()``: the bytes are durable (flush, fsync) and the file is closed.
 - ``commit()``: atomic rename into ``<root>/<uid[:2]>/<uid>``, directories fsynced.
 - ``discard()``: whatever of it is on disk goes, before or after ``commit()``; safe to repeat.
@@ -52,15 +55,17 @@ class PartFile:
         store: LocalStore | None = None,
         uid: str | None = None,
         written_by_tool: bool = False,
+        resume_at: int | None = None,
     ) -> None:
-        """Create ``path`` (never overwriting a file). ``store`` and ``uid``: where it is
+        """Create ``path`` (never overwriting a file), or with ``resume_at``, reopen it to append
+        at that offset (a resumable upload's next request). ``store`` and ``uid``: where it is
         committed, and whose free space it keeps (without them, a scratch file that only
         ``finish()`` and ``discard()`` apply to). ``written_by_tool``: another program (ffmpeg)
         writes it by its path; there are no appends, ``finish()`` makes what it wrote durable.
         """
         self.path = path
         self.uid = uid
-        self.size = 0  # bytes appended; after finish(), the file's size
+        self.size = resume_at or 0  # the file's bytes: appended, and before, resumed from
         self._fsync = fsync
         self._store = store
         self._reserved = 0
@@ -74,7 +79,7 @@ class PartFile:
             if written_by_tool:
                 path.touch(mode=0o640, exist_ok=False)
             else:
-                self._file = AppendOnlyFile(path, direct=direct_io)
+                self._file = AppendOnlyFile(path, direct=direct_io, resume_at=resume_at)
         except OSError as exc:  # a disk out of inodes fails here with ENOSPC: 507, not 500
             raise translate_os_error(exc) from exc
 
@@ -128,6 +133,22 @@ class PartFile:
             writer, self._writer = self._writer, None
             writer.shutdown(wait=True)
 
+    def checkpoint(self) -> None:
+        """Make every byte appended so far durable; appends may go on afterwards. Call from the
+        thread that appends (no append may run meanwhile)."""
+        assert self._file is not None
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+            if self._write_error is not None:
+                raise self._write_error
+            self._file.sync(fsync=self._fsync)
+        except OSError as exc:
+            error = translate_os_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
     def finish(self) -> int:
         """Make the bytes durable and close the file; its size."""
         try:
@@ -164,6 +185,14 @@ class PartFile:
         if self._committed is not None:
             self._committed.unlink(missing_ok=True)
             self._committed = None
+
+    def cut_back(self, size: int) -> None:
+        """Close and cut the file back to ``size`` bytes (a resumable upload's last
+        checkpoint): what came after it does not count."""
+        self._close()
+        with contextlib.suppress(FileNotFoundError):  # already gone: nothing to keep
+            os.truncate(self.path, size)
+        self.size = size
 
     def _finish_tool_output(self) -> int:
         with self.path.open("rb") as file:

@@ -1,0 +1,580 @@
+"""The resumable upload engine, whatever the protocol speaking to it (tus today: api/tus.py).
+
+An upload is a row (``uploads``: offset, length, the whole file's SHA-256 state, metadata,
+owner, expiry) and a file, ``.incoming/<uid>.upload``. Each request that brings bytes:
+
+    take over (resumable/writers.py: one writer per upload) ─▶ reopen the file at the row's
+    offset (cutting what a crash left past it) ─▶ BodyReader ─▶ BatchingFeeder ─▶ ResumableSink
+    (hash, append; fsync + row at each checkpoint) ─▶ last checkpoint ─▶ complete?
+
+It reuses the plain upload's parts (ingest/pipeline.py's Ingestor): admission (503/429), the
+body reader (408, 413), the batch buffers, the disk checks (507), and on completion
+``Ingestor.commit_file``: the file gets the same row, delete token and jobs as a plain upload,
+and the upload row is marked complete in the same transaction.
+
+Cuts keep what arrived: when the client disconnects, the body times out or a newer request
+takes over, the partly filled batch is still written, and the offset recorded, so the next
+``state()`` tells the truth. A request that carries a checksum of its body is the exception:
+none of its bytes count unless all of them arrived and match.
+
+The uid of an upload is the uid of its file: ``/api/v1/files/{uid}`` once complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+from starlette.requests import ClientDisconnect
+
+from mediasvc.config import Settings
+from mediasvc.db.models import UploadConcat, UploadRecord
+from mediasvc.db.repository import UploadCompletion
+from mediasvc.db.session import Database
+from mediasvc.errors import (
+    BadRequest,
+    ChecksumFailed,
+    ChecksumMismatch,
+    Forbidden,
+    Gone,
+    MediaServiceError,
+    NotFound,
+    OffsetMismatch,
+    PayloadTooLarge,
+    RequestTimeout,
+    UploadTakenOver,
+)
+from mediasvc.ids import new_uid
+from mediasvc.ingest import checksum as declared
+from mediasvc.ingest.feeder import BatchingFeeder
+from mediasvc.ingest.pipeline import Ingestor, StoredUpload, UploadOptions
+from mediasvc.ingest.sink import SNIFF_HEAD_BYTES
+from mediasvc.resumable import repository
+from mediasvc.resumable.concat import assemble
+from mediasvc.resumable.expiry import remove_upload
+from mediasvc.resumable.hashing import ResumableSha256, fresh_state
+from mediasvc.resumable.metadata import FileOptions, file_options, parse_metadata
+from mediasvc.resumable.sink import BodyChecksum, Checkpoint, ResumableSink
+from mediasvc.resumable.writers import Lease, Writers
+from mediasvc.storage.local import LocalStore
+from mediasvc.storage.part import PartFile
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumableConfig:
+    expires_after_s: int = 86400  # an unfinished upload, after its last byte
+    checkpoint_every_bytes: int = 64 * 1024 * 1024
+    takeover_wait_s: float = 10.0
+    lease_check_s: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResumableConfig:
+        return cls(
+            expires_after_s=settings.upload_expires_after_s,
+            checkpoint_every_bytes=settings.upload_checkpoint_every_bytes,
+            takeover_wait_s=settings.upload_takeover_wait_s,
+            lease_check_s=settings.upload_lease_check_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    """What a protocol layer tells a client about an upload."""
+
+    uid: str
+    offset: int
+    length: int | None  # None: deferred
+    expires_at: datetime
+    metadata_header: str | None
+    concat: str | None  # UploadConcat
+    parts: tuple[str, ...]
+    complete: bool
+
+    @classmethod
+    def of(cls, row: UploadRecord) -> UploadState:
+        return cls(
+            uid=row.uid,
+            offset=row.offset,
+            length=row.length,
+            expires_at=row.expires_at,
+            metadata_header=row.metadata_header,
+            concat=row.concat,
+            parts=tuple(row.parts or ()),
+            complete=row.completed_at is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """After a request that brought bytes: where the upload is, and its file if it is done."""
+
+    upload: UploadState
+    stored: StoredUpload | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewUpload:
+    length: int | None  # None: deferred, told by a later request
+    metadata_header: str | None
+    owner: str | None
+    partial: bool = False  # a piece of a later concatenation
+    parts: tuple[str, ...] = ()  # a final upload: its partials, in order
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Body:
+    """A request's bytes for an upload."""
+
+    chunks: AsyncIterable[bytes]
+    offset: int  # where the client says they go
+    length: int | None = None  # the body's length, when declared
+    upload_length: int | None = None  # the upload's deferred length, when this request tells it
+    checksum: BodyChecksum | None = None
+    client: str | None = None  # the client's address, for the per-client cap
+
+
+class Observer:
+    """What the engine reports to the metrics (observability.Metrics implements it)."""
+
+    def writing(self, delta: int) -> None: ...
+    def received(self, n_bytes: int) -> None: ...
+    def resumed(self) -> None: ...
+
+
+class UploadEngine:
+    def __init__(
+        self,
+        config: ResumableConfig,
+        ingestor: Ingestor,
+        store: LocalStore,
+        db: Database,
+    ) -> None:
+        self.config = config
+        self._ingestor = ingestor
+        self._store = store
+        self._db = db
+        self._writers = Writers(db, wait_s=config.takeover_wait_s, check_s=config.lease_check_s)
+        self.observer = Observer()
+
+    @property
+    def max_size_bytes(self) -> int:
+        """The largest upload accepted (0: no limit)."""
+        return self._ingestor.config.max_upload_size_bytes
+
+    # --- creating ----------------------------------------------------------------------------
+
+    async def create(self, new: NewUpload) -> UploadState:
+        """A new, empty upload; 400 for bad metadata, 413 over the size limit, 507 if its
+        declared length does not fit on the disk."""
+        options = file_options(parse_metadata(new.metadata_header))
+        self._check_length(new.length)
+        if options.sha256 and new.partial:
+            raise BadRequest("a partial upload has no sha256 of its own: give it to the final one")
+        await anyio.to_thread.run_sync(self._store.ensure_room_for, new.length or 0)
+        uid = new_uid()
+        now = datetime.now(UTC)
+        row = UploadRecord(
+            uid=uid,
+            offset=0,
+            length=new.length,
+            hash_state=fresh_state(),
+            hash_start=fresh_state(),
+            metadata_header=new.metadata_header,
+            owner=new.owner,
+            concat=_concat_of(new),
+            parts=list(new.parts) or None,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=self.config.expires_after_s),
+            completed_at=None,
+            generation=0,
+        )
+        await anyio.to_thread.run_sync(self._store.create_upload, uid)
+        try:
+            async with self._db.session() as session:
+                await repository.add(session, row)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._store.remove_upload, uid)
+            raise
+        return UploadState.of(row)
+
+    async def create_and_append(self, new: NewUpload, body: Body | None) -> Appended:
+        """Create, then take the creating request's body (tus creation-with-upload); an upload
+        of length 0 is complete at once."""
+        state = await self.create(new)
+        if body is None and state.length != 0:
+            return Appended(state)
+        empty = Body(chunks=_nothing(), offset=0)
+        return await self.append(state.uid, new.owner, body or empty)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def state(self, uid: str, owner: str | None) -> UploadState:
+        """404 for an unknown upload or another owner's, 410 for an expired one."""
+        return UploadState.of(await self._live(uid, owner))
+
+    # --- appending ---------------------------------------------------------------------------
+
+    async def append(self, uid: str, owner: str | None, body: Body) -> Appended:
+        """Append ``body`` at its offset (409 if the upload is elsewhere); takes the upload over
+        from a request still writing it. Completes the upload when its last byte arrives."""
+        row = await self._live(uid, owner)
+        if row.concat == UploadConcat.FINAL.value:
+            raise Forbidden("a final (concatenated) upload takes no bytes of its own")
+        length = self._new_length(row, body.upload_length)
+        if body.length is not None and length is not None and body.offset + body.length > length:
+            raise PayloadTooLarge(
+                f"{body.length} bytes at offset {body.offset} go past the upload's "
+                f"{length}-byte length"
+            )
+        with self._ingestor.admission.admit(body.client):
+            async with self._writers.hold(uid, self._store.upload_path_for(uid)) as lease:
+                row = await self._live(uid, owner)  # as the request we took over left it
+                if body.offset != row.offset:
+                    raise OffsetMismatch(
+                        f"the upload is at offset {row.offset}, not {body.offset}",
+                        headers={"Upload-Offset": str(row.offset)},
+                    )
+                if row.completed_at is not None:
+                    if body.length:
+                        raise PayloadTooLarge("the upload is complete: it takes no more bytes")
+                    return Appended(UploadState.of(row))
+                if length is not None and row.length is None:
+                    async with self._db.session() as session:
+                        await repository.set_length(session, uid, length)
+                    row.length = length
+                if body.length:
+                    await anyio.to_thread.run_sync(self._store.ensure_room_for, body.length)
+                self.observer.writing(1)
+                try:
+                    return await self._receive(row, lease, body)
+                finally:
+                    self.observer.writing(-1)
+
+    async def _receive(self, row: UploadRecord, lease: Lease, body: Body) -> Appended:
+        start = row.offset
+        if row.concat == UploadConcat.PARTIAL.value and start == 0:
+            row.hash_start = row.hash_state = await self._chain_start(row.owner)
+        if start > 0:
+            self.observer.resumed()
+        part = await anyio.to_thread.run_sync(self._store.open_upload, row.uid, start)
+        saver = _RowSaver(self, row, lease)
+        limit = row.length if row.length is not None else self.max_size_bytes
+        sink = ResumableSink(
+            part,
+            ResumableSha256(row.hash_state),
+            limit_bytes=limit,
+            checkpoint_every_bytes=self.config.checkpoint_every_bytes,
+            on_checkpoint=saver.submit_threadsafe,
+            checksum=body.checksum,
+        )
+        try:
+            if body.length:
+                await anyio.to_thread.run_sync(part.reserve, start + body.length)
+            cut = await self._pump(body, sink, lease, limit - start if limit else 0)
+            end = await anyio.to_thread.run_sync(sink.finish)
+            if body.checksum is not None and (cut is not None or not sink.checksum_matches()):
+                # Not verified, or wrong: none of this request's bytes count.
+                await anyio.to_thread.run_sync(part.cut_back, start)
+                end = Checkpoint(start, row.hash_state)
+                cut = cut or ChecksumFailed(
+                    f"the request's body does not have its {body.checksum.algorithm} "
+                    "checksum: none of it was kept"
+                )
+            self.observer.received(end.offset - start)
+            await saver.save(end)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                # A write failed (507), the body broke a rule (413) or something else: keep
+                # what the last checkpoint recorded, give the rest of the disk back.
+                await anyio.to_thread.run_sync(part.cut_back, saver.saved_offset)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await saver.close()
+        if cut is not None:
+            raise cut
+        row.offset = end.offset
+        if row.length is not None and end.offset == row.length:
+            if row.concat == UploadConcat.PARTIAL.value:
+                return Appended(await self._finish_partial(row, end))
+            return await self._complete(row, part, end, sink.sha256())
+        return Appended(UploadState.of(row))
+
+    async def _pump(
+        self, body: Body, sink: ResumableSink, lease: Lease, max_bytes: int
+    ) -> MediaServiceError | None:
+        """Read the body into the sink; a cut (the client left, the body timed out, a newer
+        request took over) is returned, not raised: what arrived before it is kept."""
+        ingestor = self._ingestor
+        feeder = BatchingFeeder(sink.write, pool=ingestor.buffers, on_idle=sink.park)
+        cut: MediaServiceError | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                lease.on_end(scope.cancel)
+                try:
+                    await ingestor.body_reader.read(
+                        body.chunks, feeder.feed, max_bytes=max_bytes, on_quiet=feeder.release
+                    )
+                except RequestTimeout as exc:
+                    cut = exc
+                except ClientDisconnect:
+                    cut = BadRequest("the client disconnected before the body ended")
+            lease.on_end(None)
+            if scope.cancelled_caught:
+                cut = UploadTakenOver("a newer request for this upload took it over")
+            await feeder.close()
+        finally:
+            await feeder.drain()
+        return cut
+
+    # --- completing --------------------------------------------------------------------------
+
+    async def _complete(
+        self, row: UploadRecord, part: PartFile, end: Checkpoint, sha256: str
+    ) -> Appended:
+        options = file_options(parse_metadata(row.metadata_header))
+        try:
+            declared.verify([options.sha256] if options.sha256 else [], sha256)
+        except ChecksumMismatch:
+            await self._remove(row.uid)  # whole and wrong: nothing to resume
+            raise
+        head = await anyio.to_thread.run_sync(_read_head, part)
+        now = datetime.now(UTC)
+        try:
+            stored = await self._ingestor.commit_file(
+                part,
+                sha256=sha256,
+                name=options.filename,
+                declared_type=options.filetype,
+                head=head,
+                options=_upload_options(options, row.owner),
+                completes_upload=UploadCompletion(
+                    completed_at=now,
+                    expires_at=now + timedelta(seconds=self.config.expires_after_s),
+                    hash_state=end.hash_state,
+                ),
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._remove(row.uid)  # commit_file removed the bytes already
+            raise
+        async with self._db.session() as session:
+            done = await repository.get(session, row.uid)
+        assert done is not None
+        return Appended(UploadState.of(done), stored)
+
+    async def _finish_partial(self, row: UploadRecord, end: Checkpoint) -> UploadState:
+        now = datetime.now(UTC)
+        async with self._db.session() as session:
+            await repository.checkpoint(
+                session,
+                row.uid,
+                offset=end.offset,
+                hash_state=end.hash_state,
+                now=now,
+                expires_at=row.expires_at,
+                completed_at=now,
+            )
+            done = await repository.get(session, row.uid)
+        assert done is not None
+        return UploadState.of(done)
+
+    async def _chain_start(self, owner: str | None) -> bytes:
+        """Where a partial upload's hash starts: where the owner's last finished partial
+        ended, so that parts sent one after another concatenate without a reread
+        (resumable/concat.py); a fresh hash when there is none."""
+        async with self._db.session() as session:
+            previous = await repository.last_finished_partial(session, owner)
+        return previous.hash_state if previous is not None else fresh_state()
+
+    # --- concatenating -----------------------------------------------------------------------
+
+    async def concatenate(
+        self, parts: list[str], *, metadata_header: str | None, owner: str | None
+    ) -> Appended:
+        """A final upload made of finished partial uploads, in this order; it completes at
+        once (resumable/concat.py says when that rereads the parts)."""
+        if not parts:
+            raise BadRequest("Upload-Concat: final names no partial upload")
+        async with self._db.session() as session:
+            found = await repository.get_many(session, parts)
+        rows = [self._partial(found.get(uid), uid, owner) for uid in parts]
+        length = sum(row.offset for row in rows)
+        self._check_length(length)
+        new = NewUpload(
+            length=length, metadata_header=metadata_header, owner=owner, parts=tuple(parts)
+        )
+        uid = (await self.create(new)).uid
+        try:
+            async with self._writers.hold(uid, self._store.upload_path_for(uid)):
+                await anyio.to_thread.run_sync(self._store.ensure_room_for, length)
+                assembled = await anyio.to_thread.run_sync(
+                    assemble, self._store, uid, rows, self._ingestor.config.io_chunk_size_bytes
+                )
+                if assembled.reread:
+                    logger.info("upload %s: reread partial uploads %s", uid, assembled.reread)
+                sha = assembled.hasher
+                part = await anyio.to_thread.run_sync(self._store.open_upload, uid, length)
+                await anyio.to_thread.run_sync(part.finish)
+                async with self._db.session() as session:
+                    row = await repository.get(session, uid)
+                assert row is not None
+                end = Checkpoint(length, sha.state())
+                result = await self._complete(row, part, end, sha.hexdigest())
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._remove(uid)
+            raise
+        for partial in rows:  # used: their bytes are in the final file now
+            await self._remove(partial.uid)
+        return result
+
+    def _partial(self, row: UploadRecord | None, uid: str, owner: str | None) -> UploadRecord:
+        if row is None or row.owner != owner:
+            raise BadRequest(f"Upload-Concat names {uid}, which is no upload of yours")
+        if row.concat != UploadConcat.PARTIAL.value:
+            raise BadRequest(f"Upload-Concat names {uid}, which is not a partial upload")
+        if row.completed_at is None:
+            raise BadRequest(f"partial upload {uid} is not finished")
+        return row
+
+    # --- ending ------------------------------------------------------------------------------
+
+    async def terminate(self, uid: str, owner: str | None) -> None:
+        """Remove an unfinished upload, bytes and row (tus termination); a request writing it
+        ends first. A finished one is a file: 403, it is deleted with its delete token."""
+        row = await self._live(uid, owner)
+        if row.completed_at is not None and row.concat != UploadConcat.PARTIAL.value:
+            raise Forbidden(
+                f"upload {uid} is complete: delete the file with DELETE /api/v1/files/{uid} "
+                "and its delete token"
+            )
+        async with self._writers.hold(uid, self._store.upload_path_for(uid)):
+            await self._remove(uid)
+
+    async def _remove(self, uid: str) -> None:
+        await remove_upload(self._db, self._store, uid)
+
+    # --- checks ------------------------------------------------------------------------------
+
+    async def _live(self, uid: str, owner: str | None) -> UploadRecord:
+        async with self._db.session() as session:
+            row = await repository.get(session, uid)
+        # Another key's upload is not found, rather than forbidden: its uid tells nobody else
+        # that it exists.
+        if row is None or row.owner != owner:
+            raise NotFound(f"no upload {uid}")
+        if row.expires_at <= datetime.now(UTC):
+            raise Gone(f"upload {uid} expired")
+        return row
+
+    def _check_length(self, length: int | None) -> None:
+        limit = self.max_size_bytes
+        if length is not None and limit and length > limit:
+            raise PayloadTooLarge(f"the upload is {length} bytes; files may be at most {limit}")
+
+    def _new_length(self, row: UploadRecord, told: int | None) -> int | None:
+        if told is None:
+            return row.length
+        if row.length is not None and told != row.length:
+            raise BadRequest(f"the upload's length is {row.length} already: it cannot change")
+        if told < row.offset:
+            raise BadRequest(f"the length {told} is below the {row.offset} bytes received")
+        self._check_length(told)
+        return told
+
+
+class _RowSaver:
+    """Checkpoints from the upload's worker thread into the row, in order, on the event loop.
+
+    Only the latest one waiting matters (each one includes the earlier bytes). Each save reads
+    back the row's generation: a newer request took the upload over if it moved.
+    """
+
+    def __init__(self, engine: UploadEngine, row: UploadRecord, lease: Lease) -> None:
+        self._engine = engine
+        self._row = row
+        self._lease = lease
+        self.saved_offset = row.offset
+        self._loop = asyncio.get_running_loop()
+        self._waiting: Checkpoint | None = None
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"mediasvc-checkpoint-{row.uid}")
+
+    def submit_threadsafe(self, point: Checkpoint) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._submit, point)
+
+    def _submit(self, point: Checkpoint) -> None:
+        self._waiting = point
+        self._wake.set()
+
+    async def save(self, point: Checkpoint) -> None:
+        """Record ``point`` now (the request's last checkpoint; it also moves the expiry)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._write(point)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._wake.clear()
+        point, self._waiting = self._waiting, None
+        if point is not None:
+            await self._write(point)
+
+    async def _write(self, point: Checkpoint) -> None:
+        now = datetime.now(UTC)
+        engine = self._engine
+        async with engine._db.session() as session:
+            generation = await repository.checkpoint(
+                session,
+                self._row.uid,
+                offset=point.offset,
+                hash_state=point.hash_state,
+                hash_start=self._row.hash_start,
+                now=now,
+                expires_at=now + timedelta(seconds=engine.config.expires_after_s),
+            )
+        self.saved_offset = point.offset
+        engine._writers.still_holds(self._lease, generation)
+
+
+def _concat_of(new: NewUpload) -> str | None:
+    if new.parts:
+        return UploadConcat.FINAL.value
+    return UploadConcat.PARTIAL.value if new.partial else None
+
+
+def _upload_options(options: FileOptions, owner: str | None) -> UploadOptions:
+    return UploadOptions(
+        max_downloads=options.max_downloads, expires_in_s=options.expires_in_s, owner=owner
+    )
+
+
+def _read_head(part: PartFile) -> bytes:
+    with part.path.open("rb") as file:
+        return file.read(SNIFF_HEAD_BYTES)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing

@@ -1,0 +1,136 @@
+"""Queries on the uploads table. As in db/repository.py: each function that writes is one
+transaction and commits before it returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mediasvc.db.models import UploadConcat, UploadRecord
+
+
+async def add(session: AsyncSession, record: UploadRecord) -> None:
+    session.add(record)
+    await session.commit()
+
+
+async def get(session: AsyncSession, uid: str) -> UploadRecord | None:
+    """The row, read afresh (another request or process may have moved it)."""
+    return await session.get(UploadRecord, uid, populate_existing=True)
+
+
+async def get_many(session: AsyncSession, uids: list[str]) -> dict[str, UploadRecord]:
+    rows = await session.scalars(select(UploadRecord).where(UploadRecord.uid.in_(uids)))
+    return {row.uid: row for row in rows}
+
+
+async def checkpoint(
+    session: AsyncSession,
+    uid: str,
+    *,
+    offset: int,
+    hash_state: bytes,
+    now: datetime,
+    expires_at: datetime,
+    hash_start: bytes | None = None,
+    completed_at: datetime | None = None,
+) -> int | None:
+    """Record a durable offset and the hash state after it; the row's generation (None: the
+    row is gone). Only the writer holding the upload's lock calls it, so it is unconditional."""
+    values: dict[str, object] = {
+        "offset": offset,
+        "hash_state": hash_state,
+        "updated_at": now,
+        "expires_at": expires_at,
+    }
+    if hash_start is not None:
+        values["hash_start"] = hash_start
+    if completed_at is not None:
+        values["completed_at"] = completed_at
+    result = await session.execute(
+        update(UploadRecord)
+        .where(UploadRecord.uid == uid)
+        .values(**values)
+        .returning(UploadRecord.generation)
+    )
+    await session.commit()
+    return result.scalar_one_or_none()
+
+
+async def set_length(session: AsyncSession, uid: str, length: int) -> None:
+    """A deferred length becomes known (once)."""
+    await session.execute(
+        update(UploadRecord)
+        .where(UploadRecord.uid == uid, UploadRecord.length.is_(None))
+        .values(length=length)
+    )
+    await session.commit()
+
+
+async def take_over(session: AsyncSession, uid: str) -> int | None:
+    """Raise the generation (the current writer, if any, ends at its next look); the new one."""
+    result = await session.execute(
+        update(UploadRecord)
+        .where(UploadRecord.uid == uid)
+        .values(generation=UploadRecord.generation + 1)
+        .returning(UploadRecord.generation)
+    )
+    await session.commit()
+    return result.scalar_one_or_none()
+
+
+async def generation(session: AsyncSession, uid: str) -> int | None:
+    value: int | None = await session.scalar(
+        select(UploadRecord.generation).where(UploadRecord.uid == uid)
+    )
+    await session.commit()  # no snapshot kept: the next look sees a newer value
+    return value
+
+
+async def remove(session: AsyncSession, uid: str) -> None:
+    await session.execute(delete(UploadRecord).where(UploadRecord.uid == uid))
+    await session.commit()
+
+
+async def remove_many(session: AsyncSession, uids: list[str]) -> None:
+    if uids:
+        await session.execute(delete(UploadRecord).where(UploadRecord.uid.in_(uids)))
+        await session.commit()
+
+
+async def last_finished_partial(session: AsyncSession, owner: str | None) -> UploadRecord | None:
+    """The owner's most recently finished partial upload (the one a new partial may continue
+    the hash of)."""
+    owner_is = UploadRecord.owner.is_(None) if owner is None else UploadRecord.owner == owner
+    row: UploadRecord | None = await session.scalar(
+        select(UploadRecord)
+        .where(
+            owner_is,
+            UploadRecord.concat == UploadConcat.PARTIAL.value,
+            UploadRecord.completed_at.is_not(None),
+        )
+        .order_by(UploadRecord.completed_at.desc())
+        .limit(1)
+    )
+    return row
+
+
+async def expired(session: AsyncSession, now: datetime, *, limit: int) -> list[UploadRecord]:
+    """Uploads past their expiry, finished or not."""
+    rows = await session.scalars(
+        select(UploadRecord).where(UploadRecord.expires_at <= now).limit(limit)
+    )
+    return list(rows)
+
+
+async def count_unfinished(session: AsyncSession, now: datetime) -> tuple[int, int]:
+    """Unfinished uploads: (still open, expired and waiting for cleanup)."""
+    rows = await session.execute(
+        select(UploadRecord.expires_at <= now, func.count())
+        .where(UploadRecord.completed_at.is_(None))
+        .group_by(UploadRecord.expires_at <= now)
+    )
+    counts = {bool(past): n for past, n in rows.all()}
+    return counts.get(False, 0), counts.get(True, 0)
