@@ -377,8 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         default=DEFAULT_CHUNK_BYTES,
         metavar="BYTES",
-        help="at most this much per request, e.g. 8M or 1G: a cut costs at most one "
-        "(default: 64M)",
+        help="at most this much per request, e.g. 8M or 1G: a cut costs at most one (default: 64M)",
     )
     up.set_defaults(handler=_upload)
 

@@ -24,6 +24,7 @@ class TcpProxy:
         self.sent = 0  # bytes clients sent through the proxy (towards the server), all told
         self.connections = 0
         self.cuts = 0
+        self.holds = 0
         self.cut_at: int | None = None  # one-shot: abort every connection when `sent` crosses
         self.hold_at: int | None = None  # one-shot: the crossing connection stops forwarding
         self._loop = asyncio.new_event_loop()
@@ -41,6 +42,18 @@ class TcpProxy:
             raise RuntimeError("the proxy did not start")
         return self
 
+    def drop_all(self) -> None:
+        """Abort every open connection (a held one too), as a network that went away."""
+        done = threading.Event()
+
+        def drop() -> None:
+            for writer in list(self._open):
+                writer.transport.abort()
+            done.set()
+
+        self._loop.call_soon_threadsafe(drop)
+        done.wait(10)
+
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -51,9 +64,16 @@ class TcpProxy:
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
+        # Stopped: abort what is open, let the connections' tasks end, then close the loop.
         server.close()
-        for writer in self._open:
+        for writer in list(self._open):
             writer.transport.abort()
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -82,7 +102,8 @@ class TcpProxy:
                     self.sent += len(data)
                     if self.hold_at is not None and self.sent >= self.hold_at:
                         self.hold_at = None
-                        await asyncio.Event().wait()  # never forwards again (until close)
+                        self.holds += 1
+                        await asyncio.Event().wait()  # never forwards again (until dropped)
                     if self.cut_at is not None and self.sent >= self.cut_at:
                         self.cut_at = None
                         self.cuts += 1
