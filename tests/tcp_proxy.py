@@ -2,9 +2,11 @@
 it, and cuts or holds a connection once a number of them has crossed.
 
 It runs its own asyncio loop in a thread, so synchronous tests (a Node or CLI subprocess, the
-Playwright browser) can use it. A cut aborts both sides (RST): the client sees a network error
-mid-body, the server a disconnect, exactly as when a network breaks. A hold stops forwarding the
-crossing connection's bytes (the server sees a client that went quiet) until the proxy closes.
+Playwright browser) can use it. A cut resets the client's side (RST: a network error mid-body)
+and ends the server's side after every byte forwarded so far (FIN: an RST would make the
+server's kernel drop what it had received and not yet read, which a real break does not). A hold
+stops forwarding the crossing connection's bytes (the server sees a client gone quiet) until
+`drop_all` or the end.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class TcpProxy:
         self.cut_at: int | None = None  # one-shot: abort every connection when `sent` crosses
         self.hold_at: int | None = None  # one-shot: the crossing connection stops forwarding
         self._loop = asyncio.new_event_loop()
-        self._open: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._servers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -47,8 +50,7 @@ class TcpProxy:
         done = threading.Event()
 
         def drop() -> None:
-            for writer in list(self._open):
-                writer.transport.abort()
+            self._cut()
             done.set()
 
         self._loop.call_soon_threadsafe(drop)
@@ -66,8 +68,7 @@ class TcpProxy:
         self._loop.run_forever()
         # Stopped: abort what is open, let the connections' tasks end, then close the loop.
         server.close()
-        for writer in list(self._open):
-            writer.transport.abort()
+        self._cut()
         tasks = asyncio.all_tasks(self._loop)
         for task in tasks:
             task.cancel()
@@ -82,16 +83,25 @@ class TcpProxy:
         except OSError:
             client_w.transport.abort()
             return
-        self._open |= {client_w, server_w}
+        self._clients.add(client_w)
+        self._servers.add(server_w)
         try:
             await asyncio.gather(
                 self._pump(client_r, server_w, upstream=True),
                 self._pump(server_r, client_w, upstream=False),
             )
         finally:
-            for writer in (client_w, server_w):
-                self._open.discard(writer)
-                writer.transport.abort()
+            self._clients.discard(client_w)
+            self._servers.discard(server_w)
+            client_w.transport.abort()
+            server_w.close()
+
+    def _cut(self) -> None:
+        for client in list(self._clients):
+            client.transport.abort()
+        for server in list(self._servers):
+            with contextlib.suppress(OSError):
+                server.write_eof()
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
@@ -107,8 +117,7 @@ class TcpProxy:
                     if self.cut_at is not None and self.sent >= self.cut_at:
                         self.cut_at = None
                         self.cuts += 1
-                        for open_writer in list(self._open):
-                            open_writer.transport.abort()
+                        self._cut()
                         return
                 writer.write(data)
                 await writer.drain()

@@ -58,8 +58,20 @@ def run_node(**args: Any) -> dict[str, Any]:
     return outcome
 
 
+# The first retry 300 ms after the cut: see the xfail case for a retry at once.
+RETRY_AT_ONCE_RACE = (
+    "server: a HEAD that arrives while the cut PATCH is still being wound down reports the last "
+    "checkpoint; the PATCH from there then meets 409 once the older request has flushed, and "
+    "its whole chunk has crossed the network for nothing"
+)
+
+
+@pytest.mark.parametrize(
+    "first_retry_ms",
+    [300, pytest.param(0, marks=pytest.mark.xfail(reason=RETRY_AT_ONCE_RACE))],
+)
 def test_a_stream_upload_cut_mid_body_resumes_without_sending_it_again(
-    server: RunningServer, tmp_path: Path
+    server: RunningServer, tmp_path: Path, first_retry_ms: int
 ) -> None:
     size, chunk = 24 * MiB, 4 * MiB
     source = tmp_path / "stream.bin"
@@ -67,7 +79,11 @@ def test_a_stream_upload_cut_mid_body_resumes_without_sending_it_again(
     with proxy_to(port_of(server.base_url)) as proxy:
         proxy.cut_at = 10 * MiB  # in the third PATCH's body
         outcome = run_node(
-            mode="stream", endpoint=proxy.url + UPLOADS, path=str(source), chunkSize=chunk
+            mode="stream",
+            endpoint=proxy.url + UPLOADS,
+            path=str(source),
+            chunkSize=chunk,
+            retryDelays=[first_retry_ms, 1000, 2000],
         )
         assert outcome["ok"], outcome
         assert proxy.cuts == 1 and outcome["retries"] >= 1

@@ -36,7 +36,7 @@ const options = {
   metadata: { filename: args.filename || "node upload.bin", filetype: "application/octet-stream" },
   headers: args.headers || {},
   // Fast retries: the test cuts the connection on purpose.
-  retryDelays: [0, 100, 200, 500, 1000, 2000],
+  retryDelays: args.retryDelays || [0, 100, 200, 500, 1000, 2000],
   storeFingerprintForResuming: false,
   onShouldRetry(error, attempt) {
     retries = attempt + 1;
