@@ -283,9 +283,7 @@ async function uploadNext() {
     },
     onError(error) {
       if (current && current.upload === upload && !navigator.onLine && statusOf(error) === 0) {
-        current.state = "offline";
-        meter.reset();
-        setStatus(`${file.name}: offline; it continues when the connection is back`, "");
+        waitForOnline();
         return;
       }
       setStatus(`${file.name}: ${errorText(error)}`, "error");
@@ -329,6 +327,17 @@ async function finished(file, response) {
 function stopProgress(outcome) {
   $("progress-bar").value = 0;
   $("progress-text").textContent = outcome;
+}
+
+// The browser says the network is gone: stop now rather than wait for the request to time out
+// (a dropped Wi-Fi can leave it hanging for minutes); the "online" event resumes it.
+function waitForOnline() {
+  if (!current || current.state === "paused") return;
+  if (current.state === "sending") current.upload.abort(false);
+  current.state = "offline";
+  current.meter.reset();
+  setButtons("offline");
+  setStatus(`${current.file.name}: offline; it continues when the connection is back`, "");
 }
 
 function pauseUpload() {
@@ -429,6 +438,7 @@ function setUpDropZone() {
   $("cancel").addEventListener("click", cancelUpload);
   $("pause").addEventListener("click", pauseUpload);
   $("resume").addEventListener("click", resumeUpload);
+  window.addEventListener("offline", waitForOnline);
   // Back online: an upload that stopped for it continues from the server's offset.
   window.addEventListener("online", () => {
     if (current && current.state === "offline") resumeUpload();
