@@ -159,9 +159,13 @@ class _Sender:
         if saved is not None and len(saved.urls) == len(bounds):
             urls = saved.urls
         elif parallel == 1:
-            urls = [self.tus.create(self.size, metadata)]
+            created = self.tus.create(self.size, metadata)
+            if self.size == 0:  # complete as created: the response names the file
+                return Completed.of(created)
+            urls = [self.tus.location(created)]
         else:
-            urls = [self.tus.create(length, {}, partial=True) for _, length in bounds]
+            parts = [self.tus.create(length, {}, partial=True) for _, length in bounds]
+            urls = [self.tus.location(part) for part in parts]
         state.save(SavedUpload(urls))
         spans = [
             Span(u, self.path, start, length)
@@ -180,8 +184,7 @@ class _Sender:
             # The parts' bytes come in any order; one reader hashes the file in order meanwhile
             # (mostly from the page cache, as the parts have just read it).
             hashing = pool.submit(self.hasher.catch_up, self.path, self.size)
-            for part in pool.map(lambda span: self._send(span, None), spans):
-                del part
+            list(pool.map(lambda span: self._send(span, None), spans))
             hashing.result()
         return Completed.of(self.tus.concatenate(urls, metadata))
 

@@ -128,8 +128,10 @@ class TusClient:
     def _headers(self, **extra: str) -> dict[str, str]:
         return {"Tus-Resumable": TUS_VERSION, **extra}
 
-    def create(self, length: int, metadata: dict[str, str], *, partial: bool = False) -> str:
-        """POST (creation): the new upload's absolute URL."""
+    def create(
+        self, length: int, metadata: dict[str, str], *, partial: bool = False
+    ) -> httpx.Response:
+        """POST (creation): the response, whose ``location`` is the new upload's URL."""
         headers = self._headers(**{"Upload-Length": str(length)})
         if metadata:
             headers["Upload-Metadata"] = encode_metadata(metadata)
@@ -139,7 +141,7 @@ class TusClient:
             lambda: self.http.post(self.base_url + UPLOADS_PATH, headers=headers)
         )
         expect(response, 201)
-        return self._location(response)
+        return response
 
     def concatenate(self, parts: list[str], metadata: dict[str, str]) -> httpx.Response:
         """POST ``Upload-Concat: final;<urls>``: the parts, in order, become one upload."""
@@ -245,7 +247,8 @@ class TusClient:
                 return response
             failures = self._fail(failures, TusError(problem_text(response)))
 
-    def _location(self, response: httpx.Response) -> str:
+    def location(self, response: httpx.Response) -> str:
+        """The absolute URL a creation's ``Location`` names."""
         location: str | None = response.headers.get("Location")
         if not location:
             raise TusError(f"{response.status_code} without a Location header")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ import httpx
 import pytest
 
 from mediasvc.cli import DEFAULT_CHUNK_BYTES, _size
+from mediasvc.ids import hash_token
 from mediasvc.tus_client import DEFAULT_CHUNK_BYTES as CLIENT_CHUNK_BYTES
 from mediasvc.upload_state import SavedUpload, UploadKey, UploadState, cache_dir
 from tests.conftest import RunningServer, truncate
@@ -160,6 +162,45 @@ def test_a_gone_upload_in_the_cache_starts_again(server: RunningServer, tmp_path
     result = run_upload(source, server.base_url, tmp_path)
     assert "the earlier upload is gone; starting again" in result.stderr
     assert stored_file(server.base_url, f"/api/v1/files/{uid_of(result)}")["sha256"] == expected
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_an_empty_file(server: RunningServer, tmp_path: Path) -> None:
+    """Complete as created: the creation's response names the file and carries its token."""
+    source = tmp_path / "empty.txt"
+    source.write_bytes(b"")
+    result = run_upload(source, server.base_url, tmp_path)
+    meta = stored_file(server.base_url, f"/api/v1/files/{uid_of(result)}")
+    assert meta["size"] == 0
+    assert re.search(r"^delete_token:\s+\S{20,}$", result.stdout, re.M), result.stdout
+
+
+OWNER_KEY = "tus-cli-owner-key"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_the_api_key_goes_with_every_request(
+    start_server: Callable[..., RunningServer], pg_url: str, tmp_path: Path
+) -> None:
+    asyncio.run(truncate(pg_url))
+    keys = json.dumps([{"name": "owner", "sha256": hash_token(OWNER_KEY)}])
+    server = start_server({"MEDIASVC_DATABASE_URL": pg_url, "MEDIASVC_API_KEYS": keys})
+    source = tmp_path / "owned.bin"
+    expected = random_file(source, 3 * MiB)
+    refused = run_upload(source, server.base_url, tmp_path)
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("mediasvc: upload failed: 401 ")
+    assert saved_states(tmp_path) == []  # nothing was created
+    result = run_upload(
+        source, server.base_url, tmp_path, "--api-key", OWNER_KEY, "--parallel", "2"
+    )
+    meta = stored_file(server.base_url, f"/api/v1/files/{uid_of(result)}")
+    assert meta["sha256"] == expected
+    owned = httpx.get(f"{server.base_url}/api/v1/files",
+                      headers={"Authorization": f"Bearer {OWNER_KEY}"}, timeout=5)  # fmt: skip
+    assert [item["uid"] for item in owned.json()["items"]] == [meta["uid"]]
 
 
 # --- without a server -----------------------------------------------------------------------
