@@ -94,13 +94,17 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def patch(sender: Sender, path: str, source: Path, offset: int, count: int) -> dict[str, str]:
+def patch(
+    sender: Sender, path: str, source: Path, offset: int, count: int, *, at: int | None = None
+) -> dict[str, str]:
+    """PATCH ``count`` bytes at ``offset``, taken from the source at ``at`` (default: offset)."""
     headers = {
         **TUS,
         "Content-Type": "application/offset+octet-stream",
         "Upload-Offset": str(offset),
     }
-    status, got, data = sender.request("PATCH", path, headers, (source, offset, count))
+    body = (source, offset if at is None else at, count)
+    status, got, data = sender.request("PATCH", path, headers, body)
     expect(status, 204, f"PATCH at {offset}", data)
     return got
 
@@ -154,12 +158,14 @@ def resume_cost_ms(base: str, source: Path, prefix: int) -> float:
                 raise BenchError(f"HEAD: {status} {data[:300]!r}")
             if int(headers["upload-offset"]) != prefix + i:
                 raise BenchError(f"HEAD says {headers['upload-offset']}, sent {prefix + i}")
-            patch(sender, path, source, prefix + i, 1)
+            patch(sender, path, source, prefix + i, 1, at=i)  # any byte will do
             costs.append((time.perf_counter() - t0) * 1000)
         return statistics.median(costs)
     finally:
-        sender.request("DELETE", path, TUS)
         sender.close()
+        cleanup = Sender(base)
+        cleanup.request("DELETE", path, TUS)
+        cleanup.close()
 
 
 def section_resumable(r: Run) -> None:
