@@ -15,7 +15,7 @@ problem+json; every response carries ``Tus-Resumable`` (``TusMiddleware``).
 
 The completing response (the POST of an upload whose bytes came with it, the last PATCH, the
 final POST of a concatenation) says where the file is, ``Content-Location:
-/api/v1/files/{uid}``, and carries its delete token in ``Upload-Delete-Token`` (the plain
+/api/v1/files/{uid}``, and carries its delete token in ``X-Delete-Token`` (the plain
 upload gives it in its JSON body; a PATCH's 204 has none).
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -67,7 +68,7 @@ EXPOSED_HEADERS = (
     "Upload-Defer-Length",
     "Upload-Concat",
     "Upload-Expires",
-    "Upload-Delete-Token",
+    "X-Delete-Token",
     "Content-Location",
 )
 REQUEST_HEADERS = (
@@ -91,8 +92,8 @@ router = APIRouter(prefix=PREFIX, tags=["tus"])
 
 class TusMiddleware:
     """``Tus-Resumable`` on every response under ``/api/v1/uploads`` (errors included), and
-    ``X-HTTP-Method-Override``: a POST that carries it is the method it names (tus: for
-    environments that cannot send PATCH or DELETE)."""
+    ``X-HTTP-Method-Override``: a request that carries it is the method it names (tus: for
+    environments that cannot send PATCH or DELETE; usually a POST)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -101,11 +102,10 @@ class TusMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST":
-            for name, value in scope["headers"]:
-                if name == b"x-http-method-override":
-                    scope = {**scope, "method": value.decode("latin-1").strip().upper()}
-                    break
+        for name, value in scope["headers"]:
+            if name == b"x-http-method-override":
+                scope = {**scope, "method": value.decode("latin-1").strip().upper()}
+                break
 
         async def send_with_version(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -155,6 +155,8 @@ def _checksum(value: str | None) -> BodyChecksum | None:
         digest = base64.b64decode(encoded.strip(), validate=True)
     except binascii.Error as exc:
         raise BadRequest("Upload-Checksum: the digest is not base64") from exc
+    if len(digest) != hashlib.new(algorithm).digest_size:
+        raise BadRequest(f"Upload-Checksum: that is no {algorithm} digest")
     return BodyChecksum(algorithm, digest)
 
 
@@ -203,7 +205,7 @@ def _appended(status: int, appended: Appended, extra: dict[str, str] | None = No
     headers = {**_state_headers(appended.upload), **(extra or {})}
     headers.pop("Cache-Control")
     if appended.stored is not None:
-        headers["Upload-Delete-Token"] = appended.stored.delete_token
+        headers["X-Delete-Token"] = appended.stored.delete_token
     return Response(status_code=status, headers=headers)
 
 
@@ -220,6 +222,9 @@ def _options_headers(engine: UploadEngine) -> dict[str, str]:
 
 def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
     return {"description": description, "schema": {"type": "string", **schema}}
+
+
+_UID_PARAM = {"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 _TUS_RESUMABLE_PARAM = {
@@ -248,8 +253,8 @@ _OFFSET_HEADERS = {
     "Upload-Offset": _header("Upload-Offset", "Bytes received durably"),
     "Upload-Expires": _header("Upload-Expires", "When the unfinished upload expires"),
     "Content-Location": _header("Content-Location", "The file, once the upload is complete"),
-    "Upload-Delete-Token": _header(
-        "Upload-Delete-Token", "The file's delete token, in the response that completed it"
+    "X-Delete-Token": _header(
+        "X-Delete-Token", "The file's delete token, in the response that completed it"
     ),
 }
 
@@ -265,6 +270,7 @@ _OFFSET_HEADERS = {
     status_code=204,
     summary="tus: what this server supports",
     responses={204: {"description": "Tus-Version, Tus-Extension, Tus-Max-Size, …"}},
+    openapi_extra={"parameters": [_UID_PARAM]},
 )
 async def tus_options(request: Request) -> Response:
     return Response(status_code=204, headers=_options_headers(_engine(request)))
@@ -347,7 +353,7 @@ async def tus_create(request: Request, caller: Caller) -> Response:
         },
         **problem_responses(401, 403, 404, 410, 412, 431, 503),
     },
-    openapi_extra={"parameters": [_TUS_RESUMABLE_PARAM]},
+    openapi_extra={"parameters": [_UID_PARAM, _TUS_RESUMABLE_PARAM]},
 )
 async def tus_head(request: Request, uid: str, caller: Caller) -> Response:
     state = await _engine(request).state(uid, _owner(caller))
@@ -375,6 +381,7 @@ async def tus_head(request: Request, uid: str, caller: Caller) -> Response:
     },
     openapi_extra={
         "parameters": [
+            _UID_PARAM,
             _TUS_RESUMABLE_PARAM,
             {**_param("Upload-Offset", "Where the bytes go", pattern="^[0-9]+$"), "required": True},
             _param("Upload-Length", "The deferred length, once known", pattern="^[0-9]+$"),
@@ -399,12 +406,12 @@ async def tus_patch(request: Request, uid: str, caller: Caller) -> Response:
     "/{uid}",
     status_code=204,
     dependencies=[Tus],
-    summary="tus: terminate an unfinished upload (its bytes and state go)",
+    summary="tus: terminate an upload (its bytes and state go; a finished one's file stays)",
     responses={
         204: {"description": "Terminated"},
         **problem_responses(401, 403, 404, 410, 412, 423, 431, 503),
     },
-    openapi_extra={"parameters": [_TUS_RESUMABLE_PARAM]},
+    openapi_extra={"parameters": [_UID_PARAM, _TUS_RESUMABLE_PARAM]},
 )
 async def tus_delete(request: Request, uid: str, caller: Caller) -> Response:
     await _engine(request).terminate(uid, _owner(caller))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from mediasvc.db.models import UploadRecord
 from mediasvc.resumable.hashing import ResumableSha256
 from mediasvc.storage.local import LocalStore
-from mediasvc.storage.part import translate_os_error
+from mediasvc.storage.part import disk_errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,28 +43,24 @@ def assemble(
 ) -> Assembled:
     """Append the parts' bytes to upload ``uid``'s (empty) file, durably."""
     hasher, reread = ResumableSha256(), []
-    out = os.open(store.upload_path_for(uid), os.O_WRONLY)
-    try:
-        for part in parts:
-            source = os.open(store.upload_path_for(part.uid), os.O_RDONLY)
-            try:
-                if part.hash_start == hasher.state():
-                    _copy(source, out, part.offset)
-                    hasher = ResumableSha256(part.hash_state)
-                else:
-                    _copy_hashing(source, out, part.offset, hasher, chunk_bytes)
-                    reread.append(part.uid)
-            finally:
-                os.close(source)
-        if store.fsync:
-            os.fsync(out)
-    except OSError as exc:
-        error = translate_os_error(exc)
-        if error is exc:
-            raise
-        raise error from exc
-    finally:
-        os.close(out)
+    with disk_errors():
+        out = os.open(store.upload_path_for(uid), os.O_WRONLY)
+        try:
+            for part in parts:
+                source = os.open(store.upload_path_for(part.uid), os.O_RDONLY)
+                try:
+                    if part.hash_start == hasher.state():
+                        _copy(source, out, part.offset)
+                        hasher = ResumableSha256(part.hash_state)
+                    else:
+                        _copy_hashing(source, out, part.offset, hasher, chunk_bytes)
+                        reread.append(part.uid)
+                finally:
+                    os.close(source)
+            if store.fsync:
+                os.fsync(out)
+        finally:
+            os.close(out)
     return Assembled(hasher, reread)
 
 

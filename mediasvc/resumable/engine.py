@@ -218,8 +218,17 @@ class UploadEngine:
     # --- reading -----------------------------------------------------------------------------
 
     async def state(self, uid: str, owner: str | None) -> UploadState:
-        """404 for an unknown upload or another owner's, 410 for an expired one."""
-        return UploadState.of(await self._live(uid, owner))
+        """404 for an unknown upload or another owner's, 410 for an expired one.
+
+        An upload whose bytes are all in but that is not complete (its process died between the
+        last checkpoint and the commit) is completed here, so what a client reads is true."""
+        row = await self._live(uid, owner)
+        stranded = row.completed_at is None and row.offset == row.length
+        if stranded and row.concat != UploadConcat.FINAL.value:
+            return (
+                await self.append(uid, owner, Body(chunks=_nothing(), offset=row.offset))
+            ).upload
+        return UploadState.of(row)
 
     # --- appending ---------------------------------------------------------------------------
 
@@ -229,6 +238,8 @@ class UploadEngine:
         row = await self._live(uid, owner)
         if row.concat == UploadConcat.FINAL.value:
             raise Forbidden("a final (concatenated) upload takes no bytes of its own")
+        if row.completed_at is not None:
+            return self._complete_already(row, body)
         length = self._new_length(row, body.upload_length)
         if body.length is not None and length is not None and body.offset + body.length > length:
             raise PayloadTooLarge(
@@ -236,28 +247,49 @@ class UploadEngine:
                 f"{length}-byte length"
             )
         with self._ingestor.admission.admit(body.client):
-            async with self._writers.hold(uid, self._store.upload_path_for(uid)) as lease:
-                row = await self._live(uid, owner)  # as the request we took over left it
-                if body.offset != row.offset:
-                    raise OffsetMismatch(
-                        f"the upload is at offset {row.offset}, not {body.offset}",
-                        headers={"Upload-Offset": str(row.offset)},
-                    )
-                if row.completed_at is not None:
-                    if body.length:
-                        raise PayloadTooLarge("the upload is complete: it takes no more bytes")
-                    return Appended(UploadState.of(row))
-                if length is not None and row.length is None:
-                    async with self._db.session() as session:
-                        await repository.set_length(session, uid, length)
-                    row.length = length
-                if body.length:
-                    await anyio.to_thread.run_sync(self._store.ensure_room_for, body.length)
-                self.observer.writing(1)
-                try:
-                    return await self._receive(row, lease, body)
-                finally:
-                    self.observer.writing(-1)
+            try:
+                async with self._writers.hold(uid, self._store.upload_path_for(uid)) as lease:
+                    return await self._append_held(uid, owner, body, length, lease)
+            except NotFound:
+                # The request we took over may have completed it (its file moved away).
+                row = await self._live(uid, owner)
+                if row.completed_at is None:
+                    raise
+                return self._complete_already(row, body)
+
+    async def _append_held(
+        self, uid: str, owner: str | None, body: Body, length: int | None, lease: Lease
+    ) -> Appended:
+        row = await self._live(uid, owner)  # as the request we took over left it
+        if row.completed_at is not None:
+            return self._complete_already(row, body)
+        if body.offset != row.offset:
+            raise OffsetMismatch(
+                f"the upload is at offset {row.offset}, not {body.offset}",
+                headers={"Upload-Offset": str(row.offset)},
+            )
+        if length is not None and row.length is None:
+            async with self._db.session() as session:
+                await repository.set_length(session, uid, length)
+            row.length = length
+        if body.length:
+            await anyio.to_thread.run_sync(self._store.ensure_room_for, body.length)
+        self.observer.writing(1)
+        try:
+            return await self._receive(row, lease, body)
+        finally:
+            self.observer.writing(-1)
+
+    def _complete_already(self, row: UploadRecord, body: Body) -> Appended:
+        """A request for an upload that is complete: fine if it brings nothing at its end."""
+        if body.offset != row.offset:
+            raise OffsetMismatch(
+                f"the upload is complete at offset {row.offset}, not {body.offset}",
+                headers={"Upload-Offset": str(row.offset)},
+            )
+        if body.length:
+            raise PayloadTooLarge("the upload is complete: it takes no more bytes")
+        return Appended(UploadState.of(row))
 
     async def _receive(self, row: UploadRecord, lease: Lease, body: Body) -> Appended:
         start = row.offset
@@ -300,13 +332,15 @@ class UploadEngine:
         finally:
             with anyio.CancelScope(shield=True):
                 await saver.close()
-        if cut is not None:
-            raise cut
         row.offset = end.offset
         if row.length is not None and end.offset == row.length:
+            # Complete even after a cut: a client that sees Upload-Offset = Upload-Length is done
+            # and never sends the empty request that would finish it.
             if row.concat == UploadConcat.PARTIAL.value:
                 return Appended(await self._finish_partial(row, end))
             return await self._complete(row, part, end, sink.sha256())
+        if cut is not None:
+            raise cut
         return Appended(UploadState.of(row))
 
     async def _pump(
@@ -450,14 +484,14 @@ class UploadEngine:
     # --- ending ------------------------------------------------------------------------------
 
     async def terminate(self, uid: str, owner: str | None) -> None:
-        """Remove an unfinished upload, bytes and row (tus termination); a request writing it
-        ends first. A finished one is a file: 403, it is deleted with its delete token."""
+        """Remove an upload, bytes and row (tus termination); a request writing it ends first.
+        A finished upload is a file by now: only the upload's row goes (its URL is 404 from
+        then on); the file is deleted with its delete token, like any file."""
         row = await self._live(uid, owner)
         if row.completed_at is not None and row.concat != UploadConcat.PARTIAL.value:
-            raise Forbidden(
-                f"upload {uid} is complete: delete the file with DELETE /api/v1/files/{uid} "
-                "and its delete token"
-            )
+            async with self._db.session() as session:
+                await repository.remove(session, uid)
+            return
         async with self._writers.hold(uid, self._store.upload_path_for(uid)):
             await self._remove(uid)
 
@@ -554,7 +588,9 @@ class _RowSaver:
                 now=now,
                 expires_at=now + timedelta(seconds=engine.config.expires_after_s),
             )
-        self.saved_offset = point.offset
+        self.saved_offset = self._row.offset = point.offset
+        self._row.hash_state = point.hash_state
+        self._row.expires_at = now + timedelta(seconds=engine.config.expires_after_s)
         engine._writers.still_holds(self._lease, generation)
 
 

@@ -127,10 +127,13 @@ async def expired(session: AsyncSession, now: datetime, *, limit: int) -> list[U
 
 async def count_unfinished(session: AsyncSession, now: datetime) -> tuple[int, int]:
     """Unfinished uploads: (still open, expired and waiting for cleanup)."""
-    rows = await session.execute(
-        select(UploadRecord.expires_at <= now, func.count())
-        .where(UploadRecord.completed_at.is_(None))
-        .group_by(UploadRecord.expires_at <= now)
-    )
-    counts = {bool(past): n for past, n in rows.all()}
-    return counts.get(False, 0), counts.get(True, 0)
+    expired = UploadRecord.expires_at <= now
+    row = (
+        await session.execute(
+            select(func.count().filter(~expired), func.count().filter(expired)).where(
+                UploadRecord.completed_at.is_(None)
+            )
+        )
+    ).one()
+    await session.commit()
+    return int(row[0]), int(row[1])

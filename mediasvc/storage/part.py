@@ -28,6 +28,7 @@ import contextlib
 import errno
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,8 +85,8 @@ class PartFile:
             raise translate_os_error(exc) from exc
 
     def reserve(self, size_bytes: int) -> None:
-        """Allocate ``size_bytes`` up front beside the headroom, or refuse (507). Where the
-        filesystem cannot allocate ahead, only the free space is checked.
+        """Allocate the file's first ``size_bytes`` up front beside the headroom, or refuse
+        (507). Where the filesystem cannot allocate ahead, only the free space is checked.
 
         Allocated blocks leave the free space at once, so the next upload's check sees them, in
         other processes too (only check-and-allocate is not atomic across them)."""
@@ -93,7 +94,7 @@ class PartFile:
         if not size_bytes:
             return
         with self._store.reserving:  # check-then-allocate is one step for this process
-            self._store.ensure_room_for(size_bytes)
+            self._store.ensure_room_for(size_bytes - self.size)  # a reopened file has its bytes
             try:
                 allocated = preallocate(self._file.fd, size_bytes)
             except OSError as exc:
@@ -137,37 +138,28 @@ class PartFile:
         """Make every byte appended so far durable; appends may go on afterwards. Call from the
         thread that appends (no append may run meanwhile)."""
         assert self._file is not None
-        try:
+        with disk_errors():
             while self._pending:
                 self._pending.popleft().result()
             if self._write_error is not None:
                 raise self._write_error
             self._file.sync(fsync=self._fsync)
-        except OSError as exc:
-            error = translate_os_error(exc)
-            if error is exc:
-                raise
-            raise error from exc
 
     def finish(self) -> int:
         """Make the bytes durable and close the file; its size."""
         try:
-            if self._file is None:  # written by a tool: what it wrote is the file
-                return self._finish_tool_output()
-            while self._pending:
-                self._pending.popleft().result()
-            if self._write_error is not None:  # raised once already, to append(): again here
-                raise self._write_error
-            self._file.flush()
-            if self._reserved > self.size:  # the reservation covered multipart framing too
-                os.ftruncate(self._file.fd, self.size)
-            if self._fsync:
-                os.fsync(self._file.fd)
-        except OSError as exc:
-            error = translate_os_error(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            with disk_errors():
+                if self._file is None:  # written by a tool: what it wrote is the file
+                    return self._finish_tool_output()
+                while self._pending:
+                    self._pending.popleft().result()
+                if self._write_error is not None:  # raised once already, to append(): again
+                    raise self._write_error
+                self._file.flush()
+                if self._reserved > self.size:  # the reservation covered multipart framing too
+                    os.ftruncate(self._file.fd, self.size)
+                if self._fsync:
+                    os.fsync(self._file.fd)
         finally:
             self._close()
         return self.size
@@ -228,6 +220,18 @@ class PartFile:
         if self._file is not None:
             file, self._file = self._file, None
             file.close()
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """Disk-full errors raised inside become 507; anything else passes as it is."""
+    try:
+        yield
+    except OSError as exc:
+        error = translate_os_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def translate_os_error(exc: OSError) -> Exception:
