@@ -124,6 +124,7 @@ class TusClient:
         self.backoff = backoff
         self._sleep = sleep
         self.retries = 0  # requests retried, for the user's summary
+        self.reached = False  # whether the server has answered once in this run
 
     def _headers(self, **extra: str) -> dict[str, str]:
         return {"Tus-Resumable": TUS_VERSION, **extra}
@@ -205,6 +206,7 @@ class TusClient:
                 failures = self._fail(failures, exc)
                 offset = self._reoffset(span.url, on_offset)
                 continue
+            self.reached = True
             if response.status_code in GONE_STATUSES:
                 raise UploadGone(f"{span.url}: {problem_text(response)}")
             if response.status_code == 409:  # the offset is not where we thought: ask
@@ -226,7 +228,13 @@ class TusClient:
         return offset
 
     def _fail(self, failures: int, error: Exception, *, wait: bool = True) -> int:
-        """Count a failed attempt; give up after ``backoff.attempts`` in a row, else wait."""
+        """Count a failed attempt; give up after ``backoff.attempts`` in a row, else wait.
+
+        A server that refused the very first connection of the run is down or the URL is
+        wrong: said at once (the caller words it), not after minutes of retries.
+        """
+        if isinstance(error, httpx.ConnectError) and not self.reached:
+            raise error
         if failures >= self.backoff.attempts:
             raise TusError(f"gave up after {failures + 1} attempts in a row: {error}") from error
         self.retries += 1
@@ -243,6 +251,7 @@ class TusClient:
             except httpx.TransportError as exc:
                 failures = self._fail(failures, exc)
                 continue
+            self.reached = True
             if response.status_code not in RETRY_STATUSES:
                 return response
             failures = self._fail(failures, TusError(problem_text(response)))
