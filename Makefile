@@ -16,7 +16,8 @@ SYNC := $(UV) sync --frozen --python $(PYTHON)
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed
 
-.PHONY: run test migrate lint typecheck services system-packages lock lock-check bench-loop clean
+.PHONY: run test migrate lint typecheck services system-packages lock lock-check bench-loop clean \
+	vendor-web
 
 $(UV): tools/uv-requirements.txt
 	test -x $(UV_DIR)/bin/python || $(PYTHON) -m venv $(UV_DIR)
@@ -39,6 +40,12 @@ $(S3RVER): tests/s3rver/package.json tests/s3rver/package-lock.json
 	npm ci --prefix tests/s3rver --no-audit --no-fund --loglevel=error
 	touch $(S3RVER)
 
+# tus-js-client under Node, for the resumable-upload tests (tests/test_tus_clients.py).
+TUS_NODE := tests/tus-node/node_modules/tus-js-client/package.json
+$(TUS_NODE): tests/tus-node/package.json tests/tus-node/package-lock.json
+	npm ci --prefix tests/tus-node --no-audit --no-fund --loglevel=error
+	touch $(TUS_NODE)
+
 ## Set up and run the service on its embedded defaults (SQLite under ./data, files in ./data/media).
 ## HOST and PORT choose the address: `make run PORT=8080`, `make run HOST=0.0.0.0`.
 run:
@@ -55,7 +62,7 @@ migrate: $(RUN_STAMP)
 ## and Redis if stopped, then lint, types and pytest.
 test:
 	@bash scripts/system-packages test
-	@$(MAKE) --no-print-directory lock-check $(TEST_STAMP) $(S3RVER) services
+	@$(MAKE) --no-print-directory lock-check $(TEST_STAMP) $(S3RVER) $(TUS_NODE) services
 	$(BIN)/ruff check mediasvc tests
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -87,6 +94,11 @@ typecheck: $(TEST_STAMP)
 
 bench-loop: $(TEST_STAMP)
 	$(BIN)/python benchmarks/loop_latency.py
+
+## Refresh the web page's browser libraries (mediasvc/web/static/vendor/) from npm, at the exact
+## versions of web-vendor/package-lock.json; the copies are committed (no npm needed to run).
+vendor-web:
+	bash scripts/vendor-web
 
 clean:
 	rm -rf $(VENV) $(UV_DIR) .pytest_cache .mypy_cache .ruff_cache

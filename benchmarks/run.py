@@ -14,6 +14,9 @@ then their median reported, because throughput drifts up to 2x over minutes on t
   uvicorn counting the body (benchmarks/apps.py), nginx body to disk, naive FastAPI UploadFile,
   mediasvc raw POST (also under granian: `serve --server granian`), PUT,
   multipart (ordinary and hostile `\\r\\n--` data); MB/s and the server's peak RSS and growth;
+- resumable uploads (tus) of SIZE: one PATCH and 64 MiB PATCHes vs the plain raw POST, all
+  sent by one client (sendfile); a resume (HEAD + one byte appended) at 100 MiB and at SIZE
+  into the upload; the server's peak RSS growth;
 - cloud push of 1 GiB by `mediasvc worker` to s3rver: MB/s, the worker's peak RSS;
 - downloads of SIZE, full and the last 64 MiB: nginx sendfile, Starlette FileResponse defaults,
   mediasvc from disk (under uvicorn and granian), mediasvc from the cloud store (s3rver, the
@@ -59,6 +62,7 @@ from bench.sections.concurrency import section_concurrency
 from bench.sections.downloads import section_downloads
 from bench.sections.locust import section_locust
 from bench.sections.push import section_push
+from bench.sections.resumable import section_resumable
 from bench.sections.uploads import section_uploads
 from bench.servers import start_servers
 from bench.services import ensure_services, flush_redis
@@ -66,6 +70,7 @@ from bench.testfiles import make_files
 
 SECTIONS: dict[str, Callable[[Run], None]] = {
     "uploads": section_uploads,
+    "resumable": section_resumable,
     "push": section_push,
     "downloads": section_downloads,
     "concurrency": section_concurrency,

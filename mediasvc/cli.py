@@ -175,13 +175,15 @@ def _upload(args: argparse.Namespace) -> None:
             api_key=args.api_key,
             max_downloads=args.max_downloads,
             expires_in_s=args.expires_in,
+            parallel=args.parallel,
+            chunk_bytes=args.chunk_size,
         )
     except (ClientError, OSError) as exc:
         raise SystemExit(f"mediasvc: upload failed: {exc}") from None
     print(f"uid:          {uploaded.uid}")
     print(f"download_url: {uploaded.download_url}")
     print(f"sha256:       {uploaded.sha256} (verified)")
-    print(f"delete_token: {uploaded.delete_token}")
+    print(f"delete_token: {uploaded.delete_token or '(given to the run that finished it)'}")
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -234,6 +236,28 @@ def _port(text: str) -> int:
 
 
 MAX_PORT = 65535
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024  # mediasvc.tus_client's, without importing httpx here
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
+def _size(text: str) -> int:
+    """A byte count with an optional binary unit: 1048576, 512K, 8M, 1G."""
+    number, unit = text.upper().removesuffix("IB").removesuffix("B"), ""
+    if number and number[-1] in _UNITS:
+        number, unit = number[:-1], number[-1]
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 1048576, 512K or 8M")
+    return int(number) * _UNITS[unit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,9 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser(
         "upload",
-        help="upload a file, streamed, with a progress bar",
-        description="Upload a file (streamed, any size) and check the sha256 the service "
-        "computed against the file's.",
+        help="upload a file, resumable (tus), with a progress bar",
+        description="Upload a file (streamed, any size, with tus) and check the sha256 the "
+        "service computed against the file's. Network errors are retried; a run that was "
+        "stopped or killed continues where it stopped when run again with the same file "
+        "(the upload's URL is kept in ~/.cache/mediasvc/uploads until it is verified).",
     )
     up.add_argument("file", type=Path, help="the file to upload")
     up.add_argument("--url", default=default_url, help=url_help)
@@ -338,6 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="SECONDS",
         help="delete the file this long after the upload (default: never)",
+    )
+    up.add_argument(
+        "--parallel",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="send N parts at once and join them on the server (default: %(default)s)",
+    )
+    up.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=DEFAULT_CHUNK_BYTES,
+        metavar="BYTES",
+        help="at most this much per request, e.g. 8M or 1G: a cut costs at most one (default: 64M)",
     )
     up.set_defaults(handler=_upload)
 

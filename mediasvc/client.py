@@ -13,17 +13,29 @@ import hashlib
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urljoin
 
 import httpx
 
 from mediasvc.progress import Progress
+from mediasvc.tus_client import (
+    DEFAULT_CHUNK_BYTES,
+    Backoff,
+    SequentialSha256,
+    Span,
+    TusClient,
+    TusError,
+    UploadGone,
+)
+from mediasvc.upload_state import SavedUpload, UploadKey, UploadState
 
 CHUNK_BYTES = 1024 * 1024
+DEFAULT_BACKOFF = Backoff()
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Connecting should be quick; a multi-GB body legitimately takes long between reads and writes.
 TIMEOUT = httpx.Timeout(30.0, read=600.0, write=600.0)
@@ -38,7 +50,7 @@ class Uploaded:
     uid: str
     download_url: str
     sha256: str
-    delete_token: str
+    delete_token: str | None  # None: the upload completed in an earlier, killed run
 
 
 @contextmanager
@@ -88,36 +100,144 @@ def upload(
     max_downloads: int | None = None,
     expires_in_s: int | None = None,
     progress: bool = True,
+    parallel: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    state_dir: Path | None = None,
 ) -> Uploaded:
-    """PUT the file as a raw body, streamed, and verify the server's sha256 against ours."""
+    """Upload with tus, resuming an earlier run's upload of the same file; verify the sha256.
+
+    ``parallel`` > 1 sends that many partial uploads at once and joins them (concatenation).
+    The unfinished upload's URLs are kept in the cache directory (mediasvc.upload_state) until
+    the server's sha256 matched ours, so a run killed at any point continues where it stopped.
+    """
     size = path.stat().st_size
-    digest = hashlib.sha256()
-    params: dict[str, int] = {}
+    metadata = {"filename": path.name}
     if max_downloads is not None:
-        params["max_downloads"] = max_downloads
+        metadata["max_downloads"] = str(max_downloads)
     if expires_in_s is not None:
-        params["expires_in"] = expires_in_s
-
-    def body(bar: Progress) -> Iterator[bytes]:
-        with path.open("rb") as source:
-            while chunk := source.read(CHUNK_BYTES):
-                digest.update(chunk)
-                bar.update(len(chunk))
-                yield chunk
-
-    target = f"{url.rstrip('/')}/api/v1/files/stream/{quote(path.name, safe='')}"
-    headers = {**_headers(api_key), "Content-Length": str(size)}
+        metadata["expires_in"] = str(expires_in_s)
+    parallel = max(1, min(parallel, size))  # every part has at least one byte
+    state = UploadState(UploadKey.of(url, path, metadata, parallel), state_dir)
     bar = Progress(path.name, size)
     bar.enabled = bar.enabled and progress
-    with _reaching(url), bar, httpx.Client(timeout=TIMEOUT) as http:
-        response = http.put(target, content=body(bar), params=params, headers=headers)
+    with _reaching(url), bar, httpx.Client(timeout=TIMEOUT, headers=_headers(api_key)) as http:
+        tus = TusClient(http, url, backoff=backoff)
+        sender = _Sender(tus, path, size, chunk_bytes, bar)
+        try:
+            done = sender.run(state, metadata, parallel)
+        except UploadGone:
+            # The saved upload expired or was removed meanwhile: the file goes again, once.
+            state.forget()
+            print(f"{path}: the earlier upload is gone; starting again", file=sys.stderr)
+            done = sender.run(state, metadata, parallel)
+        except TusError as exc:
+            raise ClientError(str(exc)) from exc
+        uploaded = _verified(http, done, sender.hasher.hexdigest())
+    state.forget()
+    return uploaded
+
+
+class _Sender:
+    """One file's tus upload: its spans (one, or the parallel parts), progress and sha256."""
+
+    def __init__(
+        self, tus: TusClient, path: Path, size: int, chunk_bytes: int, bar: Progress
+    ) -> None:
+        self.tus, self.path, self.size, self.chunk_bytes, self.bar = (
+            tus, path, size, chunk_bytes, bar
+        )  # fmt: skip
+        self.hasher = SequentialSha256()
+        self._confirmed: dict[int, int] = {}  # span start → bytes the server has
+        self._sending: dict[int, int] = {}  # span start → bytes of the PATCH under way
+
+    def run(self, state: UploadState, metadata: dict[str, str], parallel: int) -> Completed:
+        """The stored file's URL and delete token, from the response that completed it."""
+        self.hasher = SequentialSha256()
+        bounds = _split(self.size, parallel)
+        saved = state.load()
+        if saved is not None and len(saved.urls) == len(bounds):
+            urls = saved.urls
+        elif parallel == 1:
+            created = self.tus.create(self.size, metadata)
+            if self.size == 0:  # complete as created: the response names the file
+                return Completed.of(created)
+            urls = [self.tus.location(created)]
+        else:
+            parts = [self.tus.create(length, {}, partial=True) for _, length in bounds]
+            urls = [self.tus.location(part) for part in parts]
+        state.save(SavedUpload(urls))
+        spans = [
+            Span(u, self.path, start, length)
+            for u, (start, length) in zip(urls, bounds, strict=True)
+        ]
+        if parallel == 1:
+            last = self._send(spans[0], self.hasher)
+            if last is not None:
+                return Completed.of(last)
+            # Everything had arrived in a run killed before it verified: the upload's UID is
+            # the file's; its delete token went to that run.
+            self.hasher.catch_up(self.path, self.size)
+            uid = urls[0].rstrip("/").rsplit("/", 1)[-1]
+            return Completed(f"{self.tus.base_url}/api/v1/files/{uid}", None)
+        with ThreadPoolExecutor(parallel + 1) as pool:
+            # The parts' bytes come in any order; one reader hashes the file in order meanwhile
+            # (mostly from the page cache, as the parts have just read it).
+            hashing = pool.submit(self.hasher.catch_up, self.path, self.size)
+            list(pool.map(lambda span: self._send(span, None), spans))
+            hashing.result()
+        return Completed.of(self.tus.concatenate(urls, metadata))
+
+    def _send(self, span: Span, hasher: SequentialSha256 | None) -> httpx.Response | None:
+        def on_offset(offset: int) -> None:
+            if hasher is not None and hasher.position < offset:
+                hasher.catch_up(self.path, span.start + offset)  # a new run: the prefix
+            self._confirmed[span.start], self._sending[span.start] = offset, 0
+            self._show()
+
+        def on_sent(n_bytes: int) -> None:
+            self._sending[span.start] = n_bytes
+            self._show()
+
+        return self.tus.send(span, self.chunk_bytes, hasher, on_offset, on_sent)
+
+    def _show(self) -> None:
+        self.bar.show(sum(self._confirmed.values()) + sum(self._sending.values()))
+
+
+def _split(size: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` byte ranges (start, length) covering ``size``, as equal as can be."""
+    step, extra = divmod(size, parts)
+    bounds, start = [], 0
+    for index in range(parts):
+        length = step + (1 if index < extra else 0)
+        bounds.append((start, length))
+        start += length
+    return bounds
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    file_url: str
+    delete_token: str | None
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> Completed:
+        """From the response that completed the upload: ``Content-Location`` names the file."""
+        location = response.headers.get("Content-Location")
+        if not location:
+            raise ClientError(f"{response.status_code} completed the upload without a file URL")
+        return cls(urljoin(str(response.request.url), location), _delete_token(response))
+
+
+def _verified(http: httpx.Client, done: Completed, digest: str) -> Uploaded:
+    """The stored file's facts; its sha256 must be the one we computed while sending."""
+    response = http.get(done.file_url + "/metadata")
     _raise_for_problem(response)
     meta = response.json()
-    if meta["sha256"] != digest.hexdigest():
-        raise ClientError(
-            f"the server stored sha256 {meta['sha256']}, the file is {digest.hexdigest()}"
-        )
-    return Uploaded(meta["uid"], meta["download_url"], meta["sha256"], meta["delete_token"])
+    if meta["sha256"] != digest:
+        raise ClientError(f"the server stored sha256 {meta['sha256']}, the file is {digest}")
+    return Uploaded(meta["uid"], meta["download_url"], meta["sha256"], done.delete_token)
 
 
 def download(
@@ -212,3 +332,13 @@ def _safe_name(name: str | None) -> str | None:
         return None
     base = os.path.basename(name.replace("\\", "/"))
     return base if base not in ("", ".", "..") else None
+
+
+# The header of the completing tus response that carries the new file's delete token (the
+# plain upload's JSON has it as `delete_token`).
+DELETE_TOKEN_HEADER = "Upload-Delete-Token"
+
+
+def _delete_token(response: httpx.Response) -> str | None:
+    token: str | None = response.headers.get(DELETE_TOKEN_HEADER)
+    return token

@@ -50,7 +50,11 @@ class Progress:
         self._drawn = 0.0
 
     def update(self, n_bytes: int) -> None:
-        self.done_bytes += n_bytes
+        self.show(self.done_bytes + n_bytes)
+
+    def show(self, done_bytes: int) -> None:
+        """Set the count (a resumed upload may step back to the offset the server has)."""
+        self.done_bytes = done_bytes
         now = time.monotonic()
         if self.enabled and now - self._drawn >= REDRAW_EVERY_S:
             self._drawn = now

@@ -4,9 +4,13 @@ Nothing is downloaded at run time (never `playwright install`): Playwright drive
 /usr/bin/chromium, which `make test` installs from Debian. Each test starts a real uvicorn
 (`mediasvc serve`) on PostgreSQL and a browser with a fresh profile. Every wait is bounded.
 
-- Upload through the page: the file input, a live progress bar with rate and time left (the
-  upload is throttled by the browser's own network emulation so progress can be seen), Cancel
-  (the server keeps nothing), then a real upload that appears in the list.
+- Upload through the page (tus-js-client): the file input, a live progress bar with rate and
+  time left (the upload is throttled by the browser's own network emulation so progress can be
+  seen), Cancel (terminates the upload: the server keeps nothing), then a real upload that
+  appears in the list.
+- Resumable: offline mid-upload (Playwright's offline mode) and back, then a reload mid-upload
+  and the same file chosen again: it finishes without starting over (bytes counted at a
+  loopback proxy in front of the server); the pause and resume buttons.
 - /docs (Swagger UI) renders with every request to another host refused: its assets are ours.
 - A video of tens of MB (made by ffmpeg at test time, so the browser cannot have buffered it
   all): open its page from the list, seek near the end, and check that the player got there and
@@ -17,6 +21,7 @@ Nothing is downloaded at run time (never `playwright install`): Playwright drive
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -34,6 +39,8 @@ from playwright.sync_api import BrowserContext, Page, Response, ViewportSize, sy
 
 from mediasvc.ids import hash_token
 from tests.conftest import PROJECT_ROOT, RunningServer, leftovers, truncate
+from tests.tcp_proxy import proxy_to
+from tests.tus_helpers import port_of, stored_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -509,3 +516,95 @@ def test_docs_render_with_no_request_leaving_the_server(
     ).first.wait_for()
     assert elsewhere == []
     assert browser.errors == []
+
+
+# --- resumable uploads (tus-js-client) ------------------------------------------------------
+
+
+def progress_at_least(page: Page, fraction: float) -> None:
+    page.wait_for_function(
+        "f => { const bar = document.querySelector('#progress-bar');"
+        " return bar.max > 1 && bar.value >= f * bar.max; }",
+        arg=fraction,
+        timeout=WAIT_MS,
+    )
+
+
+def bar_value(page: Page) -> int:
+    return int(page.locator("#progress-bar").evaluate("bar => bar.value"))
+
+
+def test_an_upload_survives_going_offline_and_a_reload(
+    server: RunningServer, browser: Browser, tmp_path: Path
+) -> None:
+    """Offline mid-upload and back: it continues from the server's offset. Reloaded mid-upload:
+    choosing the file again continues it. What crossed the proxy stays below the file's size
+    plus what was in flight (well under the page's 64 MiB chunk)."""
+    size = 24 * MiB
+    source = tmp_path / "resumable upload.bin"
+    source.write_bytes(os.urandom(size))
+    page = browser.page
+    browser.page.on("dialog", lambda dialog: dialog.accept())  # "leave the page?" on reload
+    with proxy_to(port_of(server.base_url)) as proxy:
+        page.goto(proxy.url + "/")
+        throttle_uploads(browser, 4 * MiB)  # ~6 s for the whole file
+        page.set_input_files("#file-input", str(source))
+        progress_at_least(page, 0.2)
+
+        browser.context.set_offline(True)
+        page.get_by_text("offline; it continues when the connection is back").wait_for()
+        offline_at = bar_value(page)
+        browser.context.set_offline(False)
+        throttle_uploads(browser, 4 * MiB)
+        progress_at_least(page, 0.5)
+        assert bar_value(page) > offline_at  # it went on, and not from 0
+
+        page.reload()
+        page.locator("#unfinished-list li", has_text=source.name).wait_for()
+        throttle_uploads(browser, -1)
+        page.set_input_files("#file-input", str(source))
+        page.locator("#upload-status", has_text=f"Uploaded {source.name}").wait_for()
+        assert proxy.sent < size + 2 * MiB, proxy.sent
+    assert page.locator("#unfinished").is_hidden()  # finished: no longer offered
+    uid = listed_uid(server, source.name)
+    meta = stored_file(server.base_url, f"/api/v1/files/{uid}")
+    assert meta["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert [e for e in browser.errors if "ERR_INTERNET_DISCONNECTED" not in e] == []
+
+
+def test_pause_and_resume_buttons(server: RunningServer, browser: Browser, tmp_path: Path) -> None:
+    size = 16 * MiB
+    source = tmp_path / "paused.bin"
+    source.write_bytes(os.urandom(size))
+    page = browser.page
+    with proxy_to(port_of(server.base_url)) as proxy:
+        page.goto(proxy.url + "/")
+        throttle_uploads(browser, 2 * MiB)
+        page.set_input_files("#file-input", str(source))
+        progress_at_least(page, 0.1)
+        page.click("#pause")
+        page.get_by_text("paused.bin: paused").wait_for()
+        assert page.locator("#resume").is_visible() and page.locator("#pause").is_hidden()
+        head = httpx.head(
+            f"{server.base_url}{uploads_path(page)}", headers={"Tus-Resumable": "1.0.0"}, timeout=5
+        )
+        paused_offset = int(head.headers["upload-offset"])
+        assert 0 < paused_offset < size
+        throttle_uploads(browser, -1)
+        page.click("#resume")
+        page.locator("#upload-status", has_text="Uploaded paused.bin").wait_for()
+        assert proxy.sent < size + 2 * MiB, proxy.sent  # resumed, not started again
+    uid = listed_uid(server, source.name)
+    meta = stored_file(server.base_url, f"/api/v1/files/{uid}")
+    assert meta["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert browser.errors == []
+
+
+def uploads_path(page: Page) -> str:
+    """The unfinished upload's path, from tus-js-client's URL storage in the page."""
+    url = page.evaluate(
+        "() => Object.keys(localStorage).filter(k => k.startsWith('tus::'))"
+        ".map(k => JSON.parse(localStorage.getItem(k)).uploadUrl)[0]"
+    )
+    assert isinstance(url, str), url
+    return "/" + url.split("/", 3)[3]

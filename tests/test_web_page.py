@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 
@@ -51,3 +52,33 @@ def test_the_wheel_carries_the_static_files() -> None:
     for path in files:
         relative = path.relative_to(STATIC_DIR.parent)
         assert any(relative.match(pattern) for pattern in patterns), relative
+
+
+def test_the_vendored_files_are_the_listed_ones_at_pinned_versions() -> None:
+    """static/vendor holds exactly what web-vendor/files.txt names (make vendor-web copies
+    them), from packages pinned to one exact version that the lock file agrees with."""
+    vendor_dir = PROJECT_ROOT / "web-vendor"
+    listed = {
+        line.split()[1]
+        for line in (vendor_dir / "files.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    vendored = {
+        path.relative_to(STATIC_DIR / "vendor").as_posix()
+        for path in (STATIC_DIR / "vendor").rglob("*")
+        if path.is_file()
+    }
+    assert vendored == listed
+    assert any(name.endswith("LICENSE") for name in vendored)
+    wanted = json.loads((vendor_dir / "package.json").read_text())["dependencies"]
+    locked = json.loads((vendor_dir / "package-lock.json").read_text())["packages"]
+    for name, version in wanted.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), (name, version)  # exact, no range
+        assert locked[f"node_modules/{name}"]["version"] == version
+
+
+async def test_the_page_loads_tus_js_client_before_its_script(client: httpx.AsyncClient) -> None:
+    page = (await client.get("/")).text
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert scripts == ["/static/vendor/tus-js-client/tus.min.js", "/static/app.js"]
+    assert "<script>" not in page  # nothing inline: the policy forbids it

@@ -1,4 +1,4 @@
-// mediasvc web page: upload (XHR, for upload progress), list, file page with a player.
+// mediasvc web page: resumable upload (tus-js-client), list, file page with a player.
 // No framework, no build. Every name from the server is set as text, never as HTML.
 "use strict";
 
@@ -156,19 +156,31 @@ async function api(path, options = {}) {
   return text ? JSON.parse(text) : null;
 }
 
-// --- upload ---------------------------------------------------------------------------------------
+// --- upload (tus: resumable) ----------------------------------------------------------------------
+// tus-js-client (static/vendor, `make vendor-web`) sends the file to /api/v1/uploads: a cut
+// connection is retried from the offset the server reports (HEAD), going offline waits for the
+// connection to come back, and the upload's URL is kept in localStorage so that after a reload
+// choosing the same file again continues it.
+
+const UPLOADS = "/api/v1/uploads";
+// Bytes per PATCH: a cut costs at most what was in flight; fewer, bigger requests are faster.
+const CHUNK_BYTES = 64 * 1024 * 1024;
+// Waits between attempts after a network error or a 5xx (ms); then the upload gives up.
+const RETRY_DELAYS = [0, 1000, 2000, 5000, 10000, 20000, 30000, 60000, 60000, 60000];
+const DELETE_TOKEN_HEADER = "Upload-Delete-Token";
 
 const queue = [];
-let current = null; // { xhr, file }
+let current = null; // { upload, file, state: "sending" | "paused" | "offline" }
 
-function uploadQuery() {
-  const params = new URLSearchParams();
+function uploadMetadata(file) {
+  const metadata = { filename: file.name };
+  // The browser's guess from the extension; none → the server sniffs the content.
+  if (file.type) metadata.filetype = file.type;
   const maxDownloads = $("max-downloads").value.trim();
   const expiresIn = $("expires-in").value;
-  if (maxDownloads) params.set("max_downloads", maxDownloads);
-  if (expiresIn) params.set("expires_in", expiresIn);
-  const query = params.toString();
-  return query ? `?${query}` : "";
+  if (maxDownloads) metadata.max_downloads = maxDownloads;
+  if (expiresIn) metadata.expires_in = expiresIn;
+  return metadata;
 }
 
 function enqueue(files) {
@@ -180,6 +192,10 @@ function enqueue(files) {
 class RateMeter {
   constructor(windowMs = 3000) {
     this.windowMs = windowMs;
+    this.samples = [];
+  }
+
+  reset() {
     this.samples = [];
   }
 
@@ -215,61 +231,96 @@ function setStatus(text, kind) {
   status.className = `status ${kind || ""}`;
 }
 
-function uploadNext() {
+function setButtons(state) {
+  $("cancel").disabled = state === "idle";
+  $("pause").hidden = state === "paused";
+  $("pause").disabled = state !== "sending";
+  $("resume").hidden = state !== "paused";
+}
+
+// A status of the tus response, or 0 for a network error (no response).
+function statusOf(error) {
+  return error && error.originalResponse ? error.originalResponse.getStatus() : 0;
+}
+
+function errorText(error) {
+  const response = error && error.originalResponse;
+  if (!response) return "the connection failed";
+  return problemText(response.getStatus(), "", response.getBody());
+}
+
+async function uploadNext() {
   const file = queue.shift();
   if (!file) {
     current = null; // the last result stays on show
+    setButtons("idle");
     return;
   }
-  const xhr = new XMLHttpRequest();
-  current = { xhr, file };
   const meter = new RateMeter();
   $("progress").hidden = false;
   $("progress-name").textContent = file.name;
-  $("cancel").disabled = false;
   showProgress(0, file.size, null);
   setStatus(queue.length ? `${queue.length} more waiting` : "", "");
 
-  xhr.open("POST", `${API}/stream${uploadQuery()}`);
-  xhr.setRequestHeader("X-Filename", encodeURIComponent(file.name));
-  // The browser's guess from the extension; none → octet-stream, and the server sniffs.
-  xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
-  xhr.setRequestHeader("Accept", "application/json");
-  for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
-  xhr.responseType = "text";
-
-  xhr.upload.addEventListener("progress", (event) => {
-    const total = event.lengthComputable ? event.total : file.size;
-    showProgress(event.loaded, total, meter.add(event.loaded));
-  });
-  xhr.addEventListener("load", () => {
-    if (xhr.status === 201) {
-      const stored = JSON.parse(xhr.responseText);
-      if (stored.delete_token) saveToken(stored.uid, stored.delete_token);
-      showProgress(file.size, file.size, null);
-      $("progress-text").textContent = `${formatBytes(stored.size)} · done`;
-      setStatus(
-        ["Uploaded ", el("a", { href: `#/files/${stored.uid}` }, displayName(stored))],
-        "ok",
-      );
-      refreshList();
-    } else {
-      setStatus(`${file.name}: ${problemText(xhr.status, xhr.statusText, xhr.responseText)}`, "error");
+  const upload = new tus.Upload(file, {
+    endpoint: UPLOADS,
+    chunkSize: CHUNK_BYTES,
+    retryDelays: RETRY_DELAYS,
+    metadata: uploadMetadata(file),
+    headers: authHeaders(),
+    removeFingerprintOnSuccess: true,
+    onShouldRetry(error) {
+      // Offline: no point waiting out the delays; the "online" event resumes it (below).
+      if (!navigator.onLine) return false;
+      const status = statusOf(error);
+      return status === 0 || status >= 500 || status === 409 || status === 423;
+    },
+    onProgress(sent, total) {
+      showProgress(sent, total, meter.add(sent));
+    },
+    onSuccess({ lastResponse }) {
+      finished(file, lastResponse);
+    },
+    onError(error) {
+      if (current && current.upload === upload && !navigator.onLine && statusOf(error) === 0) {
+        waitForOnline();
+        return;
+      }
+      setStatus(`${file.name}: ${errorText(error)}`, "error");
       stopProgress("failed");
-    }
-    finish();
+      uploadNext();
+      showUnfinished();
+    },
   });
-  xhr.addEventListener("error", () => {
-    setStatus(`${file.name}: the connection failed`, "error");
-    stopProgress("failed");
-    finish();
-  });
-  xhr.addEventListener("abort", () => {
-    setStatus(`${file.name}: cancelled`, "error");
-    stopProgress("cancelled");
-    finish();
-  });
-  xhr.send(file);
+  current = { upload, file, state: "sending", meter };
+  setButtons("sending");
+  // The same file (name, type, size, modification time) begun before, here or before a
+  // reload: continue that upload rather than start again.
+  const previous = await upload.findPreviousUploads();
+  if (previous.length) {
+    previous.sort((a, b) => Date.parse(b.creationTime) - Date.parse(a.creationTime));
+    upload.resumeFromPreviousUpload(previous[0]);
+    setStatus(`${file.name}: continuing the earlier upload`, "");
+  }
+  upload.start();
+}
+
+// The completing response names the file (Content-Location); it is shown as a plain upload's.
+async function finished(file, response) {
+  try {
+    const location = response.getHeader("Content-Location");
+    const stored = await api(`${location}/metadata`);
+    const token = response.getHeader(DELETE_TOKEN_HEADER);
+    if (token) saveToken(stored.uid, token);
+    showProgress(file.size, file.size, null);
+    $("progress-text").textContent = `${formatBytes(stored.size)} · done`;
+    setStatus(["Uploaded ", el("a", { href: `#/files/${stored.uid}` }, displayName(stored))], "ok");
+    refreshList();
+  } catch (error) {
+    setStatus(`${file.name}: uploaded, but ${error.message}`, "error");
+  }
+  uploadNext();
+  showUnfinished();
 }
 
 // An upload that ended without success: no rate, no time left, the bar empty.
@@ -278,14 +329,84 @@ function stopProgress(outcome) {
   $("progress-text").textContent = outcome;
 }
 
-function finish() {
-  $("cancel").disabled = true;
-  uploadNext();
+// The browser says the network is gone: stop now rather than wait for the request to time out
+// (a dropped Wi-Fi can leave it hanging for minutes); the "online" event resumes it.
+function waitForOnline() {
+  if (!current || current.state === "paused") return;
+  if (current.state === "sending") current.upload.abort(false);
+  current.state = "offline";
+  current.meter.reset();
+  setButtons("offline");
+  setStatus(`${current.file.name}: offline; it continues when the connection is back`, "");
 }
 
-function cancelUpload() {
+function pauseUpload() {
+  if (!current || current.state !== "sending") return;
+  current.state = "paused";
+  current.upload.abort(false); // the server keeps what it has; Resume continues from there
+  setButtons("paused");
+  setStatus(`${current.file.name}: paused`, "");
+}
+
+function resumeUpload() {
+  if (!current || current.state === "sending") return;
+  current.state = "sending";
+  current.meter.reset();
+  setButtons("sending");
+  setStatus("", "");
+  current.upload.start();
+}
+
+async function cancelUpload() {
   queue.length = 0; // cancel means stop: the waiting files too
-  if (current) current.xhr.abort();
+  if (!current) return;
+  const { upload, file } = current;
+  current = null;
+  setButtons("idle");
+  try {
+    await upload.abort(true); // terminates it: the server drops its bytes
+  } catch {
+    // not created yet, or the server is gone: it expires there
+  }
+  setStatus(`${file.name}: cancelled`, "error");
+  stopProgress("cancelled");
+  uploadNext();
+  showUnfinished();
+}
+
+// Uploads begun in this browser and not finished (tus-js-client's URL storage).
+async function showUnfinished() {
+  const stored = await tus.defaultOptions.urlStorage.findAllUploads();
+  const active = current && current.upload.url;
+  const left = stored.filter((upload) => upload.uploadUrl && upload.uploadUrl !== active);
+  $("unfinished").hidden = left.length === 0;
+  $("unfinished-list").replaceChildren(
+    ...left.map((upload) =>
+      el(
+        "li",
+        {},
+        el("span", { class: "name" }, upload.metadata.filename || "unnamed"),
+        el("span", { class: "muted small" }, formatBytes(upload.size)),
+        el(
+          "button",
+          {
+            type: "button",
+            class: "quiet",
+            onclick: async () => {
+              try {
+                await tus.Upload.terminate(upload.uploadUrl, { headers: authHeaders() });
+              } catch {
+                // already gone (expired, or finished elsewhere)
+              }
+              await tus.defaultOptions.urlStorage.removeUpload(upload.urlStorageKey);
+              showUnfinished();
+            },
+          },
+          "Forget",
+        ),
+      ),
+    ),
+  );
 }
 
 function setUpDropZone() {
@@ -315,6 +436,13 @@ function setUpDropZone() {
     });
   }
   $("cancel").addEventListener("click", cancelUpload);
+  $("pause").addEventListener("click", pauseUpload);
+  $("resume").addEventListener("click", resumeUpload);
+  window.addEventListener("offline", waitForOnline);
+  // Back online: an upload that stopped for it continues from the server's offset.
+  window.addEventListener("online", () => {
+    if (current && current.state === "offline") resumeUpload();
+  });
   window.addEventListener("beforeunload", (event) => {
     if (current) event.preventDefault();
   });
@@ -532,6 +660,8 @@ function start() {
     refreshList();
   });
   setUpDropZone();
+  setButtons("idle");
+  showUnfinished();
   $("refresh").addEventListener("click", refreshList);
   $("more").addEventListener("click", () => loadFiles(true));
   window.addEventListener("hashchange", render);
