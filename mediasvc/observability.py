@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mediasvc.server import ZEROCOPY_EXTENSION
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -87,6 +89,9 @@ class Metrics:
         )
 
 
+BODY_MESSAGES = frozenset({"http.response.body", ZEROCOPY_EXTENSION})
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
@@ -125,8 +130,10 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
-            elif message["type"] == "http.response.body" and kind == "download" and status < 300:
-                sent += len(message.get("body", b""))
+            elif kind == "download" and status < 300 and message["type"] in BODY_MESSAGES:
+                # A zero-copy send's count: what it asks the server to send (cut short only by
+                # a client that went away).
+                sent += len(message.get("body", b"")) or message.get("count", 0)
                 if sent - counted_out >= COUNTER_FLUSH_BYTES:
                     metrics.bytes_out.inc(sent - counted_out)
                     counted_out = sent

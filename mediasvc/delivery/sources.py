@@ -38,6 +38,10 @@ class ByteSource(Protocol):
         """Release what the source holds; idempotent."""
         ...
 
+    def descriptor(self) -> int | None:
+        """An open OS file the server may send from itself (zero copy); None if there is none."""
+        ...
+
 
 class LocalFile:
     """An open descriptor: a file deleted after ``open`` is still read whole (as nginx does)."""
@@ -89,6 +93,9 @@ class LocalFile:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def descriptor(self) -> int | None:
+        return self._fd
 
 
 class CloudObject:
@@ -145,3 +152,6 @@ class CloudObject:
 
     async def aclose(self) -> None:
         await self._close_stream()
+
+    def descriptor(self) -> int | None:
+        return None  # its bytes come over the network, through us
