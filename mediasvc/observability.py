@@ -43,6 +43,11 @@ class Metrics:
         r = self.registry
         self.bytes_in = Counter("mediasvc_bytes_received", "Upload body bytes received", registry=r)
         self.bytes_out = Counter("mediasvc_bytes_sent", "Download body bytes sent", registry=r)
+        self.bytes_out_zerocopy = Counter(
+            "mediasvc_bytes_sent_zerocopy",
+            "Download body bytes of the above the server sent from the file itself (zero copy)",
+            registry=r,
+        )
         self.uploads = Counter("mediasvc_uploads", "Uploads by status", ["status"], registry=r)
         self.downloads = Counter(
             "mediasvc_downloads", "Downloads by status", ["status"], registry=r
@@ -133,7 +138,11 @@ class ObservabilityMiddleware:
             elif kind == "download" and status < 300 and message["type"] in BODY_MESSAGES:
                 # A zero-copy send's count: what it asks the server to send (cut short only by
                 # a client that went away).
-                sent += len(message.get("body", b"")) or message.get("count", 0)
+                if message["type"] == ZEROCOPY_EXTENSION:
+                    sent += message["count"]
+                    metrics.bytes_out_zerocopy.inc(message["count"])  # a chunk: not too often
+                else:
+                    sent += len(message.get("body", b""))
                 if sent - counted_out >= COUNTER_FLUSH_BYTES:
                     metrics.bytes_out.inc(sent - counted_out)
                     counted_out = sent

@@ -111,8 +111,8 @@ def test_missing_debian_packages_are_named_to_a_user_who_is_not_root(
     assert ran.returncode == 1
     assert ran.stdout == b""
     assert (
-        "apt-get update && apt-get install -y --no-install-recommends chromium curl "
-        "docker-compose ffmpeg nodejs npm postgresql redis-server"
+        "apt-get update && apt-get install -y --no-install-recommends aria2 chromium curl "
+        "docker-compose ffmpeg nginx nodejs npm postgresql redis-server"
     ) in ran.stderr.decode()
     # The service alone needs none of them.
     run_only = as_nobody("run")
