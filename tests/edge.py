@@ -1,0 +1,145 @@
+"""The nginx edge of deploy/nginx for tests: Debian's nginx on loopback, in front of a real
+`mediasvc serve`, configured from the same template as the docker-compose service (rendered as
+the nginx image's envsubst does: only the names given are replaced)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from string import Template
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from mediasvc.db.migrations import upgrade
+from tests.conftest import PROJECT_ROOT, free_port, launch_server, stop_process
+
+TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "templates" / "mediasvc.conf.template"
+ACCEL_PREFIX = "/_mediasvc_files/"
+
+MAIN_CONF = """\
+worker_processes 1;
+$user_line
+pid $prefix/nginx.pid;
+error_log $prefix/error.log warn;
+daemon off;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path $prefix/body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+    include $prefix/mediasvc.conf;
+}
+"""
+
+
+def nginx_binary() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("nginx is missing: apt-get install nginx (make test does)")
+
+
+class Edge:
+    """A running nginx edge: its URL, and its process to stop."""
+
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str) -> None:
+        self.process = process
+        self.base_url = base_url
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def start_edge(prefix: Path, *, upstream: str, media_root: Path) -> Edge:
+    """nginx with deploy/nginx's template in front of ``upstream`` (host:port), reading
+    ``media_root`` for offloaded downloads."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    rendered = Template(TEMPLATE.read_text()).safe_substitute(
+        MEDIASVC_UPSTREAM=upstream,
+        MEDIASVC_EDGE_LISTEN=f"127.0.0.1:{port}",
+        MEDIASVC_MEDIA_ROOT=str(media_root),
+        MEDIASVC_ACCEL_REDIRECT_PREFIX=ACCEL_PREFIX,
+    )
+    (prefix / "mediasvc.conf").write_text(rendered)
+    main = Template(MAIN_CONF).substitute(
+        prefix=prefix, user_line="user root;" if os.geteuid() == 0 else ""
+    )
+    (prefix / "nginx.conf").write_text(main)
+    with (prefix / "stderr.log").open("wb") as log:
+        process = subprocess.Popen(
+            [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited: {(prefix / 'stderr.log').read_text()}")
+        try:
+            httpx.get(f"{base_url}/healthz", timeout=1)
+            return Edge(process, base_url)
+        except httpx.TransportError:
+            time.sleep(0.05)
+    stop_process(process)
+    raise RuntimeError("nginx did not start within 30 s")
+
+
+@contextlib.contextmanager
+def offloading_edge(root: Path) -> Iterator[str]:
+    """A `mediasvc serve` that offloads to nginx, on its own SQLite database, with the test
+    settings' chunk sizes, behind the edge: the edge's URL."""
+    database_url = f"sqlite+aiosqlite:///{root}/db.sqlite"
+    with ThreadPoolExecutor(1) as pool:  # its own loop: the fixture may be asked for in ours
+        pool.submit(upgrade, database_url).result()
+    media_root = root / "media"
+    server = launch_server(
+        {
+            "MEDIASVC_DATABASE_URL": database_url,
+            "MEDIASVC_MEDIA_ROOT": str(media_root),
+            "MEDIASVC_CLOUD_ROOT": str(root / "bucket"),
+            "MEDIASVC_IO_CHUNK_SIZE_BYTES": str(64 * 1024),
+            "MEDIASVC_DOWNLOAD_CHUNK_SIZE_BYTES": str(64 * 1024),
+            "MEDIASVC_ACCEL_REDIRECT_PREFIX": ACCEL_PREFIX,
+        },
+        root,
+    )
+    try:
+        edge = start_edge(
+            root / "nginx", upstream=server.base_url.removeprefix("http://"), media_root=media_root
+        )
+        try:
+            yield edge.base_url
+        finally:
+            edge.stop()
+    finally:
+        stop_process(server.process)
+
+
+@contextlib.asynccontextmanager
+async def direct_or_edge(
+    request: pytest.FixtureRequest, app: FastAPI
+) -> AsyncIterator[httpx.AsyncClient]:
+    """For a ``client`` fixture with params ``["direct", "edge"]``: a client of ``app`` itself
+    (in-process), or of the nginx edge in front of a real server (the module's ``edge_url``).
+    A module whose ``client`` is that runs each of its cases both ways, expecting the same."""
+    if request.param == "direct":
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+    else:
+        async with httpx.AsyncClient(base_url=request.getfixturevalue("edge_url")) as http:
+            yield http
