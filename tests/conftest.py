@@ -122,8 +122,8 @@ def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     one per module that asks: its URL."""
     from tests.edge import offloading_edge  # it builds on this module
 
-    with offloading_edge(tmp_path_factory.mktemp("edge")) as url:
-        yield url
+    with offloading_edge(tmp_path_factory.mktemp("edge")) as stack:
+        yield stack.base_url
 
 
 def leftovers(media_root: Path) -> list[Path]:

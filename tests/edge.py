@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
@@ -98,10 +99,17 @@ def start_edge(prefix: Path, *, upstream: str, media_root: Path) -> Edge:
     raise RuntimeError("nginx did not start within 30 s")
 
 
+@dataclass(frozen=True)
+class EdgeStack:
+    base_url: str  # the edge's
+    api_url: str  # the API's own
+    media_root: Path  # the API's
+
+
 @contextlib.contextmanager
-def offloading_edge(root: Path) -> Iterator[str]:
+def offloading_edge(root: Path) -> Iterator[EdgeStack]:
     """A `mediasvc serve` that offloads to nginx, on its own SQLite database, with the test
-    settings' chunk sizes, behind the edge: the edge's URL."""
+    settings' chunk sizes, behind the edge."""
     database_url = f"sqlite+aiosqlite:///{root}/db.sqlite"
     with ThreadPoolExecutor(1) as pool:  # its own loop: the fixture may be asked for in ours
         pool.submit(upgrade, database_url).result()
@@ -122,7 +130,7 @@ def offloading_edge(root: Path) -> Iterator[str]:
             root / "nginx", upstream=server.base_url.removeprefix("http://"), media_root=media_root
         )
         try:
-            yield edge.base_url
+            yield EdgeStack(edge.base_url, server.base_url, media_root)
         finally:
             edge.stop()
     finally:
