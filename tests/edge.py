@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from mediasvc.db.migrations import upgrade
 from tests.conftest import PROJECT_ROOT, free_port, launch_server, stop_process
 
-TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "templates" / "mediasvc.conf.template"
+TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "templates" / "default.conf.template"
 ACCEL_PREFIX = "/_mediasvc_files/"
 
 MAIN_CONF = """\
