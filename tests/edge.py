@@ -5,6 +5,7 @@ the nginx image's envsubst does: only the names given are replaced)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
+from types import ModuleType
 
 import httpx
 import pytest
@@ -22,27 +23,17 @@ from fastapi import FastAPI
 from mediasvc.db.migrations import upgrade
 from tests.conftest import PROJECT_ROOT, free_port, launch_server, stop_process
 
-TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "templates" / "default.conf.template"
+DEPLOY = PROJECT_ROOT / "deploy" / "nginx"
 ACCEL_PREFIX = "/_mediasvc_files/"
 
-MAIN_CONF = """\
-worker_processes 1;
-$user_line
-pid $prefix/nginx.pid;
-error_log $prefix/error.log warn;
-daemon off;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path $prefix/body;
-    proxy_temp_path $prefix/proxy;
-    fastcgi_temp_path $prefix/fastcgi;
-    uwsgi_temp_path $prefix/uwsgi;
-    scgi_temp_path $prefix/scgi;
-    include $prefix/mediasvc.conf;
-}
-"""
+
+def _deploy_renderer() -> ModuleType:
+    """deploy/nginx/render.py, which is no package of ours: loaded from its path."""
+    spec = importlib.util.spec_from_file_location("nginx_render", DEPLOY / "render.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def nginx_binary() -> str:
@@ -68,17 +59,13 @@ def start_edge(prefix: Path, *, upstream: str, media_root: Path) -> Edge:
     ``media_root`` for offloaded downloads."""
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    rendered = Template(TEMPLATE.read_text()).safe_substitute(
-        MEDIASVC_UPSTREAM=upstream,
-        MEDIASVC_EDGE_LISTEN=f"127.0.0.1:{port}",
-        MEDIASVC_MEDIA_ROOT=str(media_root),
-        MEDIASVC_ACCEL_REDIRECT_PREFIX=ACCEL_PREFIX,
+    _deploy_renderer().render(
+        prefix,
+        upstream=upstream,
+        listen=f"127.0.0.1:{port}",
+        media_root=media_root,
+        accel_prefix=ACCEL_PREFIX,
     )
-    (prefix / "mediasvc.conf").write_text(rendered)
-    main = Template(MAIN_CONF).substitute(
-        prefix=prefix, user_line="user root;" if os.geteuid() == 0 else ""
-    )
-    (prefix / "nginx.conf").write_text(main)
     with (prefix / "stderr.log").open("wb") as log:
         process = subprocess.Popen(
             [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
