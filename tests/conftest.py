@@ -174,17 +174,24 @@ def launch_server(
             stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}"
+    wait_healthy(process, base_url, tmp_path / f"server-{port}.log")
+    return RunningServer(process, base_url, media_root)
+
+
+def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    """Until ``base_url``/healthz answers 200 (30 s at most); the process is stopped and its
+    log raised if it exits or never answers."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {(tmp_path / f'server-{port}.log').read_text()}")
+            raise RuntimeError(f"{process.args!r} exited: {log.read_text()}")
         try:
             if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return RunningServer(process, base_url, media_root)
+                return
         except httpx.TransportError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     stop_process(process)
-    raise RuntimeError("server did not start within 30 s")
+    raise RuntimeError(f"{process.args!r} did not answer within 30 s: {log.read_text()}")
 
 
 @pytest.fixture

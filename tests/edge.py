@@ -9,7 +9,6 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 
 from mediasvc.db.migrations import upgrade
-from tests.conftest import PROJECT_ROOT, free_port, launch_server, stop_process
+from tests.conftest import PROJECT_ROOT, free_port, launch_server, stop_process, wait_healthy
 
 DEPLOY = PROJECT_ROOT / "deploy" / "nginx"
 ACCEL_PREFIX = "/_mediasvc_files/"
@@ -73,17 +72,8 @@ def start_edge(prefix: Path, *, upstream: str, media_root: Path) -> Edge:
             stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited: {(prefix / 'stderr.log').read_text()}")
-        try:
-            httpx.get(f"{base_url}/healthz", timeout=1)
-            return Edge(process, base_url)
-        except httpx.TransportError:
-            time.sleep(0.05)
-    stop_process(process)
-    raise RuntimeError("nginx did not start within 30 s")
+    wait_healthy(process, base_url, prefix / "stderr.log")  # the API's answer, through nginx
+    return Edge(process, base_url)
 
 
 @dataclass(frozen=True)
