@@ -348,3 +348,39 @@ async def test_not_offered_over_tls(
         writer.close()
     assert ZEROCOPY_EXTENSION not in seen["extensions"]
     assert "mediasvc.connection.abort" in seen["extensions"]
+
+
+async def test_each_message_gives_the_loop_a_turn(
+    data_file: Path, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """Small messages to a client with room to spare never make the send wait: the loop still
+    turns once per message, or one download would starve every other connection."""
+    turns: dict[str, int] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        fd = os.open(data_file, os.O_RDONLY)
+        try:
+            headers = [(b"content-length", b"50000")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await asyncio.sleep(0)  # the ticker runs once
+            before = ticks
+            for i in range(50):
+                await send(zerocopy(fd, offset=i * 1000, count=1000, more_body=i < 49))
+            turns["during"] = ticks - before
+        finally:
+            ticker.cancel()
+            os.close(fd)
+
+    with serving(app, loop_factory) as (host, port):
+        _, body = await get(host, port)
+    assert body == DATA[:50_000]
+    assert turns["during"] >= 49

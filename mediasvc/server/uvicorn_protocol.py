@@ -517,6 +517,9 @@ class ZeroCopySender:
                     raise
                 self._transport.abort()  # uvicorn sees the loss; the app a disconnect
                 break
+        # A client that takes everything at once never makes us wait: one loop turn per message
+        # all the same, or a whole file's messages would starve every other connection.
+        await asyncio.sleep(0)
         return sent
 
     def _sendfile_once(self, fd: int, offset: int, count: int) -> int:
