@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from arq.worker import Worker
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
 from mediasvc.app import create_app
@@ -575,3 +576,15 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
         timeout=600,
         check=True,
     )
+
+
+# --- Prometheus metrics ---------------------------------------------------------------------
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition, parsed by prometheus-client's own parser."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found

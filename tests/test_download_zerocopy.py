@@ -20,8 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer
-from tests.helpers import parse_byteranges, random_bytes
-from tests.test_observability import samples
+from tests.helpers import parse_byteranges, random_bytes, samples
 
 pytestmark = pytest.mark.e2e
 

@@ -25,8 +25,7 @@ import uvicorn
 
 from tests.conftest import free_port
 from tests.edge import EdgeStack, offloading_edge, start_edge
-from tests.helpers import parse_byteranges, random_bytes
-from tests.test_observability import samples
+from tests.helpers import parse_byteranges, random_bytes, samples
 
 pytestmark = pytest.mark.e2e
 
