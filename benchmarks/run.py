@@ -21,7 +21,12 @@ then their median reported, because throughput drifts up to 2x over minutes on t
 - downloads of SIZE, full and the last 64 MiB: nginx sendfile, Starlette FileResponse defaults,
   mediasvc from disk (under uvicorn and granian), mediasvc from the cloud store (s3rver, the
   local copy evicted);
-- concurrency: 8 parallel 512 MiB uploads, 32 parallel Range readers at random offsets;
+- edge (issue 18), interleaved: nginx alone, mediasvc direct (zero-copy send), mediasvc through
+  the nginx edge of deploy/nginx with offload (X-Accel-Redirect) and without; SIZE full, the
+  last 64 MiB and 1 MiB Ranges at random offsets (TTFB from a raw socket), an upload through
+  the edge against one straight to the API;
+- concurrency: 8 parallel 512 MiB uploads, 32 parallel Range readers at random offsets (and the
+  server's RSS growth meanwhile);
 - locust (benchmarks/locustfile.py): a realistic mix for a bounded time against the full stack
   (`mediasvc serve --workers 2`, PostgreSQL, Redis, `mediasvc worker`, s3rver), and GET /healthz
   of the same app (the framework ceiling).
@@ -60,6 +65,7 @@ from bench.context import Run
 from bench.report import machine, table, versions, write_results
 from bench.sections.concurrency import section_concurrency
 from bench.sections.downloads import section_downloads
+from bench.sections.edge import section_edge
 from bench.sections.locust import section_locust
 from bench.sections.push import section_push
 from bench.sections.resumable import section_resumable
@@ -73,6 +79,7 @@ SECTIONS: dict[str, Callable[[Run], None]] = {
     "resumable": section_resumable,
     "push": section_push,
     "downloads": section_downloads,
+    "edge": section_edge,
     "concurrency": section_concurrency,
     "locust": section_locust,
 }

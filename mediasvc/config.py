@@ -179,6 +179,14 @@ class Settings(BaseSettings):
         description="Largest piece handed to the server at once: a stalled download holds at "
         "most one read (download_chunk_size_bytes) plus one such piece.",
     )
+    accel_redirect_prefix: str | None = Field(
+        default=None,
+        pattern=r"^/[A-Za-z0-9._~/-]*/$",
+        description="Behind the nginx edge (deploy/nginx): downloads of local files without a "
+        "download limit are answered with X-Accel-Redirect to this internal location, which "
+        "maps onto media_root, and nginx sends the bytes. Set it only where every request "
+        "comes through that edge and it sees this media volume.",
+    )
     download_reservation_lease_s: float = Field(
         default=300.0,
         ge=10,

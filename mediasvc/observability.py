@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mediasvc.server import ZEROCOPY_EXTENSION
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -41,6 +43,11 @@ class Metrics:
         r = self.registry
         self.bytes_in = Counter("mediasvc_bytes_received", "Upload body bytes received", registry=r)
         self.bytes_out = Counter("mediasvc_bytes_sent", "Download body bytes sent", registry=r)
+        self.bytes_out_zerocopy = Counter(
+            "mediasvc_bytes_sent_zerocopy",
+            "Download body bytes of the above the server sent from the file itself (zero copy)",
+            registry=r,
+        )
         self.uploads = Counter("mediasvc_uploads", "Uploads by status", ["status"], registry=r)
         self.downloads = Counter(
             "mediasvc_downloads", "Downloads by status", ["status"], registry=r
@@ -120,6 +127,9 @@ class Metrics:
         self.resumptions.inc()
 
 
+BODY_MESSAGES = frozenset({"http.response.body", ZEROCOPY_EXTENSION})
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
@@ -158,8 +168,14 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
-            elif message["type"] == "http.response.body" and kind == "download" and status < 300:
-                sent += len(message.get("body", b""))
+            elif kind == "download" and status < 300 and message["type"] in BODY_MESSAGES:
+                # A zero-copy send's count: what it asks the server to send (cut short only by
+                # a client that went away).
+                if message["type"] == ZEROCOPY_EXTENSION:
+                    sent += message["count"]
+                    metrics.bytes_out_zerocopy.inc(message["count"])  # a chunk: not too often
+                else:
+                    sent += len(message.get("body", b""))
                 if sent - counted_out >= COUNTER_FLUSH_BYTES:
                     metrics.bytes_out.inc(sent - counted_out)
                     counted_out = sent

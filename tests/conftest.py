@@ -117,6 +117,16 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@pytest.fixture(scope="module")
+def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The nginx edge of deploy/nginx in front of a real server that offloads (tests/edge.py),
+    one per module that asks: its URL."""
+    from tests.edge import offloading_edge  # it builds on this module
+
+    with offloading_edge(tmp_path_factory.mktemp("edge")) as stack:
+        yield stack.base_url
+
+
 def leftovers(media_root: Path) -> list[Path]:
     """Every file under the media root but its volume id: a failed upload must leave none."""
     volume_id = media_root / VOLUME_ID_FILE
@@ -148,44 +158,58 @@ def peak_rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmHWM")
 
 
+def launch_server(
+    env: dict[str, str], tmp_path: Path, *, cwd: Path | None = None, args: Sequence[str] = ()
+) -> RunningServer:
+    """Start `mediasvc serve` (real uvicorn) in its own process; the caller stops it."""
+    port = free_port()
+    media_root = Path(env.get("MEDIASVC_MEDIA_ROOT", tmp_path / "media"))
+    full_env = {**os.environ, "MEDIASVC_MEDIA_ROOT": str(media_root), **env}
+    full_env.pop("GLIBC_TUNABLES", None)
+    with (tmp_path / f"server-{port}.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mediasvc", "serve", "--port", str(port), *args],
+            env=full_env,
+            cwd=cwd or tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    wait_healthy(process, base_url, tmp_path / f"server-{port}.log")
+    return RunningServer(process, base_url, media_root)
+
+
+def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    """Until ``base_url``/healthz answers 200 (30 s at most); the process is stopped and its
+    log raised if it exits or never answers."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    stop_process(process)
+    raise RuntimeError(f"{process.args!r} did not answer within 30 s: {log.read_text()}")
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start `mediasvc serve` (real uvicorn) in its own process; stopped after the test."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[RunningServer] = []
 
     def start(
         env: dict[str, str], *, cwd: Path | None = None, args: Sequence[str] = ()
     ) -> RunningServer:
-        port = free_port()
-        media_root = Path(env.get("MEDIASVC_MEDIA_ROOT", tmp_path / "media"))
-        full_env = {**os.environ, "MEDIASVC_MEDIA_ROOT": str(media_root), **env}
-        full_env.pop("GLIBC_TUNABLES", None)
-        with (tmp_path / f"server-{port}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mediasvc", "serve", "--port", str(port), *args],
-                env=full_env,
-                cwd=cwd or tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(process)
-        base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited: {(tmp_path / f'server-{port}.log').read_text()}"
-                )
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    return RunningServer(process, base_url, media_root)
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start within 30 s")
+        server = launch_server(env, tmp_path, cwd=cwd, args=args)
+        started.append(server)
+        return server
 
     yield start
-    for process in started:
-        stop_process(process)
+    for server in started:
+        stop_process(server.process)
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

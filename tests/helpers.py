@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 from arq.worker import Worker
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
 from mediasvc.app import create_app
@@ -636,3 +637,13 @@ async def send_in_pieces(
         assert response.status_code == 204, response.text
     assert response is not None
     return response
+# --- Prometheus metrics ---------------------------------------------------------------------
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition, parsed by prometheus-client's own parser."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found

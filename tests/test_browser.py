@@ -41,6 +41,7 @@ from mediasvc.ids import hash_token
 from tests.conftest import PROJECT_ROOT, RunningServer, leftovers, truncate
 from tests.tcp_proxy import proxy_to
 from tests.tus_helpers import port_of, stored_file
+from tests.helpers import samples
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -322,6 +323,11 @@ def test_a_file_the_server_could_not_examine_says_why(
     assert "not examined: ffprobe is not installed" in facts
 
 
+def zerocopy_bytes(server: RunningServer) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    return samples(metrics)[("mediasvc_bytes_sent_zerocopy_total", ())]
+
+
 def test_video_page_plays_and_seeks_with_a_range_request(
     server: RunningServer, browser: Browser, big_video: Path, picture: Path, tmp_path: Path
 ) -> None:
@@ -358,6 +364,7 @@ def test_video_page_plays_and_seeks_with_a_range_request(
     )
     assert buffered_end < target - 1, buffered_end
 
+    zerocopy_before = zerocopy_bytes(server)
     first_after_seek = len(browser.responses)
     player.evaluate("(v, t) => { v.muted = true; v.currentTime = t; }", target)
     page.wait_for_function(
@@ -383,6 +390,8 @@ def test_video_page_plays_and_seeks_with_a_range_request(
     # Seeking to 1 s before the end of a constant-rate file: a range near the end of the bytes.
     assert start > size // 2, (start, size)
     assert headers["content-range"].startswith(f"bytes {start}-")
+    # The seek's bytes went from the page cache to the socket (the server's zero-copy send).
+    assert zerocopy_bytes(server) > zerocopy_before
     # The download's own CSP and nosniff don't stop our page's <video> from playing it.
     assert headers["content-security-policy"] == "sandbox"
     assert headers["x-content-type-options"] == "nosniff"

@@ -111,8 +111,8 @@ def test_missing_debian_packages_are_named_to_a_user_who_is_not_root(
     assert ran.returncode == 1
     assert ran.stdout == b""
     assert (
-        "apt-get update && apt-get install -y --no-install-recommends chromium curl "
-        "docker-compose ffmpeg nodejs npm postgresql redis-server"
+        "apt-get update && apt-get install -y --no-install-recommends aria2 chromium curl "
+        "docker-compose ffmpeg nginx nodejs npm postgresql redis-server"
     ) in ran.stderr.decode()
     # The service alone needs none of them.
     run_only = as_nobody("run")
@@ -142,13 +142,37 @@ def test_compose_takes_the_public_url_and_the_trusted_proxy_from_the_operator() 
     default = compose_config()["services"]["api"]
     assert default["environment"]["MEDIASVC_PUBLIC_BASE_URL"] in ("", None)  # from Host
     trusted = default["command"][default["command"].index("--forwarded-allow-ips") + 1]
-    assert trusted == "127.0.0.1"  # port 8000 is published: no client's X-Forwarded-* believed
+    assert trusted == "172.28.0.10"  # the edge's fixed address: only its X-Forwarded-* believed
+    assert "ports" not in default  # every request comes through the edge
     set_ = compose_config(
         MEDIASVC_PUBLIC_BASE_URL="https://media.example.com",
         MEDIASVC_FORWARDED_ALLOW_IPS="10.0.0.5",
     )["services"]["api"]
     assert set_["environment"]["MEDIASVC_PUBLIC_BASE_URL"] == "https://media.example.com"
     assert set_["command"][set_["command"].index("--forwarded-allow-ips") + 1] == "10.0.0.5"
+
+
+def test_compose_puts_the_nginx_edge_in_front_of_the_api() -> None:
+    config = compose_config()
+    edge, api = config["services"]["edge"], config["services"]["api"]
+    assert [str(port["published"]) for port in edge["ports"]] == ["8000"]
+    assert edge["networks"]["default"]["ipv4_address"] == "172.28.0.10"
+    assert edge["environment"]["MEDIASVC_UPSTREAM"] == "api:8000"
+    prefix = edge["environment"]["MEDIASVC_ACCEL_REDIRECT_PREFIX"]
+    assert api["environment"]["MEDIASVC_ACCEL_REDIRECT_PREFIX"] == prefix
+    # The edge reads the API's media volume (read-only) where the API writes it.
+    media = edge["environment"]["MEDIASVC_MEDIA_ROOT"]
+    assert api["environment"]["MEDIASVC_MEDIA_ROOT"] == media
+    mounts = {target: (source, mode) for source, target, mode in map(_mount, edge["volumes"])}
+    assert mounts[media] == ("media", "ro")
+    source, mode = mounts["/etc/nginx/templates"]
+    assert (source, mode) == (str(PROJECT_ROOT / "deploy" / "nginx" / "templates"), "ro")
+
+
+def _mount(volume: str) -> tuple[str, str, str]:
+    """docker-compose's "source:target:mode" of a service's volume."""
+    source, target, mode = volume.split(":")
+    return source, target, mode
 
 
 def test_docker_build_context_leaves_out_local_state() -> None:

@@ -9,19 +9,29 @@ import base64
 import hashlib
 import random
 import secrets
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from tests.edge import direct_or_edge
 from tests.helpers import PROBLEM_JSON, assert_problem
 
 SIZE = 777
 DATA = random.Random(99).randbytes(SIZE)
 CACHE_DAY = "private, max-age=86400"
 NO_STORE = "private, no-store"
+
+
+@pytest.fixture(params=["direct", "edge"])
+async def client(request: pytest.FixtureRequest, app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Every case on the app itself and through the nginx edge: the same answers both ways."""
+    async with direct_or_edge(request, app) as http:
+        yield http
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -512,7 +522,12 @@ async def test_unknown_uid_gives_404(client: httpx.AsyncClient, method: str) -> 
     ids=repr,
 )
 async def test_malformed_uid_gives_404(client: httpx.AsyncClient, path_uid: str) -> None:
-    assert_problem(await client.get(f"/api/v1/files/{path_uid}"), 404)
+    response = await client.get(f"/api/v1/files/{path_uid}")
+    if "%00" in path_uid and client.base_url.host != "testserver":
+        # The edge: nginx refuses a NUL in the path itself (400) before asking the API.
+        assert response.status_code == 400
+        return
+    assert_problem(response, 404)
 
 
 async def test_uppercase_uid_gives_404(client: httpx.AsyncClient) -> None:

@@ -13,15 +13,24 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
+from tests.edge import direct_or_edge
 from tests.helpers import MULTIPART_CT, assert_problem, parse_byteranges
 
 SIZE = 1000
 DATA = random.Random(20260101).randbytes(SIZE)
 CHUNK = 64 * 1024  # download_chunk_size_bytes in the test settings: the read size
 BIG = random.Random(7).randbytes(3 * CHUNK + 123)
+
+
+@pytest.fixture(params=["direct", "edge"])
+async def client(request: pytest.FixtureRequest, app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Every case on the app itself and through the nginx edge: the same answers both ways."""
+    async with direct_or_edge(request, app) as http:
+        yield http
 
 
 # --- helpers ------------------------------------------------------------------------------------

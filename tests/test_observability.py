@@ -16,21 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from mediasvc.observability import JsonFormatter, request_id_var
 from tests.conftest import RunningServer, leftovers, truncate
+from tests.helpers import samples
 
 MiB = 1024 * 1024
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus exposition, parsed by prometheus-client's own parser."""
-    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 async def test_metrics_move_after_an_upload_and_a_download(client: httpx.AsyncClient) -> None:

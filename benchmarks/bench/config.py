@@ -30,6 +30,7 @@ class Config:
         "resumable",
         "push",
         "downloads",
+        "edge",
         "concurrency",
         "locust",
     )

@@ -34,7 +34,7 @@ async def live_record(request: Request, uid: str) -> FileRecord:
     """The file's row: 404 for an unknown or malformed UID, 410 once deleted, expired or used up."""
     if not is_valid_uid(uid):
         raise NotFound("no file has this UID")
-    async with services_of(request).db.session() as session:
+    async with services_of(request).db.read() as session:
         record = await repository.get(session, uid)
     if record is None:
         raise NotFound("no file has this UID")

@@ -24,6 +24,7 @@ from mediasvc.delivery import signing
 from mediasvc.delivery.budget import budget_bytes, is_prefetch, remaining_downloads
 from mediasvc.delivery.disposition import content_disposition
 from mediasvc.delivery.locate import CloudCopy, open_source
+from mediasvc.delivery.offload import accel_redirect
 from mediasvc.delivery.reservation import reserve
 from mediasvc.delivery.response import SourceResponse
 from mediasvc.delivery.serve import Representation, deliver
@@ -143,7 +144,17 @@ async def download(
         except BaseException:
             await response.discard()
             raise
-    return response
+        return response
+    offloaded = accel_redirect(
+        request.headers,
+        response,
+        prefix=services.settings.accel_redirect_prefix,
+        relative_path=services.store.relative_path_for(record.uid),
+    )
+    if offloaded is None:
+        return response
+    await response.discard()  # the edge opens the file itself
+    return offloaded
 
 
 async def _charge(

@@ -18,6 +18,8 @@ from mediasvc.db.commit_window import CommitWindow
 from mediasvc.db.outages import is_outage
 from mediasvc.errors import DatabaseUnavailable
 
+READ_POOL_SIZE = 4  # per process, beside the main pool's 10 (+20): reads take one statement
+
 
 def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
@@ -38,6 +40,18 @@ def make_engine(url: str) -> AsyncEngine:
     )
 
 
+def make_read_engine(url: str) -> AsyncEngine:
+    """PostgreSQL connections for single reads, kept in autocommit (see ``Database``)."""
+    return create_async_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,
+        pool_size=READ_POOL_SIZE,
+        max_overflow=READ_POOL_SIZE,
+        pool_timeout=10,
+    )
+
+
 class Database:
     """Owns the engine; hands out sessions whose outage errors become ``DatabaseUnavailable``
     (503). Every other database error is a bug and propagates as it is (500, logged)."""
@@ -45,13 +59,34 @@ class Database:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Single reads on the way to a download's first byte: on PostgreSQL from a small pool
+        # of connections in autocommit, so the read is one statement and its pre-ping one
+        # more, not BEGIN, SELECT, ROLLBACK after a ping that is itself BEGIN, ping, ROLLBACK
+        # (SQLAlchemy's asyncpg ping opens a transaction unless the connection is in
+        # autocommit). SQLite begins nothing for a read: its engine serves both.
+        self._read_engine = make_read_engine(url) if url.startswith("postgresql") else None
+        self._reads = async_sessionmaker(self._read_engine or self.engine, expire_on_commit=False)
         # Shared by every upload and sweep that use this Database (db/commit_window.py).
         self.commit_window = CommitWindow(self.engine.dialect.name)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self._translated(self._sessions) as session:
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for one read outside any transaction (it must not write)."""
+        async with self._translated(self._reads) as session:
+            yield session
+
+    @staticmethod
+    @asynccontextmanager
+    async def _translated(
+        sessions: async_sessionmaker[AsyncSession],
+    ) -> AsyncIterator[AsyncSession]:
         try:
-            async with self._sessions() as session:
+            async with sessions() as session:
                 yield session
         except Exception as exc:
             if is_outage(exc):
@@ -59,4 +94,6 @@ class Database:
             raise
 
     async def dispose(self) -> None:
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
         await self.engine.dispose()

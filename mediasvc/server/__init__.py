@@ -5,3 +5,7 @@
 # ASGI has no message for that, and a server's graceful close waits for its write buffer to
 # drain: forever, when the client reads nothing (delivery/abort.py).
 ABORT_EXTENSION = "mediasvc.connection.abort"
+
+# ASGI's "Zero Copy Send" extension (``http.response.zerocopysend``), which our uvicorn protocol
+# offers on plain-TCP connections: its name in ``scope["extensions"]`` and its message type.
+ZEROCOPY_EXTENSION = "http.response.zerocopysend"

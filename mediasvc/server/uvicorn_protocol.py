@@ -45,12 +45,18 @@ Responses to fully read requests keep the connection alive as before.
 It also offers the app the ``ABORT_EXTENSION`` (``mediasvc.server``): a way to drop a connection
 whose client stopped reading, which a download's send timeout needs.
 
+And ASGI's "Zero Copy Send" extension (``http.response.zerocopysend``), which uvicorn lacks: the
+app hands over a file descriptor, an offset and a count, and the bytes go from the page cache to
+the socket with ``os.sendfile`` instead of through Python (the section "zero-copy send" below).
+
 What it overrides or touches of ``HttpToolsProtocol``, all pinned by the tests: ``data_received``
 (what reaches the parser), the parser callbacks ``on_message_begin``, ``on_header`` (drops
 trailers), ``on_headers_complete``, ``on_body``, ``on_chunk_header``, ``on_chunk_complete``,
 ``on_message_complete``, and ``on_response_complete`` (the lingering close); its ``cycle``
 (``response_started``/``response_complete``, ``keep_alive``, ``disconnected``,
-``message_event``), ``pipeline``, ``flow``, ``headers``, ``_unset_keepalive_if_required``.
+``message_event``), ``pipeline``, ``flow``, ``headers``, ``_unset_keepalive_if_required``;
+for the zero-copy send, ``_start_asgi_task`` (to wrap the app's ``send``), the cycle's ``send``,
+``scope``, ``chunked_encoding``, ``expected_content_length`` and ``flow.write_paused``/``drain``.
 
 uvicorn instantiates the protocol itself, so the limits ride in a ``functools.partial``
 (:func:`protocol_factory`); unlike a class built at run time, it survives the pickling that
@@ -61,17 +67,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import os
 import socket
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from mediasvc.api.problems import problem_for
 from mediasvc.errors import HeadersTooLarge, MediaServiceError, RequestTimeout
-from mediasvc.server import ABORT_EXTENSION
+from mediasvc.server import ABORT_EXTENSION, ZEROCOPY_EXTENSION
 
 if TYPE_CHECKING:
     from mediasvc.config import Settings
@@ -106,16 +114,20 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False  # a header block or framing was refused: nothing more is parsed
         self._lingering = False  # a response went out before its body: discard, then close
+        self._zerocopy: ZeroCopySender | None = None  # set once connected, where sendfile works
 
     # --- the connection -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()  # a connection that never sends a byte is closed too
+        self._zerocopy = ZeroCopySender.for_transport(transport, self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         super().connection_lost(exc)
+        if self._zerocopy is not None:
+            self._zerocopy.connection_lost()
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self._lingering:
@@ -190,6 +202,8 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         extensions = self.scope.setdefault("extensions", {})
         extensions[ABORT_EXTENSION] = {"abort": self._abort}
+        if self._zerocopy is not None:
+            extensions[ZEROCOPY_EXTENSION] = {}
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_header_block:
@@ -370,6 +384,168 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
+
+    # --- zero-copy send (the ASGI extension; the sending is ZeroCopySender's) -----------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        sender = self._zerocopy
+        if sender is not None:
+            app = functools.partial(_with_zerocopy_send, app, cycle, sender)
+        super()._start_asgi_task(cycle, app)
+
+
+# --- zero-copy send ----------------------------------------------------------------------------
+#
+# ASGI's "Zero Copy Send" extension (asgiref docs/extensions.rst): after ``http.response.start``
+# the app may send ``{"type": "http.response.zerocopysend", "file": f, "offset": o, "count": n,
+# "more_body": b}``, mixed with ``http.response.body`` messages, as often as it likes; it behaves
+# as a body message of those bytes. ``file`` is a descriptor or an object with ``fileno()``;
+# without ``offset`` the file's position is used, and (as ``socket.sendfile``) moved past what
+# was sent, so the app can tell how much went out even when the client went away mid-way; without
+# ``count``, up to the file's end. The app closes the file.
+#
+# It is offered on plain-TCP connections only (with TLS the kernel cannot see the plaintext).
+# Neither uvloop nor asyncio's ``loop.sendfile`` fits: uvloop has none, and both refuse a watcher
+# on a transport's descriptor. So the bytes go with ``os.sendfile`` on the socket, non-blocking;
+# when the kernel's buffer is full we wait for writability on a duplicate of the descriptor (held
+# only while waiting, so an abort's reset is never delayed by it). Order is kept: what uvicorn
+# buffered (the head, earlier body messages) is flushed first; flow control is honoured (a paused
+# transport is drained first, a full socket waited on); a client that went away ends the send
+# with what the kernel took (the connection is aborted, the app sees ``http.disconnect``), as
+# uvicorn drops a body message after a disconnect.
+
+
+async def _with_zerocopy_send(
+    app: Any,
+    cycle: RequestResponseCycle,
+    sender: ZeroCopySender,
+    scope: Any,
+    receive: Any,
+    send: Any,
+) -> None:
+    """``app`` with a ``send`` that takes zero-copy messages (``_start_asgi_task`` wraps it)."""
+
+    async def send_or_sendfile(message: Any) -> None:
+        if message["type"] == ZEROCOPY_EXTENSION:
+            await sender.send(cycle, message)
+        else:
+            await send(message)
+
+    await app(scope, receive, send_or_sendfile)
+
+
+class ZeroCopySender:
+    """Sends file ranges of one connection's responses with ``os.sendfile``."""
+
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, socket_fd: int
+    ) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._socket_fd = socket_fd
+        self._waiter: asyncio.Future[None] | None = None
+
+    @classmethod
+    def for_transport(
+        cls, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> ZeroCopySender | None:
+        """None where the bytes can't go straight to the socket (TLS, no socket, no sendfile)."""
+        if transport.get_extra_info("sslcontext") is not None or not hasattr(os, "sendfile"):
+            return None
+        sock = transport.get_extra_info("socket")
+        fileno = getattr(sock, "fileno", None)
+        socket_fd = fileno() if fileno is not None else -1
+        return cls(transport, loop, socket_fd) if socket_fd >= 0 else None
+
+    def connection_lost(self) -> None:
+        self._wake()
+
+    async def send(self, cycle: RequestResponseCycle, message: Any) -> None:
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected:
+            return  # as uvicorn drops a body message after a disconnect
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message {ZEROCOPY_EXTENSION!r} at this point.")
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        more_body = bool(message.get("more_body", False))
+        offset = message.get("offset")
+        from_position = offset is None
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        count = message.get("count")
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if cycle.scope["method"] == "HEAD":
+            count = 0  # uvicorn sends no body bytes for HEAD
+        chunked = bool(cycle.chunked_encoding)
+        if not chunked and count > cycle.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        sent = 0
+        try:
+            if count:
+                if chunked:
+                    self._transport.write(b"%x\r\n" % count)
+                sent = await self._sendfile(cycle, fd, offset, count)
+        finally:
+            if from_position:
+                os.lseek(fd, offset + sent, os.SEEK_SET)
+            if not chunked:
+                cycle.expected_content_length -= sent
+        if sent < count:
+            return  # the client went away
+        if chunked and count:
+            self._transport.write(b"\r\n")
+        if not more_body:
+            # uvicorn completes the response: the last chunk, keep-alive or close, the pipeline.
+            await cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _sendfile(self, cycle: RequestResponseCycle, fd: int, offset: int, count: int) -> int:
+        """Bytes of ``fd`` the kernel took for the socket: ``count``, or fewer if the client went
+        away. Raises RuntimeError if the file ends first."""
+        while self._transport.get_write_buffer_size() and not self._gone(cycle):
+            await self._writable()  # what uvicorn buffered goes first
+        sent = 0
+        while sent < count and not self._gone(cycle):
+            try:
+                sent += self._sendfile_once(fd, offset + sent, count - sent)
+            except BlockingIOError:
+                await self._writable()
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    raise
+                self._transport.abort()  # uvicorn sees the loss; the app a disconnect
+                break
+        # A client that takes everything at once never makes us wait: one loop turn per message
+        # all the same, or a whole file's messages would starve every other connection.
+        await asyncio.sleep(0)
+        return sent
+
+    def _sendfile_once(self, fd: int, offset: int, count: int) -> int:
+        sent = os.sendfile(self._socket_fd, fd, offset, count)
+        if sent == 0:
+            raise RuntimeError(f"the file ended {count} bytes before the range sent from it")
+        return sent
+
+    def _gone(self, cycle: RequestResponseCycle) -> bool:
+        return cycle.disconnected or self._transport.is_closing()
+
+    async def _writable(self) -> None:
+        """Until the socket takes more (or the connection is lost)."""
+        fd = os.dup(self._socket_fd)  # the loop refuses a watcher on the transport's own
+        waiter = self._waiter = self._loop.create_future()
+        self._loop.add_writer(fd, self._wake)
+        try:
+            await waiter
+        finally:
+            self._loop.remove_writer(fd)
+            os.close(fd)
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 def protocol_factory(limits: HeaderLimits) -> type[asyncio.Protocol]:

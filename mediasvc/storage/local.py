@@ -61,7 +61,12 @@ class LocalStore:
         return self._volume_id
 
     def path_for(self, uid: str) -> Path:
-        return self.root / uid[:2] / uid
+        return self.root / self.relative_path_for(uid)
+
+    @staticmethod
+    def relative_path_for(uid: str) -> str:
+        """Where a file lives under the root (what the edge's internal location appends)."""
+        return f"{uid[:2]}/{uid}"
 
     def part_path_for(self, uid: str) -> Path:
         return self.incoming / f"{uid}{PART_SUFFIX}"

@@ -119,3 +119,12 @@ def section_concurrency(r: Run) -> None:
         "mediasvc / nginx",
         lambda rnd: r.v("rd.disk.mbps", rnd) / r.v("rd.nginx.mbps", rnd),
     )
+    r.derived(
+        rd_title,
+        "mediasvc from disk: RSS growth (zero-copy holds no buffers)",
+        lambda rnd: r.v("rd.disk.rss", rnd)[1],
+        "MB",
+        digits=0,
+        target="< 32 MB",
+        check=lambda x: x < 32,
+    )
