@@ -273,6 +273,9 @@ METADATA_FIELDS = {
     "preview_url",
     "derived_from",
     "faststart_uid",
+    # The transcode job's (issue 16).
+    "processing",
+    "renditions",
 }
 
 

@@ -12,6 +12,7 @@ import anyio
 
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, ProbeStatus
+from mediasvc.db.repository import Processing
 from mediasvc.db.session import Database
 from mediasvc.storage.part import PartFile
 
@@ -57,11 +58,16 @@ def new_record(
 
 
 async def commit_part(
-    db: Database, part: PartFile, record: FileRecord, *, faststart_of: str | None = None
+    db: Database,
+    part: PartFile,
+    record: FileRecord,
+    *,
+    faststart_of: str | None = None,
+    processing: Processing | None = None,
 ) -> bool:
     """Rename ``part`` into place and commit ``record``; with ``faststart_of``, the row of that
-    original points to the new file in the same transaction, and False (nothing kept) if the
-    original is gone.
+    original points to the new file in the same transaction (with ``processing``, the original
+    it is derived from lists it), and False (nothing kept) if the original is gone.
 
     The uid's commit window lock is taken before the rename and held until the row's
     transaction ends, so the sweep of rowless files never takes a file whose row is still on
@@ -72,7 +78,9 @@ async def commit_part(
     try:
         async with db.session() as session, db.commit_window.committing(session, record.uid):
             await anyio.to_thread.run_sync(part.commit)
-            if not await repository.add_new_file(session, record, faststart_of=faststart_of):
+            if not await repository.add_new_file(
+                session, record, faststart_of=faststart_of, processing=processing
+            ):
                 await anyio.to_thread.run_sync(part.discard)
                 return False
     except BaseException:
