@@ -1,0 +1,187 @@
+"""What the transcode job made, as a player asks for it: the storyboard's WebVTT, thumbnails.
+
+``GET /api/v1/files/{uid}/storyboard.vtt``: cues built from the storyboard's facts, each naming
+the sprite sheet (a file of its own, served with Range like any) with a ``#xywh=`` fragment.
+
+``GET /api/v1/files/{uid}/thumbnail?time=S&width=W``: one frame of a video as JPEG. ``time`` is
+rounded to a tenth of a second and clamped to the last frame (a time past the end of the
+video is a 422 that names its duration); ``width`` is 16 … ``thumbnail_max_width`` (rounded
+to an even number, never wider than the video). Each (uid, time, width) is rendered once, then
+served from the disk cache (``<media_root>/.thumbnails/<uid>/``; the file's purge removes it)
+with a strong ETag, the sha256 of the JPEG's bytes, so a revalidation is a 304. At most
+``THUMBNAIL_RENDERS`` renders run at once per process; each is bounded like a preview.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from mediasvc.api.access import ReadableFile
+from mediasvc.api.caching import file_cache_control
+from mediasvc.api.common import base_url_of, services_of
+from mediasvc.api.openapi import bytes_responses, problem_responses
+from mediasvc.db.models import FileRecord, ProbeStatus
+from mediasvc.delivery import conditional
+from mediasvc.delivery.disposition import content_disposition
+from mediasvc.delivery.response import not_modified
+from mediasvc.delivery.serve import Representation, deliver
+from mediasvc.delivery.sources import ByteSource, LocalFile
+from mediasvc.errors import InvalidInput, NotFound, ServiceUnavailable
+from mediasvc.media.playability import main_video
+from mediasvc.media.preview import PREVIEW_MEDIA_TYPE, render_frame
+from mediasvc.media.probe import MediaFacts
+from mediasvc.media.storyboard import Layout, vtt
+from mediasvc.services import Services
+
+router = APIRouter(prefix="/api/v1")
+
+VTT_MEDIA_TYPE = "text/vtt; charset=utf-8"
+MIN_THUMBNAIL_WIDTH = 16
+
+
+@router.get(
+    "/files/{uid}/storyboard.vtt",
+    response_class=Response,
+    operation_id="file_storyboard",
+    summary="A video's storyboard: WebVTT cues pointing at sprite-sheet tiles (#xywh=)",
+    responses={
+        200: {"content": {"text/vtt": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified"},
+        **problem_responses(401, 403, 404, 410, 422, 431, 503),
+    },
+)
+async def storyboard_vtt(request: Request, record: ReadableFile) -> Response:
+    storyboard = (record.processing or {}).get("storyboard")
+    if not storyboard or not record.media or not record.media.get("duration_s"):
+        raise NotFound(_why_no_storyboard(record))
+    tiles = Layout(**{k: v for k, v in storyboard.items() if k != "uid"})
+    etag = f'"{storyboard["uid"]}"'  # the sheet is immutable: its uid names this text
+    headers = {"ETag": etag, "Cache-Control": file_cache_control(record)}
+    if _not_modified(request, etag, record.created_at):
+        return not_modified(headers)
+    sheet_url = f"{base_url_of(request)}/api/v1/files/{storyboard['uid']}"
+    body = vtt(tiles, sheet_url, float(record.media["duration_s"]))
+    return Response(body, media_type=VTT_MEDIA_TYPE, headers=headers)
+
+
+@router.get(
+    "/files/{uid}/thumbnail",
+    response_class=Response,
+    operation_id="file_thumbnail",
+    summary="One frame of a video as JPEG, at a time and width (cached)",
+    responses=bytes_responses(PREVIEW_MEDIA_TYPE),
+)
+async def thumbnail(
+    request: Request,
+    record: ReadableFile,
+    time: Annotated[float, Query(ge=0, description="Seconds from the start")] = 0.0,
+    width: Annotated[int, Query(description="Pixels; 16 up to the configured maximum")] = 320,
+) -> Response:
+    services = services_of(request)
+    facts = _video_facts(record)
+    max_width = services.settings.thumbnail_max_width
+    if not MIN_THUMBNAIL_WIDTH <= width <= max_width:
+        raise InvalidInput(f"width must be from {MIN_THUMBNAIL_WIDTH} to {max_width} pixels")
+    seek_s = _clamped(facts, time)
+    video = main_video(facts)
+    upright_width = (video.height if video.rotation % 180 == 90 else video.width) if video else None
+    width = min(width, upright_width or width) // 2 * 2
+    time_ms = round(seek_s * 1000)
+    path = services.store.thumbnail_path_for(record.uid, time_ms, width)
+    if not await anyio.to_thread.run_sync(path.is_file):
+        await _render(services, record, path, seek_s, width)
+    digest = await anyio.to_thread.run_sync(_sha256_of, path)
+
+    async def open_thumbnail() -> ByteSource:
+        try:
+            return await LocalFile.open(path)
+        except FileNotFoundError as exc:  # the file was purged a moment ago
+            raise NotFound("the file is gone") from exc
+
+    representation = Representation(
+        etag=f'"{digest}"',
+        last_modified=record.created_at,
+        media_type=PREVIEW_MEDIA_TYPE,
+        headers={
+            "Cache-Control": file_cache_control(record),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": content_disposition(
+                f"{record.uid}.{time_ms}ms.{width}w.jpg", media_type=PREVIEW_MEDIA_TYPE, inline=True
+            ),
+        },
+    )
+    return await deliver(request, representation, open_thumbnail, services.send_config)
+
+
+def _video_facts(record: FileRecord) -> MediaFacts:
+    if record.probe_status == ProbeStatus.PENDING.value:
+        raise NotFound("no thumbnails yet: the file has not been probed")
+    if not record.media or record.media.get("kind") != "video":
+        raise NotFound("this file is not a video: it has no frames to show")
+    facts = MediaFacts.from_json(record.media)
+    if main_video(facts) is None:
+        raise NotFound("this file is not a video: it has no frames to show")
+    return facts
+
+
+def _clamped(facts: MediaFacts, time_s: float) -> float:
+    """``time_s`` rounded to 0.1 s, no later than the last frame; 422 past the end."""
+    duration = facts.duration_s or 0.0
+    if time_s > duration:
+        raise InvalidInput(f"time {time_s:g} s is past the end of the video ({duration:g} s)")
+    video = main_video(facts)
+    frame_s = 1 / video.frame_rate if video and video.frame_rate else 0.04
+    last_frame = max(0.0, duration - frame_s)
+    return round(min(time_s, last_frame), 1)
+
+
+async def _render(
+    services: Services, record: FileRecord, final: Path, seek_s: float, width: int
+) -> None:
+    source = services.store.path_for(record.uid)
+    if not await anyio.to_thread.run_sync(source.is_file):
+        raise ServiceUnavailable("the video is not on this node's disk: no thumbnail can be made")
+    part = final.with_name(f"{final.name}.{secrets.token_hex(6)}.part")
+    await anyio.to_thread.run_sync(
+        functools.partial(final.parent.mkdir, parents=True, exist_ok=True)
+    )
+    try:
+        async with services.thumbnail_slots:
+            reason = await render_frame(services.jobs.media, source, part, seek_s, width)
+        if reason is not None:
+            raise NotFound(f"no frame at {seek_s:g} s could be rendered: {reason}")
+        await anyio.to_thread.run_sync(os.replace, part, final)  # readers never see half a JPEG
+    finally:
+        await anyio.to_thread.run_sync(functools.partial(part.unlink, missing_ok=True))
+
+
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _not_modified(request: Request, etag: str, last_modified: datetime) -> bool:
+    outcome = conditional.evaluate(
+        request.headers,
+        method=request.method,
+        etag=etag,
+        last_modified=last_modified.astimezone(UTC).replace(microsecond=0),
+    )
+    return outcome is conditional.Outcome.NOT_MODIFIED
+
+
+def _why_no_storyboard(record: FileRecord) -> str:
+    state = (record.processing or {}).get("state")
+    if state in ("pending", "running"):
+        return "no storyboard yet: the file is being processed"
+    return "this file has no storyboard (it is not a video, or none could be made)"
