@@ -4,7 +4,7 @@
 the sprite sheet (a file of its own, served with Range like any) with a ``#xywh=`` fragment.
 
 ``GET /api/v1/files/{uid}/thumbnail?time=S&width=W``: one frame of a video as JPEG. ``time`` is
-rounded to a tenth of a second and clamped to the last frame (a time past the end of the
+taken down to a tenth of a second and clamped to the last frame (a time past the end of the
 video is a 422 that names its duration); ``width`` is 16 … ``thumbnail_max_width`` (rounded
 to an even number, never wider than the video). Each (uid, time, width) is rendered once, then
 served from the disk cache (``<media_root>/.thumbnails/<uid>/``; the file's purge removes it)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import secrets
 from datetime import UTC, datetime
@@ -135,14 +136,14 @@ def _video_facts(record: FileRecord) -> MediaFacts:
 
 
 def _clamped(facts: MediaFacts, time_s: float) -> float:
-    """``time_s`` rounded to 0.1 s, no later than the last frame; 422 past the end."""
+    """``time_s`` down to a tenth of a second, no later than the last frame; 422 past the end."""
     duration = facts.duration_s or 0.0
     if time_s > duration:
         raise InvalidInput(f"time {time_s:g} s is past the end of the video ({duration:g} s)")
     video = main_video(facts)
     frame_s = 1 / video.frame_rate if video and video.frame_rate else 0.04
     last_frame = max(0.0, duration - frame_s)
-    return round(min(time_s, last_frame), 1)
+    return math.floor(min(time_s, last_frame) * 10 + 1e-6) / 10  # 2.3 * 10 is 22.999…
 
 
 async def _render(

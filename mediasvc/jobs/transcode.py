@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mediasvc.db import repository
 from mediasvc.db.models import FileRecord, ProcessingState
@@ -56,10 +56,13 @@ from mediasvc.storage.part import PartFile
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
+# A rendition shorter than its original by more than this (seconds, share of the duration) is
+# not made: the original is cut short or damaged. Good files differ by a frame or an audio packet.
+MAX_MISSING_S = 0.5
+MAX_MISSING_SHARE = 0.02
 SLOT_WAIT_S = 5.0  # a job that found no free slot runs again after this
 MAX_ERROR_CHARS = 500
 RENDITION, STORYBOARD = "rendition", "storyboard"
-T = TypeVar("T")
 
 
 class FileGone(Exception):
@@ -199,6 +202,9 @@ class _Run:
 
             part, sha256 = await self._make(write)
             made = await self._facts_of(part)
+            if (reason := _short_by(facts, made)) is not None:
+                await discard(part)
+                raise ProbeFailed(reason)
             entry = {"uid": part.uid, "role": "playback", **_codec_facts(made, part.size)}
             entry["kept"] = streams.kept()
             self.document["renditions"] = [*self.document["renditions"], entry]
@@ -228,7 +234,22 @@ class _Run:
             )  # fmt: skip
 
     async def _make(self, write: Callable[[Path], Awaitable[None]]) -> tuple[PartFile, str]:
-        return await self._watched(make_part(self.ctx, self.original.size, write))
+        """``make_part`` with the progress written once a second; cancelled (its ffmpeg killed,
+        its part file removed) if the file goes meanwhile."""
+        task = asyncio.ensure_future(make_part(self.ctx, self.original.size, write))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY_S)
+                if task in done:
+                    return task.result()
+                if not await self._write():
+                    if task.done() and not task.cancelled() and task.exception() is None:
+                        await discard(task.result()[0])  # made while we looked: not wanted
+                    raise FileGone
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _facts_of(self, part: PartFile) -> MediaFacts:
         try:
@@ -269,22 +290,6 @@ class _Run:
         async with self.ctx.db.session() as session:
             return await repository.record_processing(session, self.uid, self.document)
 
-    async def _watched(self, work: Awaitable[T]) -> T:
-        """``work``, with the progress written once a second; cancelled (its ffmpeg killed, its
-        part file removed) if the file goes meanwhile."""
-        task = asyncio.ensure_future(work)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY_S)
-                if task in done:
-                    return task.result()
-                if not await self._write():
-                    raise FileGone
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
     async def _end(self, state: ProcessingState, error: str | None) -> JobResult:
         self.document["state"] = state.value
         self.document["error"] = error[:MAX_ERROR_CHARS] if error else None
@@ -295,6 +300,20 @@ class _Run:
 
     def _follow_ups(self) -> tuple[FollowUp, ...]:
         return tuple(follow_up for uid in self.made for follow_up in after_new_file(uid))
+
+
+def _short_by(source: MediaFacts, made: MediaFacts) -> str | None:
+    """Why the rendition does not stand for the original: it is missing a part of it (the file is
+    cut short or damaged, and ffmpeg made what it could read). None if it is whole."""
+    if not source.duration_s:
+        return None
+    missing = source.duration_s - (made.duration_s or 0.0)
+    if missing <= max(MAX_MISSING_S, MAX_MISSING_SHARE * source.duration_s):
+        return None
+    return (
+        f"only {made.duration_s or 0:g} s of {source.duration_s:g} s could be decoded: the file "
+        "is cut short or damaged"
+    )
 
 
 def _codec_facts(facts: MediaFacts, size: int) -> dict[str, Any]:

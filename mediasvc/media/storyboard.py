@@ -1,7 +1,8 @@
 """Storyboards: one JPEG sprite sheet of small frames at a fixed interval, and its WebVTT.
 
 The sheet is made in one ffmpeg run that decodes keyframes only (``-skip_frame nokey``): the
-``fps`` filter takes, for each tile's time, the latest keyframe at or before it. A tile may so
+``fps`` filter takes, for each tile's time, the latest keyframe at or before it (the last one
+held to the end). A tile may so
 show a frame up to one GOP early (a second or a few), and a file with sparse keyframes repeats
 tiles, but no other frame is decoded: an hour of 1080p is read, not decoded
 (benchmarks/processing.py has the figure against a full decode).
@@ -24,7 +25,8 @@ from mediasvc.media.config import MediaConfig
 from mediasvc.media.encode import input_args, run_encode
 
 MAX_COLUMNS = 10
-JPEG_QUALITY = 5  # mjpeg qscale: 2 (best) … 31
+JPEG_QUALITY = 5
+MIN_TILE_S = 0.1  # mjpeg qscale: 2 (best) … 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,10 @@ def layout(config: MediaConfig, duration_s: float, width: int, height: int) -> L
     """Tiles for a video of ``duration_s`` whose upright picture is ``width`` x ``height``."""
     interval = max(config.storyboard_interval_s, duration_s / config.storyboard_max_tiles)
     interval = math.ceil(interval * 1000) / 1000  # whole milliseconds, as the cues say
-    count = max(1, min(config.storyboard_max_tiles, math.ceil(duration_s / interval)))
+    # A tile that would start in the last moments (an audio track outlasting the picture by a
+    # few packets) would show nothing new: no tile starts within MIN_TILE_S of the end.
+    tiles = math.ceil((duration_s - MIN_TILE_S) / interval)
+    count = max(1, min(config.storyboard_max_tiles, tiles))
     columns = min(MAX_COLUMNS, count)
     tile_width = min(config.storyboard_tile_width, width - width % 2)
     tile_height = max(2, round(tile_width * height / width / 2) * 2)
@@ -56,6 +61,9 @@ def storyboard_command(
 ) -> list[str]:
     rate = f"1000/{round(tiles.interval_s * 1000)}"
     graph = (
+        # The last keyframe held for one more interval: the fps filter emits a tile for each
+        # interval up to the end, not only up to the last keyframe it saw.
+        f"tpad=stop_mode=clone:stop_duration={tiles.interval_s:.3f},"
         f"fps=fps={rate}:round=down,"
         f"scale={tiles.tile_width}:{tiles.tile_height}:flags=fast_bilinear,"
         f"tile={tiles.columns}x{tiles.rows}"
@@ -98,7 +106,8 @@ def vtt(tiles: Layout, sheet_url: str, duration_s: float) -> str:
     lines = ["WEBVTT", ""]
     for number in range(tiles.count):
         start = number * tiles.interval_s
-        end = min(duration_s, start + tiles.interval_s)
+        last = number == tiles.count - 1
+        end = duration_s if last else min(duration_s, start + tiles.interval_s)
         if end <= start:
             break
         x = (number % tiles.columns) * tiles.tile_width
