@@ -25,7 +25,9 @@ class Config:
     locust_mix_s: int = 40
     locust_ceiling_s: int = 15
     locust_seed_files: int = 12
-    sections: tuple[str, ...] = ("uploads", "push", "downloads", "concurrency", "locust")
+    sections: tuple[str, ...] = (
+        "uploads", "push", "downloads", "concurrency", "locust", "processing"
+    )  # fmt: skip
 
     @property
     def size_label(self) -> str:
