@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from mediasvc.config import Settings
-from tests.conftest import flushed_redis, leftovers
+from tests.conftest import RunningServer, flushed_redis, leftovers, truncate
 from tests.helpers import (
     assert_problem,
     db_rows,
@@ -631,3 +631,64 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --- HLS ------------------------------------------------------------------------------------------
+
+
+def test_an_hls_ladder_capped_at_the_source_is_read_whole_over_http(
+    start_server: Callable[..., RunningServer], pg_url: str, clips: Clips
+) -> None:
+    asyncio.run(truncate(pg_url))
+    server = start_server({"MEDIASVC_DATABASE_URL": pg_url, "MEDIASVC_HLS_LADDER": "180,360,720"})
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        upload = http.post(
+            "/api/v1/files/stream",
+            content=clips.long_mkv.read_bytes(),
+            headers={"X-Filename": "long.mkv"},
+        )
+        assert upload.status_code == 201, upload.text
+        uid = upload.json()["uid"]
+        deadline = time.monotonic() + 180
+        while True:
+            meta = http.get(f"/api/v1/files/{uid}/metadata").json()
+            state = (meta["processing"] or {}).get("state")
+            if state not in (None, "pending", "running"):
+                break
+            assert time.monotonic() < deadline, meta["processing"]
+            time.sleep(0.2)
+        assert meta["processing"]["state"] == "done", meta["processing"]
+        hls = meta["processing"]["hls"]
+        # 640x360: the 720 rung is above the source and left out.
+        assert [(v["width"], v["height"]) for v in hls["variants"]] == [(320, 180), (640, 360)]
+        assert hls["complete"] is True
+        master = http.get(hls["master_url"])
+        assert master.headers["content-type"] == "application/vnd.apple.mpegurl"
+        lines = master.text.splitlines()
+        stream_infs = [line for line in lines if line.startswith("#EXT-X-STREAM-INF:")]
+        assert len(stream_infs) == 2
+        for line, variant in zip(stream_infs, hls["variants"], strict=True):
+            assert f"BANDWIDTH={variant['bandwidth']}," in line
+            assert 'CODECS="avc1.640029"' in line  # H.264 High 4.1; the clip has no audio
+            assert f"RESOLUTION={variant['width']}x{variant['height']}" in line
+        media = http.get(f"/api/v1/files/{uid}/hls/360.m3u8").text
+        # The rung's own file under a name that ends in .mp4 (players check segment names).
+        file_url = f"{server.base_url}/api/v1/files/{uid}/hls/360.mp4"
+        assert f'#EXT-X-MAP:URI="{file_url}",BYTERANGE=' in media
+        ranged = http.get(file_url, headers={"Range": "bytes=0-7"})
+        assert ranged.status_code == 206 and ranged.content[4:8] == b"ftyp"
+        whole = http.get(f"/api/v1/files/{hls['variants'][1]['uid']}")
+        assert whole.content[:8] == ranged.content
+        assert media.count("#EXT-X-BYTERANGE:") == 3 and media.rstrip().endswith("#EXT-X-ENDLIST")
+        again = http.get(hls["master_url"], headers={"If-None-Match": master.headers["etag"]})
+        assert again.status_code == 304
+        problem = assert_problem(http.get(f"/api/v1/files/{uid}/hls/720.m3u8"), 404)
+        assert "no HLS rung of height 720" in problem["detail"]
+    # ffmpeg reads every rung over HTTP: each segment is a Range request of the rung's file.
+    read_all = ["ffmpeg", "-v", "info", "-nostdin", "-i", hls["master_url"], "-map", "0"]
+    result = subprocess.run(
+        [*read_all, "-f", "null", "-"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "320x180" in result.stderr and "640x360" in result.stderr
+    assert "Error" not in result.stderr, result.stderr[-2000:]

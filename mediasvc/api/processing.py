@@ -1,4 +1,10 @@
-"""What the transcode job made, as a player asks for it: the storyboard's WebVTT, thumbnails.
+"""What the transcode job made, as a player asks for it: the storyboard's WebVTT, thumbnails,
+HLS playlists.
+
+``GET /api/v1/files/{uid}/hls/master.m3u8`` and ``…/hls/{height}.m3u8``: the master playlist of
+the rungs made (media/hls.py) and each rung's byte-range media playlist, whose init section and
+segments are ranges of the rung's own file, served by the download route (Range, from disk or
+the cloud, like any file).
 
 ``GET /api/v1/files/{uid}/storyboard.vtt``: cues built from the storyboard's facts, each naming
 the sprite sheet (a file of its own, served with Range like any) with a ``#xywh=`` fragment.
@@ -21,15 +27,16 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from mediasvc.api.access import ReadableFile
+from mediasvc.api.access import ReadableFile, live_record
 from mediasvc.api.caching import file_cache_control
 from mediasvc.api.common import base_url_of, services_of
+from mediasvc.api.files import download
 from mediasvc.api.openapi import bytes_responses, problem_responses
 from mediasvc.db.models import FileRecord, ProbeStatus
 from mediasvc.delivery import conditional
@@ -38,6 +45,7 @@ from mediasvc.delivery.response import not_modified
 from mediasvc.delivery.serve import Representation, deliver
 from mediasvc.delivery.sources import ByteSource, LocalFile
 from mediasvc.errors import InvalidInput, NotFound, ServiceUnavailable
+from mediasvc.media.hls import MASTER_MEDIA_TYPE, master_playlist, media_playlist
 from mediasvc.media.playability import main_video
 from mediasvc.media.preview import PREVIEW_MEDIA_TYPE, render_frame
 from mediasvc.media.probe import MediaFacts
@@ -179,6 +187,91 @@ def _not_modified(request: Request, etag: str, last_modified: datetime) -> bool:
         last_modified=last_modified.astimezone(UTC).replace(microsecond=0),
     )
     return outcome is conditional.Outcome.NOT_MODIFIED
+
+
+HLS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {MASTER_MEDIA_TYPE: {"schema": {"type": "string"}}}},
+    304: {"description": "Not modified"},
+    **problem_responses(401, 403, 404, 410, 422, 431, 503),
+}
+
+
+@router.get(
+    "/files/{uid}/hls/master.m3u8",
+    response_class=Response,
+    operation_id="file_hls_master",
+    summary="HLS master playlist: the rungs made of the video (CODECS, BANDWIDTH, RESOLUTION)",
+    responses=HLS_RESPONSES,
+)
+async def hls_master(request: Request, record: ReadableFile) -> Response:
+    variants = _hls_variants(record)
+    base = f"{base_url_of(request)}/api/v1/files/{record.uid}/hls"
+    body = master_playlist(variants, lambda height: f"{base}/{height}.m3u8")
+    return _playlist(request, record, "-".join(v["uid"] for v in variants), body)
+
+
+@router.get(
+    "/files/{uid}/hls/{height}.m3u8",
+    response_class=Response,
+    operation_id="file_hls_variant",
+    summary="HLS media playlist of one rung: byte ranges of its fMP4 file",
+    responses=HLS_RESPONSES,
+)
+async def hls_variant(request: Request, record: ReadableFile, height: int) -> Response:
+    variant = _rung(record, height)
+    media_url = f"{base_url_of(request)}/api/v1/files/{record.uid}/hls/{height}.mp4"
+    return _playlist(
+        request, record, variant["uid"], media_playlist(variant["playlist"], media_url)
+    )
+
+
+@router.get(
+    "/files/{uid}/hls/{height}.mp4",
+    response_class=Response,
+    operation_id="file_hls_media",
+    summary="The fMP4 file of one HLS rung (the download of its own UID, with Range)",
+    responses=bytes_responses("video/mp4"),
+)
+@router.head(
+    "/files/{uid}/hls/{height}.mp4",
+    response_class=Response,
+    operation_id="file_hls_media_headers",
+    summary="The headers of an HLS rung's file",
+    responses=bytes_responses("video/mp4"),
+)
+async def hls_media(request: Request, record: ReadableFile, height: int) -> Response:
+    # Players (ffmpeg's hls demuxer among them) want segment URLs that end in a media
+    # extension: this names the rung's file so, and serves it as its own download does.
+    rung = await live_record(request, _rung(record, height)["uid"])
+    return await download(request, rung.uid, rung)
+
+
+def _rung(record: FileRecord, height: int) -> dict[str, Any]:
+    variant = next((v for v in _hls_variants(record) if v["height"] == height), None)
+    if variant is None:
+        raise NotFound(f"this video has no HLS rung of height {height}")
+    return variant
+
+
+def _hls_variants(record: FileRecord) -> list[dict[str, Any]]:
+    variants: list[dict[str, Any]] = ((record.processing or {}).get("hls") or {}).get(
+        "variants"
+    ) or []
+    if not variants:
+        state = (record.processing or {}).get("state")
+        if state in ("pending", "running"):
+            raise NotFound("no HLS yet: the file is being processed")
+        raise NotFound("this file has no HLS (not a video, or MEDIASVC_HLS_LADDER is empty)")
+    return variants
+
+
+def _playlist(request: Request, record: FileRecord, names: str, body: str) -> Response:
+    """A playlist named by the files it lists (immutable): its ETag, 304."""
+    etag = f'"{hashlib.sha256(names.encode()).hexdigest()[:32]}"'
+    headers = {"ETag": etag, "Cache-Control": file_cache_control(record)}
+    if _not_modified(request, etag, record.created_at):
+        return not_modified(headers)
+    return Response(body, media_type=MASTER_MEDIA_TYPE, headers=headers)
 
 
 def _why_no_storyboard(record: FileRecord) -> str:

@@ -90,16 +90,32 @@ class StoryboardInfo(BaseModel):
     tile_height: int
 
 
+class HlsVariantInfo(BaseModel):
+    uid: str = Field(description="The rung's fMP4 file (init and segments as byte ranges)")
+    height: int
+    width: int | None
+    bandwidth: int = Field(description="Peak bits per second of a segment")
+    average_bandwidth: int
+    codecs: str
+
+
+class HlsInfo(BaseModel):
+    master_url: str
+    complete: bool = Field(description="Every rung of the ladder is made")
+    variants: list[HlsVariantInfo]
+
+
 class ProcessingInfo(BaseModel):
     """The transcode job's state: renditions, storyboard."""
 
     state: Literal["pending", "running", "done", "failed", "skipped"]
-    step: str | None = Field(description="What it is making now: rendition or storyboard")
+    step: str | None = Field(description="What it is making now: rendition, storyboard, hls")
     percent: float = Field(description="Of all its steps, from ffmpeg's progress")
     attempts: int = Field(description="Runs started (a worker crash cuts one short)")
     error: str | None = Field(description="Why it failed or was skipped")
     steps: list[str]
     storyboard: StoryboardInfo | None
+    hls: HlsInfo | None = Field(description="With MEDIASVC_HLS_LADDER: the HLS rungs made")
 
 
 class FileMetadata(BaseModel):
@@ -171,6 +187,7 @@ def _processing(record: FileRecord, base_url: str) -> ProcessingInfo | None:
     if document is None:
         return None
     storyboard = document.get("storyboard")
+    hls = document.get("hls")
     return ProcessingInfo(
         state=document["state"],
         step=document.get("step"),
@@ -183,6 +200,15 @@ def _processing(record: FileRecord, base_url: str) -> ProcessingInfo | None:
                 vtt_url=f"{base_url}/api/v1/files/{record.uid}/storyboard.vtt", **storyboard
             )
             if storyboard
+            else None
+        ),
+        hls=(
+            HlsInfo(
+                master_url=f"{base_url}/api/v1/files/{record.uid}/hls/master.m3u8",
+                complete=bool(hls.get("complete")),
+                variants=[HlsVariantInfo.model_validate(v) for v in hls["variants"]],
+            )
+            if hls and hls.get("variants")
             else None
         ),
     )

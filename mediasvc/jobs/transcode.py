@@ -7,7 +7,8 @@ that lists it, so a product exists exactly when its original names it:
 - ``rendition``: the browser-playable MP4/M4A (media/rendition.py), when the original does not
   play as it is (media/playability.py) and no faststart copy will stand in for it;
 - ``storyboard``: the sprite sheet of a video (media/storyboard.py);
-- ``hls``: one fMP4 file per rung of ``MEDIASVC_HLS_LADDER`` (media/hls.py).
+- ``hls``: one fMP4 file per rung of ``MEDIASVC_HLS_LADDER`` (media/hls.py), each committed
+  with its media playlist.
 
 States: pending → running → done, failed (``error`` says why: the first step that failed;
 what earlier steps made stays), or skipped (no local copy, no ffmpeg). ``percent`` comes from
@@ -46,6 +47,7 @@ from mediasvc.jobs.derive import (
 from mediasvc.jobs.kinds import FollowUp, JobResult, after_new_file
 from mediasvc.media.config import MediaConfig
 from mediasvc.media.encode import EncodeFailed
+from mediasvc.media.hls import AAC_LC, avc_codec, bandwidth, make_variant, rungs
 from mediasvc.media.playability import Action, Playback, decide, main_video
 from mediasvc.media.probe import LocalCopyMissing, MediaFacts, ProbeFailed, analyse
 from mediasvc.media.rendition import make_rendition, plan
@@ -62,7 +64,7 @@ MAX_MISSING_S = 0.5
 MAX_MISSING_SHARE = 0.02
 SLOT_WAIT_S = 5.0  # a job that found no free slot runs again after this
 MAX_ERROR_CHARS = 500
-RENDITION, STORYBOARD = "rendition", "storyboard"
+RENDITION, STORYBOARD, HLS = "rendition", "storyboard", "hls"
 
 
 class FileGone(Exception):
@@ -88,6 +90,8 @@ def plan_processing(
     video = main_video(facts) if facts.kind == "video" else None
     if video is not None and facts.duration_s:
         steps.append(STORYBOARD)
+        if config.ladder:
+            steps.append(HLS)
     if not steps:
         return playback, None
     document: Processing = {
@@ -99,6 +103,7 @@ def plan_processing(
         "error": None,
         "renditions": [],
         "storyboard": None,
+        "hls": None,
     }
     return playback, document
 
@@ -110,6 +115,7 @@ def products_of(document: Processing | None) -> set[str]:
     uids = {r["uid"] for r in document.get("renditions", [])}
     if document.get("storyboard"):
         uids.add(document["storyboard"]["uid"])
+    uids |= {v["uid"] for v in (document.get("hls") or {}).get("variants", [])}
     return uids
 
 
@@ -188,6 +194,8 @@ class _Run:
     def _done(self, step: str) -> bool:
         if step == RENDITION:
             return any(r["role"] == "playback" for r in self.document["renditions"])
+        if step == HLS:
+            return bool((self.document.get(HLS) or {}).get("complete"))
         return self.document.get(step) is not None
 
     async def _step(self, step: str, facts: MediaFacts) -> None:
@@ -212,6 +220,8 @@ class _Run:
                 part, sha256, name=derived_name(self.original, streams.extension),
                 media_type=streams.media_type, extension=streams.extension,
             )  # fmt: skip
+        elif step == HLS:
+            await self._hls(facts, source)
         elif step == STORYBOARD:
             video = main_video(facts)
             assert video is not None and facts.duration_s and video.width and video.height
@@ -231,6 +241,51 @@ class _Run:
             await self._commit(
                 part, sha256, name=derived_name(self.original, "storyboard.jpg"),
                 media_type="image/jpeg", extension="jpg",
+            )  # fmt: skip
+
+    async def _hls(self, facts: MediaFacts, source: Path) -> None:
+        """One fMP4 file per rung, each committed with its playlist; rungs made by a run that
+        was cut short are kept."""
+        video = main_video(facts)
+        assert video is not None and video.width and video.height
+        upright_height = video.width if video.rotation % 180 == 90 else video.height
+        heights = rungs(self.ctx.media, upright_height)
+        audio = next((s.index for s in facts.streams if s.kind == "audio"), None)
+        hls = self.document.get(HLS) or {"variants": [], "complete": False}
+        self.document[HLS] = hls
+        for number, height in enumerate(heights):
+            if any(v["height"] == height for v in hls["variants"]):
+                continue
+            playlist: list[str] = []
+
+            def on_progress(fraction: float, number: int = number) -> None:
+                self.fraction = (number + fraction) / len(heights)
+
+            async def write(target: Path, height: int = height) -> None:
+                playlist.append(
+                    await make_variant(
+                        self.ctx.media, source, target, video_index=video.index,
+                        audio_index=audio, height=height, duration_s=facts.duration_s,
+                        on_progress=on_progress,
+                    )
+                )  # fmt: skip
+
+            part, sha256 = await self._make(write)
+            made = await self._facts_of(part)
+            rates = bandwidth(playlist[0])
+            codecs = avc_codec(height) + (f",{AAC_LC}" if audio is not None else "")
+            hls["variants"] = [
+                *hls["variants"],
+                {
+                    "uid": part.uid, "height": made.height or height, "width": made.width,
+                    "bandwidth": rates.peak, "average_bandwidth": rates.average,
+                    "codecs": codecs, "playlist": playlist[0],
+                },
+            ]  # fmt: skip
+            hls["complete"] = len(hls["variants"]) == len(heights)
+            await self._commit(
+                part, sha256, name=derived_name(self.original, f"{height}p.mp4"),
+                media_type="video/mp4", extension="mp4", fraction=(number + 1) / len(heights),
             )  # fmt: skip
 
     async def _make(self, write: Callable[[Path], Awaitable[None]]) -> tuple[PartFile, str]:
@@ -263,13 +318,20 @@ class _Run:
         return made
 
     async def _commit(
-        self, part: PartFile, sha256: str, *, name: str | None, media_type: str, extension: str
+        self,
+        part: PartFile,
+        sha256: str,
+        *,
+        name: str | None,
+        media_type: str,
+        extension: str,
+        fraction: float = 1.0,
     ) -> None:
         record = derived_record(
             self.ctx, self.original, part, sha256,
             name=name, media_type=media_type, extension=extension,
         )  # fmt: skip
-        self.fraction = 1.0
+        self.fraction = fraction  # of the step, once this product is in
         self._stamp()
         if not await commit_part(self.ctx.db, part, record, processing=self.document):
             raise FileGone
