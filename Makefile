@@ -16,7 +16,7 @@ SYNC := $(UV) sync --frozen --python $(PYTHON)
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed
 
-.PHONY: run test migrate lint typecheck services system-packages lock lock-check bench-loop clean
+.PHONY: run test migrate lint typecheck services system-packages lock lock-check bench-loop clean vendor-web
 
 $(UV): tools/uv-requirements.txt
 	test -x $(UV_DIR)/bin/python || $(PYTHON) -m venv $(UV_DIR)
@@ -84,6 +84,11 @@ lint: $(TEST_STAMP)
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
+
+## The web page's browser libraries (hls.js) from npm, at web-vendor/package-lock.json's versions,
+## copied into mediasvc/web/static/vendor (committed: `make run` needs no npm).
+vendor-web:
+	scripts/vendor-web
 
 bench-loop: $(TEST_STAMP)
 	$(BIN)/python benchmarks/loop_latency.py

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,19 @@ def hevc_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-f", "lavfi", "-i", "testsrc2=size=480x270:rate=25:duration=10",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=10",
         "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error:keyint=25",
+        "-c:a", "aac", str(path),
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 s of HEVC in Matroska, 320x180: longer than hls.js buffers ahead (30 s)."""
+    path = tmp_path_factory.mktemp("browser-hls") / "long.mkv"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=40",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=40",
+        "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
         "-c:a", "aac", str(path),
     )  # fmt: skip
     return path
@@ -94,17 +108,28 @@ def server(start_server: Callable[..., RunningServer], pg_url: str) -> RunningSe
     return start_server({"MEDIASVC_DATABASE_URL": pg_url})
 
 
-def test_the_hevc_uploads_rendition_plays_seeks_and_previews_on_the_seek_bar(
-    server: RunningServer, page: tuple[Page, list[str]], hevc_clip: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def hls_server(start_server: Callable[..., RunningServer], pg_url: str) -> RunningServer:
+    asyncio.run(truncate(pg_url))
+    return start_server({"MEDIASVC_DATABASE_URL": pg_url, "MEDIASVC_HLS_LADDER": "144,180,720"})
+
+
+def upload(server: RunningServer, path: Path) -> str:
     response = httpx.post(
         f"{server.base_url}/api/v1/files/stream",
-        content=hevc_clip.read_bytes(),
+        content=path.read_bytes(),
         headers={"X-Filename": "holiday.mkv"},
         timeout=60,
     )
     assert response.status_code == 201, response.text
-    uid = response.json()["uid"]
+    uid: str = response.json()["uid"]
+    return uid
+
+
+def test_the_hevc_uploads_rendition_plays_seeks_and_previews_on_the_seek_bar(
+    server: RunningServer, page: tuple[Page, list[str]], hevc_clip: Path, tmp_path: Path
+) -> None:
+    uid = upload(server, hevc_clip)
     meta = processed(server, uid)
     assert meta["processing"]["state"] == "done", meta["processing"]
     [rendition] = meta["renditions"]
@@ -158,4 +183,50 @@ def test_the_hevc_uploads_rendition_plays_seeks_and_previews_on_the_seek_bar(
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("MEDIASVC_TEST_UPDATE_SCREENSHOT"):
         PICTURE.write_bytes(shot.read_bytes())
+    assert errors == []
+
+
+def test_hls_plays_with_hls_js_and_a_seek_fetches_a_later_byte_range(
+    hls_server: RunningServer, page: tuple[Page, list[str]], long_clip: Path
+) -> None:
+    uid = upload(hls_server, long_clip)
+    meta = processed(hls_server, uid)
+    assert meta["processing"]["state"] == "done", meta["processing"]
+    heights = [v["height"] for v in meta["processing"]["hls"]["variants"]]
+    assert heights == [144, 180]  # 720 is above the source
+    browser, errors = page
+    ranges: list[tuple[str, int]] = []  # (url, first byte) of each rung-file request
+
+    def on_request(request: Any) -> None:
+        if "/hls/" in request.url and request.url.endswith(".mp4"):
+            first = request.headers.get("range", "bytes=0-").removeprefix("bytes=").split("-")[0]
+            ranges.append((request.url, int(first)))
+
+    browser.on("request", on_request)
+    browser.goto(f"{hls_server.base_url}/#/files/{uid}")
+    video = browser.locator("video#player")
+    browser.wait_for_function(
+        "() => { const v = document.querySelector('video#player');"
+        " return v && v.dataset.streaming === 'hls.js' && v.readyState >= 1"
+        " && Number.isFinite(v.duration); }",
+        timeout=WAIT_MS,
+    )
+    assert abs(video.evaluate("v => v.duration") - 40) < 0.3
+    assert browser.locator("#playing-hls").inner_text() == "Streaming (HLS: 144p, 180p)."
+    before = len(ranges)
+    video.evaluate("v => { v.muted = true; v.currentTime = 38; }")
+    browser.wait_for_function(
+        "() => { const v = document.querySelector('video#player');"
+        " return !v.seeking && v.readyState >= 2 && Math.abs(v.currentTime - 38) < 0.5; }",
+        timeout=WAIT_MS,
+    )
+    # 38 s is in the last 4 s segment, past what hls.js buffers ahead: the seek asked for that
+    # segment's byte range of a rung.
+    last: dict[str, int] = {}
+    for height in heights:
+        playlist = httpx.get(f"{hls_server.base_url}/api/v1/files/{uid}/hls/{height}.m3u8").text
+        offsets = [int(m) for m in re.findall(r"#EXT-X-BYTERANGE:\d+@(\d+)", playlist)]
+        last[f"/hls/{height}.mp4"] = offsets[9]
+    after = [(url.split(str(uid))[-1], first) for url, first in ranges[before:]]
+    assert any(last.get(path) == first for path, first in after), (after, last)
     assert errors == []

@@ -261,7 +261,9 @@ class _Run:
             def on_progress(fraction: float, number: int = number) -> None:
                 self.fraction = (number + fraction) / len(heights)
 
-            async def write(target: Path, height: int = height) -> None:
+            async def write(
+                target: Path, height: int = height, playlist: list[str] = playlist
+            ) -> None:
                 playlist.append(
                     await make_variant(
                         self.ctx.media, source, target, video_index=video.index,

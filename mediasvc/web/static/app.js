@@ -401,10 +401,55 @@ function playable(file) {
   return { uid: file.uid, kind: kindOf(file), rendition: null };
 }
 
+// hls.js (vendored from npm, its licence beside it), loaded the first time a page needs it.
+let hlsLibrary = null;
+function loadHls() {
+  if (!hlsLibrary) {
+    hlsLibrary = new Promise((resolve, reject) => {
+      const script = el("script", { src: "/static/vendor/hls.min.js" });
+      script.addEventListener("load", () => resolve(window.Hls));
+      script.addEventListener("error", () => reject(new Error("hls.js did not load")));
+      document.head.append(script);
+    });
+  }
+  return hlsLibrary;
+}
+
+// Adaptive streaming: hls.js over Media Source Extensions where the browser has them, else the
+// browser's own HLS (Safari, iOS); the rendition or the original if neither works.
+async function attachHls(video, hls, fallback) {
+  try {
+    const Hls = await loadHls();
+    if (Hls && Hls.isSupported()) {
+      const player = new Hls({
+        xhrSetup: (xhr) => {
+          for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+        },
+      });
+      player.on(Hls.Events.ERROR, (_event, data) => {
+        if (data.fatal) { player.destroy(); video.src = fallback; }
+      });
+      player.loadSource(hls.master_url);
+      player.attachMedia(video);
+      video.dataset.streaming = "hls.js";
+      return;
+    }
+  } catch {
+    // not loaded: the browser's own HLS, or the file
+  }
+  if (video.canPlayType("application/vnd.apple.mpegurl")) {
+    video.src = hls.master_url;
+    video.dataset.streaming = "native";
+  } else {
+    video.src = fallback;
+  }
+}
+
 function player(file) {
   const source = playable(file);
   const src = `${API}/${source.uid}?inline=true`;
   const kind = source.kind;
+  const hls = kind === "video" && file.processing && file.processing.hls;
   let node;
   if (kind === "video") {
     node = el("video", {
@@ -412,8 +457,9 @@ function player(file) {
       controls: true,
       preload: "metadata",
       playsinline: true,
-      src,
+      src: hls ? null : src,
     });
+    if (hls) attachHls(node, hls, src);
     if (file.preview_url) withPreview(node, file.uid, "poster");
   } else if (kind === "audio") {
     node = el("audio", { id: "player", controls: true, preload: "metadata", src });
@@ -443,7 +489,10 @@ function player(file) {
   if (kind === "video" && file.processing && file.processing.storyboard) {
     parts.push(seekBar(node, file.processing.storyboard));
   }
-  if (source.rendition) {
+  if (hls) {
+    const heights = hls.variants.map((v) => `${v.height}p`).join(", ");
+    parts.push(el("p", { class: "muted small", id: "playing-hls" }, `Streaming (HLS: ${heights}).`));
+  } else if (source.rendition) {
     const r = source.rendition;
     const codecs = [r.video_codec, r.audio_codec].filter(Boolean).join("/");
     parts.push(el("p", { class: "muted small", id: "playing-rendition" },
@@ -631,7 +680,8 @@ async function watchProcessing(file, serial) {
     if (serial !== renderSerial) return;
     $("detail").querySelector(".facts").replaceWith(facts(current));
   }
-  if (playable(current).uid !== playable(file).uid) {
+  const streams = (f) => Boolean(f.processing && f.processing.hls);
+  if (playable(current).uid !== playable(file).uid || streams(current) !== streams(file)) {
     render();
     return;
   }
