@@ -37,13 +37,11 @@ WAIT_MS = 20_000
 PICTURE = PROJECT_ROOT / "docs" / "processing.png"
 
 
-@pytest.fixture(scope="module")
-def hevc_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """10 s of HEVC + AAC in Matroska, a keyframe a second (so the tiles differ)."""
-    path = tmp_path_factory.mktemp("browser-processing") / "holiday (phone).mkv"
+def hevc_in_matroska(path: Path, size: str, duration_s: int) -> Path:
+    """HEVC + AAC in Matroska (which Chromium here does not play), a keyframe a second."""
     ffmpeg(
-        "-f", "lavfi", "-i", "testsrc2=size=480x270:rate=25:duration=10",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=10",
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration={duration_s}",
+        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={duration_s}",
         "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error:keyint=25",
         "-c:a", "aac", str(path),
     )  # fmt: skip
@@ -51,16 +49,16 @@ def hevc_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def hevc_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 s, 480x270: the tiles of its storyboard differ."""
+    root = tmp_path_factory.mktemp("browser-processing")
+    return hevc_in_matroska(root / "holiday (phone).mkv", "480x270", 10)
+
+
+@pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """40 s of HEVC in Matroska, 320x180: longer than hls.js buffers ahead (30 s)."""
-    path = tmp_path_factory.mktemp("browser-hls") / "long.mkv"
-    ffmpeg(
-        "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=40",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=40",
-        "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
-        "-c:a", "aac", str(path),
-    )  # fmt: skip
-    return path
+    """40 s, 320x180: longer than hls.js buffers ahead (30 s)."""
+    return hevc_in_matroska(tmp_path_factory.mktemp("browser-hls") / "long.mkv", "320x180", 40)
 
 
 @pytest.fixture

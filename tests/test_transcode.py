@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from mediasvc.config import Settings
-from tests.conftest import RunningServer, flushed_redis, leftovers, truncate
+from tests.conftest import flushed_redis, leftovers, stop_process
 from tests.helpers import (
     assert_problem,
     db_rows,
@@ -45,6 +45,7 @@ pytestmark = pytest.mark.timeout(240)
 
 REDIS_URL = os.environ.get("MEDIASVC_TEST_PROBE_REDIS", "redis://127.0.0.1:6379/11")
 DURATION_TOLERANCE_S = 0.1
+HEVC = ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error"]
 
 
 @dataclass(frozen=True)
@@ -82,111 +83,28 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
         vfr_mkv=root / "vfr.mkv",
         long_mkv=root / "long.mkv",
     )
-    ffmpeg(
-        *video,
-        *tone,
-        "-i",
-        str(subs),
-        "-map",
-        "0",
-        "-map",
-        "1",
-        "-map",
-        "2",
-        "-c:v",
-        "libx265",
-        "-preset",
-        "ultrafast",
-        "-x265-params",
-        "log-level=error",
-        "-c:a",
-        "aac",
-        "-c:s",
-        "srt",
-        str(clips.hevc_mkv),
-    )
+    ffmpeg(*video, *tone, "-i", str(subs), "-map", "0", "-map", "1", "-map", "2", *HEVC,
+           "-c:a", "aac", "-c:s", "srt", str(clips.hevc_mkv))  # fmt: skip
     ffmpeg(*video, *tone, "-c:v", "mpeg2video", "-c:a", "mp2", "-f", "mpegts", str(clips.mpeg2_ts))
-    ffmpeg(
-        *video,
-        *tone,
-        "-c:v",
-        "prores_ks",
-        "-profile:v",
-        "0",
-        "-c:a",
-        "pcm_s16le",
-        str(clips.prores_mov),
-    )
-    ffmpeg(
-        *video,
-        *tone,
-        "-c:v",
-        "libvpx-vp9",
-        "-deadline",
-        "realtime",
-        "-cpu-used",
-        "8",
-        "-c:a",
-        "libopus",
-        str(clips.vp9_webm),
-    )
+    ffmpeg(*video, *tone, "-c:v", "prores_ks", "-profile:v", "0", "-c:a", "pcm_s16le",
+           str(clips.prores_mov))  # fmt: skip
+    ffmpeg(*video, *tone, "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",
+           "-c:a", "libopus", str(clips.vp9_webm))  # fmt: skip
     ffmpeg(*tone, "-c:a", "libmp3lame", str(clips.tone_mp3))
     ffmpeg(*tone, "-c:a", "pcm_s16be", str(clips.tone_aiff))
     # Odd dimensions, MPEG-4 Part 2, then a display matrix of 90° (a phone held upright).
     odd = root / "odd.mov"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=175x99:rate=25:duration=2",
-        *tone,
-        "-c:v",
-        "mpeg4",
-        "-c:a",
-        "aac",
-        str(odd),
-    )
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=175x99:rate=25:duration=2", *tone,
+           "-c:v", "mpeg4", "-c:a", "aac", str(odd))  # fmt: skip
     ffmpeg("-i", str(odd), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(clips.portrait_mov))
-    ffmpeg(
-        *video,
-        *tone,
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p10le",
-        "-c:a",
-        "aac",
-        "-movflags",
-        "+faststart",
-        str(clips.ten_bit_mp4),
-    )
-    # Frames at uneven times (a frame repeated, then dropped): variable frame rate.
-    ffmpeg(
-        *video,
-        "-vf",
-        "setpts='N/25/TB+if(gt(N,20),0.3/TB,0)'",
-        "-fps_mode",
-        "vfr",
-        "-c:v",
-        "mpeg4",
-        str(clips.vfr_mkv),
-    )
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=25:duration=12",
-        "-c:v",
-        "libx265",
-        "-preset",
-        "ultrafast",
-        "-x265-params",
-        "log-level=error",
-        str(clips.long_mkv),
-    )
-    return clips  # fmt: skip
+    ffmpeg(*video, *tone, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le",
+           "-c:a", "aac", "-movflags", "+faststart", str(clips.ten_bit_mp4))  # fmt: skip
+    # Frames at uneven times (a pause of 0.3 s after frame 20): variable frame rate.
+    ffmpeg(*video, "-vf", "setpts='N/25/TB+if(gt(N,20),0.3/TB,0)'", "-fps_mode", "vfr",
+           "-c:v", "mpeg4", str(clips.vfr_mkv))  # fmt: skip
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=12", *HEVC,
+           str(clips.long_mkv))  # fmt: skip
+    return clips
 
 
 async def processed(client: httpx.AsyncClient, uid: str, timeout_s: float = 120) -> dict[str, Any]:
@@ -561,12 +479,12 @@ async def test_a_sigkilled_workers_transcode_runs_again_once(
                 # Its ffmpeg goes with it (parent-death signal), not left encoding for nobody.
                 wait_until(lambda: not pid_alive(ffmpeg_pid), "orphan ffmpeg killed", deadline_s=30)
             finally:
-                stop(first)
+                stop_process(first)
             second = start_worker(env, tmp_path / "worker-2.log")
             try:
                 meta = await processed(client, uid, timeout_s=180)
             finally:
-                stop(second)
+                stop_process(second)
         assert meta["processing"]["state"] == "done", meta["processing"]
         assert meta["processing"]["attempts"] == 2
         assert len(meta["renditions"]) == 1
@@ -621,74 +539,3 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "mediasvc", "worker"], env=full_env, stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-# --- HLS ------------------------------------------------------------------------------------------
-
-
-def test_an_hls_ladder_capped_at_the_source_is_read_whole_over_http(
-    start_server: Callable[..., RunningServer], pg_url: str, clips: Clips
-) -> None:
-    asyncio.run(truncate(pg_url))
-    server = start_server({"MEDIASVC_DATABASE_URL": pg_url, "MEDIASVC_HLS_LADDER": "180,360,720"})
-    with httpx.Client(base_url=server.base_url, timeout=30) as http:
-        upload = http.post(
-            "/api/v1/files/stream",
-            content=clips.long_mkv.read_bytes(),
-            headers={"X-Filename": "long.mkv"},
-        )
-        assert upload.status_code == 201, upload.text
-        uid = upload.json()["uid"]
-        deadline = time.monotonic() + 180
-        while True:
-            meta = http.get(f"/api/v1/files/{uid}/metadata").json()
-            state = (meta["processing"] or {}).get("state")
-            if state not in (None, "pending", "running"):
-                break
-            assert time.monotonic() < deadline, meta["processing"]
-            time.sleep(0.2)
-        assert meta["processing"]["state"] == "done", meta["processing"]
-        hls = meta["processing"]["hls"]
-        # 640x360: the 720 rung is above the source and left out.
-        assert [(v["width"], v["height"]) for v in hls["variants"]] == [(320, 180), (640, 360)]
-        assert hls["complete"] is True
-        master = http.get(hls["master_url"])
-        assert master.headers["content-type"] == "application/vnd.apple.mpegurl"
-        lines = master.text.splitlines()
-        stream_infs = [line for line in lines if line.startswith("#EXT-X-STREAM-INF:")]
-        assert len(stream_infs) == 2
-        for line, variant in zip(stream_infs, hls["variants"], strict=True):
-            assert f"BANDWIDTH={variant['bandwidth']}," in line
-            assert 'CODECS="avc1.640029"' in line  # H.264 High 4.1; the clip has no audio
-            assert f"RESOLUTION={variant['width']}x{variant['height']}" in line
-        media = http.get(f"/api/v1/files/{uid}/hls/360.m3u8").text
-        # The rung's own file under a name that ends in .mp4 (players check segment names).
-        file_url = f"{server.base_url}/api/v1/files/{uid}/hls/360.mp4"
-        assert f'#EXT-X-MAP:URI="{file_url}",BYTERANGE=' in media
-        ranged = http.get(file_url, headers={"Range": "bytes=0-7"})
-        assert ranged.status_code == 206 and ranged.content[4:8] == b"ftyp"
-        whole = http.get(f"/api/v1/files/{hls['variants'][1]['uid']}")
-        assert whole.content[:8] == ranged.content
-        assert media.count("#EXT-X-BYTERANGE:") == 3 and media.rstrip().endswith("#EXT-X-ENDLIST")
-        again = http.get(hls["master_url"], headers={"If-None-Match": master.headers["etag"]})
-        assert again.status_code == 304
-        problem = assert_problem(http.get(f"/api/v1/files/{uid}/hls/720.m3u8"), 404)
-        assert "no HLS rung of height 720" in problem["detail"]
-    # ffmpeg reads every rung over HTTP: each segment is a Range request of the rung's file.
-    read_all = ["ffmpeg", "-v", "info", "-nostdin", "-i", hls["master_url"], "-map", "0"]
-    result = subprocess.run(
-        [*read_all, "-f", "null", "-"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "320x180" in result.stderr and "640x360" in result.stderr
-    assert "Error" not in result.stderr, result.stderr[-2000:]
