@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ import httpx
 import pytest
 
 from mediasvc.config import Settings
+from mediasvc.jobs.context import JobContext
+from mediasvc.jobs.kinds import Kind
+from mediasvc.jobs.reconcile import reconcile
 from tests.conftest import flushed_redis, leftovers, stop_process
 from tests.helpers import (
+    age_rows,
     assert_problem,
     db_rows,
     fresh_client,
@@ -539,3 +544,36 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "mediasvc", "worker"], env=full_env, stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
+
+
+async def test_the_reconciler_enqueues_a_transcode_left_pending_or_running(
+    settings: Settings, client: httpx.AsyncClient, clips: Clips
+) -> None:
+    meta = await processed(client, (await upload_file(client, clips.vp9_webm))["uid"])
+    assert meta["processing"]["state"] == "done"
+    asked: list[tuple[Kind, str]] = []
+
+    async def enqueue(kind: Kind, uid: str) -> bool:
+        asked.append((kind, uid))
+        return True
+
+    ctx = JobContext.build(settings)
+    try:
+        for state in ("pending", "running"):
+            await age_rows(
+                settings,
+                processing_state=state,
+                processing_updated_at=datetime.now(UTC) - timedelta(hours=1),
+            )
+            asked.clear()
+            await reconcile(ctx, enqueue)
+            assert (Kind.TRANSCODE, meta["uid"]) in asked
+        await age_rows(
+            settings, processing_state="running", processing_updated_at=datetime.now(UTC)
+        )
+        asked.clear()
+        await reconcile(ctx, enqueue)  # a run that wrote its progress a moment ago is left alone
+        assert (Kind.TRANSCODE, meta["uid"]) not in asked
+    finally:
+        await ctx.db.dispose()
+        await ctx.cloud.close()
