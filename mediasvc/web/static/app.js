@@ -445,6 +445,7 @@ async function attachHls(video, hls, fallback) {
   }
 }
 
+// The player and what goes with it (seek bar, a note on what plays), as a list of nodes.
 function player(file) {
   const source = playable(file);
   const src = `${API}/${source.uid}?inline=true`;
@@ -466,7 +467,7 @@ function player(file) {
   } else if (kind === "image") {
     node = el("img", { id: "player", src, alt: displayName(file) });
   } else {
-    return el("p", { class: "muted" }, `No preview for ${file.format}.`);
+    return [el("p", { class: "muted" }, `No preview for ${file.format}.`)];
   }
   let retried = false;
   node.addEventListener("error", async () => {
