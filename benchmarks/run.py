@@ -29,7 +29,10 @@ then their median reported, because throughput drifts up to 2x over minutes on t
   server's RSS growth meanwhile);
 - locust (benchmarks/locustfile.py): a realistic mix for a bounded time against the full stack
   (`mediasvc serve --workers 2`, PostgreSQL, Redis, `mediasvc worker`, s3rver), and GET /healthz
-  of the same app (the framework ceiling).
+  of the same app (the framework ceiling);
+- processing (bench/sections/processing.py): a 20 s HEVC clip's rendition by `mediasvc worker`
+  against the same ffmpeg command by hand, GET /metadata p99 during that transcode against
+  idle, the keyframe-only storyboard against a full decode.
 
     .venv/bin/python benchmarks/run.py            # SIZE 4 GiB, 3 rounds (~25 min)
     .venv/bin/python benchmarks/run.py --quick    # SIZE 1 GiB, 1 round, short locust
@@ -67,6 +70,7 @@ from bench.sections.concurrency import section_concurrency
 from bench.sections.downloads import section_downloads
 from bench.sections.edge import section_edge
 from bench.sections.locust import section_locust
+from bench.sections.processing import section_processing
 from bench.sections.push import section_push
 from bench.sections.resumable import section_resumable
 from bench.sections.uploads import section_uploads
@@ -82,6 +86,7 @@ SECTIONS: dict[str, Callable[[Run], None]] = {
     "edge": section_edge,
     "concurrency": section_concurrency,
     "locust": section_locust,
+    "processing": section_processing,
 }
 
 

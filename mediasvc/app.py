@@ -12,7 +12,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import mediasvc
-from mediasvc.api import docs, files, health, metrics, previews, problems, tus, uploads
+from mediasvc.api import (
+    docs,
+    files,
+    health,
+    metrics,
+    previews,
+    problems,
+    processing,
+    tus,
+    uploads,
+)
 from mediasvc.api.caching import JsonCacheControlMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.api.tus import TusMiddleware
@@ -91,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tus.router)
     app.include_router(files.router)
     app.include_router(previews.router)
+    app.include_router(processing.router)
     docs.install(app)
     install_web_page(app)  # `/` and `/static/`: the upload page and player
     return app

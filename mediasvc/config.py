@@ -341,6 +341,58 @@ class Settings(BaseSettings):
     )
     remux_timeout_s: int = Field(default=3600, ge=1, description="arq timeout of one remux.")
 
+    # --- processing: renditions, storyboards, thumbnails, HLS (issue 16) ----------------------
+    transcode: bool = Field(
+        default=True,
+        description="After the probe, make what a browser needs of each video or audio upload: "
+        "a playable MP4/M4A when the original does not play as it is, a storyboard, HLS.",
+    )
+    transcode_concurrency: int = Field(
+        default=1, ge=1, le=64, description="Transcode jobs at once per worker (or API process)."
+    )
+    transcode_threads: int = Field(
+        default=2, ge=1, le=64, description="Threads of each ffmpeg transcode (decode, encode)."
+    )
+    transcode_nice: int = Field(
+        default=10, ge=0, le=19, description="Niceness of ffmpeg transcodes (0: as the service)."
+    )
+    transcode_preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
+    ] = Field(default="veryfast", description="x264 preset of the renditions.")
+    transcode_crf: int = Field(default=23, ge=0, le=51, description="x264 quality (lower: better).")
+    transcode_timeout_base_s: float = Field(
+        default=120.0, gt=0, description="Wall time of one ffmpeg run of a transcode: this much…"
+    )
+    transcode_timeout_per_media_s: float = Field(
+        default=8.0,
+        gt=0,
+        description="…plus this many seconds per second of the file's duration; then killed.",
+    )
+    transcode_max_attempts: int = Field(
+        default=2,
+        ge=1,
+        description="Starts of a file's transcode job: one cut by a worker crash runs again "
+        "until this many have started, then it is failed.",
+    )
+    hls_ladder: str = Field(
+        default="",
+        pattern=r"^(\d{3,4}(,\d{3,4})*)?$",
+        description="HLS rendition heights, e.g. 360,720,1080 (capped at the source's); empty: "
+        "no HLS.",
+    )
+    storyboard_interval_s: float = Field(
+        default=2.0, gt=0, description="A storyboard tile every so many seconds, at least…"
+    )
+    storyboard_max_tiles: int = Field(
+        default=100, ge=1, le=400, description="…and at most this many tiles (one sprite sheet)."
+    )
+    storyboard_tile_width: int = Field(
+        default=160, ge=32, le=640, description="Width of a storyboard tile in pixels."
+    )
+    thumbnail_max_width: int = Field(
+        default=1920, ge=16, le=7680, description="The widest thumbnail the API renders."
+    )
+
     # --- cloud ----------------------------------------------------------------------------
     cloud_backend: Literal["local", "s3"] = Field(
         default="local", description="local: a directory acting as the bucket; s3: S3/MinIO."

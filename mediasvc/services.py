@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from mediasvc.auth import KeyRing
 from mediasvc.config import Settings
@@ -20,6 +21,8 @@ from mediasvc.resumable.engine import ResumableConfig, UploadEngine
 from mediasvc.storage.cloud import CloudStore
 from mediasvc.storage.local import LocalStore
 
+THUMBNAIL_RENDERS = 2
+
 
 @dataclass(slots=True)
 class Services:
@@ -34,6 +37,10 @@ class Services:
     access_log: AccessLog
     jobs: JobContext  # what the in-process jobs use, and the API when it purges a file
     send_config: SendConfig  # how every response body goes out (chunks, parts, send timeout)
+    #: Thumbnails rendered at once by this process (api/processing.py): each is an ffmpeg.
+    thumbnail_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(THUMBNAIL_RENDERS)
+    )
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

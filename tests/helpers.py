@@ -276,6 +276,9 @@ METADATA_FIELDS = {
     "preview_url",
     "derived_from",
     "faststart_uid",
+    # The transcode job's (issue 16).
+    "processing",
+    "renditions",
 }
 
 

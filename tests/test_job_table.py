@@ -66,7 +66,8 @@ def test_every_kind_has_one_complete_spec(push_timeout_s: int) -> None:
         prefixes.add(spec.id_prefix)
     assert len(prefixes) == len(JOBS)  # one job of each kind per file, never one for another
     assert JOBS[Kind.PUSH].max_tries(config) > config.push_max_tries  # the job gives up first
-    assert {spec.kind for spec in JOBS.values() if spec.media_tool} == {Kind.PROBE, Kind.REMUX}
+    media_jobs = {Kind.PROBE, Kind.REMUX, Kind.TRANSCODE}
+    assert {spec.kind for spec in JOBS.values() if spec.media_tool} == media_jobs
     assert [cron.name for cron in CRONS] == ["cleanup", "reconcile"]
     for cron in CRONS:
         assert inspect.iscoroutinefunction(cron.run)
@@ -202,11 +203,13 @@ async def test_follow_ups_of_each_kind(
         push = await run_job(JOBS[Kind.PUSH], ctx, uid, attempt=1, enqueue=enqueue)
         assert (push.status, push.follow_ups, push.retry_in_s) == ("uploaded", (), None)
         probe = await run_job(JOBS[Kind.PROBE], ctx, uid, attempt=1, enqueue=enqueue)
-        assert probe.status == "done" and probe.follow_ups == (FollowUp(Kind.REMUX, uid),)
+        # The faststart copy stands in for a rendition; the transcode makes the storyboard.
+        processed = (FollowUp(Kind.REMUX, uid), FollowUp(Kind.TRANSCODE, uid))
+        assert probe.status == "done" and probe.follow_ups == processed
         remux = await run_job(JOBS[Kind.REMUX], ctx, uid, attempt=1, enqueue=enqueue)
         derived = (await row(settings, uid)).faststart_uid
         assert derived is not None and remux.follow_ups == after_new_file(derived)
-        assert enqueue.asked == [FollowUp(Kind.REMUX, uid), *after_new_file(derived)]
+        assert enqueue.asked == [*processed, *after_new_file(derived)]
         # The copy is faststart: its probe asks for nothing more, and a second remux of the
         # original finds it linked and makes none.
         assert (await run_job(JOBS[Kind.PROBE], ctx, derived, attempt=1, enqueue=enqueue)) == (
@@ -214,13 +217,19 @@ async def test_follow_ups_of_each_kind(
         )
         again = await run_job(JOBS[Kind.REMUX], ctx, uid, attempt=1, enqueue=enqueue)
         assert again.follow_ups == ()
-    assert len(enqueue.asked) == 3
+        # The transcode's product is a new file too; a second run finds the job done.
+        transcode = await run_job(JOBS[Kind.TRANSCODE], ctx, uid, attempt=1, enqueue=enqueue)
+        sheet = ((await row(settings, uid)).processing or {})["storyboard"]["uid"]
+        assert transcode == JobResult("done", follow_ups=after_new_file(sheet))
+        again = await run_job(JOBS[Kind.TRANSCODE], ctx, uid, attempt=1, enqueue=enqueue)
+        assert again == JobResult("done")
+    assert len(enqueue.asked) == 6
 
 
 async def test_a_probe_asks_for_no_remux_when_it_is_off(
     make_settings: Callable[..., Settings], media_files: MediaFiles
 ) -> None:
-    settings = make_settings(remux_faststart=False)
+    settings = make_settings(remux_faststart=False, transcode=False)
     async with _one_upload_not_queued(settings, media_files.slow_mp4) as (ctx, uid):
         probe = await run_job(JOBS[Kind.PROBE], ctx, uid, attempt=1, enqueue=Recorder())
     assert probe == JobResult("done")
@@ -315,12 +324,18 @@ async def _jobs_of_an_upload(
             original = await row(settings, uid)
             if original.faststart_uid is None or original.cloud_status != "uploaded":
                 return False
-            derived = await row(settings, original.faststart_uid)
-            return derived.cloud_status == "uploaded" and derived.probe_status == "done"
+            if original.processing_state != "done":
+                return False
+            for made in (original.faststart_uid, (original.processing or {})["storyboard"]["uid"]):
+                derived = await row(settings, made)
+                if derived.cloud_status != "uploaded" or derived.probe_status != "done":
+                    return False
+            return True
 
         await wait_for(settled, timeout_s=90)
-        derived_uid = (await row(settings, uid)).faststart_uid
-    names = {uid: "original", derived_uid: "copy"}
+        original = await row(settings, uid)
+    sheet = (original.processing or {})["storyboard"]["uid"]
+    names = {uid: "original", original.faststart_uid: "copy", sheet: "storyboard"}
     return [(follow_up.kind, names[follow_up.uid]) for follow_up in asked]
 
 
@@ -344,8 +359,11 @@ async def test_the_same_follow_ups_in_process_and_on_arq(
     remote = await _jobs_of_an_upload(on_arq, media_files.slow_mp4, burst, monkeypatch)
     expected = [
         (Kind.REMUX, "original"),  # the original's probe; its push asks for nothing
+        (Kind.TRANSCODE, "original"),
         (Kind.PUSH, "copy"),  # the remux: a new file
         (Kind.PROBE, "copy"),
+        (Kind.PUSH, "storyboard"),  # the transcode: a new file
+        (Kind.PROBE, "storyboard"),
     ]
     # In-process the jobs run concurrently: the order across jobs may differ, the set may not.
     assert sorted(local) == sorted(expected)

@@ -97,6 +97,9 @@ async def test_sample_mp4_probe_values(client: httpx.AsyncClient) -> None:
         "sample_rate": None,
         "channels": None,
         "attached_pic": False,
+        "pix_fmt": "yuv420p",
+        "profile": "Constrained Baseline",
+        "rotation": 0,
     }
     assert audio["kind"] == "audio" and audio["codec"] == "aac"
     assert audio["sample_rate"] == 44100 and audio["channels"] == 1

@@ -33,6 +33,7 @@ class Config:
         "edge",
         "concurrency",
         "locust",
+        "processing",
     )
 
     @property

@@ -58,6 +58,14 @@ class ProbeStatus(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+class ProcessingState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
 class GoneReason(enum.StrEnum):
     DELETED = "deleted"
     EXPIRED = "expired"
@@ -113,6 +121,12 @@ class FileRecord(Base):
     # The media volume (storage.local.LocalStore.volume_id) that holds the local copy; None on
     # rows from before it was recorded. Only that volume's sweep judges whether the copy is gone.
     volume: Mapped[str | None] = mapped_column(String(32))
+    # What the transcode job made of this original and how far it got (jobs/transcode.py):
+    # state, percent, error, attempts, renditions, storyboard, HLS. None: nothing to make.
+    processing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # processing's state, as a column the reconciler can query, and when it last changed.
+    processing_state: Mapped[str | None] = mapped_column(String(16))
+    processing_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # Listing: live files, newest first, keyset-paginated on (created_at, uid).
@@ -127,6 +141,7 @@ class FileRecord(Base):
         Index("ix_files_expires_at", "expires_at"),
         Index("ix_files_probe_status", "probe_status"),
         Index("ix_files_derived_from", "derived_from"),
+        Index("ix_files_processing_state", "processing_state"),
     )
 
 

@@ -9,13 +9,20 @@ transaction-scoped lock across them (db/commit_window.py). Callers never commit 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, and_, case, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mediasvc.db.models import CloudStatus, FileRecord, GoneReason, ProbeStatus, UploadRecord
+from mediasvc.db.models import (
+    CloudStatus,
+    FileRecord,
+    GoneReason,
+    ProbeStatus,
+    ProcessingState,
+    UploadRecord,
+)
 
 # A row that is not a tombstone.
 _LIVE = FileRecord.gone_reason.is_(None)
@@ -36,10 +43,16 @@ async def add_new_file(
     *,
     faststart_of: str | None = None,
     completes_upload: UploadCompletion | None = None,
+    processing: Processing | None = None,
 ) -> bool:
     """Insert ``record``; with ``faststart_of``, that live original points to it in the same
-    transaction, and nothing is written (False) if the original is gone. With
-    ``completes_upload``, the resumable upload of the same uid is marked complete in it too."""
+    transaction, and nothing is written (False) if the original is gone. With ``processing``,
+    the original it is derived from records it (its renditions) the same way. With
+    ``completes_upload``, the resumable upload of the same uid is marked complete in it too.
+
+    The original's row is updated, hence locked, before the commit: a delete of the original
+    waits for it, and its purge then finds the new derived row (no product outlives it).
+    """
     session.add(record)
     if completes_upload is not None:
         await session.execute(
@@ -54,11 +67,17 @@ async def add_new_file(
                 hash_state=completes_upload.hash_state,
             )
         )
+    changes: list[tuple[str, dict[str, Any]]] = []
     if faststart_of is not None:
+        changes.append((faststart_of, {"faststart_uid": record.uid}))
+    if processing is not None:
+        assert record.derived_from is not None
+        changes.append((record.derived_from, _processing_values(processing)))
+    for uid, values in changes:
         linked = await session.execute(
             update(FileRecord)
-            .where(FileRecord.uid == faststart_of, _LIVE)
-            .values(faststart_uid=record.uid)
+            .where(FileRecord.uid == uid, _LIVE)
+            .values(**values)
             .returning(FileRecord.uid)
         )
         if linked.first() is None:
@@ -66,6 +85,40 @@ async def add_new_file(
             return False
     await session.commit()
     return True
+
+
+# The processing document of an original (jobs/transcode.py) and its state, written together.
+Processing = dict[str, Any]
+
+
+def _processing_values(processing: Processing) -> dict[str, Any]:
+    return {
+        "processing": processing,
+        "processing_state": processing["state"],
+        "processing_updated_at": datetime.now(UTC),
+    }
+
+
+async def record_processing(session: AsyncSession, uid: str, processing: Processing) -> bool:
+    """Write the transcode's progress on a live row; False if the file is gone."""
+    return await _update_one(session, uid, _LIVE, **_processing_values(processing))
+
+
+async def stuck_processing(
+    session: AsyncSession, *, stale_before: datetime, limit: int
+) -> list[str]:
+    """Live rows whose transcode is pending or running with no word since ``stale_before``."""
+    query = (
+        select(FileRecord.uid)
+        .where(
+            _LIVE,
+            FileRecord.processing_state.in_([ProcessingState.PENDING, ProcessingState.RUNNING]),
+            FileRecord.processing_updated_at <= stale_before,
+        )
+        .order_by(FileRecord.processing_updated_at)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
 
 
 async def _update_one(
@@ -313,8 +366,10 @@ async def record_probe(
     error: str | None,
     media: dict[str, Any] | None = None,
     preview: str | None = None,
+    processing: Processing | None = None,
 ) -> bool:
-    """Write a probe's outcome on a live, still pending row; False if there is none."""
+    """Write a probe's outcome on a live, still pending row (with ``processing``, what the
+    transcode job is to make); False if there is none."""
     values: dict[str, Any] = {
         "probe_status": status.value,
         "probe_error": error,
@@ -324,6 +379,8 @@ async def record_probe(
         values["media"] = media
     if preview is not None:
         values["preview_path"] = preview
+    if processing is not None:
+        values.update(_processing_values(processing))
     pending = FileRecord.probe_status == ProbeStatus.PENDING.value
     return await _update_one(session, uid, _LIVE, pending, **values)
 
@@ -350,9 +407,10 @@ async def stuck_probes(session: AsyncSession, *, stale_before: datetime, limit: 
     return list((await session.scalars(query)).all())
 
 
-async def live_derived_uid(session: AsyncSession, uid: str) -> str | None:
-    """The uid of a live file derived from ``uid`` (its faststart copy), if there is one."""
-    return await session.scalar(select(FileRecord.uid).where(FileRecord.derived_from == uid, _LIVE))
+async def live_derived_uids(session: AsyncSession, uid: str) -> list[str]:
+    """The uids of the live files derived from ``uid`` (its faststart copy, its renditions …)."""
+    query = select(FileRecord.uid).where(FileRecord.derived_from == uid, _LIVE)
+    return list((await session.scalars(query)).all())
 
 
 async def link_faststart(session: AsyncSession, uid: str, derived_uid: str) -> None:

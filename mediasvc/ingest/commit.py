@@ -12,7 +12,7 @@ import anyio
 
 from mediasvc.db import repository
 from mediasvc.db.models import CloudStatus, FileRecord, ProbeStatus
-from mediasvc.db.repository import UploadCompletion
+from mediasvc.db.repository import Processing, UploadCompletion
 from mediasvc.db.session import Database
 from mediasvc.storage.part import PartFile
 
@@ -64,11 +64,12 @@ async def commit_part(
     *,
     faststart_of: str | None = None,
     completes_upload: UploadCompletion | None = None,
+    processing: Processing | None = None,
 ) -> bool:
     """Rename ``part`` into place and commit ``record``; with ``faststart_of``, the row of that
-    original points to the new file in the same transaction, and False (nothing kept) if the
-    original is gone; with ``completes_upload``, the resumable upload's row is marked complete
-    in it.
+    original points to the new file in the same transaction (with ``processing``, the original
+    it is derived from lists it), and False (nothing kept) if the original is gone; with
+    ``completes_upload``, the resumable upload's row is marked complete in it.
 
     The uid's commit window lock is taken before the rename and held until the row's
     transaction ends, so the sweep of rowless files never takes a file whose row is still on
@@ -80,7 +81,11 @@ async def commit_part(
         async with db.session() as session, db.commit_window.committing(session, record.uid):
             await anyio.to_thread.run_sync(part.commit)
             added = await repository.add_new_file(
-                session, record, faststart_of=faststart_of, completes_upload=completes_upload
+                session,
+                record,
+                faststart_of=faststart_of,
+                completes_upload=completes_upload,
+                processing=processing,
             )
             if not added:
                 await anyio.to_thread.run_sync(part.discard)

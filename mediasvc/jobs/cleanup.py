@@ -6,8 +6,8 @@ What crashes left: abandoned ``.part`` files and ``.upload`` files no upload's r
 in the media root that no row claims and rows whose local copy is gone (jobs/volume_audit.py),
 and temporary files of pushes killed mid-copy in the local bucket.
 
-"Delete everywhere" covers a file's preview image and the files derived from it (a faststart
-remux): they go with the original.
+"Delete everywhere" covers a file's preview image, its cached thumbnails and the files derived
+from it (a faststart remux, renditions, a storyboard sheet): they go with the original.
 
 A local copy is removed only after a fresh stat of the cloud copy confirms its size and the
 sha256 the store reports (a store that reports none never gets the only copy), and the row
@@ -99,6 +99,7 @@ async def purge(ctx: JobContext, record: FileRecord) -> bool:
         return False
     await anyio.to_thread.run_sync(ctx.store.remove, record.uid)
     await anyio.to_thread.run_sync(ctx.store.remove_preview, record.uid)
+    await anyio.to_thread.run_sync(ctx.store.remove_thumbnails, record.uid)
     async with ctx.db.session() as session:
         derived = await repository.record_purge(session, record, datetime.now(UTC))
     for child in derived:

@@ -22,6 +22,10 @@ class JobsConfig:
     probe_timeout_s: float = 30.0
     remux_timeout_s: int = 3600
     remux_faststart: bool = False
+    # transcode (renditions, storyboard, HLS)
+    transcode: bool = True
+    transcode_concurrency: int = 1
+    transcode_max_attempts: int = 2
     cloud_request_timeout_s: float = 300.0  # one request to the cloud store (a preview's put)
     io_chunk_size_bytes: int = 4 * 1024 * 1024  # reading a remuxed copy to hash it
     # reconcile

@@ -6,7 +6,8 @@ the API builds one for its in-process jobs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from mediasvc.config import Settings
 from mediasvc.db.session import Database
@@ -23,6 +24,8 @@ class JobContext:
     db: Database
     store: LocalStore
     cloud: CloudStore
+    #: Transcodes at once in this process (``transcode_concurrency``; jobs/transcode.py).
+    transcode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     @classmethod
     def build(
@@ -40,4 +43,5 @@ class JobContext:
                 direct_io=settings.direct_io,
             ),
             cloud=make_cloud_store(settings),
+            transcode_slots=asyncio.Semaphore(settings.transcode_concurrency),
         )

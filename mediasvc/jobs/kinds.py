@@ -3,6 +3,8 @@
 Follow-up rules, each made by the job that knows it (the runner enqueues them):
 - a new file (an upload, a faststart copy) → push + probe (``after_new_file``);
 - a probe of an MP4/MOV without faststart, with ``remux_faststart`` on → remux;
+- a probe of an original video or audio file with something to make → transcode;
+- a transcode → push + probe of each file it made;
 - a push → nothing; it may ask to be run again later (``retry_in_s``).
 """
 
@@ -20,6 +22,7 @@ class Kind(StrEnum):
     PUSH = "push_to_cloud"
     PROBE = "probe_media"
     REMUX = "remux_faststart"
+    TRANSCODE = "transcode_media"
 
 
 #: A queue's ``enqueue(kind, uid)``: True if the job was queued, False if it was refused (the same

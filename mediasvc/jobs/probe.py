@@ -22,6 +22,7 @@ from mediasvc.db import repository
 from mediasvc.db.models import ProbeStatus
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import FollowUp, JobResult, Kind
+from mediasvc.jobs.transcode import plan_processing
 from mediasvc.media.preview import PreviewFailed, make_preview
 from mediasvc.media.probe import LocalCopyMissing, MediaFacts, ProbeFailed, analyse, expects_media
 from mediasvc.media.tools import ToolMissing
@@ -39,6 +40,8 @@ class ProbeOutcome:
     status: str
     #: The file is an MP4/MOV without faststart and ``remux_faststart`` is on: queue a remux.
     remux: bool = False
+    #: The file has renditions or a storyboard to make: queue a transcode.
+    transcode: bool = False
 
 
 async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
@@ -87,9 +90,6 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
         except ToolMissing as exc:
             note = f"no preview: {exc}"
 
-    media = facts.to_json() if facts is not None else None
-    if not await _record(ctx, uid, ProbeStatus.DONE, error=note, media=media, preview=preview_key):
-        return await _not_recorded(ctx, uid)
     remux = (
         ctx.config.remux_faststart
         and facts is not None
@@ -97,15 +97,34 @@ async def probe_file(ctx: JobContext, uid: str) -> ProbeOutcome:
         and record.derived_from is None
         and record.faststart_uid is None
     )
-    return ProbeOutcome(ProbeStatus.DONE.value, remux=remux)
+    media = facts.to_json() if facts is not None else None
+    processing = None
+    if facts is not None and media is not None:
+        playback, processing = plan_processing(ctx.media, facts, faststart_copy_coming=remux)
+        if playback is not None:
+            media["playback"] = playback.to_json()
+        if record.derived_from is not None or not ctx.config.transcode:
+            processing = None  # a product is not processed again; or processing is off
+    if not await _record(
+        ctx,
+        uid,
+        ProbeStatus.DONE,
+        error=note,
+        media=media,
+        preview=preview_key,
+        processing=processing,
+    ):
+        return await _not_recorded(ctx, uid)
+    return ProbeOutcome(ProbeStatus.DONE.value, remux=remux, transcode=processing is not None)
 
 
 async def probe_job(ctx: JobContext, uid: str, *, attempt: int) -> JobResult:
     """The job: a probe, followed by a faststart remux when the probe asks for one."""
     outcome = await probe_file(ctx, uid)
-    return JobResult(
-        outcome.status, follow_ups=(FollowUp(Kind.REMUX, uid),) if outcome.remux else ()
-    )
+    follow_ups = [FollowUp(Kind.REMUX, uid)] if outcome.remux else []
+    if outcome.transcode:
+        follow_ups.append(FollowUp(Kind.TRANSCODE, uid))
+    return JobResult(outcome.status, follow_ups=tuple(follow_ups))
 
 
 async def _not_recorded(ctx: JobContext, uid: str) -> ProbeOutcome:
@@ -149,6 +168,7 @@ async def _record(
     error: str | None,
     media: dict[str, Any] | None = None,
     preview: str | None = None,
+    processing: dict[str, Any] | None = None,
 ) -> bool:
     """Write the outcome on a live, still pending row; False if there is none."""
     async with ctx.db.session() as session:
@@ -160,6 +180,7 @@ async def _record(
             error=error[:MAX_ERROR_CHARS] if error else None,
             media=media,
             preview=preview,
+            processing=processing,
         )
 
 

@@ -3,7 +3,8 @@
 Finds pushes that no job will finish — rows left ``pending`` when Redis was down at upload, rows
 stuck ``uploading`` after a worker died, rows ``failed`` a while ago — and enqueues them again;
 likewise probes still ``pending`` past the same timeout (a lost job, a preview the cloud did not
-take, rows from before the probe existed).
+take, rows from before the probe existed), and transcodes pending or running with no progress
+written for as long (a lost job, a worker that died mid-run).
 """
 
 from __future__ import annotations
@@ -44,4 +45,11 @@ async def reconcile(ctx: JobContext, enqueue: Enqueue) -> int:
     pushes = [await enqueue(Kind.PUSH, uid) for uid in await find_stuck_pushes(ctx)]
     for uid in await find_stuck_probes(ctx):
         await enqueue(Kind.PROBE, uid)
+    stale_before = datetime.now(UTC) - timedelta(seconds=ctx.config.reconcile_stale_after_s)
+    async with ctx.db.session() as session:
+        transcodes = await repository.stuck_processing(
+            session, stale_before=stale_before, limit=RECONCILE_BATCH
+        )
+    for uid in transcodes:
+        await enqueue(Kind.TRANSCODE, uid)
     return sum(pushes)

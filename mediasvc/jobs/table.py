@@ -29,6 +29,7 @@ from mediasvc.jobs.probe import probe_job
 from mediasvc.jobs.push import push_job
 from mediasvc.jobs.reconcile import reconcile
 from mediasvc.jobs.remux import remux_job
+from mediasvc.jobs.transcode import transcode_job
 
 
 class JobFunction(Protocol):
@@ -61,6 +62,10 @@ class CronSpec:
     run: CronFunction
     every_s: Callable[[JobsConfig], int]
     timeout_s: Callable[[JobsConfig], int]
+
+
+# A queued transcode waits for a slot by asking to run again every few seconds: many tries.
+TRANSCODE_MAX_TRIES = 10_000
 
 
 def _probe_timeout_s(config: JobsConfig) -> int:
@@ -102,6 +107,18 @@ JOBS: dict[Kind, JobSpec] = {
             run=remux_job,
             timeout_s=_remux_timeout_s,
             max_tries=lambda config: 2,
+            media_tool=True,
+        ),
+        JobSpec(
+            kind=Kind.TRANSCODE,
+            id_prefix="transcode",
+            run=transcode_job,
+            # Each ffmpeg run has its own wall time, proportional to the duration
+            # (media/encode.py); this is the backstop of the whole job.
+            timeout_s=lambda config: config.push_timeout_s,
+            # A job that finds no free slot asks to run again (each time a try); the runs cut
+            # by a crash are counted in the row (transcode_max_attempts).
+            max_tries=lambda config: TRANSCODE_MAX_TRIES,
             media_tool=True,
         ),
     )

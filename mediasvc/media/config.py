@@ -19,6 +19,27 @@ class MediaConfig:
     tool_max_memory_bytes: int = 2 * 1024**3  # address space of each tool; 0 = no limit
     preview_max_size_px: int = 640  # previews fit in a square of this many pixels
     remux_timeout_s: float = 3600.0  # ffmpeg copying one file
+    # transcodes (renditions, storyboards, HLS): bounded threads, niceness and wall time
+    transcode_threads: int = 2
+    transcode_nice: int = 10
+    transcode_preset: str = "veryfast"
+    transcode_crf: int = 23
+    transcode_timeout_base_s: float = 120.0
+    transcode_timeout_per_media_s: float = 8.0
+    hls_ladder: str = ""  # heights, "360,720"
+    storyboard_interval_s: float = 2.0
+    storyboard_max_tiles: int = 100
+    storyboard_tile_width: int = 160
+    thumbnail_max_width: int = 1920
+
+    def transcode_timeout_s(self, duration_s: float | None) -> float:
+        """Wall time of one ffmpeg run over a file of ``duration_s`` (unknown: an hour's)."""
+        media_s = duration_s if duration_s is not None else 3600.0
+        return self.transcode_timeout_base_s + self.transcode_timeout_per_media_s * media_s
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        return tuple(sorted({int(h) for h in self.hls_ladder.split(",") if h}))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaConfig:

@@ -25,12 +25,16 @@ class PreviewFailed(Exception):
     pass
 
 
-def preview_command(config: MediaConfig, source: Path, target: Path, *, seek_s: float) -> list[str]:
+def preview_command(
+    config: MediaConfig, source: Path, target: Path, *, seek_s: float, width: int | None = None
+) -> list[str]:
+    """One frame at ``seek_s``: fit in the preview square, or ``width`` pixels wide."""
     bound = config.preview_max_size_px
     scale = (
         f"scale=w='min(iw,{bound})':h='min(ih,{bound})':force_original_aspect_ratio=decrease,"
-        "format=yuvj420p"
-    )
+        if width is None
+        else f"scale=w={width}:h=-2,"
+    ) + "format=yuvj420p"
     seek = ["-ss", f"{seek_s:.3f}"] if seek_s > 0 else []
     return [
         config.ffmpeg_path,
@@ -61,11 +65,11 @@ async def make_preview(
         seek_s = facts.duration_s * POSTER_POSITION
     part.parent.mkdir(parents=True, exist_ok=True)
     try:
-        reason = await _render(config, source, part, seek_s)
+        reason = await render_frame(config, source, part, seek_s)
         if reason is not None and seek_s > 0:
             # A duration that overstates the stream leaves nothing to show at 10 %: the first
             # frame is better than no preview.
-            reason = await _render(config, source, part, 0.0)
+            reason = await render_frame(config, source, part, 0.0)
         if reason is not None:
             raise PreviewFailed(reason)
         await anyio.to_thread.run_sync(os.replace, part, final)
@@ -73,10 +77,12 @@ async def make_preview(
         await anyio.to_thread.run_sync(_unlink_quietly, part)
 
 
-async def _render(config: MediaConfig, source: Path, part: Path, seek_s: float) -> str | None:
-    """None on success, else why not."""
+async def render_frame(
+    config: MediaConfig, source: Path, part: Path, seek_s: float, width: int | None = None
+) -> str | None:
+    """Write one frame of ``source`` as a JPEG to ``part``: None on success, else why not."""
     try:
-        command = preview_command(config, source, part, seek_s=seek_s)
+        command = preview_command(config, source, part, seek_s=seek_s, width=width)
         result = await run_media_tool(config, command, timeout_s=config.probe_timeout_s)
     except ToolMissing:
         raise

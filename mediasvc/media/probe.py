@@ -16,7 +16,7 @@ import json
 import math
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +82,9 @@ class StreamFacts:
     sample_rate: int | None = None
     channels: int | None = None
     attached_pic: bool = False
+    pix_fmt: str | None = None  # video: e.g. yuv420p, yuv420p10le (10-bit)
+    profile: str | None = None  # e.g. High, High 10, Main 10, LC
+    rotation: int = 0  # video: the display matrix's turn, 0-359 degrees (a phone's portrait: 90)
 
 
 @dataclass(slots=True)
@@ -103,6 +106,20 @@ class MediaFacts:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> MediaFacts:
+        """Facts as ``to_json`` stored them (keys it does not know, such as the playback
+        decision stored beside them, are left out)."""
+        names = {f.name for f in fields(cls)} - {"streams"}
+        stream_names = {f.name for f in fields(StreamFacts)}
+        return cls(
+            **{k: v for k, v in document.items() if k in names},
+            streams=[
+                StreamFacts(**{k: v for k, v in s.items() if k in stream_names})
+                for s in document.get("streams") or []
+            ],
+        )
+
 
 def expects_media(media_type: str, extension: str | None) -> bool:
     """Whether a failed probe is the file's fault (it claims to be media) or just "not media"."""
@@ -123,7 +140,8 @@ def ffprobe_command(config: MediaConfig, path: Path) -> list[str]:
         "-show_entries",
         "format=format_name,duration,bit_rate,probe_score"
         ":stream=index,codec_type,codec_name,width,height,avg_frame_rate,r_frame_rate,"
-        "sample_rate,channels:stream_disposition=attached_pic",
+        "sample_rate,channels,pix_fmt,profile:stream_disposition=attached_pic"
+        ":stream_side_data=rotation",
         f"file:{path}",
     ]  # fmt: skip
 
@@ -228,8 +246,11 @@ def _stream(raw: dict[str, Any]) -> StreamFacts:
         kind=kind,
         codec=str(raw["codec_name"]) if raw.get("codec_name") else None,
         attached_pic=isinstance(disposition, dict) and bool(disposition.get("attached_pic")),
+        profile=str(raw["profile"]) if raw.get("profile") else None,
     )
     if kind == "video":
+        facts.pix_fmt = str(raw["pix_fmt"]) if raw.get("pix_fmt") else None
+        facts.rotation = _rotation(raw.get("side_data_list"))
         facts.width = _int(raw.get("width"))
         facts.height = _int(raw.get("height"))
         facts.frame_rate = _rate(raw.get("avg_frame_rate")) or _rate(raw.get("r_frame_rate"))
@@ -237,6 +258,19 @@ def _stream(raw: dict[str, Any]) -> StreamFacts:
         facts.sample_rate = _int(raw.get("sample_rate"))
         facts.channels = _int(raw.get("channels"))
     return facts
+
+
+def _rotation(side_data: object) -> int:
+    """The display matrix's rotation in degrees, 0-359; 0 without one."""
+    if not isinstance(side_data, list):
+        return 0
+    for entry in side_data:
+        if isinstance(entry, dict) and "rotation" in entry:
+            try:
+                return int(float(str(entry["rotation"]))) % 360
+            except ValueError:
+                return 0
+    return 0
 
 
 def _read_layout(path: Path, size: int) -> BoxLayout:

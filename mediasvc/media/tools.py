@@ -3,7 +3,9 @@
 A hostile file can make a media tool hang, print without end or allocate without end; none of
 that may reach the worker. Each tool runs in its own session, so on timeout or cancellation the
 whole process group is killed; its output is read with a cap; ``prlimit`` (util-linux, present
-on every Debian system) caps its address space.
+on every Debian system) caps its address space. Long runs (transcodes) also run under ``nice``
+and ``setpriv --pdeathsig KILL`` (util-linux): a worker killed outright takes its ffmpeg with it
+instead of leaving it encoding for nobody.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,9 +78,13 @@ async def run_tool(
     timeout_s: float,
     max_output_bytes: int,
     max_memory_bytes: int = 0,
+    on_line: Callable[[bytes], None] | None = None,
+    niceness: int = 0,
 ) -> ToolResult:
     """Run ``argv`` (its stdin is /dev/null) and return its exit status and output.
 
+    With ``on_line``, each line of stdout goes to it (a progress report) instead of being kept,
+    the run is tied to this process's life and, with ``niceness``, runs below the service.
     Raises ``ToolMissing``, ``ToolTimeout`` (the process group was killed) or
     ``ToolOutputTooLarge`` (more than ``max_output_bytes`` on stdout; killed too).
     """
@@ -90,6 +96,11 @@ async def run_tool(
     prlimit = shutil.which("prlimit") if max_memory_bytes else None
     if prlimit is not None:
         command = [prlimit, f"--as={max_memory_bytes}", "--", *command]
+    if niceness and (nice := shutil.which("nice")) is not None:
+        command = [nice, "-n", str(niceness), *command]
+    if on_line is not None and (setpriv := shutil.which("setpriv")) is not None:
+        # Each wrapper execs the next, so ffmpeg itself dies with the thread that started it.
+        command = [setpriv, "--pdeathsig", "KILL", "--", *command]
     process = await asyncio.create_subprocess_exec(
         *command,
         stdin=asyncio.subprocess.DEVNULL,
@@ -101,7 +112,11 @@ async def run_tool(
     stderr_task = asyncio.ensure_future(_drain(process.stderr, STDERR_KEPT_BYTES))
     try:
         async with asyncio.timeout(timeout_s):
-            stdout = await _read_capped(process.stdout, max_output_bytes, name)
+            if on_line is None:
+                stdout = await _read_capped(process.stdout, max_output_bytes, name)
+            else:
+                stdout = b""
+                await _read_lines(process.stdout, on_line, max_output_bytes, name)
             returncode = await process.wait()
             stderr = await stderr_task
     except TimeoutError:
@@ -123,6 +138,23 @@ async def _read_capped(stream: asyncio.StreamReader, limit_bytes: int, name: str
         if len(buffer) > limit_bytes:
             raise ToolOutputTooLarge(f"{name} printed more than {limit_bytes} bytes")
     return bytes(buffer)
+
+
+async def _read_lines(
+    stream: asyncio.StreamReader, on_line: Callable[[bytes], None], limit_bytes: int, name: str
+) -> None:
+    """Hand each line to ``on_line``; a line longer than ``limit_bytes`` is an error."""
+    buffer = bytearray()
+    while chunk := await stream.read(READ_CHUNK_BYTES):
+        buffer += chunk
+        *lines, rest = buffer.split(b"\n")
+        for line in lines:
+            on_line(bytes(line))
+        buffer = bytearray(rest)
+        if len(buffer) > limit_bytes:
+            raise ToolOutputTooLarge(f"{name} printed a line of more than {limit_bytes} bytes")
+    if buffer:
+        on_line(bytes(buffer))
 
 
 async def _drain(stream: asyncio.StreamReader, keep_bytes: int) -> bytes:
@@ -161,6 +193,8 @@ async def run_media_tool(
     *,
     timeout_s: float,
     max_output_bytes: int = FFMPEG_MAX_OUTPUT_BYTES,
+    on_line: Callable[[bytes], None] | None = None,
+    niceness: int = 0,
 ) -> ToolResult:
     """``run_tool`` under the media tools' memory limit (``tool_max_memory_bytes``)."""
     return await run_tool(
@@ -168,4 +202,6 @@ async def run_media_tool(
         timeout_s=timeout_s,
         max_output_bytes=max_output_bytes,
         max_memory_bytes=config.tool_max_memory_bytes,
+        on_line=on_line,
+        niceness=niceness,
     )

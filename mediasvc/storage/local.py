@@ -7,7 +7,8 @@ A resumable upload's bytes wait in ``<root>/.incoming/<uid>.upload`` between its
 (``create_upload``, ``open_upload``): not ``.part``, which the cleanup's sweep of crashed
 uploads would take from an upload whose client comes back after a day; its row's expiry decides.
 
-A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``.
+A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``;
+thumbnails the API rendered on request are cached under ``<root>/.thumbnails/<uid>/``.
 ``<root>/.volume-id`` names this media volume: a row records the volume that holds its local
 copy, so a node never judges another node's files by its own disk.
 
@@ -28,6 +29,7 @@ from mediasvc.storage.files import fsync_dir
 from mediasvc.storage.part import PartFile, translate_os_error
 
 INCOMING_DIR = ".incoming"
+THUMBNAILS_DIR = ".thumbnails"  # <root>/.thumbnails/<uid>/<ms>-<width>.jpg: a cache
 PART_SUFFIX = ".part"
 UPLOAD_SUFFIX = ".upload"
 VOLUME_ID_FILE = ".volume-id"
@@ -77,6 +79,14 @@ class LocalStore:
     def preview_part_path_for(self, uid: str) -> Path:
         """Where a preview is written before its rename; swept like an upload's ``.part``."""
         return self.incoming / f"{uid}{PREVIEW_SUFFIX}{PART_SUFFIX}"
+
+    def thumbnail_path_for(self, uid: str, time_ms: int, width: int) -> Path:
+        """A cached thumbnail (api/processing.py); the purge of ``uid`` removes them all."""
+        return self.root / THUMBNAILS_DIR / uid / f"{time_ms}-{width}.jpg"
+
+    def remove_thumbnails(self, uid: str) -> None:
+        """Delete the cached thumbnails of ``uid`` (blocking)."""
+        shutil.rmtree(self.root / THUMBNAILS_DIR / uid, ignore_errors=True)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

@@ -5,6 +5,7 @@
 const API = "/api/v1/files";
 const TOKENS_KEY = "mediasvc.deleteTokens"; // uid → delete token, for files uploaded here
 const API_KEY_KEY = "mediasvc.apiKey";
+const PROCESSING_POLL_MS = 2000; // a file page looks again while its renditions are being made
 
 const $ = (id) => document.getElementById(id);
 
@@ -142,10 +143,12 @@ function problemText(status, statusText, body) {
   return `${status} ${statusText || "error"}`;
 }
 
+// JSON from the API (``raw``: the body as text); a problem's detail as the error's message.
 async function api(path, options = {}) {
+  const { raw, ...init } = options;
   const response = await fetch(path, {
-    ...options,
-    headers: { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) },
+    ...init,
+    headers: { Accept: raw ? "*/*" : "application/json", ...authHeaders(), ...(init.headers || {}) },
   });
   const text = await response.text();
   if (!response.ok) {
@@ -153,6 +156,7 @@ async function api(path, options = {}) {
     error.status = response.status;
     throw error;
   }
+  if (raw) return text;
   return text ? JSON.parse(text) : null;
 }
 
@@ -518,9 +522,63 @@ function routeUid() {
   return match ? match[1] : null;
 }
 
+// The browser rendition, when the original does not play as it is (HEVC, MKV, AVI, ProRes …).
+function playable(file) {
+  const rendition = (file.renditions || []).find((r) => r.role === "playback");
+  if (rendition) return { uid: rendition.uid, kind: rendition.format.split("/")[0], rendition };
+  return { uid: file.uid, kind: kindOf(file), rendition: null };
+}
+
+// hls.js (vendored from npm, its licence beside it), loaded the first time a page needs it.
+let hlsLibrary = null;
+function loadHls() {
+  if (!hlsLibrary) {
+    hlsLibrary = new Promise((resolve, reject) => {
+      const script = el("script", { src: "/static/vendor/hls.js/hls.min.js" });
+      script.addEventListener("load", () => resolve(window.Hls));
+      script.addEventListener("error", () => reject(new Error("hls.js did not load")));
+      document.head.append(script);
+    });
+  }
+  return hlsLibrary;
+}
+
+// Adaptive streaming: hls.js over Media Source Extensions where the browser has them, else the
+// browser's own HLS (Safari, iOS); the rendition or the original if neither works.
+async function attachHls(video, hls, fallback) {
+  try {
+    const Hls = await loadHls();
+    if (Hls && Hls.isSupported()) {
+      const player = new Hls({
+        xhrSetup: (xhr) => {
+          for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+        },
+      });
+      player.on(Hls.Events.ERROR, (_event, data) => {
+        if (data.fatal) { player.destroy(); video.src = fallback; }
+      });
+      player.loadSource(hls.master_url);
+      player.attachMedia(video);
+      video.dataset.streaming = "hls.js";
+      return;
+    }
+  } catch {
+    // not loaded: the browser's own HLS, or the file
+  }
+  if (video.canPlayType("application/vnd.apple.mpegurl")) {
+    video.src = hls.master_url;
+    video.dataset.streaming = "native";
+  } else {
+    video.src = fallback;
+  }
+}
+
+// The player and what goes with it (seek bar, a note on what plays), as a list of nodes.
 function player(file) {
-  const src = `${API}/${file.uid}?inline=true`;
-  const kind = kindOf(file);
+  const source = playable(file);
+  const src = `${API}/${source.uid}?inline=true`;
+  const kind = source.kind;
+  const hls = kind === "video" && file.processing && file.processing.hls;
   let node;
   if (kind === "video") {
     node = el("video", {
@@ -528,15 +586,16 @@ function player(file) {
       controls: true,
       preload: "metadata",
       playsinline: true,
-      src,
+      src: hls ? null : src,
     });
+    if (hls) attachHls(node, hls, src);
     if (file.preview_url) withPreview(node, file.uid, "poster");
   } else if (kind === "audio") {
     node = el("audio", { id: "player", controls: true, preload: "metadata", src });
   } else if (kind === "image") {
     node = el("img", { id: "player", src, alt: displayName(file) });
   } else {
-    return el("p", { class: "muted" }, `No preview for ${file.format}.`);
+    return [el("p", { class: "muted" }, `No preview for ${file.format}.`)];
   }
   let retried = false;
   node.addEventListener("error", async () => {
@@ -544,7 +603,7 @@ function player(file) {
     if (!retried) {
       retried = true;
       try {
-        const link = await api(`${API}/${file.uid}/link?inline=true`);
+        const link = await api(`${API}/${source.uid}/link?inline=true`);
         node.src = link.url;
         return;
       } catch {
@@ -555,7 +614,102 @@ function player(file) {
       el("p", { class: "status error" }, `This browser cannot show ${file.format}. Download it instead.`),
     );
   });
-  return el("div", { class: `player player-${kind}` }, node);
+  const parts = [el("div", { class: `player player-${kind}` }, node)];
+  if (kind === "video" && file.processing && file.processing.storyboard) {
+    parts.push(seekBar(node, file.processing.storyboard));
+  }
+  if (hls) {
+    const heights = hls.variants.map((v) => `${v.height}p`).join(", ");
+    parts.push(el("p", { class: "muted small", id: "playing-hls" }, `Streaming (HLS: ${heights}).`));
+  } else if (source.rendition) {
+    const r = source.rendition;
+    const codecs = [r.video_codec, r.audio_codec].filter(Boolean).join("/");
+    parts.push(el("p", { class: "muted small", id: "playing-rendition" },
+      `Playing the browser rendition (${codecs}) of this file: ${file.media.playback.reason}.`));
+  }
+  return parts;
+}
+
+// --- storyboard previews on a seek bar ---------------------------------------------------------
+
+// "00:01:02.500" → 62.5
+function vttTime(text) {
+  const parts = text.trim().split(":").map(Number);
+  return parts.reduce((total, part) => total * 60 + part, 0);
+}
+
+// WebVTT cues whose text is "URL#xywh=x,y,w,h" (the storyboard the server makes).
+function parseStoryboard(text) {
+  const cues = [];
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i += 1) {
+    const times = lines[i].split("-->");
+    if (times.length !== 2 || i + 1 >= lines.length) continue;
+    const match = lines[i + 1].match(/^(.*)#xywh=(\d+),(\d+),(\d+),(\d+)$/);
+    if (!match) continue;
+    const [, url, x, y, w, h] = match;
+    cues.push({ start: vttTime(times[0]), end: vttTime(times[1]), url, x: +x, y: +y, w: +w, h: +h });
+  }
+  return cues;
+}
+
+// A sheet's URL as something CSS can load: with an API key, fetched with it into a blob.
+async function sheetUrl(url) {
+  if (!apiKey()) return url;
+  const response = await fetch(url, { headers: authHeaders() });
+  if (!response.ok) throw new Error(`storyboard sheet: ${response.status}`);
+  return URL.createObjectURL(await response.blob());
+}
+
+// A seek bar under the player: the pointer over it shows the storyboard tile of that moment
+// and its time; a click seeks there. The bar follows the playback position.
+function seekBar(video, storyboard) {
+  const fill = el("div", { class: "seek-fill" });
+  const tile = el("div", { class: "seek-tile", id: "storyboard-preview", hidden: true });
+  const label = el("div", { class: "seek-time" });
+  const preview = el("div", { class: "seek-preview", hidden: true }, tile, label);
+  const bar = el("div", { class: "seek-bar", id: "seek-bar", role: "slider", "aria-label": "Seek" }, fill);
+  const wrap = el("div", { class: "seek" }, preview, bar);
+  let cues = [];
+  const sheets = new Map();
+  api(storyboard.vtt_url, { raw: true })
+    .then((text) => { cues = parseStoryboard(text); })
+    .catch(() => {}); // no previews: the bar still seeks
+  const duration = () => (Number.isFinite(video.duration) && video.duration) || (cues.length ? cues[cues.length - 1].end : 0);
+  const timeAt = (event) => {
+    const box = bar.getBoundingClientRect();
+    const share = Math.min(1, Math.max(0, (event.clientX - box.left) / box.width));
+    return { share, time: share * duration(), x: event.clientX - box.left, width: box.width };
+  };
+  bar.addEventListener("pointermove", async (event) => {
+    const at = timeAt(event);
+    const cue = cues.find((c) => at.time >= c.start && at.time < c.end) || cues[cues.length - 1];
+    label.textContent = formatDuration(at.time);
+    preview.hidden = false;
+    if (cue) {
+      if (!sheets.has(cue.url)) sheets.set(cue.url, sheetUrl(cue.url));
+      const url = await sheets.get(cue.url);
+      Object.assign(tile.style, {
+        width: `${cue.w}px`,
+        height: `${cue.h}px`,
+        backgroundImage: `url("${url}")`,
+        backgroundPosition: `-${cue.x}px -${cue.y}px`,
+      });
+      tile.hidden = false;
+    }
+    const half = (cue ? cue.w : 60) / 2;
+    preview.style.left = `${Math.min(at.width - half, Math.max(half, at.x))}px`;
+  });
+  bar.addEventListener("pointerleave", () => { preview.hidden = true; });
+  bar.addEventListener("click", (event) => {
+    const at = timeAt(event);
+    if (duration()) video.currentTime = at.time;
+  });
+  video.addEventListener("timeupdate", () => {
+    const total = duration();
+    fill.style.width = total ? `${(100 * video.currentTime) / total}%` : "0";
+  });
+  return wrap;
 }
 
 function facts(file) {
@@ -577,10 +731,20 @@ function facts(file) {
     if (codecs) rows.push(["Streams", codecs]);
     if (media.bit_rate) rows.push(["Bit rate", formatBitRate(media.bit_rate)]);
     if (media.faststart === false) rows.push(["Faststart", "no: moov after the media data"]);
+    if (media.playback) {
+      rows.push(["Browsers", `${media.playback.plays_as_is ? "play it as it is" : "need a rendition"}: ${media.playback.reason}`]);
+    }
   } else if (file.probe_status === "pending") {
     rows.push(["Media", "being examined…"]);
   } else if (file.probe_status === "skipped" && file.probe_error) {
     rows.push(["Media", file.probe_error]); // e.g. ffprobe is not installed on the server
+  }
+  const processing = file.processing;
+  if (processing) {
+    const state = processing.state === "running"
+      ? `making the ${processing.step} (${Math.round(processing.percent)} %)`
+      : processing.state;
+    rows.push(["Processing", processing.error ? `${state}: ${processing.error}` : state]);
   }
   rows.push(["UID", el("code", {}, file.uid)]);
   rows.push(["SHA-256", el("code", { class: "hash" }, file.sha256)]);
@@ -625,6 +789,36 @@ function actions(file) {
   return el("div", { class: "actions" }, buttons);
 }
 
+function processingUnderWay(file) {
+  const state = file.processing && file.processing.state;
+  return state === "pending" || state === "running";
+}
+
+// While the file's rendition and storyboard are being made, its facts follow; once they are
+// made, a rendition replaces the player, a storyboard adds previews to the one playing.
+async function watchProcessing(file, serial) {
+  let current = file;
+  while (processingUnderWay(current)) {
+    await new Promise((resolve) => { setTimeout(resolve, PROCESSING_POLL_MS); });
+    if (serial !== renderSerial) return;
+    try {
+      current = await api(`${API}/${file.uid}/metadata`);
+    } catch {
+      return; // deleted, or the server went: the page stays as it is
+    }
+    if (serial !== renderSerial) return;
+    $("detail").querySelector(".facts").replaceWith(facts(current));
+  }
+  const streams = (f) => Boolean(f.processing && f.processing.hls);
+  if (playable(current).uid !== playable(file).uid || streams(current) !== streams(file)) {
+    render();
+    return;
+  }
+  const video = $("detail").querySelector("video#player");
+  const storyboard = current.processing && current.processing.storyboard;
+  if (video && storyboard && !$("seek-bar")) video.parentElement.after(seekBar(video, storyboard));
+}
+
 async function render() {
   markActive();
   const detail = $("detail");
@@ -640,10 +834,11 @@ async function render() {
     if (serial !== renderSerial) return; // the user went elsewhere meanwhile
     detail.replaceChildren(
       el("h2", { class: "name", id: "file-title" }, displayName(file)),
-      player(file),
+      ...player(file),
       actions(file),
       facts(file),
     );
+    if (processingUnderWay(file)) watchProcessing(file, serial);
   } catch (error) {
     if (serial !== renderSerial) return;
     detail.replaceChildren(el("p", { class: "status error" }, error.message));
