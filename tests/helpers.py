@@ -640,6 +640,8 @@ async def send_in_pieces(
         assert response.status_code == 204, response.text
     assert response is not None
     return response
+
+
 # --- Prometheus metrics ---------------------------------------------------------------------
 
 

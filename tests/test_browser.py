@@ -39,9 +39,9 @@ from playwright.sync_api import BrowserContext, Page, Response, ViewportSize, sy
 
 from mediasvc.ids import hash_token
 from tests.conftest import PROJECT_ROOT, RunningServer, leftovers, truncate
+from tests.helpers import samples
 from tests.tcp_proxy import proxy_to
 from tests.tus_helpers import port_of, stored_file
-from tests.helpers import samples
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
