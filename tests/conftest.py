@@ -94,9 +94,12 @@ async def truncate(url: str) -> None:
     engine = make_engine(url)
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            await connection.execute(text("TRUNCATE files"))
+            await connection.execute(
+                text("TRUNCATE files, events, deliveries, delivery_attempts, imports")
+            )
         else:
-            await connection.execute(text("DELETE FROM files"))
+            for table in ("delivery_attempts", "deliveries", "events", "imports", "files"):
+                await connection.execute(text(f"DELETE FROM {table}"))
     await engine.dispose()
 
 

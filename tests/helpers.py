@@ -273,6 +273,7 @@ METADATA_FIELDS = {
     "preview_url",
     "derived_from",
     "faststart_uid",
+    "metadata",
 }
 
 

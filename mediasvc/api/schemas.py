@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -64,6 +64,9 @@ class FileMetadata(BaseModel):
     preview_url: str | None = Field(description="Poster frame or thumbnail (JPEG), once made")
     derived_from: str | None = Field(description="The original of a derived file (a remux)")
     faststart_uid: str | None = Field(description="The original's faststart copy, once made")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="The caller's own JSON object given at upload, as given"
+    )
 
     @classmethod
     def from_record(cls, record: FileRecord, *, base_url: str) -> FileMetadata:
@@ -91,6 +94,7 @@ class FileMetadata(BaseModel):
             ),
             derived_from=record.derived_from,
             faststart_uid=record.faststart_uid,
+            metadata=record.caller_metadata,
         )
 
 

@@ -3,14 +3,16 @@
 Finds pushes that no job will finish — rows left ``pending`` when Redis was down at upload, rows
 stuck ``uploading`` after a worker died, rows ``failed`` a while ago — and enqueues them again;
 likewise probes still ``pending`` past the same timeout (a lost job, a preview the cloud did not
-take, rows from before the probe existed).
+take, rows from before the probe existed), and every event not yet settled (its delivery job was
+lost, or its process died between the commit and the enqueue): a job already queued or running
+for it refuses the copy.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mediasvc.db import repository
+from mediasvc.db import outbox, repository
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import Enqueue, Kind
 
@@ -44,4 +46,8 @@ async def reconcile(ctx: JobContext, enqueue: Enqueue) -> int:
     pushes = [await enqueue(Kind.PUSH, uid) for uid in await find_stuck_pushes(ctx)]
     for uid in await find_stuck_probes(ctx):
         await enqueue(Kind.PROBE, uid)
+    async with ctx.db.session() as session:
+        owed = await outbox.unsettled(session, limit=RECONCILE_BATCH)
+    for msg_id in owed:
+        await enqueue(Kind.DELIVER, msg_id)
     return sum(pushes)

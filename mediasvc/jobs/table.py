@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mediasvc.events.deliver import deliver_job
+from mediasvc.events.deliver import timeout_s as deliver_timeout_s
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.config import JobsConfig
 from mediasvc.jobs.context import JobContext
@@ -95,6 +97,15 @@ JOBS: dict[Kind, JobSpec] = {
             timeout_s=_probe_timeout_s,
             max_tries=lambda config: 3,  # the job itself never asks for a retry
             media_tool=True,
+        ),
+        JobSpec(
+            kind=Kind.DELIVER,
+            id_prefix="deliver",
+            run=deliver_job,
+            timeout_s=deliver_timeout_s,
+            # Each wait for a backoff or an earlier event is a try to arq; the job decides when
+            # a delivery is dead (webhook_max_tries), and the reconciler re-enqueues what is owed.
+            max_tries=lambda config: 1000,
         ),
         JobSpec(
             kind=Kind.REMUX,
