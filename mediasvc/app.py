@@ -11,7 +11,7 @@ import anyio
 from fastapi import FastAPI
 
 import mediasvc
-from mediasvc.api import docs, files, health, metrics, previews, problems, uploads
+from mediasvc.api import docs, events, files, health, metrics, previews, problems, uploads
 from mediasvc.api.caching import JsonCacheControlMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(files.router)
     app.include_router(previews.router)
+    app.include_router(events.router)
     docs.install(app)
     install_web_page(app)  # `/` and `/static/`: the upload page and player
     return app

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from ipaddress import IPv4Network, IPv6Network
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 

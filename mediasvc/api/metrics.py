@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 
 import anyio
 from fastapi import APIRouter, Request
@@ -12,7 +13,8 @@ from sqlalchemy import func, select
 from starlette.responses import Response
 
 from mediasvc.api.common import services_of
-from mediasvc.db.models import CloudStatus, FileRecord
+from mediasvc.db import outbox
+from mediasvc.db.models import CloudStatus, DeliveryStatus, FileRecord
 from mediasvc.errors import DatabaseUnavailable
 from mediasvc.observability import Metrics, multiprocess_dir
 
@@ -35,7 +37,13 @@ async def metrics(request: Request) -> Response:
                     FileRecord.gone_reason.is_(None),
                 )
             )
+            counts = await outbox.delivery_counts(session)
+            oldest = await outbox.oldest_unsettled_at(session)
         collected.push_failed_files.set(failed or 0)
+        for status in DeliveryStatus:
+            collected.webhook_deliveries.labels(status.value).set(counts.get(status.value, 0))
+        age_s = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        collected.oldest_undelivered_event_age.set(max(0.0, age_s))
     except DatabaseUnavailable:
         pass  # the other metrics are still worth a scrape
     usage = await anyio.to_thread.run_sync(shutil.disk_usage, services.store.root)

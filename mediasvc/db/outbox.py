@@ -178,7 +178,12 @@ async def unsettled(session: AsyncSession, *, limit: int) -> list[str]:
 
 
 async def list_deliveries(
-    session: AsyncSession, *, status: str | None, subject: str | None, limit: int, before: int | None
+    session: AsyncSession,
+    *,
+    status: str | None,
+    subject: str | None,
+    limit: int,
+    before: int | None,
 ) -> list[tuple[DeliveryRecord, EventRecord, list[AttemptRecord]]]:
     """Deliveries, newest first, each with its event and its attempts (oldest first)."""
     query = select(DeliveryRecord, EventRecord).join(
@@ -190,7 +195,7 @@ async def list_deliveries(
         query = query.where(DeliveryRecord.subject == subject)
     if before is not None:
         query = query.where(DeliveryRecord.id < before)
-    rows = list((await session.execute(query.order_by(DeliveryRecord.id.desc()).limit(limit))))
+    rows = list(await session.execute(query.order_by(DeliveryRecord.id.desc()).limit(limit)))
     ids = [row[0].id for row in rows]
     attempts: dict[int, list[AttemptRecord]] = {i: [] for i in ids}
     if ids:

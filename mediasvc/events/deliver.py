@@ -91,7 +91,9 @@ async def _wait_before(
     return max([ORDER_WAIT_S, *dues])
 
 
-async def _record(ctx: JobContext, delivery: DeliveryRecord, result: send.TryResult) -> float | None:
+async def _record(
+    ctx: JobContext, delivery: DeliveryRecord, result: send.TryResult
+) -> float | None:
     """Record a try; seconds until the next one, None when the delivery is over."""
     config = ctx.config
     now = datetime.now(UTC)

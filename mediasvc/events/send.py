@@ -32,7 +32,9 @@ class TryResult:
     duration_ms: int
 
 
-def signed_headers(endpoint: WebhookEndpoint, msg_id: str, body: str, at: datetime) -> dict[str, str]:
+def signed_headers(
+    endpoint: WebhookEndpoint, msg_id: str, body: str, at: datetime
+) -> dict[str, str]:
     signature = Webhook(endpoint.secret.get_secret_value()).sign(msg_id, at, body)
     return {
         "webhook-id": msg_id,

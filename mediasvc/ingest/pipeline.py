@@ -16,12 +16,14 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
-from mediasvc.errors import PayloadTooLarge
+from mediasvc.errors import InvalidMetadata, PayloadTooLarge
+from mediasvc.events.metadata import parse_metadata
 from mediasvc.ids import hash_token, new_delete_token, new_uid
 from mediasvc.ingest import checksum
 from mediasvc.ingest.admission import UploadAdmission
@@ -42,6 +44,7 @@ class UploadOptions:
     max_downloads: int | None = None
     expires_in_s: int | None = None
     owner: str | None = None
+    metadata: dict[str, Any] | None = None  # the caller's (events/metadata.py), checked already
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +56,7 @@ class UploadFacts:
     declared_length: int | None = None  # the body's length, when known
     expected_sha256: tuple[str, ...] = ()  # hex digests the file must have
     client: str | None = None  # the client's address, for the per-client cap
+    uid: str | None = None  # the file's uid when chosen before (an import answers it first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class _Received:
     file: ReceivedFile
     name: str | None
     declared_type: str | None
+    metadata: dict[str, Any] | None = None  # given in the body (a form's metadata field)
 
 
 # Called after the row is committed (e.g. to enqueue the cloud push); must not raise.
@@ -132,8 +137,11 @@ class Ingestor:
             )
             await self._pump(chunks, sink, reader.process, max_body_bytes)
             reader.check_complete()
+            metadata = parse_metadata(reader.metadata)
+            if metadata is not None and options.metadata is not None:
+                raise InvalidMetadata("give metadata once: as the form field or X-Metadata")
             file = await anyio.to_thread.run_sync(sink.finish)
-            return _Received(file, reader.filename, reader.content_type)
+            return _Received(file, reader.filename, reader.content_type, metadata)
 
         return await self._ingest(
             chunks, facts, options, receive, allowance_bytes=FRAMING_ALLOWANCE_BYTES
@@ -166,7 +174,7 @@ class Ingestor:
         receive: _Receive,
         max_body_bytes: int,
     ) -> StoredUpload:
-        part = await anyio.to_thread.run_sync(self._store.create_part, new_uid())
+        part = await anyio.to_thread.run_sync(self._store.create_part, facts.uid or new_uid())
         sink = FileSink(part, max_size_bytes=self._config.max_upload_size_bytes)
         try:
             if facts.declared_length:
@@ -194,6 +202,7 @@ class Ingestor:
             owner=options.owner,
             delete_token_hash=hash_token(delete_token),
             volume=volume,
+            caller_metadata=received.metadata or options.metadata,
         )
         await commit_part(self._db, part, record)
         if self._after_commit is not None:
