@@ -11,7 +11,17 @@ import anyio
 from fastapi import FastAPI
 
 import mediasvc
-from mediasvc.api import docs, events, files, health, metrics, previews, problems, uploads
+from mediasvc.api import (
+    docs,
+    events,
+    files,
+    health,
+    imports,
+    metrics,
+    previews,
+    problems,
+    uploads,
+)
 from mediasvc.api.caching import JsonCacheControlMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.config import Settings
@@ -75,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(uploads.router)
+    app.include_router(imports.router)  # before files: /files/import is not a uid
     app.include_router(files.router)
     app.include_router(previews.router)
     app.include_router(events.router)

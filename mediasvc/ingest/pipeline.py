@@ -56,7 +56,10 @@ class UploadFacts:
     declared_length: int | None = None  # the body's length, when known
     expected_sha256: tuple[str, ...] = ()  # hex digests the file must have
     client: str | None = None  # the client's address, for the per-client cap
-    uid: str | None = None  # the file's uid when chosen before (an import answers it first)
+    # Chosen before the bytes came (an import answers them at once): the file's uid, and the
+    # hash of the delete token already given out.
+    uid: str | None = None
+    delete_token_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,7 @@ class Ingestor:
             expires_at=now + expires_in if expires_in else None,
             max_downloads=options.max_downloads,
             owner=options.owner,
-            delete_token_hash=hash_token(delete_token),
+            delete_token_hash=facts.delete_token_hash or hash_token(delete_token),
             volume=volume,
             caller_metadata=received.metadata or options.metadata,
         )

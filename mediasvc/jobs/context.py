@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from mediasvc.config import Settings
 from mediasvc.db.session import Database
+from mediasvc.ingest.config import IngestConfig
 from mediasvc.jobs.config import JobsConfig
 from mediasvc.media.config import MediaConfig
 from mediasvc.storage.cloud import CloudStore, make_cloud_store
@@ -23,6 +24,7 @@ class JobContext:
     db: Database
     store: LocalStore
     cloud: CloudStore
+    ingest: IngestConfig  # URL imports go through the ingest engine (imports/job.py)
 
     @classmethod
     def build(
@@ -40,4 +42,5 @@ class JobContext:
                 direct_io=settings.direct_io,
             ),
             cloud=make_cloud_store(settings),
+            ingest=IngestConfig.from_settings(settings),
         )

@@ -4,7 +4,8 @@ Follow-up rules, each made by the job that knows it (the runner enqueues them):
 - a new file (an upload, a faststart copy) → push + probe (``after_new_file``);
 - a probe of an MP4/MOV without faststart, with ``remux_faststart`` on → remux;
 - a push → nothing; it may ask to be run again later (``retry_in_s``);
-- an event's delivery → nothing; it runs again while a delivery of it is owed.
+- an event's delivery → nothing; it runs again while a delivery of it is owed;
+- a URL import → what a new file gets (push + probe) once its bytes are in.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Kind(StrEnum):
     PROBE = "probe_media"
     REMUX = "remux_faststart"
     DELIVER = "deliver_event"  # its argument is an event's msg id, not a file's uid
+    IMPORT = "import_url"
 
 
 #: A queue's ``enqueue(kind, uid)``: True if the job was queued, False if it was refused (the same

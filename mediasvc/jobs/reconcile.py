@@ -3,7 +3,8 @@
 Finds pushes that no job will finish — rows left ``pending`` when Redis was down at upload, rows
 stuck ``uploading`` after a worker died, rows ``failed`` a while ago — and enqueues them again;
 likewise probes still ``pending`` past the same timeout (a lost job, a preview the cloud did not
-take, rows from before the probe existed), and every event not yet settled (its delivery job was
+take, rows from before the probe existed), imports still running past it, and every event not
+yet settled (its delivery job was
 lost, or its process died between the commit and the enqueue): a job already queued or running
 for it refuses the copy.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mediasvc.db import outbox, repository
+from mediasvc.db import imports, outbox, repository
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import Enqueue, Kind
 
@@ -46,8 +47,12 @@ async def reconcile(ctx: JobContext, enqueue: Enqueue) -> int:
     pushes = [await enqueue(Kind.PUSH, uid) for uid in await find_stuck_pushes(ctx)]
     for uid in await find_stuck_probes(ctx):
         await enqueue(Kind.PROBE, uid)
+    stale_before = datetime.now(UTC) - timedelta(seconds=ctx.config.reconcile_stale_after_s)
     async with ctx.db.session() as session:
         owed = await outbox.unsettled(session, limit=RECONCILE_BATCH)
+        running = await imports.stuck(session, stale_before=stale_before, limit=RECONCILE_BATCH)
     for msg_id in owed:
         await enqueue(Kind.DELIVER, msg_id)
+    for uid in running:  # a job of a running import refuses the copy
+        await enqueue(Kind.IMPORT, uid)
     return sum(pushes)

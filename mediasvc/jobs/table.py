@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from mediasvc.events.deliver import deliver_job
 from mediasvc.events.deliver import timeout_s as deliver_timeout_s
+from mediasvc.imports.job import import_job
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.config import JobsConfig
 from mediasvc.jobs.context import JobContext
@@ -106,6 +107,13 @@ JOBS: dict[Kind, JobSpec] = {
             # Each wait for a backoff or an earlier event is a try to arq; the job decides when
             # a delivery is dead (webhook_max_tries), and the reconciler re-enqueues what is owed.
             max_tries=lambda config: 1000,
+        ),
+        JobSpec(
+            kind=Kind.IMPORT,
+            id_prefix="import",
+            run=import_job,
+            timeout_s=lambda config: config.push_timeout_s,  # a whole file's transfer
+            max_tries=lambda config: 3,
         ),
         JobSpec(
             kind=Kind.REMUX,
