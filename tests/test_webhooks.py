@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import func, select, text
 
 from mediasvc.auth import ApiKey
@@ -24,7 +30,7 @@ from mediasvc.db import outbox, repository
 from mediasvc.db.models import EventRecord, FileRecord
 from mediasvc.db.session import Database, make_engine
 from mediasvc.ids import hash_token, new_uid
-from tests.conftest import RunningServer, truncate
+from tests.conftest import REDIS_URL, RunningServer, stop_process, truncate
 from tests.helpers import POLL_TIMEOUT_S, assert_problem, bearer, client_for
 from tests.receiver import Receiver
 
@@ -256,6 +262,83 @@ def test_killed_between_change_and_delivery_delivered_after_restart(
         got = receiver.wait_for_types(uid, ["file.created"])
     assert got[0].type == "file.created"
     assert receiver.bad_signatures == 0
+
+
+def test_worker_killed_between_change_and_delivery_delivered_by_the_next(
+    start_server: Callable[..., RunningServer], pg_url: str, tmp_path: Path
+) -> None:
+    """The production topology: the API, arq workers on Redis, PostgreSQL. A worker is SIGKILLed
+    while the receiver is down and the file's events are owed; the next worker delivers them."""
+    asyncio.run(truncate(pg_url))
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    receiver = Receiver()
+    env = {
+        "MEDIASVC_DATABASE_URL": pg_url,
+        "MEDIASVC_REDIS_URL": REDIS_URL,
+        "MEDIASVC_MEDIA_ROOT": str(tmp_path / "media"),
+        "MEDIASVC_CLOUD_ROOT": str(tmp_path / "bucket"),
+        "MEDIASVC_WEBHOOKS": json.dumps([receiver.endpoint()]),
+        "MEDIASVC_WEBHOOK_BACKOFF_BASE_S": "0.2",
+        "MEDIASVC_WEBHOOK_BACKOFF_MAX_S": "0.5",
+        # arq holds a killed worker's job for the longest job timeout + 10 s: keep that short.
+        "MEDIASVC_PUSH_TIMEOUT_S": "5",
+        "MEDIASVC_RECONCILE_EVERY_S": "1",
+    }
+    api = start_server(env)
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, **env}
+        full_env.pop("GLIBC_TUNABLES", None)
+        with (tmp_path / f"worker-{len(workers)}.log").open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "mediasvc", "worker"],
+                env=full_env,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        workers.append(worker)
+        return worker
+
+    try:
+        first = start_worker()
+        created = httpx.post(f"{api.base_url}/api/v1/files/stream", content=b"z" * 100)
+        assert created.status_code == 201
+        uid = created.json()["uid"]
+        deadline = time.monotonic() + POLL_TIMEOUT_S
+        while not asyncio.run(attempts_for(pg_url, uid)):  # the worker has tried and failed
+            assert time.monotonic() < deadline, "the first worker never tried a delivery"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=POLL_TIMEOUT_S)
+
+        with receiver:
+            start_worker()
+            got = receiver.wait_for_types(uid, ["file.created", "file.pushed", "file.probed"])
+        written = asyncio.run(events_in_db(pg_url, uid))
+        assert [(r.msg_id, r.type) for r in got][: len(written)] == written
+        assert receiver.bad_signatures == 0
+    finally:
+        for worker in workers:
+            stop_process(worker)
+        redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+async def attempts_for(url: str, uid: str) -> int:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as connection:
+            count = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM delivery_attempts a "
+                    "JOIN deliveries d ON d.id = a.delivery_id WHERE d.subject = :uid"
+                ),
+                {"uid": uid},
+            )
+            return int(count or 0)
+    finally:
+        await engine.dispose()
 
 
 async def test_an_aborted_transaction_leaves_no_event(empty_db_url: str) -> None:
