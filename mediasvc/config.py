@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         default=10.0, gt=0, description="One delivery request, connect to last byte."
     )
+    event_retention_s: int = Field(
+        default=7 * 86400,
+        ge=0,
+        description="Events delivered (or dead) longer ago than this are deleted by cleanup, "
+        "with their attempts; 0: kept.",
+    )
     import_allowed_networks: list[IPv4Network | IPv6Network] = Field(
         default_factory=list,
         description="JSON list of CIDRs an import may fetch from although they are private, "

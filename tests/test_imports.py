@@ -27,10 +27,12 @@ import httpcore
 import httpx
 import pytest
 
+from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
+from mediasvc.ids import hash_token
 from mediasvc.imports import job
 from tests.conftest import leftovers
-from tests.helpers import POLL_TIMEOUT_S, assert_problem, client_for, random_bytes
+from tests.helpers import POLL_TIMEOUT_S, assert_problem, bearer, client_for, random_bytes
 
 SOURCE_HOST = "127.0.0.2"
 ALLOWED = [ipaddress.ip_network(f"{SOURCE_HOST}/32")]
@@ -173,10 +175,12 @@ async def importer(
         yield http
 
 
-async def finished(http: httpx.AsyncClient, uid: str) -> dict[str, Any]:
+async def finished(
+    http: httpx.AsyncClient, uid: str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + POLL_TIMEOUT_S
     while True:
-        state: dict[str, Any] = (await http.get(f"/api/v1/imports/{uid}")).json()
+        state: dict[str, Any] = (await http.get(f"/api/v1/imports/{uid}", headers=headers)).json()
         if state["status"] != "importing":
             return state
         assert time.monotonic() < deadline, state
@@ -320,3 +324,38 @@ async def test_import_request_validation(importer: httpx.AsyncClient) -> None:
     for body in bad:
         assert_problem(await importer.post("/api/v1/files/import", json=body), 422)
     assert (await importer.get("/api/v1/imports/aaaaaaaaaaaaaaaaaaaaaaaaaa")).status_code == 404
+
+
+async def test_a_source_larger_than_the_limit_fails_before_its_body(
+    make_settings: Callable[..., Settings], connects: Connects
+) -> None:
+    settings = make_settings(import_allowed_networks=ALLOWED, max_upload_size_bytes=1024 * 1024)
+    with Source() as source:
+        async with client_for(settings) as http:
+            started = await start(http, source.url())
+            state = await finished(http, started["uid"])
+    assert state["status"] == "failed"
+    assert "at most 1048576 bytes" in state["error"]
+    assert leftovers(Path(settings.media_root)) == []
+
+
+async def test_with_keys_an_import_is_seen_by_its_key_only(
+    make_settings: Callable[..., Settings], connects: Connects
+) -> None:
+    keys = [
+        ApiKey(name="alice", sha256=hash_token("alice-key")),
+        ApiKey(name="bob", sha256=hash_token("bob-key")),
+    ]
+    settings = make_settings(import_allowed_networks=ALLOWED, api_keys=keys)
+    with Source() as source:
+        async with client_for(settings) as http:
+            body = {"url": source.url()}
+            assert_problem(await http.post("/api/v1/files/import", json=body), 401)
+            response = await http.post(
+                "/api/v1/files/import", json=body, headers=bearer("alice-key")
+            )
+            assert response.status_code == 202
+            state = f"/api/v1/imports/{response.json()['uid']}"
+            assert_problem(await http.get(state, headers=bearer("bob-key")), 403)
+            assert (await http.get(state, headers=bearer("alice-key"))).status_code == 200
+            await finished(http, response.json()["uid"], headers=bearer("alice-key"))

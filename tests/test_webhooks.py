@@ -15,13 +15,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from fastapi import FastAPI
 from sqlalchemy import func, select, text
 
 from mediasvc.auth import ApiKey
@@ -30,8 +31,10 @@ from mediasvc.db import outbox, repository
 from mediasvc.db.models import EventRecord, FileRecord
 from mediasvc.db.session import Database, make_engine
 from mediasvc.ids import hash_token, new_uid
+from mediasvc.jobs.cleanup import cleanup
+from mediasvc.jobs.context import JobContext
 from tests.conftest import REDIS_URL, RunningServer, stop_process, truncate
-from tests.helpers import POLL_TIMEOUT_S, assert_problem, bearer, client_for
+from tests.helpers import POLL_TIMEOUT_S, assert_problem, bearer, client_for, wait_for
 from tests.receiver import Receiver
 
 ADMIN = "admin-key-for-the-webhook-tests"
@@ -390,3 +393,31 @@ def record_for(uid: str) -> FileRecord:
         local=True,
         bytes_served=0,
     )
+
+
+# --- 5: expiry and exhaustion are events too; settled events are forgotten after a while ---------
+
+
+async def test_expired_and_exhausted_files_have_their_events_then_are_forgotten(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    expiring = (await client.post("/api/v1/files/stream?expires_in=60", content=b"e")).json()
+    limited = (await client.post("/api/v1/files/stream?max_downloads=1", content=b"l")).json()
+    assert (await client.get(f"/api/v1/files/{limited['uid']}")).status_code == 200
+    assert (await client.get(f"/api/v1/files/{limited['uid']}")).status_code == 410
+    ctx: JobContext = app.state.services.jobs  # the app's: its commits enqueue deliveries
+    await cleanup(ctx, now=datetime.now(UTC) + timedelta(seconds=61))
+    expired = [t for _, t in await events_in_db(settings.database_url, expiring["uid"])]
+    exhausted = [t for _, t in await events_in_db(settings.database_url, limited["uid"])]
+    assert (expired[0], expired[-1]) == ("file.created", "file.expired")
+    assert exhausted[-1] == "file.exhausted"
+
+    async def all_settled() -> bool:
+        async with ctx.db.session() as session:
+            return not await outbox.unsettled(session, limit=1)
+
+    await wait_for(all_settled)  # no endpoints: each event's job settles it at once
+    later = datetime.now(UTC) + timedelta(seconds=ctx.config.event_retention_s + 1)
+    report = await cleanup(ctx, now=later)
+    assert report.forgotten_events == len(expired) + len(exhausted)
+    assert await events_in_db(settings.database_url, expiring["uid"]) == []

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from mediasvc.api.access import check_owner
 from mediasvc.api.common import Caller, services_of
 from mediasvc.api.openapi import problem_responses
 from mediasvc.api.uploads import MAX_DOWNLOADS_LIMIT, MAX_EXPIRES_IN_S
@@ -103,14 +104,16 @@ async def start_import(
 @router.get(
     "/imports/{uid}",
     response_model=ImportState,
-    summary="How an import goes",
-    responses=problem_responses(404, 422, 431, 503),
+    summary="How an import goes (with keys on: the key that started it, or an admin's)",
+    responses=problem_responses(401, 403, 404, 422, 431, 503),
 )
-async def import_state(request: Request, uid: str) -> ImportState:
+async def import_state(request: Request, caller: Caller, uid: str) -> ImportState:
     if not is_valid_uid(uid):
         raise NotFound("no import has this uid")
     async with services_of(request).db.session() as session:
         record = await imports.get(session, uid)
     if record is None:
         raise NotFound("no import has this uid")
+    # The URL may carry a secret of its own (a presigned link): only its owner sees it.
+    check_owner(caller, record)
     return ImportState.of(record)

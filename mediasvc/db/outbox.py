@@ -17,7 +17,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mediasvc.db.models import (
@@ -172,6 +172,30 @@ async def unsettled(session: AsyncSession, *, limit: int) -> list[str]:
         .limit(limit)
     )
     return list((await session.scalars(query)).all())
+
+
+async def forget_settled(session: AsyncSession, *, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` events settled before ``before``, with their deliveries and
+    attempts (explicitly: SQLite does not enforce the foreign keys' cascade); how many."""
+    ids = list(
+        (
+            await session.scalars(
+                select(EventRecord.id)
+                .where(EventRecord.settled_at < before)
+                .order_by(EventRecord.id)
+                .limit(limit)
+            )
+        ).all()
+    )
+    if ids:
+        deliveries = select(DeliveryRecord.id).where(DeliveryRecord.event_id.in_(ids))
+        await session.execute(
+            delete(AttemptRecord).where(AttemptRecord.delivery_id.in_(deliveries))
+        )
+        await session.execute(delete(DeliveryRecord).where(DeliveryRecord.event_id.in_(ids)))
+        await session.execute(delete(EventRecord).where(EventRecord.id.in_(ids)))
+    await session.commit()
+    return len(ids)
 
 
 # --- admin ------------------------------------------------------------------------------------

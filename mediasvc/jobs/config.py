@@ -44,6 +44,7 @@ class JobsConfig:
     webhook_backoff_base_s: float = 5.0
     webhook_backoff_max_s: float = 3600.0
     webhook_timeout_s: float = 10.0
+    event_retention_s: int = 7 * 86400  # settled events are deleted after this; 0: kept
     public_base_url: str | None = None  # absolute URLs in event bodies
     # URL imports (imports/)
     import_allowed_networks: list[IPv4Network | IPv6Network] = field(default_factory=list)

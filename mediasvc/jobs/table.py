@@ -132,6 +132,7 @@ async def cleanup_cron(ctx: JobContext, enqueue: Enqueue) -> dict[str, int]:
     report = await cleanup(ctx)
     return {
         "expired": report.expired,
+        "forgotten_events": report.forgotten_events,
         "purged": len(report.purged),
         "evicted": len(report.evicted),
         "swept_parts": report.swept_parts,
