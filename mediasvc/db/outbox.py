@@ -27,6 +27,7 @@ from mediasvc.db.models import (
     EventRecord,
     FileRecord,
 )
+from mediasvc.events.payload import file_data
 
 #: ``session.info`` key: the msg ids this transaction recorded, handed on once it commits.
 PENDING_EVENTS_KEY = "mediasvc.events"
@@ -52,8 +53,6 @@ def record(
 
 def record_file(session: AsyncSession, event_type: str, file: FileRecord, now: datetime) -> str:
     """``record`` an event about ``file``, with its metadata as the change left it."""
-    from mediasvc.events.payload import file_data  # the API's view of a row: not at import
-
     return record(session, event_type, file.uid, file_data(file), now)
 
 
