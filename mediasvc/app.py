@@ -14,8 +14,10 @@ from fastapi.middleware.cors import CORSMiddleware
 import mediasvc
 from mediasvc.api import (
     docs,
+    events,
     files,
     health,
+    imports,
     metrics,
     previews,
     problems,
@@ -99,9 +101,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(uploads.router)
     app.include_router(tus.router)
+    app.include_router(imports.router)  # before files: /files/import is not a uid
     app.include_router(files.router)
     app.include_router(previews.router)
     app.include_router(processing.router)
+    app.include_router(events.router)
     docs.install(app)
     install_web_page(app)  # `/` and `/static/`: the upload page and player
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mediasvc.auth import ApiKey
+from mediasvc.events.endpoints import WebhookEndpoint
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -91,6 +93,50 @@ class Settings(BaseSettings):
         description="More ranges than this in one request get the full file (200).",
     )
     list_default_limit: int = Field(default=50, ge=1, le=1000)
+
+    # --- events and imports -----------------------------------------------------------------
+    webhooks: list[WebhookEndpoint] = Field(
+        default_factory=list,
+        description='JSON list of {"url", "secret", "events"}: where events are POSTed, signed '
+        "with secret (whsec_<base64>, Standard Webhooks); no events = every type.",
+    )
+    webhook_max_tries: int = Field(
+        default=10, ge=1, description="Tries of one delivery before it is dead-lettered."
+    )
+    webhook_backoff_base_s: float = Field(
+        default=5.0, gt=0, description="Delay after a delivery's first failed try; doubles."
+    )
+    webhook_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest delay between two tries of a delivery."
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="One delivery request, connect to last byte."
+    )
+    event_retention_s: int = Field(
+        default=7 * 86400,
+        ge=0,
+        description="Events delivered (or dead) longer ago than this are deleted by cleanup, "
+        "with their attempts; 0: kept.",
+    )
+    import_allowed_networks: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="JSON list of CIDRs an import may fetch from although they are private, "
+        'loopback, link-local or reserved, e.g. ["10.1.0.0/16"]; empty: none.',
+    )
+    import_max_redirects: int = Field(
+        default=5, ge=0, description="Redirects an import follows (each one checked again)."
+    )
+    import_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="An import's connect to the source."
+    )
+    import_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="An import's source that sends nothing this long is cut."
+    )
+    import_max_resumes: int = Field(
+        default=5,
+        ge=0,
+        description="Times an import resumes a cut transfer with Range before it fails.",
+    )
 
     # --- hostile input ----------------------------------------------------------------------
     body_idle_timeout_s: float = Field(
@@ -278,7 +324,11 @@ class Settings(BaseSettings):
             "after it."
         ),
     )
-    reconcile_every_s: int = Field(default=60, ge=1, description="How often the reconciler runs.")
+    reconcile_every_s: int = Field(
+        default=60,
+        ge=1,
+        description="How often the reconciler runs (it also re-enqueues undelivered events).",
+    )
     reconcile_stale_after_s: int = Field(
         default=600, ge=1, description="A pending/uploading push older than this is re-enqueued."
     )

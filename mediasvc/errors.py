@@ -209,6 +209,18 @@ class ChecksumMismatch(InvalidInput):
     slug = "checksum-mismatch"
 
 
+class InvalidMetadata(InvalidInput):
+    """The caller's ``metadata`` is not a JSON object within the bounds (events/metadata.py)."""
+
+    slug = "invalid-metadata"
+
+
+class ImportRefused(InvalidInput):
+    """A URL to import is not http(s), or leads to an address the guard refuses."""
+
+    slug = "import-refused"
+
+
 class ServiceUnavailable(MediaServiceError):
     status = 503
     title = "Service Unavailable"

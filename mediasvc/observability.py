@@ -109,6 +109,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.webhook_deliveries = Gauge(
+            "mediasvc_webhook_deliveries",
+            "Webhook deliveries by outcome (pending, delivered, dead)",
+            ["status"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.oldest_undelivered_event_age = Gauge(
+            "mediasvc_oldest_undelivered_event_age_seconds",
+            "Age of the oldest event still owed to an endpoint; 0 when none is",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.disk_bytes = Gauge(
             "mediasvc_local_disk_bytes",
             "Media disk usage",

@@ -11,6 +11,7 @@ from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
 from mediasvc.delivery.access import AccessLog
 from mediasvc.delivery.response import SendConfig
+from mediasvc.events.deliver import enqueue_after_commit
 from mediasvc.ingest.config import IngestConfig
 from mediasvc.ingest.pipeline import Ingestor
 from mediasvc.jobs.context import JobContext
@@ -48,6 +49,8 @@ class Services:
         queue: JobQueue = (
             ArqQueue(settings.redis_url) if settings.redis_url else InProcessQueue(jobs)
         )
+
+        enqueue_after_commit(jobs.db, queue.enqueue)
 
         async def after_upload(record: FileRecord) -> None:
             await enqueue_all(queue.enqueue, after_new_file(record.uid))

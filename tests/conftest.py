@@ -94,10 +94,13 @@ async def truncate(url: str) -> None:
     engine = make_engine(url)
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            await connection.execute(text("TRUNCATE files, uploads"))
+            await connection.execute(
+                text("TRUNCATE files, uploads, events, deliveries, delivery_attempts, imports")
+            )
         else:
-            await connection.execute(text("DELETE FROM files"))
-            await connection.execute(text("DELETE FROM uploads"))
+            tables = ("delivery_attempts", "deliveries", "events", "imports", "uploads", "files")
+            for table in tables:
+                await connection.execute(text(f"DELETE FROM {table}"))
     await engine.dispose()
 
 

@@ -279,6 +279,7 @@ METADATA_FIELDS = {
     # The transcode job's (issue 16).
     "processing",
     "renditions",
+    "metadata",
 }
 
 

@@ -118,7 +118,10 @@ async def _uids(url: str) -> set[str]:
         await engine.dispose()
 
 
-@schema.parametrize()
+# The import's generated URLs would be resolved by the system's DNS, sending queries off this
+# machine (tests talk to 127.0.0.0/8 only): tests/test_imports.py covers that operation with
+# its own resolver.
+@schema.exclude(path="/api/v1/files/import", method="POST").parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_conforms_to_the_schema(
     case: schemathesis.Case, server: tuple[RunningServer, Outcomes]

@@ -24,7 +24,7 @@ from fastapi import Depends, Request
 from mediasvc.api.common import services_of
 from mediasvc.auth import Principal
 from mediasvc.db import repository
-from mediasvc.db.models import FileRecord, GoneReason
+from mediasvc.db.models import FileRecord, GoneReason, ImportRecord
 from mediasvc.delivery import signing
 from mediasvc.errors import Forbidden, Gone, NotFound
 from mediasvc.ids import is_valid_uid
@@ -45,8 +45,9 @@ async def live_record(request: Request, uid: str) -> FileRecord:
     return record
 
 
-def check_owner(caller: Principal | None, record: FileRecord) -> None:
-    """403 unless keys are off (``caller`` None), the key is an admin's or it uploaded the file."""
+def check_owner(caller: Principal | None, record: FileRecord | ImportRecord) -> None:
+    """403 unless keys are off (``caller`` None), the key is an admin's or it uploaded the file
+    (or started the import)."""
     if caller is not None and not caller.admin and record.owner != caller.name:
         raise Forbidden("this file belongs to another key")
 

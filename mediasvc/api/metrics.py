@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from starlette.responses import Response
 
 from mediasvc.api.common import services_of
-from mediasvc.db.models import CloudStatus, FileRecord
+from mediasvc.db import outbox
+from mediasvc.db.models import CloudStatus, DeliveryStatus, FileRecord
 from mediasvc.errors import DatabaseUnavailable
 from mediasvc.observability import Metrics, multiprocess_dir
 from mediasvc.resumable.repository import count_unfinished
@@ -37,11 +38,17 @@ async def metrics(request: Request) -> Response:
                     FileRecord.gone_reason.is_(None),
                 )
             )
+            counts = await outbox.delivery_counts(session)
+            oldest = await outbox.oldest_unsettled_at(session)
         collected.push_failed_files.set(failed or 0)
         async with services.db.session() as session:
             open_uploads, expired_uploads = await count_unfinished(session, datetime.now(UTC))
         collected.resumable_uploads.labels("open").set(open_uploads)
         collected.resumable_uploads.labels("expired").set(expired_uploads)
+        for status in DeliveryStatus:
+            collected.webhook_deliveries.labels(status.value).set(counts.get(status.value, 0))
+        age_s = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        collected.oldest_undelivered_event_age.set(max(0.0, age_s))
     except DatabaseUnavailable:
         pass  # the other metrics are still worth a scrape
     usage = await anyio.to_thread.run_sync(shutil.disk_usage, services.store.root)

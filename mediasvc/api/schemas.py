@@ -147,6 +147,9 @@ class FileMetadata(BaseModel):
         description="Video and audio originals: what the transcode job makes, and how far it got"
     )
     renditions: list[RenditionInfo] = Field(description="Files made from this one for browsers")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="The caller's own JSON object given at upload, as given"
+    )
 
     @classmethod
     def from_record(cls, record: FileRecord, *, base_url: str) -> FileMetadata:
@@ -179,6 +182,7 @@ class FileMetadata(BaseModel):
                 RenditionInfo(url=f"{base_url}/api/v1/files/{r['uid']}", **r)
                 for r in (record.processing or {}).get("renditions", [])
             ],
+            metadata=record.caller_metadata,
         )
 
 

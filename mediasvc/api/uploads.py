@@ -19,6 +19,7 @@ from mediasvc.api.common import Caller, base_url_of, services_of
 from mediasvc.api.openapi import problem_responses
 from mediasvc.api.schemas import FileMetadata, UploadedFile
 from mediasvc.errors import UnsupportedMediaType
+from mediasvc.events.metadata import parse_metadata
 from mediasvc.ingest import checksum
 from mediasvc.ingest.names import name_from_request
 from mediasvc.ingest.pipeline import StoredUpload, UploadFacts, UploadOptions
@@ -49,7 +50,14 @@ def _optional(name: str, where: str, description: str, **schema: str) -> dict[st
     }
 
 
+METADATA_HEADER = "x-metadata"
 _UPLOAD_HEADERS: list[dict[str, Any]] = [
+    _optional(
+        "X-Metadata",
+        "header",
+        "Your own JSON object (at most 4 KiB, 4 levels, 64 keys), echoed in the file's metadata "
+        "and its events; bad JSON is 422",
+    ),
     _optional(
         "X-Checksum-Sha256",
         "header",
@@ -83,7 +91,14 @@ _MULTIPART_UPLOAD_OPENAPI: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "metadata": {
+                            "type": "string",
+                            "description": "Your own JSON object (as X-Metadata), before or "
+                            "after the file",
+                        },
+                        "file": {"type": "string", "format": "binary"},
+                    },
                 }
             }
         },
@@ -99,14 +114,21 @@ _UPLOAD_ERRORS = problem_responses(400, 401, 403, 408, 413, 415, 422, 429, 431, 
 
 
 def upload_options(
-    caller: Caller, max_downloads: MaxDownloads = None, expires_in: ExpiresIn = None
+    request: Request,
+    caller: Caller,
+    max_downloads: MaxDownloads = None,
+    expires_in: ExpiresIn = None,
 ) -> UploadOptions:
-    """Every upload route's options: the query's limits, and the key that owns the file (a
-    missing or wrong key is refused here, before a body byte is read)."""
+    """Every upload route's options: the query's limits, the key that owns the file and the
+    caller's ``X-Metadata`` (a missing or wrong key, or bad metadata, is refused here, before a
+    body byte is read)."""
+    header = request.headers.get(METADATA_HEADER)
     return UploadOptions(
         max_downloads=max_downloads,
         expires_in_s=expires_in,
         owner=caller.name if caller else None,
+        # Header values arrive as latin-1: their bytes again, read as UTF-8 JSON.
+        metadata=parse_metadata(header.encode("latin-1")) if header is not None else None,
     )
 
 

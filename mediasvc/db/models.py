@@ -1,5 +1,6 @@
-"""SQLAlchemy models: a row per file (kept as a tombstone once the file is gone), and a row per
-resumable upload while it is under way (mediasvc/resumable/)."""
+"""SQLAlchemy models: a row per file (kept as a tombstone once the file is gone), a row per
+resumable upload while it is under way (mediasvc/resumable/), the outbox of events about files
+with their webhook deliveries and attempts, and URL imports in progress."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -127,6 +130,9 @@ class FileRecord(Base):
     # processing's state, as a column the reconciler can query, and when it last changed.
     processing_state: Mapped[str | None] = mapped_column(String(16))
     processing_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The caller's own JSON object given at upload (events/metadata.py bounds it); echoed in the
+    # file's metadata and in every event about it.
+    caller_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         # Listing: live files, newest first, keyset-paginated on (created_at, uid).
@@ -182,3 +188,105 @@ class UploadRecord(Base):
         Index("ix_uploads_expires_at", "expires_at"),
         Index("ix_uploads_owner_completed", "owner", "concat", "completed_at"),
     )
+
+
+# An integer key that autoincrements on both databases (SQLite only does for INTEGER PRIMARY KEY).
+_SERIAL = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"  # every try failed: kept for the admin, redelivered only on request
+
+
+class EventRecord(Base):
+    """The outbox: one row per event, written in the transaction of the change it reports."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(_SERIAL, primary_key=True, autoincrement=True)
+    # The Standard Webhooks message id (webhook-id): the same on every delivery of the event.
+    msg_id: Mapped[str] = mapped_column(String(40), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    # The file (or upload) the event is about: deliveries keep this order per subject.
+    subject: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # When every endpoint that wants it had it delivered or dead-lettered; None: still owed.
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_events_subject", "subject", "id"),
+        Index(
+            "ix_events_unsettled",
+            "created_at",
+            postgresql_where=settled_at.is_(None),
+            sqlite_where=settled_at.is_(None),
+        ),
+    )
+
+
+class DeliveryRecord(Base):
+    """One event to one endpoint: its state, and (in ``AttemptRecord``) every try."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(_SERIAL, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    # sha256 of the endpoint's URL: the unique key (a URL may be longer than an index allows).
+    endpoint_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    # Tries since the delivery was opened or last redelivered (the backoff and the dead letter
+    # count these); every try is also an AttemptRecord.
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_deliveries_event_endpoint"),
+        Index("ix_deliveries_subject", "subject", "endpoint_id", "status"),
+        Index("ix_deliveries_status", "status"),
+    )
+
+
+class AttemptRecord(Base):
+    """One HTTP request of a delivery: the status code, or why there was none."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(_SERIAL, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_delivery_attempts_delivery", "delivery_id"),)
+
+
+class ImportStatus(enum.StrEnum):
+    IMPORTING = "importing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ImportRecord(Base):
+    """A URL import: the uid its file will have, what to fetch, and how it went."""
+
+    __tablename__ = "imports"
+
+    uid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=ImportStatus.IMPORTING.value)
+    error: Mapped[str | None] = mapped_column(Text)
+    # The request's options (filename, expected_sha256, max_downloads, expires_in, metadata).
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    delete_token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

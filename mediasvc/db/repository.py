@@ -4,6 +4,9 @@ Transactions: every function takes an open session, and each function that write
 transaction of its own: it commits before it returns. A change that must be atomic over several
 statements is one function here (``record_purge``). Reads commit nothing, so a caller may hold a
 transaction-scoped lock across them (db/commit_window.py). Callers never commit themselves.
+
+Events: a change another service waits for (created, probed, pushed, push failed, gone) writes
+its event in the same transaction (db/outbox.py), so neither exists without the other.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, and_, case, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mediasvc.db import outbox
 from mediasvc.db.models import (
     CloudStatus,
     FileRecord,
@@ -23,6 +27,8 @@ from mediasvc.db.models import (
     ProcessingState,
     UploadRecord,
 )
+from mediasvc.events.payload import file_data
+from mediasvc.events.types import GONE_EVENTS, EventType
 
 # A row that is not a tombstone.
 _LIVE = FileRecord.gone_reason.is_(None)
@@ -45,9 +51,10 @@ async def add_new_file(
     completes_upload: UploadCompletion | None = None,
     processing: Processing | None = None,
 ) -> bool:
-    """Insert ``record``; with ``faststart_of``, that live original points to it in the same
-    transaction, and nothing is written (False) if the original is gone. With ``processing``,
-    the original it is derived from records it (its renditions) the same way. With
+    """Insert ``record`` and its ``file.created``; with ``faststart_of``, that live original
+    points to it in the same transaction, and nothing is written (False) if the original is
+    gone. With ``processing``, the original it is derived from records it (its renditions, and
+    a ``file.rendition_ready`` about the original) the same way. With
     ``completes_upload``, the resumable upload of the same uid is marked complete in it too.
 
     The original's row is updated, hence locked, before the commit: a delete of the original
@@ -67,12 +74,22 @@ async def add_new_file(
                 hash_state=completes_upload.hash_state,
             )
         )
+    outbox.record_file(session, EventType.FILE_CREATED, record, record.created_at)
     changes: list[tuple[str, dict[str, Any]]] = []
     if faststart_of is not None:
         changes.append((faststart_of, {"faststart_uid": record.uid}))
     if processing is not None:
         assert record.derived_from is not None
         changes.append((record.derived_from, _processing_values(processing)))
+        # A product of the original's processing (a rendition, a storyboard sheet, an HLS
+        # rung) is ready: the event is about the original, its data the product's metadata.
+        outbox.record(
+            session,
+            EventType.FILE_RENDITION_READY,
+            record.derived_from,
+            file_data(record),
+            record.created_at,
+        )
     for uid, values in changes:
         linked = await session.execute(
             update(FileRecord)
@@ -122,17 +139,26 @@ async def stuck_processing(
 
 
 async def _update_one(
-    session: AsyncSession, uid: str, *conditions: ColumnElement[bool], **values: Any
+    session: AsyncSession,
+    uid: str,
+    *conditions: ColumnElement[bool],
+    event: tuple[EventType, datetime] | None = None,
+    **values: Any,
 ) -> bool:
-    """Update the row ``uid`` if ``conditions`` hold, and commit; whether it did."""
+    """Update the row ``uid`` if ``conditions`` hold, with ``event`` (its type and time) about
+    the updated row if it did, and commit; whether it did."""
     result = await session.execute(
         update(FileRecord)
         .where(FileRecord.uid == uid, *conditions)
         .values(**values)
-        .returning(FileRecord.uid)
+        .returning(FileRecord)
+        .execution_options(populate_existing=True)
     )
+    updated = result.scalars().first()
+    if updated is not None and event is not None:
+        outbox.record_file(session, event[0], updated, event[1])
     await session.commit()
-    return result.first() is not None
+    return updated is not None
 
 
 async def get(session: AsyncSession, uid: str, *, fresh: bool = False) -> FileRecord | None:
@@ -183,8 +209,15 @@ def _of_kind(kind: str) -> ColumnElement[bool]:
 
 
 async def mark_gone(session: AsyncSession, uid: str, reason: GoneReason, now: datetime) -> bool:
-    """Turn a live row into a tombstone; False if it was gone already."""
-    return await _update_one(session, uid, _LIVE, gone_reason=reason.value, gone_at=now)
+    """Turn a live row into a tombstone (its event says why); False if it was gone already."""
+    return await _update_one(
+        session,
+        uid,
+        _LIVE,
+        event=(GONE_EVENTS[reason.value], now),
+        gone_reason=reason.value,
+        gone_at=now,
+    )
 
 
 async def touch_many(session: AsyncSession, accessed_at: dict[str, datetime]) -> None:
@@ -297,18 +330,16 @@ async def set_cloud_status(
     error: str | None = None,
     attempts: int | None = None,
 ) -> None:
-    """Record a push's progress, unless the row already says ``uploaded``."""
+    """Record a push's progress, unless the row already says ``uploaded``; ``failed`` is the
+    event ``file.push_failed``."""
     values: dict[str, object] = {"cloud_status": status.value, "cloud_updated_at": now}
     if error is not None:
         values["cloud_error"] = error
     if attempts is not None:
         values["cloud_attempts"] = attempts
-    await session.execute(
-        update(FileRecord)
-        .where(FileRecord.uid == uid, FileRecord.cloud_status != CloudStatus.UPLOADED.value)
-        .values(**values)
-    )
-    await session.commit()
+    failed = (EventType.FILE_PUSH_FAILED, now) if status is CloudStatus.FAILED else None
+    not_uploaded = FileRecord.cloud_status != CloudStatus.UPLOADED.value
+    await _update_one(session, uid, not_uploaded, event=failed, **values)
 
 
 def _in_the_cloud(key: str, now: datetime) -> dict[str, Any]:
@@ -322,7 +353,8 @@ def _in_the_cloud(key: str, now: datetime) -> dict[str, Any]:
 
 async def mark_uploaded(session: AsyncSession, uid: str, key: str, now: datetime) -> bool:
     """A push finished: the live row points to its cloud copy ``key``; False if it went."""
-    return await _update_one(session, uid, _LIVE, **_in_the_cloud(key, now))
+    pushed = (EventType.FILE_PUSHED, now)
+    return await _update_one(session, uid, _LIVE, event=pushed, **_in_the_cloud(key, now))
 
 
 async def stuck_pushes(
@@ -382,7 +414,8 @@ async def record_probe(
     if processing is not None:
         values.update(_processing_values(processing))
     pending = FileRecord.probe_status == ProbeStatus.PENDING.value
-    return await _update_one(session, uid, _LIVE, pending, **values)
+    probed = (EventType.FILE_PROBED, now)
+    return await _update_one(session, uid, _LIVE, pending, event=probed, **values)
 
 
 async def note_probe_error(session: AsyncSession, uid: str, error: str) -> None:
@@ -425,14 +458,20 @@ async def link_faststart(session: AsyncSession, uid: str, derived_uid: str) -> N
 
 
 async def expire_due(session: AsyncSession, now: datetime) -> int:
-    """Turn live rows whose ``expires_at`` has come into tombstones; how many."""
+    """Turn live rows whose ``expires_at`` has come into tombstones, each with its
+    ``file.expired``; how many."""
     result = await session.execute(
         update(FileRecord)
         .where(_LIVE, FileRecord.expires_at <= now)
         .values(gone_reason=GoneReason.EXPIRED.value, gone_at=now)
+        .returning(FileRecord)
+        .execution_options(populate_existing=True)
     )
+    expired = list(result.scalars())
+    for record in expired:
+        outbox.record_file(session, EventType.FILE_EXPIRED, record, now)
     await session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
+    return len(expired)
 
 
 async def tombstones_with_bytes(session: AsyncSession, *, limit: int) -> list[FileRecord]:
@@ -471,8 +510,11 @@ async def record_purge(
         .where(FileRecord.derived_from == record.uid, _LIVE)
         .values(gone_reason=record.gone_reason or GoneReason.DELETED.value, gone_at=now)
         .returning(FileRecord)
+        .execution_options(populate_existing=True)
     )
     children = list(derived.scalars())
+    for child in children:
+        outbox.record_file(session, GONE_EVENTS[child.gone_reason or ""], child, now)
     await session.commit()
     return children
 

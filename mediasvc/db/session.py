@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from mediasvc.db.commit_window import CommitWindow
 from mediasvc.db.outages import is_outage
+from mediasvc.db.outbox import PENDING_EVENTS_KEY
 from mediasvc.errors import DatabaseUnavailable
 
 READ_POOL_SIZE = 4  # per process, beside the main pool's 10 (+20): reads take one statement
@@ -52,13 +54,17 @@ def make_read_engine(url: str) -> AsyncEngine:
     )
 
 
+#: Told the msg ids of the events a transaction wrote, once it committed (db/outbox.py).
+#: Called on the event loop's thread; must not block or raise.
+OnEvents = Callable[[list[str]], None]
+
+
 class Database:
     """Owns the engine; hands out sessions whose outage errors become ``DatabaseUnavailable``
     (503). Every other database error is a bug and propagates as it is (500, logged)."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Single reads on the way to a download's first byte: on PostgreSQL from a small pool
         # of connections in autocommit, so the read is one statement and its pre-ping one
         # more, not BEGIN, SELECT, ROLLBACK after a ping that is itself BEGIN, ping, ROLLBACK
@@ -66,6 +72,14 @@ class Database:
         # autocommit). SQLite begins nothing for a read: its engine serves both.
         self._read_engine = make_read_engine(url) if url.startswith("postgresql") else None
         self._reads = async_sessionmaker(self._read_engine or self.engine, expire_on_commit=False)
+        self.on_events: OnEvents | None = None
+        # A Session class of this Database's own, so its commit hooks see only its sessions.
+        session_class = type("MediasvcSession", (Session,), {})
+        event.listen(session_class, "after_commit", self._after_commit)
+        event.listen(session_class, "after_rollback", self._after_rollback)
+        self._sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=session_class
+        )
         # Shared by every upload and sweep that use this Database (db/commit_window.py).
         self.commit_window = CommitWindow(self.engine.dialect.name)
 
@@ -92,6 +106,14 @@ class Database:
             if is_outage(exc):
                 raise DatabaseUnavailable("the metadata database is unavailable") from exc
             raise
+
+    def _after_commit(self, session: Session) -> None:
+        committed = session.info.pop(PENDING_EVENTS_KEY, None)
+        if committed and self.on_events is not None:
+            self.on_events(committed)
+
+    def _after_rollback(self, session: Session) -> None:
+        session.info.pop(PENDING_EVENTS_KEY, None)  # rolled back with the change
 
     async def dispose(self) -> None:
         if self._read_engine is not None:

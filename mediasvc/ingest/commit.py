@@ -7,6 +7,7 @@ one place and every new file reaches the media root the same way.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import anyio
 
@@ -31,6 +32,7 @@ def new_record(
     delete_token_hash: str,
     volume: str,
     derived_from: str | None = None,
+    caller_metadata: dict[str, Any] | None = None,
 ) -> FileRecord:
     """The row of a new local file (``part``, finished): nothing pushed or probed yet."""
     assert part.uid is not None
@@ -54,6 +56,7 @@ def new_record(
         derived_from=derived_from,
         probe_status=ProbeStatus.PENDING.value,
         volume=volume,
+        caller_metadata=caller_metadata,
     )
 
 

@@ -15,11 +15,15 @@ from concurrent.futures import Future
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from mediasvc.errors import MalformedMultipart
+from mediasvc.errors import InvalidMetadata, MalformedMultipart
+from mediasvc.events.metadata import MAX_METADATA_BYTES
 from mediasvc.ingest.names import decode_name_bytes, filename_from_disposition, validate_name
 from mediasvc.ingest.sink import FileSink
 
 FILE_FIELD = "file"
+# The caller's metadata (events/metadata.py), kept in memory up to its bound, before or after
+# the file.
+METADATA_FIELD = "metadata"
 # Room for the multipart framing around the file: boundaries, part headers, small fields.
 FRAMING_ALLOWANCE_BYTES = 64 * 1024
 # An RFC 8187 filename* parameter in a Content-Disposition value.
@@ -35,7 +39,8 @@ def _decode(value: bytes) -> str:
 
 
 class MultipartFileReader:
-    """Feeds body batches to the parser; the part named ``file`` goes to ``sink``."""
+    """Feeds body batches to the parser; the part named ``file`` goes to ``sink``, the one named
+    ``metadata`` to ``metadata`` (bounded); other fields are skipped."""
 
     def __init__(
         self,
@@ -58,7 +63,9 @@ class MultipartFileReader:
         self._value = bytearray()
         self._part_headers: dict[bytes, bytes] = {}
         self._in_file = False
+        self._in_metadata = False
         self._in_headers = False
+        self.metadata: bytes | None = None
         self.file_started = False
         self.ended = False
         self.filename: str | None = None
@@ -137,7 +144,16 @@ class MultipartFileReader:
         disposition_type, options = parse_options_header(disposition)
         if disposition_type != b"form-data":  # RFC 7578 §4.2: every part has one
             raise MalformedMultipart("a part has no Content-Disposition: form-data header")
-        if options.get(b"name") != FILE_FIELD.encode():
+        name = options.get(b"name")
+        if name == METADATA_FIELD.encode():
+            if self.metadata is not None:
+                raise MalformedMultipart(
+                    f"the body has more than one part named {METADATA_FIELD!r}"
+                )
+            self.metadata = b""
+            self._in_metadata = True
+            return
+        if name != FILE_FIELD.encode():
             return  # another field: its data is skipped
         if self.file_started:
             raise MalformedMultipart(f"the body has more than one part named {FILE_FIELD!r}")
@@ -161,9 +177,14 @@ class MultipartFileReader:
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
             self._sink.write(memoryview(data)[start:end])
+        elif self._in_metadata:
+            assert self.metadata is not None
+            if len(self.metadata) + end - start > MAX_METADATA_BYTES:
+                raise InvalidMetadata(f"metadata is more than {MAX_METADATA_BYTES} bytes")
+            self.metadata += data[start:end]
 
     def _on_part_end(self) -> None:
-        self._in_file = False
+        self._in_file = self._in_metadata = False
 
     def _on_end(self) -> None:
         self.ended = True

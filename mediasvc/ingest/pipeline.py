@@ -14,15 +14,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 
 from mediasvc.db.models import FileRecord
 from mediasvc.db.repository import UploadCompletion
 from mediasvc.db.session import Database
-from mediasvc.errors import PayloadTooLarge
+from mediasvc.errors import InvalidMetadata, PayloadTooLarge
+from mediasvc.events.metadata import parse_metadata
 from mediasvc.ids import hash_token, new_delete_token, new_uid
 from mediasvc.ingest import checksum
 from mediasvc.ingest.admission import UploadAdmission
@@ -44,6 +46,7 @@ class UploadOptions:
     max_downloads: int | None = None
     expires_in_s: int | None = None
     owner: str | None = None
+    metadata: dict[str, Any] | None = None  # the caller's (events/metadata.py), checked already
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +58,10 @@ class UploadFacts:
     declared_length: int | None = None  # the body's length, when known
     expected_sha256: tuple[str, ...] = ()  # hex digests the file must have
     client: str | None = None  # the client's address, for the per-client cap
+    # Chosen before the bytes came (an import answers them at once): the file's uid, and the
+    # hash of the delete token already given out.
+    uid: str | None = None
+    delete_token_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,7 @@ class _Received:
     file: ReceivedFile
     name: str | None
     declared_type: str | None
+    metadata: dict[str, Any] | None = None  # given in the body (a form's metadata field)
 
 
 # Called after the row is committed (e.g. to enqueue the cloud push); must not raise.
@@ -134,8 +142,11 @@ class Ingestor:
             )
             await self._pump(chunks, sink, reader.process, max_body_bytes)
             reader.check_complete()
+            metadata = parse_metadata(reader.metadata)
+            if metadata is not None and options.metadata is not None:
+                raise InvalidMetadata("give metadata once: as the form field or X-Metadata")
             file = await anyio.to_thread.run_sync(sink.finish)
-            return _Received(file, reader.filename, reader.content_type)
+            return _Received(file, reader.filename, reader.content_type, metadata)
 
         return await self._ingest(
             chunks, facts, options, receive, allowance_bytes=FRAMING_ALLOWANCE_BYTES
@@ -168,7 +179,7 @@ class Ingestor:
         receive: _Receive,
         max_body_bytes: int,
     ) -> StoredUpload:
-        part = await anyio.to_thread.run_sync(self._store.create_part, new_uid())
+        part = await anyio.to_thread.run_sync(self._store.create_part, facts.uid or new_uid())
         sink = FileSink(part, max_size_bytes=self.config.max_upload_size_bytes)
         try:
             if facts.declared_length:
@@ -186,7 +197,8 @@ class Ingestor:
             name=received.name,
             declared_type=received.declared_type,
             head=received.file.head,
-            options=options,
+            options=replace(options, metadata=received.metadata or options.metadata),
+            delete_token_hash=facts.delete_token_hash,
         )
 
     async def commit_file(
@@ -199,9 +211,11 @@ class Ingestor:
         head: bytes,
         options: UploadOptions,
         completes_upload: UploadCompletion | None = None,
+        delete_token_hash: str | None = None,
     ) -> StoredUpload:
-        """A finished part file becomes a file: its row (with a new delete token), the rename,
-        then the jobs every new file gets. A resumable upload ends here too."""
+        """A finished part file becomes a file: its row (with a new delete token, unless the
+        hash of one given out earlier is passed), the rename, then the jobs every new file
+        gets. A resumable upload ends here too."""
         try:
             volume = await anyio.to_thread.run_sync(lambda: self._store.volume_id)
         except BaseException:
@@ -221,8 +235,9 @@ class Ingestor:
             expires_at=now + expires_in if expires_in else None,
             max_downloads=options.max_downloads,
             owner=options.owner,
-            delete_token_hash=hash_token(delete_token),
+            delete_token_hash=delete_token_hash or hash_token(delete_token),
             volume=volume,
+            caller_metadata=options.metadata,
         )
         await commit_part(self._db, part, record, completes_upload=completes_upload)
         if self._after_commit is not None:

@@ -1,4 +1,5 @@
-"""cleanup: expire, delete everywhere, evict safe local copies, sweep what crashes left.
+"""cleanup: expire, delete everywhere, evict safe local copies, sweep what crashes left, and
+forget events delivered longer ago than ``event_retention_s``.
 
 Resumable uploads past their expiry go too (mediasvc/resumable/expiry.py).
 
@@ -25,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 
-from mediasvc.db import repository
+from mediasvc.db import outbox, repository
 from mediasvc.db.models import FileRecord
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.volume_audit import VolumeReport, audit_volume
@@ -42,6 +43,7 @@ CLEANUP_BATCH = 500
 class CleanupReport:
     expired: int = 0
     expired_uploads: int = 0  # resumable uploads (and finished ones' rows) past their expiry
+    forgotten_events: int = 0
     purged: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
     swept_parts: int = 0
@@ -55,6 +57,7 @@ async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupRep
     report = CleanupReport()
     report.expired = await _expire(ctx, now)
     report.expired_uploads = await expire_uploads(ctx.db, ctx.store, now, batch=CLEANUP_BATCH)
+    report.forgotten_events = await _forget_events(ctx, now)
     report.purged = await _purge_gone(ctx)
     report.evicted = await _evict(ctx, now)
     report.swept_parts = await anyio.to_thread.run_sync(_sweep_parts, ctx, time.time())
@@ -75,6 +78,15 @@ async def _expire(ctx: JobContext, now: datetime) -> int:
     """Turn expired live rows into tombstones (their bytes go in the purge step)."""
     async with ctx.db.session() as session:
         return await repository.expire_due(session, now)
+
+
+async def _forget_events(ctx: JobContext, now: datetime) -> int:
+    """Delete events delivered (or dead) longer than ``event_retention_s`` ago."""
+    if not ctx.config.event_retention_s:
+        return 0
+    before = now - timedelta(seconds=ctx.config.event_retention_s)
+    async with ctx.db.session() as session:
+        return await outbox.forget_settled(session, before=before, limit=CLEANUP_BATCH)
 
 
 async def _purge_gone(ctx: JobContext) -> list[str]:

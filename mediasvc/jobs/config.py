@@ -3,8 +3,11 @@ once, in ``JobContext.build`` (jobs/context.py); the media tools have their own 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
+
+from mediasvc.events.endpoints import WebhookEndpoint
 
 if TYPE_CHECKING:
     from mediasvc.config import Settings
@@ -39,6 +42,20 @@ class JobsConfig:
     disk_low_watermark: float = 0.80
     part_grace_s: int = 86400
     orphan_grace_s: int = 3600
+    # webhooks (events/deliver.py)
+    webhooks: list[WebhookEndpoint] = field(default_factory=list)
+    webhook_max_tries: int = 10
+    webhook_backoff_base_s: float = 5.0
+    webhook_backoff_max_s: float = 3600.0
+    webhook_timeout_s: float = 10.0
+    event_retention_s: int = 7 * 86400  # settled events are deleted after this; 0: kept
+    public_base_url: str | None = None  # absolute URLs in event bodies
+    # URL imports (imports/)
+    import_allowed_networks: list[IPv4Network | IPv6Network] = field(default_factory=list)
+    import_max_redirects: int = 5
+    import_connect_timeout_s: float = 10.0
+    import_idle_timeout_s: float = 60.0
+    import_max_resumes: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobsConfig:

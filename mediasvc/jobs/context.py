@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from mediasvc.config import Settings
 from mediasvc.db.session import Database
+from mediasvc.ingest.config import IngestConfig
 from mediasvc.jobs.config import JobsConfig
 from mediasvc.media.config import MediaConfig
 from mediasvc.storage.cloud import CloudStore, make_cloud_store
@@ -24,6 +25,7 @@ class JobContext:
     db: Database
     store: LocalStore
     cloud: CloudStore
+    ingest: IngestConfig  # URL imports go through the ingest engine (imports/job.py)
     #: Transcodes at once in this process (``transcode_concurrency``; jobs/transcode.py).
     transcode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
@@ -44,4 +46,5 @@ class JobContext:
             ),
             cloud=make_cloud_store(settings),
             transcode_slots=asyncio.Semaphore(settings.transcode_concurrency),
+            ingest=IngestConfig.from_settings(settings),
         )

@@ -5,7 +5,9 @@ Follow-up rules, each made by the job that knows it (the runner enqueues them):
 - a probe of an MP4/MOV without faststart, with ``remux_faststart`` on → remux;
 - a probe of an original video or audio file with something to make → transcode;
 - a transcode → push + probe of each file it made;
-- a push → nothing; it may ask to be run again later (``retry_in_s``).
+- a push → nothing; it may ask to be run again later (``retry_in_s``);
+- an event's delivery → nothing; it runs again while a delivery of it is owed;
+- a URL import → what a new file gets (push + probe) once its bytes are in.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class Kind(StrEnum):
     PROBE = "probe_media"
     REMUX = "remux_faststart"
     TRANSCODE = "transcode_media"
+    DELIVER = "deliver_event"  # its argument is an event's msg id, not a file's uid
+    IMPORT = "import_url"
 
 
 #: A queue's ``enqueue(kind, uid)``: True if the job was queued, False if it was refused (the same

@@ -3,15 +3,17 @@
 Finds pushes that no job will finish — rows left ``pending`` when Redis was down at upload, rows
 stuck ``uploading`` after a worker died, rows ``failed`` a while ago — and enqueues them again;
 likewise probes still ``pending`` past the same timeout (a lost job, a preview the cloud did not
-take, rows from before the probe existed), and transcodes pending or running with no progress
-written for as long (a lost job, a worker that died mid-run).
+take, rows from before the probe existed), transcodes pending or running with no progress
+written for as long (a lost job, a worker that died mid-run), imports still running past it,
+and every event not yet settled (its delivery job was lost, or its process died between the
+commit and the enqueue): a job already queued or running for it refuses the copy.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mediasvc.db import repository
+from mediasvc.db import imports, outbox, repository
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import Enqueue, Kind
 
@@ -50,6 +52,12 @@ async def reconcile(ctx: JobContext, enqueue: Enqueue) -> int:
         transcodes = await repository.stuck_processing(
             session, stale_before=stale_before, limit=RECONCILE_BATCH
         )
+        owed = await outbox.unsettled(session, limit=RECONCILE_BATCH)
+        running = await imports.stuck(session, stale_before=stale_before, limit=RECONCILE_BATCH)
     for uid in transcodes:
         await enqueue(Kind.TRANSCODE, uid)
+    for msg_id in owed:
+        await enqueue(Kind.DELIVER, msg_id)
+    for uid in running:  # a job of a running import refuses the copy
+        await enqueue(Kind.IMPORT, uid)
     return sum(pushes)

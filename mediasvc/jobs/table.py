@@ -21,6 +21,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mediasvc.events.deliver import deliver_job
+from mediasvc.events.deliver import timeout_s as deliver_timeout_s
+from mediasvc.imports.job import import_job
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.config import JobsConfig
 from mediasvc.jobs.context import JobContext
@@ -102,6 +105,22 @@ JOBS: dict[Kind, JobSpec] = {
             media_tool=True,
         ),
         JobSpec(
+            kind=Kind.DELIVER,
+            id_prefix="deliver",
+            run=deliver_job,
+            timeout_s=deliver_timeout_s,
+            # Each wait for a backoff or an earlier event is a try to arq; the job decides when
+            # a delivery is dead (webhook_max_tries), and the reconciler re-enqueues what is owed.
+            max_tries=lambda config: 1000,
+        ),
+        JobSpec(
+            kind=Kind.IMPORT,
+            id_prefix="import",
+            run=import_job,
+            timeout_s=lambda config: config.push_timeout_s,  # a whole file's transfer
+            max_tries=lambda config: 3,
+        ),
+        JobSpec(
             kind=Kind.REMUX,
             id_prefix="remux",
             run=remux_job,
@@ -130,6 +149,7 @@ async def cleanup_cron(ctx: JobContext, enqueue: Enqueue) -> dict[str, int]:
     report = await cleanup(ctx)
     return {
         "expired": report.expired,
+        "forgotten_events": report.forgotten_events,
         "purged": len(report.purged),
         "evicted": len(report.evicted),
         "swept_parts": report.swept_parts,

@@ -16,6 +16,7 @@ from arq.worker import Function, func
 
 from mediasvc import libc
 from mediasvc.config import Settings
+from mediasvc.events.deliver import enqueue_after_commit
 from mediasvc.jobs.config import JobsConfig
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.kinds import Enqueue, Kind
@@ -94,7 +95,9 @@ def worker_settings(settings: Settings) -> type:
 
     async def on_startup(arq_ctx: ArqContext) -> None:
         bound_malloc_for_pushes()  # before any push allocates (see the function)
-        arq_ctx[CONTEXT_KEY] = JobContext.build(settings)
+        job_ctx = JobContext.build(settings)
+        enqueue_after_commit(job_ctx.db, _enqueue_from(arq_ctx))
+        arq_ctx[CONTEXT_KEY] = job_ctx
 
     async def on_shutdown(arq_ctx: ArqContext) -> None:
         job_ctx: JobContext | None = arq_ctx.get(CONTEXT_KEY)
