@@ -26,12 +26,12 @@ import httpx
 from arq.worker import Worker
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
-from mediasvc.db.models import FileRecord
-from mediasvc.db.session import make_engine
+from mediasvc.db.models import EventRecord, FileRecord
+from mediasvc.db.session import Database, make_engine
 from mediasvc.ingest.checksum import repr_digest_header
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.worker import worker_settings
@@ -653,3 +653,17 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return found
+
+
+# --- the events outbox ----------------------------------------------------------------------
+
+
+async def events_about(settings: Settings, subject: str) -> list[EventRecord]:
+    """The outbox's events about ``subject`` (a file's or an upload's uid), oldest first."""
+    db = Database(settings.database_url)
+    try:
+        async with db.session() as session:
+            query = select(EventRecord).where(EventRecord.subject == subject)
+            return list((await session.scalars(query.order_by(EventRecord.id))).all())
+    finally:
+        await db.dispose()

@@ -35,6 +35,7 @@ from tests.helpers import (
     age_rows,
     assert_problem,
     db_rows,
+    events_about,
     fresh_client,
     part_files,
     probed,
@@ -163,9 +164,17 @@ def assert_same_duration(meta: dict[str, Any], entry: dict[str, Any]) -> None:
 
 
 async def test_hevc_in_matroska_gets_an_h264_rendition_keeping_audio_and_subtitles(
-    client: httpx.AsyncClient, clips: Clips, tmp_path: Path
+    client: httpx.AsyncClient, clips: Clips, tmp_path: Path, settings: Settings
 ) -> None:
     meta = await processed(client, (await upload_file(client, clips.hevc_mkv))["uid"])
+    # Each product is announced about its original, with the product's own metadata.
+    ready = [e for e in await events_about(settings, meta["uid"]) if e.type != "file.created"]
+    products = [e.data["uid"] for e in ready if e.type == "file.rendition_ready"]
+    made = [meta["renditions"][0]["uid"], meta["processing"]["storyboard"]["uid"]]
+    assert sorted(products) == sorted(made), [e.type for e in ready]
+    assert {e.data["derived_from"] for e in ready if e.type == "file.rendition_ready"} == {
+        meta["uid"]
+    }
     playback = meta["media"]["playback"]
     assert playback["plays_as_is"] is False and playback["action"] == "transcode"
     assert "HEVC" in playback["reason"]

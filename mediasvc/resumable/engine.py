@@ -199,7 +199,7 @@ class UploadEngine:
         await anyio.to_thread.run_sync(self._store.create_upload, uid)
         try:
             async with self._db.session() as session:
-                await repository.add(session, row)
+                await repository.add(session, row, caller_metadata=options.metadata)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._store.remove_upload, uid)
@@ -540,7 +540,10 @@ def _concat_of(new: NewUpload) -> str | None:
 
 def _upload_options(options: FileOptions, owner: str | None) -> UploadOptions:
     return UploadOptions(
-        max_downloads=options.max_downloads, expires_in_s=options.expires_in_s, owner=owner
+        max_downloads=options.max_downloads,
+        expires_in_s=options.expires_in_s,
+        owner=owner,
+        metadata=options.metadata,
     )
 
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 
+from mediasvc.db.models import UploadRecord
 from mediasvc.db.session import Database
+from mediasvc.errors import MediaServiceError
 from mediasvc.resumable import repository
+from mediasvc.resumable.metadata import file_options, parse_metadata
 from mediasvc.resumable.writers import try_lock
 from mediasvc.storage.local import UPLOAD_SUFFIX, LocalStore
 
@@ -28,12 +32,22 @@ async def expire_uploads(db: Database, store: LocalStore, now: datetime, *, batc
         if fd is None and await anyio.to_thread.run_sync(path.exists):
             continue
         try:
-            await remove_upload(db, store, row.uid)
+            await anyio.to_thread.run_sync(store.remove_upload, row.uid)
+            async with db.session() as session:
+                await repository.remove_expired(session, row, _caller_metadata(row))
             removed += 1
         finally:
             if fd is not None:
                 os.close(fd)
     return removed
+
+
+def _caller_metadata(row: UploadRecord) -> dict[str, Any] | None:
+    """The caller's metadata of an upload (checked when it was created)."""
+    try:
+        return file_options(parse_metadata(row.metadata_header)).metadata
+    except MediaServiceError:  # refused at creation, so not expected: the event goes without
+        return None
 
 
 async def remove_upload(db: Database, store: LocalStore, uid: str) -> None:

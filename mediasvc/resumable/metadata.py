@@ -8,8 +8,10 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mediasvc.errors import BadRequest, InvalidFilename
+from mediasvc.events.metadata import parse_metadata as parse_caller_metadata
 from mediasvc.ingest.names import validate_name
 
 MAX_DOWNLOADS_LIMIT = 1_000_000
@@ -32,6 +34,7 @@ class FileOptions:
     max_downloads: int | None = None
     expires_in_s: int | None = None
     sha256: str | None = None  # hex, lower case: the whole file must have it
+    metadata: dict[str, Any] | None = None  # the caller's JSON object (events/metadata.py)
 
 
 def parse_metadata(header: str | None) -> dict[str, bytes | None]:
@@ -63,6 +66,8 @@ def file_options(pairs: dict[str, bytes | None]) -> FileOptions:
         max_downloads=_number(pairs, "max_downloads", MAX_DOWNLOADS_LIMIT),
         expires_in_s=_number(pairs, "expires_in", MAX_EXPIRES_IN_S),
         sha256=_sha256(pairs),
+        # The caller's own JSON, bounded and checked as on every route (422 if bad).
+        metadata=parse_caller_metadata(pairs.get("metadata")),
     )
 
 

@@ -3,16 +3,26 @@ transaction and commits before it returns."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mediasvc.db import outbox
 from mediasvc.db.models import UploadConcat, UploadRecord
+from mediasvc.events.types import EventType
 
 
-async def add(session: AsyncSession, record: UploadRecord) -> None:
+async def add(
+    session: AsyncSession, record: UploadRecord, *, caller_metadata: dict[str, Any] | None
+) -> None:
+    """Insert the new upload's row and its ``upload.created`` event."""
     session.add(record)
+    outbox.record(
+        session, EventType.UPLOAD_CREATED, record.uid, _event_data(record, caller_metadata),
+        record.created_at,
+    )  # fmt: skip
     await session.commit()
 
 
@@ -92,6 +102,33 @@ async def generation(session: AsyncSession, uid: str) -> int | None:
 async def remove(session: AsyncSession, uid: str) -> None:
     await session.execute(delete(UploadRecord).where(UploadRecord.uid == uid))
     await session.commit()
+
+
+async def remove_expired(
+    session: AsyncSession, record: UploadRecord, caller_metadata: dict[str, Any] | None
+) -> None:
+    """Delete the row of an upload that lapsed; an unfinished one's ``upload.expired`` with it
+    (a finished upload's row lapsing is not news: its file lives on)."""
+    await session.execute(delete(UploadRecord).where(UploadRecord.uid == record.uid))
+    if record.completed_at is None:
+        outbox.record(
+            session, EventType.UPLOAD_EXPIRED, record.uid, _event_data(record, caller_metadata),
+            datetime.now(UTC),
+        )  # fmt: skip
+    await session.commit()
+
+
+def _event_data(record: UploadRecord, caller_metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """An upload event's ``data``: where the upload stood, and the caller's metadata."""
+    return {
+        "uid": record.uid,
+        "upload_url": f"/api/v1/uploads/{record.uid}",
+        "offset": record.offset,
+        "length": record.length,
+        "concat": record.concat,
+        "expires_at": record.expires_at.isoformat().replace("+00:00", "Z"),
+        "metadata": caller_metadata,
+    }
 
 
 async def remove_many(session: AsyncSession, uids: list[str]) -> None:
