@@ -39,6 +39,9 @@ pytest.register_assert_rewrite("tests.helpers")
 
 # The Redis database the job tests flush (MEDIASVC_TEST_REDIS: one per parallel run).
 REDIS_URL = os.environ.get("MEDIASVC_TEST_REDIS", "redis://127.0.0.1:6379/13")
+# A server's start-up (import, migrations check, lifespan) takes ~2 s on a quiet machine; a
+# loaded shared one has been seen past 30 s.
+SERVER_START_TIMEOUT_S = 90
 PG_SERVER = os.environ.get("MEDIASVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,9 +186,9 @@ def launch_server(
 
 
 def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    """Until ``base_url``/healthz answers 200 (30 s at most); the process is stopped and its
+    """Until ``base_url``/healthz answers 200 (``SERVER_START_TIMEOUT_S`` at most); the process is stopped and its
     log raised if it exits or never answers."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited: {log.read_text()}")
@@ -195,7 +198,7 @@ def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> 
         except httpx.TransportError:
             time.sleep(0.05)
     stop_process(process)
-    raise RuntimeError(f"{process.args!r} did not answer within 30 s: {log.read_text()}")
+    raise RuntimeError(f"{process.args!r} did not answer within {SERVER_START_TIMEOUT_S} s: {log.read_text()}")
 
 
 @pytest.fixture
