@@ -186,8 +186,8 @@ def launch_server(
 
 
 def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    """Until ``base_url``/healthz answers 200 (``SERVER_START_TIMEOUT_S`` at most); the process is stopped and its
-    log raised if it exits or never answers."""
+    """Until ``base_url``/healthz answers 200 (``SERVER_START_TIMEOUT_S`` at most); the process
+    is stopped and its log raised if it exits or never answers."""
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -198,7 +198,8 @@ def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> 
         except httpx.TransportError:
             time.sleep(0.05)
     stop_process(process)
-    raise RuntimeError(f"{process.args!r} did not answer within {SERVER_START_TIMEOUT_S} s: {log.read_text()}")
+    waited = f"did not answer within {SERVER_START_TIMEOUT_S} s"
+    raise RuntimeError(f"{process.args!r} {waited}: {log.read_text()}")
 
 
 @pytest.fixture
