@@ -336,7 +336,7 @@ def _safe_name(name: str | None) -> str | None:
 
 # The header of the completing tus response that carries the new file's delete token (the
 # plain upload's JSON has it as `delete_token`).
-DELETE_TOKEN_HEADER = "Upload-Delete-Token"
+DELETE_TOKEN_HEADER = "X-Delete-Token"
 
 
 def _delete_token(response: httpx.Response) -> str | None:

@@ -67,6 +67,8 @@ def run_upload(
 def uid_of(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stderr
     assert re.search(r"^sha256:\s+[0-9a-f]{64} \(verified\)$", result.stdout, re.M)
+    # The token came with the completing response (X-Delete-Token).
+    assert re.search(r"^delete_token:\s+[\w-]{20,}$", result.stdout, re.M), result.stdout
     found = re.search(r"^uid:\s+(\S+)$", result.stdout, re.M)
     assert found is not None, result.stdout
     return found.group(1)
@@ -173,7 +175,6 @@ def test_an_empty_file(server: RunningServer, tmp_path: Path) -> None:
     result = run_upload(source, server.base_url, tmp_path)
     meta = stored_file(server.base_url, f"/api/v1/files/{uid_of(result)}")
     assert meta["size"] == 0
-    assert re.search(r"^delete_token:\s+\S{20,}$", result.stdout, re.M), result.stdout
 
 
 OWNER_KEY = "tus-cli-owner-key"
