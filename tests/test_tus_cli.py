@@ -184,9 +184,10 @@ def test_parts_joined_by_a_killed_run_are_not_sent_again(
         for url, (start, length) in zip(parts, halves, strict=True):
             tus.send(Span(url, source, start, length), MiB, None, lambda _offset: None)
         final = tus.location(tus.concatenate(parts, metadata))
-    key = UploadKey.of(server.base_url, source, metadata, 2)
-    UploadState(key, tmp_path / "cache" / "mediasvc" / "uploads").save(SavedUpload(parts, final))
     with proxy_to(port_of(server.base_url)) as proxy:
+        key = UploadKey.of(proxy.url, source, metadata, 2)  # the URL the rerun is given
+        saved = UploadState(key, tmp_path / "cache" / "mediasvc" / "uploads")
+        saved.save(SavedUpload(parts, final))
         result = run_upload(source, proxy.url, tmp_path, "--parallel", "2")
         assert re.search(r"^delete_token:\s+\(given to the run that finished it\)$",
                          result.stdout, re.M), result.stdout  # fmt: skip
