@@ -156,6 +156,11 @@ class _Sender:
         self.hasher = SequentialSha256()
         bounds = _split(self.size, parallel)
         saved = state.load()
+        if saved is not None and saved.final is not None:
+            # Joined in a run killed before it verified: the final upload is the file.
+            self.tus.offset(saved.final)  # still there (UploadGone otherwise: start again)
+            self.hasher.catch_up(self.path, self.size)
+            return Completed(self._file_url(saved.final), None)
         if saved is not None and len(saved.urls) == len(bounds):
             urls = saved.urls
         elif parallel == 1:
@@ -178,15 +183,21 @@ class _Sender:
             # Everything had arrived in a run killed before it verified: the upload's UID is
             # the file's; its delete token went to that run.
             self.hasher.catch_up(self.path, self.size)
-            uid = urls[0].rstrip("/").rsplit("/", 1)[-1]
-            return Completed(f"{self.tus.base_url}/api/v1/files/{uid}", None)
+            return Completed(self._file_url(urls[0]), None)
         with ThreadPoolExecutor(parallel + 1) as pool:
             # The parts' bytes come in any order; one reader hashes the file in order meanwhile
             # (mostly from the page cache, as the parts have just read it).
             hashing = pool.submit(self.hasher.catch_up, self.path, self.size)
             list(pool.map(lambda span: self._send(span, None), spans))
             hashing.result()
-        return Completed.of(self.tus.concatenate(urls, metadata))
+        joined = self.tus.concatenate(urls, metadata)
+        state.save(SavedUpload(urls, self.tus.location(joined)))
+        return Completed.of(joined)
+
+    def _file_url(self, upload_url: str) -> str:
+        """The file a finished upload became: its UID is the upload's."""
+        uid = upload_url.rstrip("/").rsplit("/", 1)[-1]
+        return f"{self.tus.base_url}/api/v1/files/{uid}"
 
     def _send(self, span: Span, hasher: SequentialSha256 | None) -> httpx.Response | None:
         def on_offset(offset: int) -> None:
@@ -336,7 +347,7 @@ def _safe_name(name: str | None) -> str | None:
 
 # The header of the completing tus response that carries the new file's delete token (the
 # plain upload's JSON has it as `delete_token`).
-DELETE_TOKEN_HEADER = "Upload-Delete-Token"
+DELETE_TOKEN_HEADER = "X-Delete-Token"
 
 
 def _delete_token(response: httpx.Response) -> str | None:

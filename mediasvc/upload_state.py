@@ -51,9 +51,11 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class SavedUpload:
-    """The upload URLs: one, or the parts of a parallel upload in file order."""
+    """The upload URLs: one, or the parts of a parallel upload in file order and, once they
+    were joined, the final upload (the parts are gone then)."""
 
     urls: list[str]
+    final: str | None = None
 
 
 class UploadState:
@@ -67,14 +69,15 @@ class UploadState:
             urls = data.get("urls")
             if data.get("key") != json.loads(self.key.as_json()) or not isinstance(urls, list):
                 return None  # a hash collision or an older format: not ours
-            return SavedUpload([str(url) for url in urls])
+            final = data.get("final")
+            return SavedUpload([str(url) for url in urls], str(final) if final else None)
         except (OSError, ValueError):
             return None
 
     def save(self, saved: SavedUpload) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temporary = self.path.with_suffix(".tmp")
-        record = {"key": json.loads(self.key.as_json()), "urls": saved.urls}
+        record = {"key": json.loads(self.key.as_json()), "urls": saved.urls, "final": saved.final}
         temporary.write_text(json.dumps(record))
         os.replace(temporary, self.path)
 

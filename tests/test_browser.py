@@ -576,6 +576,7 @@ def test_an_upload_survives_going_offline_and_a_reload(
         assert proxy.sent < size + 2 * MiB, proxy.sent
     assert page.locator("#unfinished").is_hidden()  # finished: no longer offered
     uid = listed_uid(server, source.name)
+    assert uid in saved_delete_tokens(page)  # from the completing response: Delete is offered
     meta = stored_file(server.base_url, f"/api/v1/files/{uid}")
     assert meta["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert [e for e in browser.errors if "ERR_INTERNET_DISCONNECTED" not in e] == []
@@ -604,9 +605,18 @@ def test_pause_and_resume_buttons(server: RunningServer, browser: Browser, tmp_p
         page.locator("#upload-status", has_text="Uploaded paused.bin").wait_for()
         assert proxy.sent < size + 2 * MiB, proxy.sent  # resumed, not started again
     uid = listed_uid(server, source.name)
+    assert uid in saved_delete_tokens(page)
     meta = stored_file(server.base_url, f"/api/v1/files/{uid}")
     assert meta["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert browser.errors == []
+
+
+def saved_delete_tokens(page: Page) -> list[str]:
+    tokens = page.evaluate(
+        "() => Object.keys(JSON.parse(localStorage.getItem('mediasvc.deleteTokens') || '{}'))"
+    )
+    assert isinstance(tokens, list)
+    return [str(uid) for uid in tokens]
 
 
 def uploads_path(page: Page) -> str:

@@ -29,6 +29,7 @@ import pytest
 from mediasvc.cli import DEFAULT_CHUNK_BYTES, _size
 from mediasvc.ids import hash_token
 from mediasvc.tus_client import DEFAULT_CHUNK_BYTES as CLIENT_CHUNK_BYTES
+from mediasvc.tus_client import Span, TusClient
 from mediasvc.upload_state import SavedUpload, UploadKey, UploadState, cache_dir
 from tests.conftest import RunningServer, truncate
 from tests.tcp_proxy import proxy_to
@@ -67,6 +68,8 @@ def run_upload(
 def uid_of(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stderr
     assert re.search(r"^sha256:\s+[0-9a-f]{64} \(verified\)$", result.stdout, re.M)
+    # The token came with the completing response (X-Delete-Token).
+    assert re.search(r"^delete_token:\s+[\w-]{20,}$", result.stdout, re.M), result.stdout
     found = re.search(r"^uid:\s+(\S+)$", result.stdout, re.M)
     assert found is not None, result.stdout
     return found.group(1)
@@ -166,6 +169,37 @@ def test_a_gone_upload_in_the_cache_starts_again(server: RunningServer, tmp_path
 
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
+def test_parts_joined_by_a_killed_run_are_not_sent_again(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A run killed after the final POST (the parts are gone then) and before it verified: the
+    saved final upload is the file; the rerun only checks it."""
+    source = tmp_path / "joined.bin"
+    expected = random_file(source, 4 * MiB)
+    metadata = {"filename": source.name}
+    with httpx.Client(timeout=30) as http:
+        tus = TusClient(http, server.base_url)
+        halves = [(0, 2 * MiB), (2 * MiB, 2 * MiB)]
+        parts = [tus.location(tus.create(length, {}, partial=True)) for _, length in halves]
+        for url, (start, length) in zip(parts, halves, strict=True):
+            tus.send(Span(url, source, start, length), MiB, None, lambda _offset: None)
+        final = tus.location(tus.concatenate(parts, metadata))
+    with proxy_to(port_of(server.base_url)) as proxy:
+        key = UploadKey.of(proxy.url, source, metadata, 2)  # the URL the rerun is given
+        saved = UploadState(key, tmp_path / "cache" / "mediasvc" / "uploads")
+        saved.save(SavedUpload(parts, final))
+        result = run_upload(source, proxy.url, tmp_path, "--parallel", "2")
+        assert re.search(r"^delete_token:\s+\(given to the run that finished it\)$",
+                         result.stdout, re.M), result.stdout  # fmt: skip
+        assert proxy.sent < 4096  # a HEAD and a GET of the metadata
+    uid = re.search(r"^uid:\s+(\S+)$", result.stdout, re.M)
+    assert uid is not None and final.endswith(uid.group(1))
+    assert stored_file(server.base_url, f"/api/v1/files/{uid.group(1)}")["sha256"] == expected
+    assert saved_states(tmp_path) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
 def test_an_empty_file(server: RunningServer, tmp_path: Path) -> None:
     """Complete as created: the creation's response names the file and carries its token."""
     source = tmp_path / "empty.txt"
@@ -173,7 +207,6 @@ def test_an_empty_file(server: RunningServer, tmp_path: Path) -> None:
     result = run_upload(source, server.base_url, tmp_path)
     meta = stored_file(server.base_url, f"/api/v1/files/{uid_of(result)}")
     assert meta["size"] == 0
-    assert re.search(r"^delete_token:\s+\S{20,}$", result.stdout, re.M), result.stdout
 
 
 OWNER_KEY = "tus-cli-owner-key"

@@ -171,7 +171,7 @@ const UPLOADS = "/api/v1/uploads";
 const CHUNK_BYTES = 64 * 1024 * 1024;
 // Waits between attempts after a network error or a 5xx (ms); then the upload gives up.
 const RETRY_DELAYS = [0, 1000, 2000, 5000, 10000, 20000, 30000, 60000, 60000, 60000];
-const DELETE_TOKEN_HEADER = "Upload-Delete-Token";
+const DELETE_TOKEN_HEADER = "X-Delete-Token";
 
 const queue = [];
 let current = null; // { upload, file, state: "sending" | "paused" | "offline" }
