@@ -12,7 +12,18 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import mediasvc
-from mediasvc.api import docs, files, health, metrics, previews, problems, tus, uploads
+from mediasvc.api import (
+    docs,
+    files,
+    health,
+    ietf,
+    ietf_uploads,
+    metrics,
+    previews,
+    problems,
+    tus,
+    uploads,
+)
 from mediasvc.api.caching import JsonCacheControlMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.api.tus import TusMiddleware
@@ -80,14 +91,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "PUT", *tus.METHODS],
-            allow_headers=list(tus.REQUEST_HEADERS),
-            expose_headers=list(tus.EXPOSED_HEADERS),
+            allow_headers=[*tus.REQUEST_HEADERS, *ietf.REQUEST_HEADERS],
+            expose_headers=[*tus.EXPOSED_HEADERS, *ietf.EXPOSED_HEADERS],
             max_age=86400,
         )
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(uploads.router)
+    app.include_router(ietf_uploads.router)  # before tus's: it takes the draft's requests only
     app.include_router(tus.router)
     app.include_router(files.router)
     app.include_router(previews.router)
