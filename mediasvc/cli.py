@@ -168,6 +168,9 @@ def _worker(args: argparse.Namespace) -> None:
 def _upload(args: argparse.Namespace) -> None:
     from mediasvc.client import ClientError, upload
 
+    if args.protocol == "ietf":
+        _upload_ietf(args)
+        return
     try:
         uploaded = upload(
             args.file,
@@ -182,6 +185,36 @@ def _upload(args: argparse.Namespace) -> None:
     print(f"download_url: {uploaded.download_url}")
     print(f"sha256:       {uploaded.sha256} (verified)")
     print(f"delete_token: {uploaded.delete_token}")
+
+
+def _upload_ietf(args: argparse.Namespace) -> None:
+    """The IETF resumable upload draft (interop 8): a break is resumed with HEAD + PATCH."""
+    from mediasvc import ietf_client
+    from mediasvc.progress import Progress
+
+    path: Path = args.file
+    if args.max_downloads is not None or args.expires_in is not None:
+        raise SystemExit("mediasvc: --max-downloads and --expires-in go with --protocol plain")
+    try:
+        expected = ietf_client.sha256_of(path)
+        with Progress(path.name, path.stat().st_size) as bar:
+
+            def progress(done: int) -> None:
+                bar.update(done - bar.done_bytes)
+
+            result = ietf_client.upload(
+                path, url=args.url, api_key=args.api_key, on_progress=progress
+            )
+    except (ietf_client.IetfUploadError, OSError) as exc:
+        raise SystemExit(f"mediasvc: upload failed: {exc}") from None
+    file = result.file
+    if file["sha256"] != expected:
+        raise SystemExit(f"mediasvc: the server stored sha256 {file['sha256']}, not {expected}")
+    print(f"uid:          {file['uid']}")
+    print(f"download_url: {file['download_url']}")
+    print(f"sha256:       {file['sha256']} (verified)")
+    print(f"delete_token: {file['delete_token']}")
+    print(f"resumed:      {result.resumes} time(s), upload {result.upload_url}")
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -338,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="SECONDS",
         help="delete the file this long after the upload (default: never)",
+    )
+    up.add_argument(
+        "--protocol",
+        choices=("plain", "ietf"),
+        default="plain",
+        help="plain: one streamed PUT; ietf: the IETF resumable upload draft (interop 8), "
+        "resumed by HEAD + PATCH after a break (default: %(default)s)",
     )
     up.set_defaults(handler=_upload)
 
