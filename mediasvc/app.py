@@ -25,6 +25,7 @@ from mediasvc.api import (
     uploads,
 )
 from mediasvc.api.caching import JsonCacheControlMiddleware
+from mediasvc.api.forwarding import UploadForwardingMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.api.tus import TusMiddleware
 from mediasvc.config import Settings
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     app.state.metrics = Metrics()
+    # Innermost: a request for an upload another node holds goes there as it came.
+    app.add_middleware(UploadForwardingMiddleware)
     app.add_middleware(HeaderLimitMiddleware, max_header_bytes=settings.max_header_bytes)
     # Outside the header limit, so its 431 says what a cache may do too (api/caching.py).
     app.add_middleware(

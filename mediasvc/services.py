@@ -17,6 +17,7 @@ from mediasvc.jobs.kinds import after_new_file
 from mediasvc.jobs.queue import ArqQueue, InProcessQueue, JobQueue
 from mediasvc.jobs.runner import enqueue_all
 from mediasvc.resumable.engine import ResumableConfig, UploadEngine
+from mediasvc.resumable.forwarding import Forwarder
 from mediasvc.storage.cloud import CloudStore
 from mediasvc.storage.local import LocalStore
 
@@ -34,6 +35,8 @@ class Services:
     access_log: AccessLog
     jobs: JobContext  # what the in-process jobs use, and the API when it purges a file
     send_config: SendConfig  # how every response body goes out (chunks, parts, send timeout)
+    # Requests for uploads another node holds go there (None: MEDIASVC_INTERNAL_URL unset).
+    forwarder: Forwarder | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -62,9 +65,18 @@ class Services:
             access_log=AccessLog(jobs.db),
             jobs=jobs,
             send_config=SendConfig.from_settings(settings),
+            forwarder=Forwarder(
+                settings.internal_url,
+                connect_timeout_s=settings.upload_forward_connect_timeout_s,
+                retry_after_s=settings.upload_owner_retry_after_s,
+            )
+            if settings.internal_url
+            else None,
         )
 
     async def close(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.close()
         await self.queue.close()
         await self.cloud.close()
         await self.db.dispose()
