@@ -73,13 +73,36 @@ class Exchange:
         self.sock.sendall(self.conn.send(h11.Request(method=method, target=target, headers=fields)))
 
     def send_body(self, chunks: Iterator[bytes]) -> None:
-        """Send the body; stop early if the final response came (the server refused it)."""
+        """Send the body; stop early if the final response came (the server refused it and
+        reads no more: a blocking send would wait on it, and lose the response to its reset)."""
         for chunk in chunks:
-            self.sock.sendall(self.conn.send(h11.Data(data=chunk)))
-            self.poll(0)
-            if self.reply is not None:
+            if not self._send(self.conn.send(h11.Data(data=chunk)) or b""):
                 return
-        self.sock.sendall(self.conn.send(h11.EndOfMessage()))
+        self._send(self.conn.send(h11.EndOfMessage()) or b"")
+
+    def _send(self, data: bytes) -> bool:
+        """Send ``data`` while taking what the server says; False once its response came."""
+        view, timeout = memoryview(data), self.sock.gettimeout()
+        deadline = time.monotonic() + (timeout or 3600.0)
+        while view and self.reply is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the server took nothing of the body in time")
+            readable, writable, _ = select.select([self.sock], [self.sock], [], left)
+            if readable:
+                received = self.sock.recv(65536)
+                if not received:
+                    raise ConnectionResetError("the server closed the connection mid-body")
+                self._feed(received)
+            elif writable:
+                self.sock.setblocking(False)
+                try:
+                    view = view[self.sock.send(view[:65536]) :]
+                except BlockingIOError:
+                    pass
+                finally:
+                    self.sock.settimeout(timeout)
+        return self.reply is None
 
     def poll(self, wait_s: float) -> None:
         """Take what the server sent within ``wait_s`` (0: what is there now)."""

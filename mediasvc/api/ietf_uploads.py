@@ -118,7 +118,7 @@ async def _offset(
     async def handle() -> Response:
         _refuse_upload_fields(interop, request, "offset retrieval")
         engine = services_of(request).uploads
-        state = await engine.state(uid, _owner(caller))
+        state = await engine.settled_state(uid, _owner(caller))
         headers = {
             "Upload-Offset": str(state.offset),
             "Upload-Complete": "?1" if state.complete else "?0",

@@ -230,6 +230,19 @@ class UploadEngine:
         """404 for an unknown upload or another owner's, 410 for an expired one."""
         return UploadState.of(await self._live(uid, owner))
 
+    async def settled_state(self, uid: str, owner: str | None) -> UploadState:
+        """The state once no request writes the upload: one still writing it (a client that
+        gave up on it) is ended first and its bytes counted, so the offset told is the one the
+        next append must use (the IETF draft's offset retrieval; tus's HEAD uses ``state``)."""
+        row = await self._live(uid, owner)
+        if row.completed_at is not None:
+            return UploadState.of(row)
+        try:
+            async with self._writers.hold(uid, self._store.upload_path_for(uid)):
+                return await self.state(uid, owner)
+        except NotFound:
+            return await self.state(uid, owner)  # completed meanwhile (its file moved away)
+
     # --- appending ---------------------------------------------------------------------------
 
     async def append(self, uid: str, owner: str | None, body: Body) -> Appended:
