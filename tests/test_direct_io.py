@@ -198,3 +198,40 @@ def test_upload_batches_must_be_whole_blocks() -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, io_chunk_size_bytes=5000)  # type: ignore[call-arg]
     assert Settings(_env_file=None, io_chunk_size_bytes=8192).io_chunk_size_bytes == 8192  # type: ignore[call-arg]
+
+
+# --- a resumable upload's file: synced mid-way, reopened at an offset ---------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3 * ALIGN + 5), st.integers(0, 100), st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_synced_and_reopened_at_any_offset_the_file_holds_every_byte_in_order(
+    tmp_path_factory: pytest.TempPathFactory, plan: list[tuple[int, int, bool]]
+) -> None:
+    """Each step appends, syncs (a checkpoint), appends some more that a "crash" loses, and
+    reopens at the checkpoint: the file is the checkpointed bytes, the lost ones cut off."""
+    path = tmp_path_factory.mktemp("resume") / "x.upload"
+    AppendOnlyFile(path, direct=True).close()
+    expected = b""
+    for step, (size, lost, aligned) in enumerate(plan):
+        file = AppendOnlyFile(path, direct=True, resume_at=len(expected))
+        try:
+            assert file.direct, "the test directory's filesystem refused O_DIRECT"
+            data = bytes([step % 251 + 1]) * size
+            file.write(aligned_piece(data) if aligned else data)
+            file.sync()
+            assert file.direct  # a checkpoint does not leave direct I/O
+            expected += data
+            file.write(b"\xee" * lost)  # after the checkpoint: a crash may keep any of it
+            file.flush()
+        finally:
+            file.close()
+    file = AppendOnlyFile(path, direct=True, resume_at=len(expected))
+    file.close()
+    assert path.read_bytes() == expected

@@ -49,6 +49,8 @@ CHECKS = [
 ]
 OPENAPI = create_app(Settings(_env_file=None)).openapi()  # type: ignore[call-arg]
 schema = schemathesis.openapi.from_dict(copy.deepcopy(OPENAPI))  # it edits what it is given
+# tus bodies (api/tus.py) are raw bytes under their own media type.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 class Outcomes:
@@ -123,8 +125,13 @@ def test_every_operation_conforms_to_the_schema(
 ) -> None:
     running, outcomes = server
     response = case.call_and_validate(base_url=running.base_url, checks=CHECKS, timeout=30)
-    if response.status_code == 201:
+    if response.status_code != 201:
+        return
+    if case.path != "/api/v1/uploads":
         outcomes.created.add(response.json()["uid"])
+    elif "content-location" in response.headers:
+        # A tus upload complete at once (no bytes, or all of them): a file, and no JSON.
+        outcomes.created.add(response.headers["content-location"].rsplit("/", 1)[1])
 
 
 # --- the raw-body endpoints are described as they are ------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from mediasvc.db.session import Database
 from mediasvc.ids import hash_token
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
+from mediasvc.resumable.hashing import ResumableSha256
 from tests.conftest import leftovers
 from tests.helpers import (
     OCTETS,
@@ -612,3 +614,104 @@ async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
     assert (await patch(client, path, 100_000, data[100_000:])).status_code == 204
     meta = await file_metadata(client, uid_of(path))
     assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_cleanup_sweeps_an_upload_file_no_row_claims(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    kept = await create(client, 10)
+    orphan = settings.media_root / ".incoming" / f"{'b' * 26}.upload"
+    orphan.write_bytes(b"left by a crash between the file and its row")
+    long_ago = datetime.now(UTC).timestamp() - settings.part_grace_s - 60
+    for path in (orphan, *upload_files(settings.media_root)):
+        os.utime(path, (long_ago, long_ago))
+    ctx = JobContext.build(settings)
+    try:
+        report = await cleanup(ctx)
+    finally:
+        await ctx.db.dispose()
+    assert report.swept_uploads == 1
+    assert not orphan.exists()
+    assert await offset_of(client, kept) == 0  # an old upload with its row stays
+
+
+# --- metrics and CORS -------------------------------------------------------------------------
+
+
+def sample(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name}")
+
+
+async def test_metrics_count_resumable_uploads(client: httpx.AsyncClient) -> None:
+    before = (await client.get("/metrics")).text
+    path = await create(client, len(DATA))
+    await send_in_pieces(client, path, DATA, 3)
+    after = (await client.get("/metrics")).text
+    received = "mediasvc_resumable_bytes_received_total"
+    assert sample(after, received) - sample(before, received) == len(DATA)
+    resumptions = "mediasvc_resumable_resumptions_total"
+    assert sample(after, resumptions) - sample(before, resumptions) == 2
+    assert sample(after, "mediasvc_resumable_uploads_in_progress") == 0
+    assert 'mediasvc_resumable_uploads{state="open"}' in after
+
+
+async def test_cors_for_a_browser_tus_client(make_settings: Callable[..., Settings]) -> None:
+    origin = "https://app.example"
+    async with client_for(make_settings(cors_origins=[origin])) as client:
+        preflight = await client.options(
+            UPLOADS,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "tus-resumable, upload-offset, content-type, "
+                "upload-checksum, upload-length, upload-metadata, upload-concat",
+            },
+        )
+        assert preflight.status_code == 200
+        assert "PATCH" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-origin"] == origin
+        response = await client.post(
+            UPLOADS, headers={**TUS, "Upload-Length": "3", "Origin": origin}
+        )
+        exposed = {
+            h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")
+        }
+        assert {
+            "upload-offset",
+            "location",
+            "upload-length",
+            "tus-version",
+            "tus-resumable",
+            "tus-max-size",
+            "tus-extension",
+            "upload-expires",
+            "upload-metadata",
+        } <= exposed
+        other = await client.post(
+            UPLOADS, headers={**TUS, "Upload-Length": "3", "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_an_upload_stranded_at_its_length_is_completed_by_head(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A process that died after the last checkpoint but before the commit left every byte and
+    a row at the upload's length: the next look makes it the file (a client that reads
+    Upload-Offset = Upload-Length sends nothing more)."""
+    path = await create(client, 10)
+    assert (await patch(client, path, 0, b"01234")).status_code == 204
+    (part,) = upload_files(settings.media_root)
+    with part.open("ab") as file:
+        file.write(b"56789")
+    hasher = ResumableSha256()
+    hasher.update(b"0123456789")
+    await age(settings, uid_of(path), offset=10, hash_state=hasher.state())
+    head = await client.head(path, headers=TUS)
+    assert head.headers["upload-offset"] == "10"
+    assert head.headers["content-location"] == f"/api/v1/files/{uid_of(path)}"
+    meta = await file_metadata(client, uid_of(path))
+    assert meta["sha256"] == hashlib.sha256(b"0123456789").hexdigest()

@@ -224,6 +224,9 @@ def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
     return {"description": description, "schema": {"type": "string", **schema}}
 
 
+_UID_PARAM = {"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 _TUS_RESUMABLE_PARAM = {
     "name": "Tus-Resumable",
     "in": "header",
@@ -267,6 +270,7 @@ _OFFSET_HEADERS = {
     status_code=204,
     summary="tus: what this server supports",
     responses={204: {"description": "Tus-Version, Tus-Extension, Tus-Max-Size, …"}},
+    openapi_extra={"parameters": [_UID_PARAM]},
 )
 async def tus_options(request: Request) -> Response:
     return Response(status_code=204, headers=_options_headers(_engine(request)))
@@ -349,7 +353,7 @@ async def tus_create(request: Request, caller: Caller) -> Response:
         },
         **problem_responses(401, 403, 404, 410, 412, 431, 503),
     },
-    openapi_extra={"parameters": [_TUS_RESUMABLE_PARAM]},
+    openapi_extra={"parameters": [_UID_PARAM, _TUS_RESUMABLE_PARAM]},
 )
 async def tus_head(request: Request, uid: str, caller: Caller) -> Response:
     state = await _engine(request).state(uid, _owner(caller))
@@ -377,6 +381,7 @@ async def tus_head(request: Request, uid: str, caller: Caller) -> Response:
     },
     openapi_extra={
         "parameters": [
+            _UID_PARAM,
             _TUS_RESUMABLE_PARAM,
             {**_param("Upload-Offset", "Where the bytes go", pattern="^[0-9]+$"), "required": True},
             _param("Upload-Length", "The deferred length, once known", pattern="^[0-9]+$"),
@@ -406,7 +411,7 @@ async def tus_patch(request: Request, uid: str, caller: Caller) -> Response:
         204: {"description": "Terminated"},
         **problem_responses(401, 403, 404, 410, 412, 423, 431, 503),
     },
-    openapi_extra={"parameters": [_TUS_RESUMABLE_PARAM]},
+    openapi_extra={"parameters": [_UID_PARAM, _TUS_RESUMABLE_PARAM]},
 )
 async def tus_delete(request: Request, uid: str, caller: Caller) -> Response:
     await _engine(request).terminate(uid, _owner(caller))

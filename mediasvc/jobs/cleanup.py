@@ -1,8 +1,10 @@
 """cleanup: expire, delete everywhere, evict safe local copies, sweep what crashes left.
 
-What crashes left: abandoned ``.part`` files, files in the media root that no row claims and
-rows whose local copy is gone (jobs/volume_audit.py), and temporary files of pushes killed
-mid-copy in the local bucket.
+Resumable uploads past their expiry go too (mediasvc/resumable/expiry.py).
+
+What crashes left: abandoned ``.part`` files and ``.upload`` files no upload's row claims, files
+in the media root that no row claims and rows whose local copy is gone (jobs/volume_audit.py),
+and temporary files of pushes killed mid-copy in the local bucket.
 
 "Delete everywhere" covers a file's preview image and the files derived from it (a faststart
 remux): they go with the original.
@@ -27,7 +29,7 @@ from mediasvc.db import repository
 from mediasvc.db.models import FileRecord
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.volume_audit import VolumeReport, audit_volume
-from mediasvc.resumable.expiry import expire_uploads
+from mediasvc.resumable.expiry import expire_uploads, sweep_orphan_uploads
 from mediasvc.storage.cloud import CloudError, key_for, preview_key_for
 from mediasvc.storage.local import PART_SUFFIX
 
@@ -43,6 +45,7 @@ class CleanupReport:
     purged: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
     swept_parts: int = 0
+    swept_uploads: int = 0  # .upload files no resumable upload's row claims
     volume: VolumeReport = field(default_factory=VolumeReport)
     swept_bucket_temps: int = 0
 
@@ -55,6 +58,9 @@ async def cleanup(ctx: JobContext, *, now: datetime | None = None) -> CleanupRep
     report.purged = await _purge_gone(ctx)
     report.evicted = await _evict(ctx, now)
     report.swept_parts = await anyio.to_thread.run_sync(_sweep_parts, ctx, time.time())
+    report.swept_uploads = await sweep_orphan_uploads(
+        ctx.db, ctx.store, now_s=time.time(), grace_s=ctx.config.part_grace_s
+    )
     report.volume = await audit_volume(ctx, now_s=time.time())
     try:
         report.swept_bucket_temps = await ctx.cloud.sweep_abandoned(

@@ -227,8 +227,17 @@ class UploadEngine:
     # --- reading -----------------------------------------------------------------------------
 
     async def state(self, uid: str, owner: str | None) -> UploadState:
-        """404 for an unknown upload or another owner's, 410 for an expired one."""
-        return UploadState.of(await self._live(uid, owner))
+        """404 for an unknown upload or another owner's, 410 for an expired one.
+
+        An upload whose bytes are all in but that is not complete (its process died between the
+        last checkpoint and the commit) is completed here, so what a client reads is true."""
+        row = await self._live(uid, owner)
+        stranded = row.completed_at is None and row.offset == row.length
+        if stranded and row.concat != UploadConcat.FINAL.value:
+            return (
+                await self.append(uid, owner, Body(chunks=_nothing(), offset=row.offset))
+            ).upload
+        return UploadState.of(row)
 
     async def settled_state(self, uid: str, owner: str | None) -> UploadState:
         """The state once no request writes the upload: one still writing it (a client that
@@ -339,17 +348,19 @@ class UploadEngine:
         finally:
             with anyio.CancelScope(shield=True):
                 await saver.close()
-        if cut is not None:
-            raise cut
         row.offset = end.offset
         if body.last and row.length is None:
             async with self._db.session() as session:
                 await repository.set_length(session, row.uid, end.offset)
             row.length = end.offset
         if row.length is not None and end.offset == row.length:
+            # Complete even after a cut: a client that sees Upload-Offset = Upload-Length is done
+            # and never sends the empty request that would finish it.
             if row.concat == UploadConcat.PARTIAL.value:
                 return Appended(await self._finish_partial(row, end))
             return await self._complete(row, part, end, sink.sha256())
+        if cut is not None:
+            raise cut
         return Appended(UploadState.of(row))
 
     async def _pump(

@@ -1,17 +1,19 @@
-"""Uploads past their expiry go (the cleanup job calls this): an unfinished one's bytes and row,
-a finished one's row (its file lives on under its own rules)."""
+"""What the cleanup job does for resumable uploads: those past their expiry go (an unfinished
+one's bytes and row, a finished one's row: its file lives on under its own rules), and so do
+``.upload`` files that no row claims (a process killed between creating the file and its row)."""
 
 from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 
 import anyio
 
 from mediasvc.db.session import Database
 from mediasvc.resumable import repository
 from mediasvc.resumable.writers import try_lock
-from mediasvc.storage.local import LocalStore
+from mediasvc.storage.local import UPLOAD_SUFFIX, LocalStore
 
 
 async def expire_uploads(db: Database, store: LocalStore, now: datetime, *, batch: int) -> int:
@@ -39,3 +41,36 @@ async def remove_upload(db: Database, store: LocalStore, uid: str) -> None:
     await anyio.to_thread.run_sync(store.remove_upload, uid)
     async with db.session() as session:
         await repository.remove(session, uid)
+
+
+async def sweep_orphan_uploads(
+    db: Database, store: LocalStore, *, now_s: float, grace_s: float
+) -> int:
+    """Delete ``.upload`` files untouched for ``grace_s`` whose upload has no row; the count."""
+    old = await anyio.to_thread.run_sync(_old_upload_files, store.incoming, now_s - grace_s)
+    if not old:
+        return 0
+    async with db.session() as session:
+        claimed = await repository.get_many(session, list(old))
+    swept = 0
+    for uid in old:
+        if uid not in claimed and await anyio.to_thread.run_sync(store.remove_upload, uid):
+            swept += 1
+    return swept
+
+
+def _old_upload_files(incoming: Path, before_s: float) -> dict[str, Path]:
+    try:
+        entries = list(os.scandir(incoming))
+    except FileNotFoundError:
+        return {}
+    old = {}
+    for entry in entries:
+        if not entry.name.endswith(UPLOAD_SUFFIX):
+            continue
+        try:
+            if entry.stat().st_mtime < before_s:
+                old[entry.name.removesuffix(UPLOAD_SUFFIX)] = Path(entry.path)
+        except FileNotFoundError:
+            continue
+    return old

@@ -85,8 +85,8 @@ class PartFile:
             raise translate_os_error(exc) from exc
 
     def reserve(self, size_bytes: int) -> None:
-        """Allocate ``size_bytes`` up front beside the headroom, or refuse (507). Where the
-        filesystem cannot allocate ahead, only the free space is checked.
+        """Allocate the file's first ``size_bytes`` up front beside the headroom, or refuse
+        (507). Where the filesystem cannot allocate ahead, only the free space is checked.
 
         Allocated blocks leave the free space at once, so the next upload's check sees them, in
         other processes too (only check-and-allocate is not atomic across them)."""
@@ -94,7 +94,7 @@ class PartFile:
         if not size_bytes:
             return
         with self._store.reserving:  # check-then-allocate is one step for this process
-            self._store.ensure_room_for(size_bytes)
+            self._store.ensure_room_for(size_bytes - self.size)  # a reopened file has its bytes
             try:
                 allocated = preallocate(self._file.fd, size_bytes)
             except OSError as exc:
