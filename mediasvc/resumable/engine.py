@@ -246,11 +246,11 @@ class UploadEngine:
         row = await self._live(uid, owner)
         if row.completed_at is not None:
             return UploadState.of(row)
-        try:
+        # Holding it ends the writer, whose last checkpoint lands before the lock is ours.
+        with contextlib.suppress(NotFound):  # completed meanwhile: its file moved away
             async with self._writers.hold(uid, self._store.upload_path_for(uid)):
-                return await self.state(uid, owner)
-        except NotFound:
-            return await self.state(uid, owner)  # completed meanwhile (its file moved away)
+                pass
+        return await self.state(uid, owner)
 
     # --- appending ---------------------------------------------------------------------------
 
