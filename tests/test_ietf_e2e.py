@@ -5,12 +5,16 @@ nodes sharing PostgreSQL. What a cut does, that a resumed upload is the file tha
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -376,3 +380,124 @@ def test_any_node_serves_any_upload(
     assert got.content == data
     assert upload_files(a.media_root) == [] and upload_files(b.media_root) == []
     assert not any(p.is_file() for p in b.media_root.rglob("*") if p.name != VOLUME_ID_FILE)
+
+
+# --- tus-js-client in its IETF modes, through a proxy that cuts -------------------------------
+
+NODE_DIR = Path(__file__).parent / "ietf-node"
+
+
+class CuttingProxy:
+    """A loopback TCP proxy in a thread of its own: counts what clients send through it and,
+    once, when ``cut_at`` bytes have crossed, resets every client connection (a network that
+    broke) and ends the server's side after what was forwarded (FIN, as a real break lets the
+    server's kernel deliver what it had)."""
+
+    def __init__(self, target_port: int, cut_at: int) -> None:
+        self.target_port = target_port
+        self.cut_at: int | None = cut_at
+        self.sent = 0
+        self.cuts = 0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        assert self._ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        def stop() -> None:
+            for pair in list(self._pairs):
+                for end in pair:
+                    end.transport.abort()
+            self._loop.call_later(0.1, self._loop.stop)
+
+        self._loop.call_soon_threadsafe(stop)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                self.sent += len(data)
+                up_writer.write(data)
+                await up_writer.drain()
+                if self.cut_at is not None and self.sent >= self.cut_at:
+                    self.cut_at = None
+                    self._cut()
+                    return
+            up_writer.write_eof()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        try:
+            with contextlib.suppress(OSError, ConnectionError):
+                await asyncio.gather(upstream(), downstream())
+        finally:
+            self._pairs.discard(pair)
+            for end in pair:
+                end.close()
+                with contextlib.suppress(OSError, ConnectionError):
+                    await end.wait_closed()
+
+    def _cut(self) -> None:
+        self.cuts += 1
+        for client, server in list(self._pairs):
+            client.transport.abort()  # the client sees a reset
+            with contextlib.suppress(OSError):
+                server.write_eof()  # the server sees the end, after every byte forwarded
+
+
+@pytest.mark.parametrize("protocol", ["ietf-draft-05"])
+def test_tus_js_client_ietf_mode_resumes_through_a_cut(
+    launch: Callable[..., Node], source: tuple[Path, bytes], protocol: str
+) -> None:
+    if not (NODE_DIR / "node_modules" / "tus-js-client").is_dir():
+        pytest.fail("tus-js-client is not installed: run make test (npm ci in tests/ietf-node)")
+    server = launch()
+    path, data = source
+    chunk = 2 * MiB
+    proxy = CuttingProxy(server.port, cut_at=3 * MiB)
+    try:
+        args = {
+            "endpoint": f"{proxy.url}{UPLOADS}",
+            "path": str(path),
+            "protocol": protocol,
+            "chunkSize": chunk,
+        }
+        out = subprocess.run(
+            ["node", "upload.mjs", json.dumps(args)],
+            cwd=NODE_DIR,
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        proxy.close()
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    assert result["ok"], (result, out.stderr.decode())
+    assert proxy.cuts == 1 and result["retries"] >= 1
+    # Resumed, not started over: what crossed the proxy is the file and at most one chunk more
+    # (the chunk the cut broke), plus the requests' heads.
+    assert proxy.sent < len(data) + chunk + 64 * 1024
+    uid = result["url"].rsplit("/", 1)[1]
+    assert result["contentLocation"] == f"/api/v1/files/{uid}"
+    got = httpx.get(f"{server.url}/api/v1/files/{uid}", timeout=30)
+    assert hashlib.sha256(got.content).hexdigest() == openssl_sha256(path)
