@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(ietf_uploads.router)  # before tus's: it takes the draft's requests only
     app.include_router(tus.router)
+    ietf_uploads.describe(app)
     app.include_router(files.router)
     app.include_router(previews.router)
     docs.install(app)

@@ -412,3 +412,22 @@ async def test_ietf_created_tus_finished(client: httpx.AsyncClient) -> None:
     location = last.headers["content-location"]
     assert await sha_of_file(client, location) == SHA
     assert (await client.head(path, headers=v(8))).headers["upload-complete"] == "?1"
+
+
+def test_an_internal_url_may_name_this_machine() -> None:
+    """docker-compose.yml gives every API container the same MEDIASVC_INTERNAL_URL."""
+    import socket
+
+    settings = Settings(_env_file=None, internal_url="http://{hostname}:8000/")  # type: ignore[call-arg]
+    assert settings.internal_url == f"http://{socket.gethostname()}:8000"
+    ip = Settings(_env_file=None, internal_url="http://{ip}:8000").internal_url  # type: ignore[call-arg]
+    assert ip == f"http://{socket.gethostbyname(socket.gethostname())}:8000"
+
+
+async def test_the_openapi_schema_says_the_draft_is_spoken(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    for method in ("head", "patch", "delete"):
+        assert (
+            "Upload-Draft-Interop-Version"
+            in schema["paths"]["/api/v1/uploads/{uid}"][method]["description"]
+        )
