@@ -220,7 +220,8 @@ def _options_headers(engine: UploadEngine) -> dict[str, str]:
     return headers
 
 
-def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
+def _header(description: str, **schema: Any) -> dict[str, Any]:
+    """A response header of the OpenAPI schema."""
     return {"description": description, "schema": {"type": "string", **schema}}
 
 
@@ -250,12 +251,10 @@ _BODY = {
     "content": {OFFSET_OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
 }
 _OFFSET_HEADERS = {
-    "Upload-Offset": _header("Upload-Offset", "Bytes received durably"),
-    "Upload-Expires": _header("Upload-Expires", "When the unfinished upload expires"),
-    "Content-Location": _header("Content-Location", "The file, once the upload is complete"),
-    "X-Delete-Token": _header(
-        "X-Delete-Token", "The file's delete token, in the response that completed it"
-    ),
+    "Upload-Offset": _header("Bytes received durably"),
+    "Upload-Expires": _header("When the unfinished upload expires"),
+    "Content-Location": _header("The file, once the upload is complete"),
+    "X-Delete-Token": _header("The file's delete token, in the response that completed it"),
 }
 
 
@@ -284,7 +283,7 @@ async def tus_options(request: Request) -> Response:
     responses={
         201: {
             "description": "Created",
-            "headers": {"Location": _header("Location", "The upload's URL"), **_OFFSET_HEADERS},
+            "headers": {"Location": _header("The upload's URL"), **_OFFSET_HEADERS},
         },
         **problem_responses(
             400, 401, 403, 408, 409, 412, 413, 415, 422, 423, 429, 431, 460, 503, 507
@@ -348,7 +347,7 @@ async def tus_create(request: Request, caller: Caller) -> Response:
             "description": "Upload-Offset, Upload-Length or Upload-Defer-Length, …",
             "headers": {
                 **_OFFSET_HEADERS,
-                "Upload-Metadata": _header("Upload-Metadata", "As created"),
+                "Upload-Metadata": _header("As created"),
             },
         },
         **problem_responses(401, 403, 404, 410, 412, 431, 503),

@@ -22,8 +22,7 @@ The uid of an upload is the uid of its file: ``/api/v1/files/{uid}`` once comple
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from mediasvc.ingest.feeder import BatchingFeeder
 from mediasvc.ingest.pipeline import Ingestor, StoredUpload, UploadOptions
 from mediasvc.ingest.sink import SNIFF_HEAD_BYTES
 from mediasvc.resumable import repository
+from mediasvc.resumable.checkpoints import RowSaver
 from mediasvc.resumable.concat import assemble
 from mediasvc.resumable.expiry import remove_upload
 from mediasvc.resumable.hashing import ResumableSha256, fresh_state
@@ -314,7 +314,12 @@ class UploadEngine:
         if start > 0:
             self.observer.resumed()
         part = await anyio.to_thread.run_sync(self._store.open_upload, row.uid, start)
-        saver = _RowSaver(self, row, lease)
+        saver = RowSaver(
+            self._db,
+            row,
+            expires_after_s=self.config.expires_after_s,
+            on_generation=functools.partial(self._writers.still_holds, lease),
+        )
         limit = row.length if row.length is not None else self.max_size_bytes
         sink = ResumableSink(
             part,
@@ -547,73 +552,6 @@ class UploadEngine:
             raise BadRequest(f"the length {told} is below the {row.offset} bytes received")
         self._check_length(told)
         return told
-
-
-class _RowSaver:
-    """Checkpoints from the upload's worker thread into the row, in order, on the event loop.
-
-    Only the latest one waiting matters (each one includes the earlier bytes). Each save reads
-    back the row's generation: a newer request took the upload over if it moved.
-    """
-
-    def __init__(self, engine: UploadEngine, row: UploadRecord, lease: Lease) -> None:
-        self._engine = engine
-        self._row = row
-        self._lease = lease
-        self.saved_offset = row.offset
-        self._loop = asyncio.get_running_loop()
-        self._waiting: Checkpoint | None = None
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"mediasvc-checkpoint-{row.uid}")
-
-    def submit_threadsafe(self, point: Checkpoint) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            self._loop.call_soon_threadsafe(self._submit, point)
-
-    def _submit(self, point: Checkpoint) -> None:
-        self._waiting = point
-        self._wake.set()
-
-    async def save(self, point: Checkpoint) -> None:
-        """Record ``point`` now (the request's last checkpoint; it also moves the expiry)."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._write(point)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        self._wake.clear()
-        point, self._waiting = self._waiting, None
-        if point is not None:
-            await self._write(point)
-
-    async def _write(self, point: Checkpoint) -> None:
-        now = datetime.now(UTC)
-        engine = self._engine
-        async with engine._db.session() as session:
-            generation = await repository.checkpoint(
-                session,
-                self._row.uid,
-                offset=point.offset,
-                hash_state=point.hash_state,
-                hash_start=self._row.hash_start,
-                now=now,
-                expires_at=now + timedelta(seconds=engine.config.expires_after_s),
-            )
-        self.saved_offset = self._row.offset = point.offset
-        self._row.hash_state = point.hash_state
-        self._row.expires_at = now + timedelta(seconds=engine.config.expires_after_s)
-        engine._writers.still_holds(self._lease, generation)
 
 
 def _concat_of(new: NewUpload) -> str | None:
