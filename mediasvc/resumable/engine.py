@@ -22,6 +22,7 @@ The uid of an upload is the uid of its file: ``/api/v1/files/{uid}`` once comple
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
