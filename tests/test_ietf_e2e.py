@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -26,7 +27,7 @@ from mediasvc import ietf_client
 from mediasvc.ietf_client import Reply
 from mediasvc.storage.local import VOLUME_ID_FILE
 from tests.conftest import free_port, stop_process
-from tests.helpers import curl, random_bytes
+from tests.helpers import curl, poll_until, random_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -159,8 +160,21 @@ def launch(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., Node]]:
 # --- our client: the 104, a cut, HEAD, resume -------------------------------------------------
 
 
+def row_offset(pg_url: str, upload_url: str) -> int:
+    async def read() -> int:
+        connection = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+        try:
+            uid = upload_url.rsplit("/", 1)[1]
+            offset = await connection.fetchval('SELECT "offset" FROM uploads WHERE uid = $1', uid)
+            return int(offset)
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
 def test_creation_cut_after_the_104_is_resumed(
-    launch: Callable[..., Node], source: tuple[Path, bytes]
+    launch: Callable[..., Node], source: tuple[Path, bytes], pg_url: str
 ) -> None:
     server = launch()
     path, data = source
@@ -185,6 +199,9 @@ def test_creation_cut_after_the_104_is_resumed(
     assert "max-age=" in fields["upload-limit"]
     url = fields["location"]
     assert url.startswith(f"{server.url}{UPLOADS}/")
+    # The server keeps what arrived before the cut (its row says so once it saw the cut; a HEAD
+    # sooner would end the request there, as the draft recommends, with what it had read).
+    poll_until(lambda: row_offset(pg_url, url) > 0, "the cut request's bytes in the row")
     # HEAD: what reached the disk, never more than was sent; the length told by Content-Length.
     reply = head(url)
     offset = int(reply.headers["upload-offset"])
@@ -228,6 +245,14 @@ def test_the_client_resumes_by_itself(
     result = ietf_client.upload(path, url=server.url, stop_after=3 * MiB)
     assert result.interim_seen == 1 and result.resumes == 1
     assert result.file["sha256"] == openssl_sha256(path)
+    # The command line on the same client.
+    out = subprocess.run(
+        [sys.executable, "-m", "mediasvc", "upload", "--protocol", "ietf", "--url", server.url,
+         str(path)],
+        capture_output=True, timeout=120, check=True,
+    ).stdout.decode()  # fmt: skip
+    assert f"sha256:       {openssl_sha256(path)} (verified)" in out
+    assert "resumed:      0 time(s)" in out
 
 
 def test_limits_cancellation_and_interop_6(
@@ -291,7 +316,7 @@ def test_no_104_for_a_version_we_do_not_speak(
 
 
 def test_curl_shows_the_104_and_a_cut_upload_is_resumed_by_hand(
-    launch: Callable[..., Node], source: tuple[Path, bytes], tmp_path: Path
+    launch: Callable[..., Node], source: tuple[Path, bytes], tmp_path: Path, pg_url: str
 ) -> None:
     server = launch()
     path, data = source
@@ -318,6 +343,7 @@ def test_curl_shows_the_104_and_a_cut_upload_is_resumed_by_hand(
     location = next(
         line.split(": ", 1)[1].strip() for line in text.splitlines() if line.startswith("location:")
     )
+    poll_until(lambda: row_offset(pg_url, location) > 0, "the cut request's bytes in the row")
     head_out = curl("-sS", "-I", *interop, location).stdout.decode()
     offset = int(
         next(line for line in head_out.splitlines() if line.startswith("upload-offset:")).split()[1]
