@@ -17,6 +17,8 @@ from mediasvc.api import (
     events,
     files,
     health,
+    ietf,
+    ietf_uploads,
     imports,
     metrics,
     previews,
@@ -26,6 +28,7 @@ from mediasvc.api import (
     uploads,
 )
 from mediasvc.api.caching import JsonCacheControlMiddleware
+from mediasvc.api.forwarding import UploadForwardingMiddleware
 from mediasvc.api.limits import HeaderLimitMiddleware
 from mediasvc.api.tus import TusMiddleware
 from mediasvc.config import Settings
@@ -80,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     app.state.metrics = Metrics()
+    # Innermost: a request for an upload another node holds goes there as it came.
+    app.add_middleware(UploadForwardingMiddleware)
     app.add_middleware(HeaderLimitMiddleware, max_header_bytes=settings.max_header_bytes)
     # Outside the header limit, so its 431 says what a cache may do too (api/caching.py).
     app.add_middleware(
@@ -92,15 +97,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "PUT", *tus.METHODS],
-            allow_headers=list(tus.REQUEST_HEADERS),
-            expose_headers=list(tus.EXPOSED_HEADERS),
+            allow_headers=[*tus.REQUEST_HEADERS, *ietf.REQUEST_HEADERS],
+            expose_headers=[*tus.EXPOSED_HEADERS, *ietf.EXPOSED_HEADERS],
             max_age=86400,
         )
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(uploads.router)
+    app.include_router(ietf_uploads.router)  # before tus's: it takes the draft's requests only
     app.include_router(tus.router)
+    ietf_uploads.describe(app)
     app.include_router(imports.router)  # before files: /files/import is not a uid
     app.include_router(files.router)
     app.include_router(previews.router)

@@ -168,6 +168,9 @@ def _worker(args: argparse.Namespace) -> None:
 def _upload(args: argparse.Namespace) -> None:
     from mediasvc.client import ClientError, upload
 
+    if args.protocol == "ietf":
+        _upload_ietf(args)
+        return
     try:
         uploaded = upload(
             args.file,
@@ -184,6 +187,36 @@ def _upload(args: argparse.Namespace) -> None:
     print(f"download_url: {uploaded.download_url}")
     print(f"sha256:       {uploaded.sha256} (verified)")
     print(f"delete_token: {uploaded.delete_token or '(given to the run that finished it)'}")
+
+
+def _upload_ietf(args: argparse.Namespace) -> None:
+    """The IETF resumable upload draft (interop 8): a break is resumed with HEAD + PATCH."""
+    from mediasvc import ietf_client
+    from mediasvc.progress import Progress
+
+    path: Path = args.file
+    if args.max_downloads is not None or args.expires_in is not None:
+        raise SystemExit("mediasvc: --max-downloads and --expires-in go with --protocol tus")
+    try:
+        expected = ietf_client.sha256_of(path)
+        with Progress(path.name, path.stat().st_size) as bar:
+
+            def progress(done: int) -> None:
+                bar.update(done - bar.done_bytes)
+
+            result = ietf_client.upload(
+                path, url=args.url, api_key=args.api_key, on_progress=progress
+            )
+    except (ietf_client.IetfUploadError, OSError) as exc:
+        raise SystemExit(f"mediasvc: upload failed: {exc}") from None
+    file = result.file
+    if file["sha256"] != expected:
+        raise SystemExit(f"mediasvc: the server stored sha256 {file['sha256']}, not {expected}")
+    print(f"uid:          {file['uid']}")
+    print(f"download_url: {file['download_url']}")
+    print(f"sha256:       {file['sha256']} (verified)")
+    print(f"delete_token: {file['delete_token']}")
+    print(f"resumed:      {result.resumes} time(s), upload {result.upload_url}")
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -378,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CHUNK_BYTES,
         metavar="BYTES",
         help="at most this much per request, e.g. 8M or 1G: a cut costs at most one (default: 64M)",
+    )
+    up.add_argument(
+        "--protocol",
+        choices=("tus", "ietf"),
+        default="tus",
+        help="tus: tus 1.0.0 (resumable, --parallel, --chunk-size); ietf: the IETF resumable "
+        "upload draft (interop 8), resumed by HEAD + PATCH after a break (default: %(default)s)",
     )
     up.set_defaults(handler=_upload)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import socket
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -307,6 +308,25 @@ class Settings(BaseSettings):
         description="How often a resumable upload's writer looks whether a request in another "
         "worker process took the upload over.",
     )
+    internal_url: str | None = Field(
+        default=None,
+        description="This API node's own URL as the other nodes reach it (e.g. "
+        "http://10.0.0.5:8000; {hostname} and {ip} are replaced by this machine's name and "
+        "address), recorded in each resumable upload it creates: a request for that upload "
+        "reaching another node is forwarded here, where its bytes are. Unset: one node "
+        "(nothing is forwarded).",
+    )
+    upload_forward_connect_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="How long a node tries to reach the node that holds an upload before "
+        "answering 503 (with Retry-After).",
+    )
+    upload_owner_retry_after_s: int = Field(
+        default=5,
+        ge=1,
+        description="Retry-After of the 503 when the node that holds an upload is unreachable.",
+    )
 
     # --- jobs -----------------------------------------------------------------------------
     redis_url: str | None = Field(
@@ -481,10 +501,25 @@ class Settings(BaseSettings):
         check = _UnknownNames(settings_cls, env=env_settings, dotenv=dotenv_settings)
         return check, init_settings, env_settings, dotenv_settings, file_secret_settings
 
-    @field_validator("public_base_url")
+    @field_validator("public_base_url", "internal_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @field_validator("internal_url")
+    @classmethod
+    def _fill_in_this_machine(cls, value: str | None) -> str | None:
+        """``{hostname}``/``{ip}``: one setting for every container of a service (compose)."""
+        if not value or "{" not in value:
+            return value
+        hostname = socket.gethostname()
+        try:
+            ip = socket.gethostbyname(hostname)
+        except OSError as exc:
+            raise ValueError(
+                f"internal_url: this machine's name {hostname!r} has no address"
+            ) from exc
+        return value.replace("{hostname}", hostname).replace("{ip}", ip)
 
     @model_validator(mode="after")
     def _database_url_has_a_driver_we_ship(self) -> Settings:

@@ -6,7 +6,11 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     MediaServiceError
     ├── BadRequest (400)
     │   ├── MalformedMultipart
-    │   └── MalformedRange
+    │   ├── MalformedRange
+    │   ├── InconsistentUploadLength (IETF problem type)
+    │   ├── CompletedUpload (IETF problem type)
+    │   ├── ContentDigestMismatch
+    │   └── UnsupportedInteropVersion
     ├── Unauthorized (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -29,6 +33,7 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     │   └── ChecksumMismatch
     ├── ServiceUnavailable (503)
     │   ├── DatabaseUnavailable
+    │   ├── UploadOwnerUnavailable (with Retry-After)
     │   ├── TooManyUploads (with Retry-After)
     │   └── DownloadsInProgress (with Retry-After)
     └── InsufficientStorage (507)
@@ -36,7 +41,10 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
+
+# Problem types registered by the IETF resumable upload draft (IANA "HTTP Problem Types").
+IANA_PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
 
 
 class MediaServiceError(Exception):
@@ -48,6 +56,8 @@ class MediaServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        # Members of the problem body beyond type/title/status/detail (RFC 9457 extensions).
+        self.extensions: dict[str, Any] = {}
 
     @property
     def type_uri(self) -> str:
@@ -66,6 +76,40 @@ class MalformedMultipart(BadRequest):
 
 class MalformedRange(BadRequest):
     slug = "malformed-range"
+
+
+class InconsistentUploadLength(BadRequest):
+    """A resumable upload's length told two ways that disagree, or a change of a length once
+    told (IETF draft: problem type ``inconsistent-upload-length``)."""
+
+    slug = "inconsistent-upload-length"
+
+    @property
+    def type_uri(self) -> str:
+        return IANA_PROBLEM_TYPES + self.slug
+
+
+class CompletedUpload(BadRequest):
+    """Bytes for a resumable upload that is complete (IETF draft -05: ``completed-upload``)."""
+
+    slug = "completed-upload"
+
+    @property
+    def type_uri(self) -> str:
+        return IANA_PROBLEM_TYPES + self.slug
+
+
+class ContentDigestMismatch(BadRequest):
+    """A request's body does not have the ``Content-Digest`` it declared (RFC 9530); none of it
+    was kept."""
+
+    slug = "content-digest-mismatch"
+
+
+class UnsupportedInteropVersion(BadRequest):
+    """An ``Upload-Draft-Interop-Version`` of the IETF resumable upload draft we do not speak."""
+
+    slug = "unsupported-interop-version"
 
 
 class Unauthorized(MediaServiceError):
@@ -102,9 +146,22 @@ class Conflict(MediaServiceError):
 
 
 class OffsetMismatch(Conflict):
-    """A resumable upload's request starts somewhere else than where the upload is."""
+    """A resumable upload's request starts somewhere else than where the upload is: the IETF
+    draft's ``mismatching-upload-offset`` problem (tus defines no body; the same one serves)."""
 
-    slug = "offset-mismatch"
+    slug = "mismatching-upload-offset"
+
+    def __init__(self, *, expected: int, provided: int, complete: bool = False) -> None:
+        where = "complete" if complete else "at"
+        super().__init__(
+            f"the upload is {where} offset {expected}, not {provided}",
+            headers={"Upload-Offset": str(expected)},
+        )
+        self.extensions = {"expected-offset": expected, "provided-offset": provided}
+
+    @property
+    def type_uri(self) -> str:
+        return IANA_PROBLEM_TYPES + self.slug
 
 
 class UploadTakenOver(Conflict):
@@ -229,6 +286,16 @@ class ServiceUnavailable(MediaServiceError):
 
 class DatabaseUnavailable(ServiceUnavailable):
     slug = "database-unavailable"
+
+
+class UploadOwnerUnavailable(ServiceUnavailable):
+    """The node that holds an unfinished upload's bytes does not answer: only it may write
+    them, so the request waits for it rather than get an offset that may be wrong."""
+
+    slug = "upload-owner-unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
 class TooManyUploads(ServiceUnavailable):

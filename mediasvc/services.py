@@ -19,6 +19,7 @@ from mediasvc.jobs.kinds import after_new_file
 from mediasvc.jobs.queue import ArqQueue, InProcessQueue, JobQueue
 from mediasvc.jobs.runner import enqueue_all
 from mediasvc.resumable.engine import ResumableConfig, UploadEngine
+from mediasvc.resumable.forwarding import Forwarder
 from mediasvc.storage.cloud import CloudStore
 from mediasvc.storage.local import LocalStore
 
@@ -42,6 +43,8 @@ class Services:
     thumbnail_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(THUMBNAIL_RENDERS)
     )
+    # Requests for uploads another node holds go there (None: MEDIASVC_INTERNAL_URL unset).
+    forwarder: Forwarder | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -72,9 +75,18 @@ class Services:
             access_log=AccessLog(jobs.db),
             jobs=jobs,
             send_config=SendConfig.from_settings(settings),
+            forwarder=Forwarder(
+                settings.internal_url,
+                connect_timeout_s=settings.upload_forward_connect_timeout_s,
+                retry_after_s=settings.upload_owner_retry_after_s,
+            )
+            if settings.internal_url
+            else None,
         )
 
     async def close(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.close()
         await self.queue.close()
         await self.cloud.close()
         await self.db.dispose()

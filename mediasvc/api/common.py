@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.responses import Response
 
+from mediasvc.api.schemas import FileMetadata, UploadedFile
 from mediasvc.auth import Principal
+from mediasvc.ingest.pipeline import StoredUpload
 from mediasvc.services import Services
 
 
@@ -29,3 +32,17 @@ def identify_caller(request: Request) -> Principal | None:
 
 
 Caller = Annotated[Principal | None, Depends(identify_caller)]
+
+
+def file_created(request: Request, stored: StoredUpload) -> Response:
+    """201 for a new file: its metadata and delete token (every upload protocol ends here)."""
+    body = UploadedFile(
+        **FileMetadata.from_record(stored.record, base_url=base_url_of(request)).model_dump(),
+        delete_token=stored.delete_token,
+    )
+    return Response(
+        body.model_dump_json(),
+        status_code=201,
+        media_type="application/json",
+        headers={"Location": f"/api/v1/files/{stored.record.uid}"},
+    )

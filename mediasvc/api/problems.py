@@ -43,6 +43,7 @@ def problem_for(exc: MediaServiceError) -> Response:
         detail=exc.detail,
         type_uri=exc.type_uri,
         headers=exc.headers,
+        **exc.extensions,
     )
 
 

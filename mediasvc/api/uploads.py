@@ -15,14 +15,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from mediasvc.api.common import Caller, base_url_of, services_of
+from mediasvc.api import ietf
+from mediasvc.api.common import Caller, file_created, services_of
 from mediasvc.api.openapi import problem_responses
-from mediasvc.api.schemas import FileMetadata, UploadedFile
+from mediasvc.api.schemas import UploadedFile
 from mediasvc.errors import UnsupportedMediaType
 from mediasvc.events.metadata import parse_metadata
 from mediasvc.ingest import checksum
 from mediasvc.ingest.names import name_from_request
-from mediasvc.ingest.pipeline import StoredUpload, UploadFacts, UploadOptions
+from mediasvc.ingest.pipeline import UploadFacts, UploadOptions
 from mediasvc.ingest.sniff import is_multipart
 
 router = APIRouter(prefix="/api/v1")
@@ -135,19 +136,6 @@ def upload_options(
 Options = Annotated[UploadOptions, Depends(upload_options)]
 
 
-def _created(request: Request, stored: StoredUpload) -> Response:
-    body = UploadedFile(
-        **FileMetadata.from_record(stored.record, base_url=base_url_of(request)).model_dump(),
-        delete_token=stored.delete_token,
-    )
-    return Response(
-        body.model_dump_json(),
-        status_code=201,
-        media_type="application/json",
-        headers={"Location": f"/api/v1/files/{stored.record.uid}"},
-    )
-
-
 async def upload_raw(request: Request, options: Options) -> Response:
     return await _ingest_raw(request, None, options)
 
@@ -220,12 +208,15 @@ async def _ingest_raw(request: Request, raw_path: bytes | None, options: UploadO
             "to POST /api/v1/files"
         )
     name = name_from_request(request.headers, request.scope.get("query_string", b""), raw_path)
+    if (upgrade := ietf.upgrade_of(request.headers)) is not None:
+        interop, complete = upgrade
+        return await ietf.create(request, interop, name=name, options=options, complete=complete)
     stored = await services_of(request).ingestor.ingest(
         request.stream(),
         _facts(request, name=name),
         options,
     )
-    return _created(request, stored)
+    return file_created(request, stored)
 
 
 def _facts(request: Request, *, name: str | None) -> UploadFacts:
@@ -255,4 +246,4 @@ async def upload_multipart(request: Request, options: Options) -> Response:
     stored = await services_of(request).ingestor.ingest_form(
         request.stream(), _facts(request, name=None), options
     )
-    return _created(request, stored)
+    return file_created(request, stored)

@@ -183,6 +183,9 @@ class UploadRecord(Base):
     # Raised by each request that takes the upload over: the writer holding it sees the change
     # at its next look and ends (resumable/writers.py).
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The internal URL of the API node that holds the bytes (MEDIASVC_INTERNAL_URL when it was
+    # created; None: a single node). Only that node writes them; the others forward to it.
+    node_url: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         Index("ix_uploads_expires_at", "expires_at"),

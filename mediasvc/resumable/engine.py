@@ -22,6 +22,7 @@ The uid of an upload is the uid of its file: ``/api/v1/files/{uid}`` once comple
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
@@ -41,6 +42,7 @@ from mediasvc.errors import (
     ChecksumMismatch,
     Forbidden,
     Gone,
+    InconsistentUploadLength,
     MediaServiceError,
     NotFound,
     OffsetMismatch,
@@ -73,6 +75,7 @@ class ResumableConfig:
     checkpoint_every_bytes: int = 64 * 1024 * 1024
     takeover_wait_s: float = 10.0
     lease_check_s: float = 1.0
+    node_url: str | None = None  # this node's internal URL, recorded in the uploads it creates
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResumableConfig:
@@ -81,6 +84,7 @@ class ResumableConfig:
             checkpoint_every_bytes=settings.upload_checkpoint_every_bytes,
             takeover_wait_s=settings.upload_takeover_wait_s,
             lease_check_s=settings.upload_lease_check_s,
+            node_url=settings.internal_url,
         )
 
 
@@ -96,6 +100,7 @@ class UploadState:
     concat: str | None  # UploadConcat
     parts: tuple[str, ...]
     complete: bool
+    hash_state: bytes  # the SHA-256 state after ``offset`` bytes (Repr-Digest of them so far)
 
     @classmethod
     def of(cls, row: UploadRecord) -> UploadState:
@@ -108,6 +113,7 @@ class UploadState:
             concat=row.concat,
             parts=tuple(row.parts or ()),
             complete=row.completed_at is not None,
+            hash_state=row.hash_state,
         )
 
 
@@ -138,6 +144,9 @@ class Body:
     upload_length: int | None = None  # the upload's deferred length, when this request tells it
     checksum: BodyChecksum | None = None
     client: str | None = None  # the client's address, for the per-client cap
+    # The body ends the upload (IETF ``Upload-Complete: ?1``): once all of it arrived, a length
+    # not told before is where it ended.
+    last: bool = False
 
 
 class Observer:
@@ -195,6 +204,7 @@ class UploadEngine:
             expires_at=now + timedelta(seconds=self.config.expires_after_s),
             completed_at=None,
             generation=0,
+            node_url=self.config.node_url,
         )
         await anyio.to_thread.run_sync(self._store.create_upload, uid)
         try:
@@ -230,6 +240,19 @@ class UploadEngine:
             ).upload
         return UploadState.of(row)
 
+    async def settled_state(self, uid: str, owner: str | None) -> UploadState:
+        """The state once no request writes the upload: one still writing it (a client that
+        gave up on it) is ended first and its bytes counted, so the offset told is the one the
+        next append must use (the IETF draft's offset retrieval; tus's HEAD uses ``state``)."""
+        row = await self._live(uid, owner)
+        if row.completed_at is not None:
+            return UploadState.of(row)
+        # Holding it ends the writer, whose last checkpoint lands before the lock is ours.
+        with contextlib.suppress(NotFound):  # completed meanwhile: its file moved away
+            async with self._writers.hold(uid, self._store.upload_path_for(uid)):
+                pass
+        return await self.state(uid, owner)
+
     # --- appending ---------------------------------------------------------------------------
 
     async def append(self, uid: str, owner: str | None, body: Body) -> Appended:
@@ -264,10 +287,7 @@ class UploadEngine:
         if row.completed_at is not None:
             return self._complete_already(row, body)
         if body.offset != row.offset:
-            raise OffsetMismatch(
-                f"the upload is at offset {row.offset}, not {body.offset}",
-                headers={"Upload-Offset": str(row.offset)},
-            )
+            raise OffsetMismatch(expected=row.offset, provided=body.offset)
         if length is not None and row.length is None:
             async with self._db.session() as session:
                 await repository.set_length(session, uid, length)
@@ -283,10 +303,7 @@ class UploadEngine:
     def _complete_already(self, row: UploadRecord, body: Body) -> Appended:
         """A request for an upload that is complete: fine if it brings nothing at its end."""
         if body.offset != row.offset:
-            raise OffsetMismatch(
-                f"the upload is complete at offset {row.offset}, not {body.offset}",
-                headers={"Upload-Offset": str(row.offset)},
-            )
+            raise OffsetMismatch(expected=row.offset, provided=body.offset, complete=True)
         if body.length:
             raise PayloadTooLarge("the upload is complete: it takes no more bytes")
         return Appended(UploadState.of(row))
@@ -338,6 +355,10 @@ class UploadEngine:
             with anyio.CancelScope(shield=True):
                 await saver.close()
         row.offset = end.offset
+        if body.last and row.length is None:
+            async with self._db.session() as session:
+                await repository.set_length(session, row.uid, end.offset)
+            row.length = end.offset
         if row.length is not None and end.offset == row.length:
             # Complete even after a cut: a client that sees Upload-Offset = Upload-Length is done
             # and never sends the empty request that would finish it.
@@ -525,7 +546,9 @@ class UploadEngine:
         if told is None:
             return row.length
         if row.length is not None and told != row.length:
-            raise BadRequest(f"the upload's length is {row.length} already: it cannot change")
+            raise InconsistentUploadLength(
+                f"the upload's length is {row.length} already: it cannot change"
+            )
         if told < row.offset:
             raise BadRequest(f"the length {told} is below the {row.offset} bytes received")
         self._check_length(told)

@@ -31,6 +31,16 @@ async def get(session: AsyncSession, uid: str) -> UploadRecord | None:
     return await session.get(UploadRecord, uid, populate_existing=True)
 
 
+async def node_url(session: AsyncSession, uid: str) -> str | None:
+    """The internal URL of the node that holds the upload's bytes (None: no such upload, or
+    one made where nodes did not say who they are)."""
+    url: str | None = await session.scalar(
+        select(UploadRecord.node_url).where(UploadRecord.uid == uid)
+    )
+    await session.commit()
+    return url
+
+
 async def get_many(session: AsyncSession, uids: list[str]) -> dict[str, UploadRecord]:
     rows = await session.scalars(select(UploadRecord).where(UploadRecord.uid.in_(uids)))
     return {row.uid: row for row in rows}

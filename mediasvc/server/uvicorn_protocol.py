@@ -49,6 +49,10 @@ And ASGI's "Zero Copy Send" extension (``http.response.zerocopysend``), which uv
 app hands over a file descriptor, an offset and a count, and the bytes go from the page cache to
 the socket with ``os.sendfile`` instead of through Python (the section "zero-copy send" below).
 
+And the ``INFORMATIONAL_EXTENSION``: an interim (1xx) response before the final one, which ASGI
+cannot express (the IETF resumable upload draft's 104 Upload Resumption Supported; the section
+"informational responses" below, class ``InformationalSender``).
+
 What it overrides or touches of ``HttpToolsProtocol``, all pinned by the tests: ``data_received``
 (what reaches the parser), the parser callbacks ``on_message_begin``, ``on_header`` (drops
 trailers), ``on_headers_complete``, ``on_body``, ``on_chunk_header``, ``on_chunk_complete``,
@@ -56,7 +60,8 @@ trailers), ``on_headers_complete``, ``on_body``, ``on_chunk_header``, ``on_chunk
 (``response_started``/``response_complete``, ``keep_alive``, ``disconnected``,
 ``message_event``), ``pipeline``, ``flow``, ``headers``, ``_unset_keepalive_if_required``;
 for the zero-copy send, ``_start_asgi_task`` (to wrap the app's ``send``), the cycle's ``send``,
-``scope``, ``chunked_encoding``, ``expected_content_length`` and ``flow.write_paused``/``drain``.
+``scope``, ``chunked_encoding``, ``expected_content_length`` and ``flow.write_paused``/``drain``;
+for informational responses, the ``scope`` and ``cycle`` that ``on_headers_complete`` builds.
 
 uvicorn instantiates the protocol itself, so the limits ride in a ``functools.partial``
 (:func:`protocol_factory`); unlike a class built at run time, it survives the pickling that
@@ -79,7 +84,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from mediasvc.api.problems import problem_for
 from mediasvc.errors import HeadersTooLarge, MediaServiceError, RequestTimeout
-from mediasvc.server import ABORT_EXTENSION, ZEROCOPY_EXTENSION
+from mediasvc.server import ABORT_EXTENSION, INFORMATIONAL_EXTENSION, ZEROCOPY_EXTENSION
 
 if TYPE_CHECKING:
     from mediasvc.config import Settings
@@ -218,6 +223,7 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         self._framing_bytes = 0
         self._cancel_timer()
         super().on_headers_complete()
+        InformationalSender.offer(self)
 
     def on_body(self, body: bytes) -> None:
         self._piece_body_bytes += len(body)
@@ -546,6 +552,58 @@ class ZeroCopySender:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+# --- informational responses ---------------------------------------------------------------------
+#
+# A 1xx response is a status line and header fields, written before the final response on the
+# same connection (RFC 9110 15.2); a client may get several. HTTP/1.0 clients get none (RFC 9110
+# forbids it). It goes out only while the request's final response has not begun: uvicorn writes
+# nothing of its own for a request before that, but its 100 Continue, which is a 1xx too, so the
+# order of the two does not matter.
+
+
+class InformationalSender:
+    """Writes the 1xx responses of one request (uvicorn's ``RequestResponseCycle``)."""
+
+    def __init__(self, protocol: MediasvcHttpProtocol, cycle: Any) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    @classmethod
+    def offer(cls, protocol: MediasvcHttpProtocol) -> None:
+        """Put the extension in the scope of the request whose headers just completed (its app
+        has not run yet: uvicorn only scheduled it)."""
+        scope, cycle = protocol.scope, protocol.cycle
+        if scope.get("http_version") != "1.1" or cycle is None or cycle.scope is not scope:
+            return  # HTTP/1.0, or an upgrade took the connection (no cycle was built)
+        sender = cls(protocol, cycle)
+        scope.setdefault("extensions", {})[INFORMATIONAL_EXTENSION] = {"send": sender.send}
+
+    def send(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Write ``status`` (100..199, not 101) with ``headers`` now; False if it is too late."""
+        if not 100 <= status <= 199 or status == 101:
+            raise ValueError(f"{status} is not an informational status an app may send")
+        cycle, transport = self._cycle, self._protocol.transport
+        if cycle.response_started or cycle.disconnected or transport.is_closing():
+            return False
+        reason = _INFORMATIONAL_REASONS.get(status, b"Informational")
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in headers:
+            if b"\r" in name + value or b"\n" in name + value:
+                raise ValueError("a header of an informational response has a line break")
+            head.append(b"%s: %s\r\n" % (name, value))
+        head.append(b"\r\n")
+        transport.write(b"".join(head))
+        return True
+
+
+_INFORMATIONAL_REASONS = {
+    100: b"Continue",
+    102: b"Processing",
+    103: b"Early Hints",
+    104: b"Upload Resumption Supported",
+}
 
 
 def protocol_factory(limits: HeaderLimits) -> type[asyncio.Protocol]:

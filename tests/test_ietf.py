@@ -1,0 +1,433 @@
+"""The IETF resumable upload draft at /api/v1/uploads, in process (real PostgreSQL, real disk):
+interop 6 (draft -05) and 8 (drafts -09..-11, the editor's copy), where their rules differ, every
+problem the draft names, digests, limits, the plain upload's upgrade, and one upload driven by
+tus and the draft in turn. In process there is no 104 (the ASGI transport has no informational
+extension): tests/test_ietf_e2e.py sees it from a real uvicorn."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import httpx
+import pytest
+
+from mediasvc.config import Settings
+from tests.conftest import leftovers
+from tests.helpers import OCTETS, TUS, UPLOADS, assert_problem, random_bytes
+
+DATA = random_bytes(300_000, seed=15)
+SHA = hashlib.sha256(DATA).hexdigest()
+PARTIAL = {"Content-Type": "application/partial-upload"}
+IANA = "https://iana.org/assignments/http-problem-types#"
+
+
+def v(version: int, **headers: str) -> dict[str, str]:
+    fields = {name.replace("_", "-"): value for name, value in headers.items()}
+    return {"Upload-Draft-Interop-Version": str(version), **fields}
+
+
+def digest(data: bytes, algorithm: str = "sha256") -> str:
+    return base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
+
+
+async def create(client: httpx.AsyncClient, version: int, body: bytes = b"", **headers: str) -> str:
+    response = await client.post(
+        UPLOADS, content=body, headers=v(version, Upload_Complete="?0", **headers)
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["upload-complete"] == "?0"
+    assert int(response.headers["upload-offset"]) == len(body)
+    return httpx.URL(response.headers["location"]).path
+
+
+async def append(
+    client: httpx.AsyncClient, path: str, version: int, at: int, body: bytes, complete: bool
+) -> httpx.Response:
+    return await client.patch(
+        path,
+        content=body,
+        headers={
+            **PARTIAL,
+            **v(version, Upload_Offset=str(at), Upload_Complete="?1" if complete else "?0"),
+        },
+    )
+
+
+async def sha_of_file(client: httpx.AsyncClient, location: str) -> str:
+    meta = await client.get(f"{location}/metadata")
+    assert meta.status_code == 200, meta.text
+    sha: str = meta.json()["sha256"]
+    return sha
+
+
+# --- discovery and versions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "age_key"), [(6, "expires"), (8, "max-age")])
+async def test_options_tell_the_limits(
+    make_settings: object, client: httpx.AsyncClient, version: int, age_key: str
+) -> None:
+    response = await client.options(UPLOADS, headers=v(version))
+    assert response.status_code == 204
+    limits = dict(item.split("=") for item in response.headers["upload-limit"].split(", "))
+    assert limits[age_key] == "86400"
+    assert response.headers["accept-patch"] == "application/partial-upload"
+
+
+async def test_an_unknown_interop_version_is_refused_with_those_spoken(
+    client: httpx.AsyncClient,
+) -> None:
+    for value in ("9", "5", "x"):
+        response = await client.post(
+            UPLOADS, headers=v(6, Upload_Complete="?0") | {"Upload-Draft-Interop-Version": value}
+        )
+        problem = assert_problem(response, 400)
+        assert problem["supported-versions"] == [6, 8]
+    assert (await client.get("/api/v1/files")).json()["items"] == []
+
+
+async def test_tus_requests_still_reach_tus(client: httpx.AsyncClient) -> None:
+    # A tus request that also names an interop version is tus's (Tus-Resumable decides).
+    response = await client.post(UPLOADS, headers={**TUS, **v(8), "Upload-Length": "5"})
+    assert response.status_code == 201
+    assert "upload-complete" not in response.headers
+    assert (await client.post(UPLOADS, headers={"Upload-Length": "5"})).status_code == 412
+
+
+# --- creation, retrieval, append, completion ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "append_status"), [(6, 201), (8, 204)])
+async def test_an_upload_in_three_requests(
+    client: httpx.AsyncClient, version: int, append_status: int
+) -> None:
+    path = await create(client, version, DATA[:100_000], Upload_Length=str(len(DATA)))
+    head = await client.head(path, headers=v(version))
+    assert head.status_code == 204
+    assert head.headers["upload-offset"] == "100000"
+    assert head.headers["upload-complete"] == "?0"
+    assert head.headers["upload-length"] == str(len(DATA))
+    assert head.headers["cache-control"] == "no-store"
+    assert "upload-limit" in head.headers
+    middle = await append(client, path, version, 100_000, DATA[100_000:200_000], False)
+    assert middle.status_code == append_status
+    assert middle.headers["upload-complete"] == "?0"
+    assert middle.headers["upload-offset"] == "200000"
+    last = await append(client, path, version, 200_000, DATA[200_000:], True)
+    assert last.status_code == 201, last.text
+    assert last.headers["upload-complete"] == "?1"
+    assert last.headers["upload-offset"] == str(len(DATA))
+    assert last.headers["repr-digest"] == f"sha-256=:{digest(DATA)}:"
+    created = last.json()
+    assert created["sha256"] == SHA and created["delete_token"]
+    location = last.headers["content-location"]
+    assert location == f"/api/v1/files/{created['uid']}"
+    assert await sha_of_file(client, location) == SHA
+    done = await client.head(path, headers=v(version))
+    assert done.headers["upload-complete"] == "?1"
+    assert done.headers["content-location"] == location
+
+
+async def test_creation_with_the_whole_body_is_one_request(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        UPLOADS,
+        content=DATA,
+        headers=v(8, Upload_Complete="?1", Content_Disposition='inline; filename="a b.bin"'),
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["upload-complete"] == "?1"
+    assert response.json()["original_name"] == "a b.bin"
+    assert response.json()["sha256"] == SHA
+
+
+async def test_a_length_told_only_by_completion(client: httpx.AsyncClient) -> None:
+    """No Upload-Length, chunked bodies: the request with Upload-Complete: ?1 ends the file."""
+
+    async def pieces(data: bytes) -> object:
+        for start in range(0, len(data), 50_000):
+            yield data[start : start + 50_000]
+
+    path = await create(client, 8)
+    head = await client.head(path, headers=v(8))
+    assert "upload-length" not in head.headers
+    first = await client.patch(
+        path,
+        content=pieces(DATA[:150_000]),
+        headers={**PARTIAL, **v(8, Upload_Offset="0", Upload_Complete="?0")},
+    )
+    assert first.status_code == 204
+    last = await client.patch(
+        path,
+        content=pieces(DATA[150_000:]),
+        headers={**PARTIAL, **v(8, Upload_Offset="150000", Upload_Complete="?1")},
+    )
+    assert last.status_code == 201, last.text
+    assert last.json()["sha256"] == SHA
+
+
+async def test_an_empty_append_completes(client: httpx.AsyncClient) -> None:
+    path = await create(client, 8, DATA)
+    done = await append(client, path, 8, len(DATA), b"", True)
+    assert done.status_code == 201, done.text
+    assert done.json()["size"] == len(DATA)
+    # Again (its response was lost): the file's place, nothing appended.
+    again = await append(client, path, 8, len(DATA), b"", True)
+    assert again.status_code == 200
+    assert again.headers["upload-complete"] == "?1"
+    assert again.headers["content-location"] == done.headers["content-location"]
+
+
+@pytest.mark.parametrize(
+    ("version", "slug"), [(6, "completed-upload"), (8, "inconsistent-upload-length")]
+)
+async def test_bytes_for_a_complete_upload(
+    client: httpx.AsyncClient, version: int, slug: str
+) -> None:
+    path = await create(client, version, DATA[:10])
+    assert (await append(client, path, version, 10, b"", True)).status_code == 201
+    response = await append(client, path, version, 10, b"more", True)
+    problem = assert_problem(response, 400)
+    assert problem["type"] == IANA + slug
+
+
+async def test_get_retrieves_the_offset_from_interop_8(client: httpx.AsyncClient) -> None:
+    path = await create(client, 8, DATA[:5])
+    got = await client.get(path, headers=v(8))
+    assert got.status_code == 204
+    assert got.headers["upload-offset"] == "5"
+    assert (await client.get(path, headers=v(6))).status_code == 405
+
+
+# --- conflicts and problems ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [6, 8])
+async def test_a_wrong_offset_is_409_with_the_expected_one(
+    client: httpx.AsyncClient, version: int
+) -> None:
+    path = await create(client, version, DATA[:1000])
+    response = await append(client, path, version, 5000, DATA[5000:6000], False)
+    problem = assert_problem(response, 409)
+    assert problem["type"] == IANA + "mismatching-upload-offset"
+    assert problem["expected-offset"] == 1000
+    assert problem["provided-offset"] == 5000
+    assert response.headers["upload-offset"] == "1000"
+    assert response.headers["upload-complete"] == "?0"
+
+
+async def test_inconsistent_lengths(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        UPLOADS, content=DATA[:10], headers=v(8, Upload_Complete="?1", Upload_Length="11")
+    )
+    problem = assert_problem(response, 400)
+    assert problem["type"] == IANA + "inconsistent-upload-length"
+    path = await create(client, 8, DATA[:10], Upload_Length="20")
+    changed = await client.patch(
+        path,
+        content=b"",
+        headers={**PARTIAL, **v(8, Upload_Offset="10", Upload_Complete="?0", Upload_Length="30")},
+    )
+    assert assert_problem(changed, 400)["type"] == IANA + "inconsistent-upload-length"
+    short = await append(client, path, 8, 10, DATA[10:15], True)  # ends at 15 of 20
+    assert assert_problem(short, 400)["type"] == IANA + "inconsistent-upload-length"
+
+
+async def test_what_an_append_must_carry(client: httpx.AsyncClient) -> None:
+    path = await create(client, 8)
+    wrong_type = await client.patch(
+        path,
+        content=b"x",
+        headers={
+            "Content-Type": "application/offset+octet-stream",
+            **v(8, Upload_Offset="0", Upload_Complete="?0"),
+        },
+    )
+    assert_problem(wrong_type, 415)
+    no_offset = await client.patch(
+        path, content=b"x", headers={**PARTIAL, **v(8, Upload_Complete="?0")}
+    )
+    assert_problem(no_offset, 400)
+    no_complete = await client.patch(
+        path, content=b"x", headers={**PARTIAL, **v(8, Upload_Offset="0")}
+    )
+    assert_problem(no_complete, 400)
+    # -05 allows an append without Upload-Complete: an incomplete one, answered 201.
+    path6 = await create(client, 6)
+    ok = await client.patch(path6, content=b"x", headers={**PARTIAL, **v(6, Upload_Offset="0")})
+    assert ok.status_code == 201
+    assert ok.headers["upload-offset"] == "1"
+
+
+async def test_interop_6_refuses_upload_fields_in_head_and_delete(
+    client: httpx.AsyncClient,
+) -> None:
+    path = await create(client, 6)
+    assert_problem(await client.head(path, headers=v(6, Upload_Offset="0")), 400)
+    assert_problem(await client.delete(path, headers=v(6, Upload_Complete="?0")), 400)
+    assert (await client.head(path, headers=v(8, Upload_Offset="0"))).status_code == 204
+
+
+# --- digests ------------------------------------------------------------------------------------
+
+
+async def test_content_digest_per_request(client: httpx.AsyncClient, settings: Settings) -> None:
+    path = await create(client, 8, DATA[:1000])
+    wrong = await client.patch(
+        path,
+        content=DATA[1000:2000],
+        headers={
+            **PARTIAL,
+            **v(8, Upload_Offset="1000", Upload_Complete="?0"),
+            "Content-Digest": f"sha-256=:{digest(b'other')}:",
+        },
+    )
+    problem = assert_problem(wrong, 400)
+    assert problem["type"] == "urn:mediasvc:problem:content-digest-mismatch"
+    assert (await client.head(path, headers=v(8))).headers["upload-offset"] == "1000"
+    right = await client.patch(
+        path,
+        content=DATA[1000:2000],
+        headers={
+            **PARTIAL,
+            **v(8, Upload_Offset="1000", Upload_Complete="?0"),
+            "Content-Digest": f"sha-512=:{digest(DATA[1000:2000], 'sha512')}:",
+        },
+    )
+    assert right.status_code == 204
+    assert right.headers["upload-offset"] == "2000"
+
+
+async def test_repr_digest_so_far_and_at_the_end(client: httpx.AsyncClient) -> None:
+    path = await create(client, 8, DATA[:1234], Want_Repr_Digest="sha-256=5")
+    head = await client.head(path, headers=v(8, Want_Repr_Digest="sha-256=10"))
+    assert head.headers["repr-digest"] == f"sha-256=:{digest(DATA[:1234])}:"
+    plain = await client.head(path, headers=v(8))
+    assert "repr-digest" not in plain.headers
+
+
+async def test_a_wrong_repr_digest_fails_the_completed_upload(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    response = await client.post(
+        UPLOADS,
+        content=DATA,
+        headers=v(8, Upload_Complete="?1", Repr_Digest=f"sha-256=:{digest(b'other')}:"),
+    )
+    assert_problem(response, 422)
+    assert response.headers["upload-complete"] == "?1"  # the file's processing said no
+    assert leftovers(settings.media_root) == []
+
+
+# --- limits and cancellation --------------------------------------------------------------------
+
+
+async def test_over_max_size_is_413_with_the_limit(
+    make_settings: object, settings: Settings
+) -> None:
+    from tests.helpers import fresh_client
+
+    small = settings.model_copy(update={"max_upload_size_bytes": 1000})
+    async with fresh_client(small) as client:
+        response = await client.post(
+            UPLOADS, headers=v(8, Upload_Complete="?0", Upload_Length="1001")
+        )
+        assert_problem(response, 413)
+        assert "max-size=1000" in response.headers["upload-limit"]
+        path = await create(client, 8, Upload_Length="1000")
+        head = await client.head(path, headers=v(8))
+        assert head.headers["upload-limit"].startswith("max-size=1000, max-age=")
+
+
+async def test_cancellation(client: httpx.AsyncClient, settings: Settings) -> None:
+    path = await create(client, 8, DATA[:5000])
+    assert (await client.delete(path, headers=v(8))).status_code == 204
+    assert_problem(await client.head(path, headers=v(8)), 404)
+    assert leftovers(settings.media_root) == []
+
+
+# --- the plain upload's upgrade, and tus on the same upload ------------------------------------
+
+
+async def test_a_plain_upload_with_upload_complete_is_resumable(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.put(
+        "/api/v1/files/stream/clip.bin",
+        content=DATA,
+        headers=v(8, Upload_Complete="?1", Upload_Length=str(len(DATA))),
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["upload-complete"] == "?1"
+    created = response.json()
+    assert created["original_name"] == "clip.bin" and created["sha256"] == SHA
+    # The upload it went through answers too.
+    head = await client.head(f"{UPLOADS}/{created['uid']}", headers=v(8))
+    assert head.headers["upload-complete"] == "?1"
+
+
+async def test_a_plain_upload_from_an_unknown_version_stays_plain(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/api/v1/files/stream", content=DATA, headers=v(9, Upload_Complete="?1")
+    )
+    assert response.status_code == 201
+    assert "upload-complete" not in response.headers
+    head = await client.head(f"{UPLOADS}/{response.json()['uid']}", headers=v(8))
+    assert head.status_code == 404  # no resumable upload behind it
+
+
+async def test_tus_created_ietf_finished(client: httpx.AsyncClient) -> None:
+    created = await client.post(
+        UPLOADS,
+        headers={**TUS, "Upload-Length": str(len(DATA)), "Upload-Metadata": "filename YS5iaW4="},
+    )
+    path = httpx.URL(created.headers["location"]).path
+    first = await client.patch(
+        path, content=DATA[:100_000], headers={**TUS, **OCTETS, "Upload-Offset": "0"}
+    )
+    assert first.status_code == 204
+    head = await client.head(path, headers=v(8))
+    assert head.headers["upload-offset"] == "100000"
+    assert head.headers["upload-length"] == str(len(DATA))
+    last = await append(client, path, 8, 100_000, DATA[100_000:], True)
+    assert last.status_code == 201, last.text
+    assert last.json()["original_name"] == "a.bin" and last.json()["sha256"] == SHA
+
+
+async def test_ietf_created_tus_finished(client: httpx.AsyncClient) -> None:
+    path = await create(client, 8, DATA[:100_000], Content_Disposition='inline; filename="b.bin"')
+    head = await client.head(path, headers=TUS)
+    assert head.status_code == 200
+    assert head.headers["upload-offset"] == "100000"
+    assert head.headers["upload-defer-length"] == "1"  # the draft told no length
+    assert head.headers["upload-metadata"] == "filename Yi5iaW4="
+    last = await client.patch(
+        path,
+        content=DATA[100_000:],
+        headers={**TUS, **OCTETS, "Upload-Offset": "100000", "Upload-Length": str(len(DATA))},
+    )
+    assert last.status_code == 204, last.text
+    location = last.headers["content-location"]
+    assert await sha_of_file(client, location) == SHA
+    assert (await client.head(path, headers=v(8))).headers["upload-complete"] == "?1"
+
+
+def test_an_internal_url_may_name_this_machine() -> None:
+    """docker-compose.yml gives every API container the same MEDIASVC_INTERNAL_URL."""
+    import socket
+
+    settings = Settings(_env_file=None, internal_url="http://{hostname}:8000/")  # type: ignore[call-arg]
+    assert settings.internal_url == f"http://{socket.gethostname()}:8000"
+    ip = Settings(_env_file=None, internal_url="http://{ip}:8000").internal_url  # type: ignore[call-arg]
+    assert ip == f"http://{socket.gethostbyname(socket.gethostname())}:8000"
+
+
+async def test_the_openapi_schema_says_the_draft_is_spoken(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    for method in ("head", "patch", "delete"):
+        assert (
+            "Upload-Draft-Interop-Version"
+            in schema["paths"]["/api/v1/uploads/{uid}"][method]["description"]
+        )

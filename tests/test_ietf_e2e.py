@@ -1,0 +1,534 @@
+"""The IETF resumable upload draft end to end: a real `mediasvc serve` (uvicorn, our protocol),
+our own HTTP/1.1 client (h11, mediasvc/ietf_client.py, which sees the 104), curl, and two API
+nodes sharing PostgreSQL. What a cut does, that a resumed upload is the file that went in
+(openssl's sha256), and that a request reaching the wrong node is served by the right one."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from mediasvc import ietf_client
+from mediasvc.ietf_client import Reply
+from mediasvc.storage.local import VOLUME_ID_FILE
+from tests.conftest import free_port, stop_process
+from tests.helpers import curl, poll_until, random_bytes
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+UPLOADS = "/api/v1/uploads"
+START_WITHIN_S = 90  # a loaded machine takes its time to start a server
+FINE = {
+    "MEDIASVC_IO_CHUNK_SIZE_BYTES": str(64 * 1024),
+    "MEDIASVC_UPLOAD_CHECKPOINT_EVERY_BYTES": str(256 * 1024),
+    "MEDIASVC_UPLOAD_LEASE_CHECK_S": "0.2",
+}
+
+
+def openssl_sha256(path: Path) -> str:
+    out = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-r", str(path)], check=True, capture_output=True
+    )
+    return out.stdout.split()[0].decode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def pieces(data: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def cut_after(data: bytes, n_bytes: int) -> Iterator[bytes]:
+    yield from pieces(data[:n_bytes])
+    raise ConnectionResetError("cut on purpose")
+
+
+def head(url: str, version: int = 8) -> Reply:
+    reply = ietf_client.request("HEAD", url, {"Upload-Draft-Interop-Version": str(version)})
+    assert reply.status == 204, reply
+    return reply
+
+
+def append(url: str, at: int, data: bytes, *, complete: bool) -> Reply:
+    return ietf_client.request(
+        "PATCH",
+        url,
+        {
+            "Upload-Offset": str(at),
+            "Upload-Complete": "?1" if complete else "?0",
+            "Content-Type": "application/partial-upload",
+            "Content-Length": str(len(data)),
+        },
+        pieces(data),
+    )
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, bytes]:
+    data = random_bytes(6 * MiB, seed=151)
+    path = tmp_path / "clip.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+class Node:
+    """`mediasvc serve` on a port of its own and a media root of its own."""
+
+    def __init__(self, name: str, tmp_path: Path, pg_url: str, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.media_root = tmp_path / name
+        self.log = tmp_path / f"{name}.log"
+        self.env = {
+            **os.environ,
+            **FINE,
+            "MEDIASVC_DATABASE_URL": pg_url,
+            "MEDIASVC_MEDIA_ROOT": str(self.media_root),
+            "MEDIASVC_CLOUD_ROOT": str(tmp_path / "bucket"),
+            "MEDIASVC_INTERNAL_URL": self.url,
+            "MEDIASVC_UPLOAD_FORWARD_CONNECT_TIMEOUT_S": "1",
+            **env,
+        }
+        self.env.pop("GLIBC_TUNABLES", None)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Node:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mediasvc", "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_WITHIN_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"node did not start within {START_WITHIN_S} s")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_process(self.process)
+
+
+@pytest.fixture
+def launch(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., Node]]:
+    """Start a node (`mediasvc serve` with MEDIASVC_INTERNAL_URL) on the run's PostgreSQL."""
+    started: list[Node] = []
+
+    def start(name: str = "a", **env: str) -> Node:
+        node = Node(name, tmp_path, pg_url, env)
+        started.append(node)
+        return node.start()
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+# --- our client: the 104, a cut, HEAD, resume -------------------------------------------------
+
+
+def row_offset(pg_url: str, upload_url: str) -> int:
+    async def read() -> int:
+        connection = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+        try:
+            uid = upload_url.rsplit("/", 1)[1]
+            offset = await connection.fetchval('SELECT "offset" FROM uploads WHERE uid = $1', uid)
+            return int(offset)
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def test_creation_cut_after_the_104_is_resumed(
+    launch: Callable[..., Node], source: tuple[Path, bytes], pg_url: str
+) -> None:
+    server = launch()
+    path, data = source
+    interim: list[tuple[int, dict[str, str]]] = []
+    with pytest.raises(OSError):
+        ietf_client.request(
+            "POST",
+            f"{server.url}{UPLOADS}",
+            {
+                "Upload-Complete": "?1",
+                "Content-Length": str(len(data)),
+                "Want-Repr-Digest": "sha-256=10",
+            },
+            cut_after(data, 2 * MiB + 12345),
+            on_interim=lambda status, headers: interim.append((status, headers)),
+        )
+    # The 104 came before the body was sent: the upload's URL, its limits, our version.
+    assert len(interim) == 1
+    status, fields = interim[0]
+    assert status == 104
+    assert fields["upload-draft-interop-version"] == "8"
+    assert "max-age=" in fields["upload-limit"]
+    url = fields["location"]
+    assert url.startswith(f"{server.url}{UPLOADS}/")
+    # The server keeps what arrived before the cut (its row says so once it saw the cut; a HEAD
+    # sooner would end the request there, as the draft recommends, with what it had read).
+    poll_until(lambda: row_offset(pg_url, url) > 0, "the cut request's bytes in the row")
+    # HEAD: what reached the disk, never more than was sent; the length told by Content-Length.
+    reply = head(url)
+    offset = int(reply.headers["upload-offset"])
+    assert 0 < offset <= 2 * MiB + 12345
+    assert reply.headers["upload-complete"] == "?0"
+    assert reply.headers["upload-length"] == str(len(data))
+    # A wrong offset: 409, the expected one in the problem.
+    conflict = append(url, offset + 1, data[offset + 1 :], complete=True)
+    assert conflict.status == 409
+    assert b'"expected-offset":%d' % offset in conflict.body
+    # Resume with a Content-Digest of the request's own bytes.
+    rest = data[offset:]
+    digest = b64(hashlib.sha256(rest).digest())
+    done = ietf_client.request(
+        "PATCH",
+        url,
+        {
+            "Upload-Offset": str(offset),
+            "Upload-Complete": "?1",
+            "Content-Type": "application/partial-upload",
+            "Content-Length": str(len(rest)),
+            "Content-Digest": f"sha-256=:{digest}:",
+        },
+        pieces(rest),
+    )
+    assert done.status == 201, done.body
+    assert done.headers["upload-complete"] == "?1"
+    whole = hashlib.sha256(data).digest()
+    assert done.headers["repr-digest"] == f"sha-256=:{b64(whole)}:"
+    uid = url.rsplit("/", 1)[1]
+    got = httpx.get(f"{server.url}/api/v1/files/{uid}", timeout=30)
+    assert got.content == data
+    assert hashlib.sha256(got.content).hexdigest() == openssl_sha256(path)
+
+
+def test_the_client_resumes_by_itself(
+    launch: Callable[..., Node], source: tuple[Path, bytes]
+) -> None:
+    server = launch()
+    path, _ = source
+    result = ietf_client.upload(path, url=server.url, stop_after=3 * MiB)
+    assert result.interim_seen == 1 and result.resumes == 1
+    assert result.file["sha256"] == openssl_sha256(path)
+    # The command line on the same client.
+    out = subprocess.run(
+        [sys.executable, "-m", "mediasvc", "upload", "--protocol", "ietf", "--url", server.url,
+         str(path)],
+        capture_output=True, timeout=120, check=True,
+    ).stdout.decode()  # fmt: skip
+    assert f"sha256:       {openssl_sha256(path)} (verified)" in out
+    assert "resumed:      0 time(s)" in out
+
+
+def test_limits_cancellation_and_interop_6(
+    launch: Callable[..., Node], source: tuple[Path, bytes]
+) -> None:
+    server = launch(MEDIASVC_MAX_UPLOAD_SIZE_BYTES=str(8 * MiB))
+    _, data = source
+    options = ietf_client.request("OPTIONS", f"{server.url}{UPLOADS}", {})
+    assert options.headers["upload-limit"] == f"max-size={8 * MiB}, max-age=86400"
+    # Interop 6 names itself in its 104 and speaks -05's limit key.
+    interim: list[tuple[int, dict[str, str]]] = []
+    created = ietf_client.request(
+        "POST",
+        f"{server.url}{UPLOADS}",
+        {"Upload-Draft-Interop-Version": "6", "Upload-Complete": "?0", "Content-Length": "1000"},
+        pieces(data[:1000]),
+        on_interim=lambda status, headers: interim.append((status, headers)),
+    )
+    assert created.status == 201
+    assert interim[0][1]["upload-draft-interop-version"] == "6"
+    assert "expires=" in interim[0][1]["upload-limit"]
+    url = created.headers["location"]
+    assert head(url, 6).headers["upload-offset"] == "1000"
+    gone = ietf_client.request("DELETE", url, {"Upload-Draft-Interop-Version": "6"})
+    assert gone.status == 204
+    assert ietf_client.request("HEAD", url, {}).status == 404
+    # Over the size limit: 413 with the limit, before a byte of the body is taken.
+    big = ietf_client.request(
+        "POST",
+        f"{server.url}{UPLOADS}",
+        {"Upload-Complete": "?1", "Upload-Length": str(9 * MiB), "Content-Length": str(9 * MiB)},
+    )
+    assert big.status == 413
+    assert f"max-size={8 * MiB}" in big.headers["upload-limit"]
+
+
+def test_no_104_for_a_version_we_do_not_speak(
+    launch: Callable[..., Node], source: tuple[Path, bytes]
+) -> None:
+    server = launch()
+    _, data = source
+    for version in ("9", "7", None):
+        interim: list[tuple[int, dict[str, str]]] = []
+        fields = {"Upload-Complete": "?1", "Content-Length": str(len(data))}
+        if version is not None:
+            fields["Upload-Draft-Interop-Version"] = version
+        exchange = ietf_client.Exchange(server.url, 30)
+        exchange.on_interim = lambda status, headers, seen=interim: seen.append((status, headers))
+        try:
+            exchange.send_head("POST", "/api/v1/files/stream/plain.bin", fields)
+            exchange.send_body(pieces(data))
+            reply = exchange.finish()
+        finally:
+            exchange.close()
+        assert reply.status == 201
+        assert "upload-complete" not in reply.headers  # a plain upload, as it was
+        assert interim == []
+
+
+# --- curl: -i shows the 104, a cut resumed by hand ------------------------------------------
+
+
+def test_curl_shows_the_104_and_a_cut_upload_is_resumed_by_hand(
+    launch: Callable[..., Node], source: tuple[Path, bytes], tmp_path: Path, pg_url: str
+) -> None:
+    server = launch()
+    path, data = source
+    interop = ("-H", "Upload-Draft-Interop-Version: 8")
+    whole = curl(
+        "-sS", "-i", "-T", str(path), *interop, "-H", "Upload-Complete: ?1",
+        f"{server.url}/api/v1/files/stream/clip.bin",
+    )  # fmt: skip
+    heads = [line for line in whole.stdout.split(b"\r\n") if line.startswith(b"HTTP/1.1")]
+    assert heads[0] == b"HTTP/1.1 104 Upload Resumption Supported"
+    assert heads[-1] == b"HTTP/1.1 201 Created"
+    interim = whole.stdout.split(b"\r\n\r\n", 1)[0].decode()
+    assert f"location: {server.url}{UPLOADS}/" in interim
+    # Cut: at 1 MiB/s for 2 s, about 2 of the 6 MiB arrive.
+    cut = subprocess.run(
+        ["curl", "-sS", "-i", "-T", str(path), *interop, "-H", "Upload-Complete: ?1",
+         "--limit-rate", "1M", "--max-time", "2",
+         f"{server.url}/api/v1/files/stream/clip.bin"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert cut.returncode == 28  # curl's "operation timed out"
+    text = cut.stdout.decode()
+    assert "HTTP/1.1 201" not in text
+    location = next(
+        line.split(": ", 1)[1].strip() for line in text.splitlines() if line.startswith("location:")
+    )
+    poll_until(lambda: row_offset(pg_url, location) > 0, "the cut request's bytes in the row")
+    head_out = curl("-sS", "-I", *interop, location).stdout.decode()
+    offset = int(
+        next(line for line in head_out.splitlines() if line.startswith("upload-offset:")).split()[1]
+    )
+    assert 0 < offset < len(data)
+    rest = tmp_path / "rest.bin"
+    rest.write_bytes(data[offset:])
+    done = curl(
+        "-sS", "-i", "-X", "PATCH", "--data-binary", f"@{rest}", *interop,
+        "-H", "Upload-Complete: ?1", "-H", f"Upload-Offset: {offset}",
+        "-H", "Content-Type: application/partial-upload", location,
+    )  # fmt: skip
+    assert b"HTTP/1.1 201 Created" in done.stdout
+    body = done.stdout.split(b"\r\n\r\n")[-1]
+    assert f'"sha256":"{openssl_sha256(path)}"'.encode() in body
+
+
+# --- two nodes sharing PostgreSQL -------------------------------------------------------------
+
+
+def upload_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.upload"))
+
+
+def test_any_node_serves_any_upload(
+    launch: Callable[..., Node], source: tuple[Path, bytes]
+) -> None:
+    a, b = launch("a"), launch("b")
+    path, data = source
+    created = ietf_client.request(
+        "POST",
+        f"{a.url}{UPLOADS}",
+        {"Upload-Complete": "?0", "Upload-Length": str(len(data)), "Content-Length": str(MiB)},
+        pieces(data[:MiB]),
+    )
+    assert created.status == 201
+    on_b = created.headers["location"].replace(a.url, b.url)
+    # PATCH and HEAD on B: forwarded to A, which alone writes.
+    assert append(on_b, MiB, data[MiB : 3 * MiB], complete=False).status == 204
+    assert head(on_b).headers["upload-offset"] == str(3 * MiB)
+    assert len(upload_files(a.media_root)) == 1
+    assert upload_files(b.media_root) == []
+    # A killed: B says 503 with Retry-After, never an offset.
+    a.kill()
+    down = ietf_client.request("HEAD", on_b, {"Upload-Draft-Interop-Version": "8"})
+    assert down.status == 503
+    assert down.headers["retry-after"] == "5"
+    assert "upload-offset" not in down.headers
+    refused = append(on_b, 3 * MiB, data[3 * MiB :], complete=True)
+    assert refused.status == 503
+    # A back: the upload resumes through B and is finished there.
+    a.start()
+    offset = int(head(on_b).headers["upload-offset"])
+    assert offset == 3 * MiB
+    done = append(on_b, offset, data[offset:], complete=True)
+    assert done.status == 201, done.body
+    assert b'"sha256":"%s"' % openssl_sha256(path).encode() in done.body
+    uid = on_b.rsplit("/", 1)[1]
+    got = httpx.get(f"{a.url}/api/v1/files/{uid}", timeout=30)
+    assert got.content == data
+    assert upload_files(a.media_root) == [] and upload_files(b.media_root) == []
+    assert not any(p.is_file() for p in b.media_root.rglob("*") if p.name != VOLUME_ID_FILE)
+
+
+# --- tus-js-client in its IETF modes, through a proxy that cuts -------------------------------
+
+NODE_DIR = Path(__file__).parent / "ietf-node"
+
+
+class CuttingProxy:
+    """A loopback TCP proxy in a thread of its own: counts what clients send through it and,
+    once, when ``cut_at`` bytes have crossed, resets every client connection (a network that
+    broke) and ends the server's side after what was forwarded (FIN, as a real break lets the
+    server's kernel deliver what it had)."""
+
+    def __init__(self, target_port: int, cut_at: int) -> None:
+        self.target_port = target_port
+        self.cut_at: int | None = cut_at
+        self.sent = 0
+        self.cuts = 0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        def stop() -> None:
+            for pair in list(self._pairs):
+                for end in pair:
+                    end.transport.abort()
+            self._loop.call_later(0.1, self._loop.stop)
+
+        self._loop.call_soon_threadsafe(stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                self.sent += len(data)
+                up_writer.write(data)
+                await up_writer.drain()
+                if self.cut_at is not None and self.sent >= self.cut_at:
+                    self.cut_at = None
+                    self._cut()
+                    return
+            up_writer.write_eof()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        try:
+            with contextlib.suppress(OSError, ConnectionError):
+                await asyncio.gather(upstream(), downstream())
+        finally:
+            self._pairs.discard(pair)
+            for end in pair:
+                end.close()
+                with contextlib.suppress(OSError, ConnectionError):
+                    await end.wait_closed()
+
+    def _cut(self) -> None:
+        self.cuts += 1
+        for client, server in list(self._pairs):
+            client.transport.abort()  # the client sees a reset
+            with contextlib.suppress(OSError):
+                server.write_eof()  # the server sees the end, after every byte forwarded
+
+
+@pytest.mark.parametrize("protocol", ["ietf-draft-05"])
+def test_tus_js_client_ietf_mode_resumes_through_a_cut(
+    launch: Callable[..., Node], source: tuple[Path, bytes], protocol: str
+) -> None:
+    if not (NODE_DIR / "node_modules" / "tus-js-client").is_dir():
+        pytest.fail("tus-js-client is not installed: run make test (npm ci in tests/ietf-node)")
+    server = launch()
+    path, data = source
+    chunk = 2 * MiB
+    proxy = CuttingProxy(server.port, cut_at=3 * MiB)
+    try:
+        args = {
+            "endpoint": f"{proxy.url}{UPLOADS}",
+            "path": str(path),
+            "protocol": protocol,
+            "chunkSize": chunk,
+        }
+        out = subprocess.run(
+            ["node", "upload.mjs", json.dumps(args)],
+            cwd=NODE_DIR,
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        proxy.close()
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    assert result["ok"], (result, out.stderr.decode())
+    assert proxy.cuts == 1 and result["retries"] >= 1
+    # Resumed, not started over: what crossed the proxy is the file and at most one chunk more
+    # (the chunk the cut broke), plus the requests' heads.
+    assert proxy.sent < len(data) + chunk + 64 * 1024
+    uid = result["url"].rsplit("/", 1)[1]
+    assert result["contentLocation"] == f"/api/v1/files/{uid}"
+    got = httpx.get(f"{server.url}/api/v1/files/{uid}", timeout=30)
+    assert hashlib.sha256(got.content).hexdigest() == openssl_sha256(path)
