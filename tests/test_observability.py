@@ -144,7 +144,9 @@ def test_cli_reports_a_refused_upload(pg_server: RunningServer, tmp_path: Path) 
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0 and "422" in result.stderr
+    # The upload goes by tus: a bad Upload-Metadata value is refused at creation with a 400.
+    assert result.returncode != 0 and "400" in result.stderr, result.stderr
+    assert "max_downloads" in result.stderr
 
 
 @pytest.mark.e2e
