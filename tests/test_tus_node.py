@@ -42,11 +42,15 @@ def server(start_server: Callable[..., RunningServer], pg_url: str) -> RunningSe
     return start_server({"MEDIASVC_DATABASE_URL": pg_url})
 
 
-def run_node(**args: Any) -> dict[str, Any]:
+def node_binary() -> str:
     node = shutil.which("node")
     assert node, "node is missing (make test installs nodejs)"
+    return node
+
+
+def run_node(**args: Any) -> dict[str, Any]:
     result = subprocess.run(
-        [node, str(NODE_DIR / "upload.mjs"), json.dumps(args)],
+        [node_binary(), str(NODE_DIR / "upload.mjs"), json.dumps(args)],
         cwd=NODE_DIR,
         capture_output=True,
         text=True,
@@ -131,16 +135,25 @@ def test_termination_mid_upload_leaves_nothing(server: RunningServer, tmp_path: 
     size = 16 * MiB
     source = tmp_path / "terminated.bin"
     random_file(source, size)
+    args = {"mode": "terminate", "path": str(source), "chunkSize": size}
     with proxy_to(port_of(server.base_url)) as proxy:
         proxy.hold_at = 2 * MiB  # the PATCH stalls there: the upload is surely unfinished
-        outcome = run_node(
-            mode="terminate",
-            endpoint=proxy.url + UPLOADS,
-            path=str(source),
-            chunkSize=size,
-            abortAfter=MiB,
+        args["endpoint"] = proxy.url + UPLOADS
+        node = subprocess.Popen(
+            [node_binary(), str(NODE_DIR / "upload.mjs"), json.dumps(args)],
+            cwd=NODE_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    assert outcome["ok"] and outcome["terminated"], outcome
+        deadline = time.monotonic() + 30
+        while not proxy.holds and node.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.holds == 1, node.poll()
+        out, err = node.communicate("abort\n", timeout=60)  # abort(true): DELETE
+    outcome = json.loads(out.splitlines()[-1]) if out.strip() else {"stderr": err}
+    assert outcome.get("terminated"), outcome
     head = httpx.head(outcome["url"].replace(proxy.url, server.base_url),
                       headers={"Tus-Resumable": "1.0.0"}, timeout=5)  # fmt: skip
     assert head.status_code in (404, 410), head
