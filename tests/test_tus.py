@@ -321,6 +321,20 @@ async def test_a_deferred_length_is_told_once(client: httpx.AsyncClient) -> None
     assert (await file_metadata(client, uid_of(path)))["sha256"] == hashlib.sha256(DATA).hexdigest()
 
 
+async def test_a_length_past_what_a_row_holds_is_400(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Without a size limit, a 19-digit length still has to fit the row's 64-bit column."""
+    settings = make_settings(max_upload_size_bytes=0)
+    huge = str(2**63)
+    async with client_for(settings) as client:
+        assert_problem(await client.post(UPLOADS, headers={**TUS, "Upload-Length": huge}), 400)
+        path = await create(client, None)
+        assert_problem(await patch(client, path, 0, b"", **{"Upload-Length": huge}), 400)
+        assert_problem(await patch(client, path, 0, b"", **{"Upload-Offset": huge}), 400)
+        assert (await client.head(path, headers=TUS)).headers["upload-defer-length"] == "1"
+
+
 # --- checksum ---------------------------------------------------------------------------------
 
 

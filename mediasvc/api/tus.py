@@ -86,6 +86,7 @@ REQUEST_HEADERS = (
 )
 METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS")
 _NUMBER = re.compile(r"^[0-9]{1,19}$")
+_LARGEST = 2**63 - 1  # the row's BIGINT: a larger length or offset cannot be stored or reached
 
 router = APIRouter(prefix=PREFIX, tags=["tus"])
 
@@ -138,8 +139,8 @@ def _owner(caller: Any) -> str | None:
 def _number(value: str | None, header: str) -> int | None:
     if value is None:
         return None
-    if not _NUMBER.match(value.strip()):
-        raise BadRequest(f"{header} must be a non-negative whole number")
+    if not _NUMBER.match(value.strip()) or int(value.strip()) > _LARGEST:
+        raise BadRequest(f"{header} must be a whole number from 0 to {_LARGEST}")
     return int(value.strip())
 
 
