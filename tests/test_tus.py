@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
@@ -207,6 +207,39 @@ async def test_creation_with_upload_needs_the_tus_body_type(
     )
     assert_problem(response, 415)
     assert upload_files(settings.media_root) == []
+
+
+async def upload_rows(settings: Settings) -> int:
+    db = Database(settings.database_url)
+    async with db.session() as session:
+        count = (await session.execute(select(func.count()).select_from(UploadRecord))).scalar()
+    await db.dispose()
+    return int(count or 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "body", "status"),
+    [
+        ({}, b"abcd", 413),  # past the Upload-Length
+        ({"Upload-Checksum": checksum("sha1", b"abd")}, b"abc", 460),
+    ],
+)
+async def test_a_failed_creation_with_upload_leaves_nothing(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    extra: dict[str, str],
+    body: bytes,
+    status: int,
+) -> None:
+    """The client of a refused creating request never learns the upload's URL: nothing of it
+    may stay behind (file or row) for a day waiting for a PATCH that cannot come."""
+    response = await client.post(
+        UPLOADS, content=body, headers={**OCTETS, "Upload-Length": "3", **extra}
+    )
+    assert_problem(response, status)
+    assert "location" not in response.headers
+    assert upload_files(settings.media_root) == []
+    assert await upload_rows(settings) == 0
 
 
 # --- the core: PATCH and HEAD -----------------------------------------------------------------

@@ -213,7 +213,13 @@ class UploadEngine:
         if body is None and state.length != 0:
             return Appended(state)
         empty = Body(chunks=_nothing(), offset=0)
-        return await self.append(state.uid, new.owner, body or empty)
+        try:
+            return await self.append(state.uid, new.owner, body or empty)
+        except BaseException:
+            # The refused request never told its client the upload's URL: nobody can resume it.
+            with anyio.CancelScope(shield=True):
+                await self._remove(state.uid)
+            raise
 
     # --- reading -----------------------------------------------------------------------------
 
