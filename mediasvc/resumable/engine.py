@@ -337,7 +337,9 @@ class UploadEngine:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 # A write failed (507), the body broke a rule (413) or something else: keep
-                # what the last checkpoint recorded, give the rest of the disk back.
+                # what the last checkpoint recorded, give the rest of the disk back. A row
+                # update on its way lands first: cutting below what it records loses bytes.
+                await saver.settle()
                 await anyio.to_thread.run_sync(part.cut_back, saver.saved_offset)
             raise
         finally:
