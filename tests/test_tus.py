@@ -653,6 +653,19 @@ async def test_concatenation_refusals(client: httpx.AsyncClient) -> None:
     assert await offset_of(client, done) == 3  # still there for a good final
 
 
+async def test_an_expired_partial_is_no_part_of_a_final_upload(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """An expired partial upload is 410 to HEAD and cleanup's to remove (perhaps right now):
+    a final upload may not take its bytes."""
+    done = await partial_with(client, b"abc")
+    await age(settings, uid_of(done), expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert_problem(await client.head(done, headers=TUS), 410)
+    final = await client.post(UPLOADS, headers={**TUS, "Upload-Concat": f"final;{done}"})
+    assert_problem(final, 400)
+    assert "location" not in final.headers
+
+
 # --- disk full --------------------------------------------------------------------------------
 
 

@@ -492,6 +492,8 @@ class UploadEngine:
             raise BadRequest(f"Upload-Concat names {uid}, which is not a partial upload")
         if row.completed_at is None:
             raise BadRequest(f"partial upload {uid} is not finished")
+        if row.expires_at <= datetime.now(UTC):  # cleanup's now, whatever a final wants
+            raise BadRequest(f"partial upload {uid} expired")
         return row
 
     # --- ending ------------------------------------------------------------------------------
