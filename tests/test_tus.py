@@ -643,6 +643,8 @@ async def test_concatenation_refusals(client: httpx.AsyncClient) -> None:
         f"final;{done} {UPLOADS}/{'a' * 26}",
         f"final;{done} /elsewhere/x",
         "final;",
+        f"finalize;{done}",
+        f"final {done}",
     ):
         response = await client.post(UPLOADS, headers={**TUS, "Upload-Concat": value})
         assert_problem(response, 400)

@@ -312,7 +312,7 @@ async def tus_create(request: Request, caller: Caller) -> Response:
     metadata = headers.get("upload-metadata")
     concat = headers.get("upload-concat")
     location = f"{base_url_of(request)}{PREFIX}"
-    if concat is not None and concat.strip().startswith("final"):
+    if concat is not None and concat.strip().startswith("final;"):
         if "upload-length" in headers or "upload-defer-length" in headers:
             raise BadRequest("a final upload's length is its parts': send no Upload-Length")
         _, _, urls = concat.partition(";")
