@@ -419,6 +419,22 @@ async def test_a_length_past_what_a_row_holds_is_400(
         assert (await client.head(path, headers=TUS)).headers["upload-defer-length"] == "1"
 
 
+async def test_a_deferred_upload_body_past_the_max_size_is_413_unread(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Its length is not known yet, but a body declared past Tus-Max-Size cannot fit it."""
+    settings = make_settings(max_upload_size_bytes=1000)
+    async with client_for(settings) as client:
+        path = await create(client, None)
+
+        async def short() -> AsyncIterator[bytes]:  # the declared length is what counts
+            yield b"x" * 10
+
+        headers = {**OCTETS, "Upload-Offset": "0", "Content-Length": "1001"}
+        assert_problem(await client.patch(path, content=short(), headers=headers), 413)
+        assert await offset_of(client, path) == 0
+
+
 # --- checksum ---------------------------------------------------------------------------------
 
 

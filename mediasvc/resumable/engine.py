@@ -247,10 +247,12 @@ class UploadEngine:
         if row.completed_at is not None:
             return self._complete_already(row, body)
         length = self._new_length(row, body.upload_length)
-        if body.length is not None and length is not None and body.offset + body.length > length:
+        # A deferred length is not known yet, but it cannot be past the largest upload allowed.
+        limit = length if length is not None else self.max_size_bytes or None
+        if body.length is not None and limit is not None and body.offset + body.length > limit:
             raise PayloadTooLarge(
                 f"{body.length} bytes at offset {body.offset} go past the upload's "
-                f"{length}-byte length"
+                f"{'' if length is not None else 'largest '}{limit}-byte length"
             )
         with self._ingestor.admission.admit(body.client):
             try:
