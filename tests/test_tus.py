@@ -684,6 +684,23 @@ async def test_an_expired_partial_is_no_part_of_a_final_upload(
     assert "location" not in final.headers
 
 
+async def test_a_partial_removed_meanwhile_is_400_and_no_final_stays(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Two final uploads naming the same partials, or a DELETE of a partial, race a final: its
+    bytes can go between the row read and the copy (unlinked here by hand to make that order
+    certain). A 400, not a 500, and no half final upload."""
+    first = await partial_with(client, b"abc")
+    second = await partial_with(client, b"def")
+    (settings.media_root / ".incoming" / f"{uid_of(second)}.upload").unlink()
+    final = await client.post(UPLOADS, headers={**TUS, "Upload-Concat": f"final;{first} {second}"})
+    assert_problem(final, 400)
+    assert upload_files(settings.media_root) == [
+        settings.media_root / ".incoming" / f"{uid_of(first)}.upload"
+    ]
+    assert await offset_of(client, first) == 3
+
+
 # --- disk full --------------------------------------------------------------------------------
 
 
