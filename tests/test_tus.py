@@ -671,6 +671,20 @@ async def test_concatenation_refusals(client: httpx.AsyncClient) -> None:
     assert await offset_of(client, done) == 3  # still there for a good final
 
 
+async def test_a_finished_partial_upload_is_no_file(client: httpx.AsyncClient) -> None:
+    """Only the final upload becomes a file: a finished partial names none, and still says
+    when it expires (cleanup removes it then, if no final upload took it)."""
+    path = await create(client, 3, {"Upload-Concat": "partial"})
+    done = await patch(client, path, 0, b"abc")
+    assert done.status_code == 204
+    head = await client.head(path, headers=TUS)
+    for response in (done, head):
+        assert "content-location" not in response.headers
+        assert "x-delete-token" not in response.headers
+        assert "upload-expires" in response.headers
+    assert (await client.get(f"/api/v1/files/{uid_of(path)}")).status_code == 404
+
+
 async def test_an_expired_partial_is_no_part_of_a_final_upload(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -195,7 +195,7 @@ def _state_headers(state: UploadState, *, with_offset: bool = True) -> dict[str,
         headers["Upload-Length"] = str(state.length)
     else:
         headers["Upload-Defer-Length"] = "1"
-    if state.complete:
+    if state.complete and state.concat != "partial":  # a finished partial is no file yet
         headers["Content-Location"] = f"/api/v1/files/{state.uid}"
     else:
         headers["Upload-Expires"] = format_datetime(state.expires_at, usegmt=True)
