@@ -419,6 +419,22 @@ async def test_a_length_past_what_a_row_holds_is_400(
         assert (await client.head(path, headers=TUS)).headers["upload-defer-length"] == "1"
 
 
+async def test_a_deferred_length_of_zero_takes_no_byte(client: httpx.AsyncClient) -> None:
+    """0 is a length like any other, not "no limit": a chunked body past it is 413 and the
+    offset never goes past the length (it went to 3 of 0, an upload that could never end)."""
+    path = await create(client, None)
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: found out while reading
+        yield b"abc"
+
+    headers = {**OCTETS, "Upload-Offset": "0", "Upload-Length": "0"}
+    assert_problem(await client.patch(path, content=chunked(), headers=headers), 413)
+    head = await client.head(path, headers=TUS)  # all of its 0 bytes are in: a file
+    assert head.headers["upload-offset"] == head.headers["upload-length"] == "0"
+    meta = await file_metadata(client, uid_of(path))
+    assert meta["sha256"] == hashlib.sha256(b"").hexdigest()
+
+
 async def test_a_deferred_upload_body_past_the_max_size_is_413_unread(
     make_settings: Callable[..., Settings],
 ) -> None:

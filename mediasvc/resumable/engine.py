@@ -312,7 +312,7 @@ class UploadEngine:
             expires_after_s=self.config.expires_after_s,
             on_generation=functools.partial(self._writers.still_holds, lease),
         )
-        limit = row.length if row.length is not None else self.max_size_bytes
+        limit = row.length if row.length is not None else self.max_size_bytes or None
         sink = ResumableSink(
             part,
             ResumableSha256(row.hash_state),
