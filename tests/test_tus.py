@@ -792,6 +792,37 @@ async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
     assert meta["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+async def test_a_length_told_below_what_a_taken_over_request_kept_is_400(
+    client: httpx.AsyncClient,
+) -> None:
+    """The told length is checked against the offset the newer request resumes at, which it
+    knows only once the older request stopped and recorded its bytes (below it, the row once
+    held a length of 50 at offset 100: an upload that could never end)."""
+    path = await create(client, None)
+    sent = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"a" * 100
+        sent.set()
+        await never.wait()  # a client stuck on a dead connection
+        yield b"a"
+
+    async def rest() -> AsyncIterator[bytes]:  # no Content-Length: nothing to check early
+        yield b"b"
+
+    older = asyncio.create_task(
+        client.patch(path, content=stalls(), headers={**OCTETS, "Upload-Offset": "0"})
+    )
+    await asyncio.wait_for(sent.wait(), 30)
+    headers = {**OCTETS, "Upload-Offset": "100", "Upload-Length": "50"}
+    assert_problem(await client.patch(path, content=rest(), headers=headers), 400)
+    assert_problem(await asyncio.wait_for(older, 30), 409)
+    head = await client.head(path, headers=TUS)
+    assert head.headers["upload-offset"] == "100"
+    assert head.headers["upload-defer-length"] == "1"
+
+
 async def test_cleanup_sweeps_an_upload_file_no_row_claims(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

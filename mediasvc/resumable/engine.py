@@ -276,6 +276,8 @@ class UploadEngine:
                 f"the upload is at offset {row.offset}, not {body.offset}",
                 headers={"Upload-Offset": str(row.offset)},
             )
+        if body.upload_length is not None:  # again: a request taken over moved the offset
+            length = self._new_length(row, body.upload_length)
         if length is not None and row.length is None:
             async with self._db.session() as session:
                 await repository.set_length(session, uid, length)
