@@ -8,13 +8,14 @@ import asyncio
 import base64
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
@@ -23,7 +24,10 @@ from mediasvc.db.session import Database
 from mediasvc.ids import hash_token
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
+from mediasvc.resumable.checkpoints import RowSaver
 from mediasvc.resumable.hashing import ResumableSha256
+from mediasvc.resumable.sink import Checkpoint
+from mediasvc.storage.part import PartFile
 from tests.conftest import leftovers
 from tests.helpers import (
     OCTETS,
@@ -209,6 +213,39 @@ async def test_creation_with_upload_needs_the_tus_body_type(
     assert upload_files(settings.media_root) == []
 
 
+async def upload_rows(settings: Settings) -> int:
+    db = Database(settings.database_url)
+    async with db.session() as session:
+        count = (await session.execute(select(func.count()).select_from(UploadRecord))).scalar()
+    await db.dispose()
+    return int(count or 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "body", "status"),
+    [
+        ({}, b"abcd", 413),  # past the Upload-Length
+        ({"Upload-Checksum": checksum("sha1", b"abd")}, b"abc", 460),
+    ],
+)
+async def test_a_failed_creation_with_upload_leaves_nothing(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    extra: dict[str, str],
+    body: bytes,
+    status: int,
+) -> None:
+    """The client of a refused creating request never learns the upload's URL: nothing of it
+    may stay behind (file or row) for a day waiting for a PATCH that cannot come."""
+    response = await client.post(
+        UPLOADS, content=body, headers={**OCTETS, "Upload-Length": "3", **extra}
+    )
+    assert_problem(response, status)
+    assert "location" not in response.headers
+    assert upload_files(settings.media_root) == []
+    assert await upload_rows(settings) == 0
+
+
 # --- the core: PATCH and HEAD -----------------------------------------------------------------
 
 
@@ -302,6 +339,53 @@ async def test_a_body_longer_than_declared_stops_at_the_length(client: httpx.Asy
     assert await offset_of(client, path) in (0, 60)  # never past the length, never a wrong byte
 
 
+async def test_a_refused_patch_cuts_back_to_the_offset_its_row_names(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PATCH that fails (here 413) right after a checkpoint: the checkpoint's row update may
+    still be on its way while the file is cut back. Cutting back to an offset read before it
+    landed left the row naming bytes the file no longer had (the next request then resumed over
+    a hole of zeros, under a hash state of the real bytes)."""
+    settings = make_settings(io_chunk_size_bytes=4096, upload_checkpoint_every_bytes=4096)
+    landed = threading.Event()
+    write, cut_back = RowSaver._write, PartFile.cut_back
+
+    async def slow_database(self: RowSaver, point: Checkpoint) -> None:
+        await write(self, point)
+        landed.set()
+
+    def cut_back_late(self: PartFile, size: int) -> None:
+        # Test hook, not a mock: it makes the cut back come after the row update, an order
+        # that a loaded database gives now and then.
+        landed.wait(30)
+        cut_back(self, size)
+
+    monkeypatch.setattr(RowSaver, "_write", slow_database)
+    monkeypatch.setattr(PartFile, "cut_back", cut_back_late)
+    data = random_bytes(20_000, seed=5)
+    async with client_for(settings) as client:
+        path = await create(client, 10_000)
+
+        async def too_long() -> AsyncIterator[bytes]:
+            yield data[:8192]
+            yield data[8192:16384]
+
+        response = await client.patch(
+            path, content=too_long(), headers={**OCTETS, "Upload-Offset": "0"}
+        )
+        assert_problem(response, 413)
+        assert landed.is_set()
+        offset = await offset_of(client, path)
+        (part,) = upload_files(settings.media_root)
+        assert part.read_bytes() == data[:offset]
+        done = await patch(client, path, offset, data[offset:10_000])
+        assert done.status_code == 204, done.text
+        meta = await file_metadata(client, uid_of(path))
+        assert meta["sha256"] == hashlib.sha256(data[:10_000]).hexdigest()
+        stored = await client.get(f"/api/v1/files/{uid_of(path)}")
+        assert stored.content == data[:10_000]
+
+
 # --- deferred length --------------------------------------------------------------------------
 
 
@@ -319,6 +403,52 @@ async def test_a_deferred_length_is_told_once(client: httpx.AsyncClient) -> None
     done = await patch(client, path, 2000, DATA[2000:])
     assert "content-location" in done.headers
     assert (await file_metadata(client, uid_of(path)))["sha256"] == hashlib.sha256(DATA).hexdigest()
+
+
+async def test_a_length_past_what_a_row_holds_is_400(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Without a size limit, a 19-digit length still has to fit the row's 64-bit column."""
+    settings = make_settings(max_upload_size_bytes=0)
+    huge = str(2**63)
+    async with client_for(settings) as client:
+        assert_problem(await client.post(UPLOADS, headers={**TUS, "Upload-Length": huge}), 400)
+        path = await create(client, None)
+        assert_problem(await patch(client, path, 0, b"", **{"Upload-Length": huge}), 400)
+        assert_problem(await patch(client, path, 0, b"", **{"Upload-Offset": huge}), 400)
+        assert (await client.head(path, headers=TUS)).headers["upload-defer-length"] == "1"
+
+
+async def test_a_deferred_length_of_zero_takes_no_byte(client: httpx.AsyncClient) -> None:
+    """0 is a length like any other, not "no limit": a chunked body past it is 413 and the
+    offset never goes past the length (it went to 3 of 0, an upload that could never end)."""
+    path = await create(client, None)
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: found out while reading
+        yield b"abc"
+
+    headers = {**OCTETS, "Upload-Offset": "0", "Upload-Length": "0"}
+    assert_problem(await client.patch(path, content=chunked(), headers=headers), 413)
+    head = await client.head(path, headers=TUS)  # all of its 0 bytes are in: a file
+    assert head.headers["upload-offset"] == head.headers["upload-length"] == "0"
+    meta = await file_metadata(client, uid_of(path))
+    assert meta["sha256"] == hashlib.sha256(b"").hexdigest()
+
+
+async def test_a_deferred_upload_body_past_the_max_size_is_413_unread(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Its length is not known yet, but a body declared past Tus-Max-Size cannot fit it."""
+    settings = make_settings(max_upload_size_bytes=1000)
+    async with client_for(settings) as client:
+        path = await create(client, None)
+
+        async def short() -> AsyncIterator[bytes]:  # the declared length is what counts
+            yield b"x" * 10
+
+        headers = {**OCTETS, "Upload-Offset": "0", "Content-Length": "1001"}
+        assert_problem(await client.patch(path, content=short(), headers=headers), 413)
+        assert await offset_of(client, path) == 0
 
 
 # --- checksum ---------------------------------------------------------------------------------
@@ -545,6 +675,8 @@ async def test_concatenation_refusals(client: httpx.AsyncClient) -> None:
         f"final;{done} {UPLOADS}/{'a' * 26}",
         f"final;{done} /elsewhere/x",
         "final;",
+        f"finalize;{done}",
+        f"final {done}",
     ):
         response = await client.post(UPLOADS, headers={**TUS, "Upload-Concat": value})
         assert_problem(response, 400)
@@ -553,6 +685,50 @@ async def test_concatenation_refusals(client: httpx.AsyncClient) -> None:
     )
     assert_problem(with_length, 400)
     assert await offset_of(client, done) == 3  # still there for a good final
+
+
+async def test_a_finished_partial_upload_is_no_file(client: httpx.AsyncClient) -> None:
+    """Only the final upload becomes a file: a finished partial names none, and still says
+    when it expires (cleanup removes it then, if no final upload took it)."""
+    path = await create(client, 3, {"Upload-Concat": "partial"})
+    done = await patch(client, path, 0, b"abc")
+    assert done.status_code == 204
+    head = await client.head(path, headers=TUS)
+    for response in (done, head):
+        assert "content-location" not in response.headers
+        assert "x-delete-token" not in response.headers
+        assert "upload-expires" in response.headers
+    assert (await client.get(f"/api/v1/files/{uid_of(path)}")).status_code == 404
+
+
+async def test_an_expired_partial_is_no_part_of_a_final_upload(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """An expired partial upload is 410 to HEAD and cleanup's to remove (perhaps right now):
+    a final upload may not take its bytes."""
+    done = await partial_with(client, b"abc")
+    await age(settings, uid_of(done), expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert_problem(await client.head(done, headers=TUS), 410)
+    final = await client.post(UPLOADS, headers={**TUS, "Upload-Concat": f"final;{done}"})
+    assert_problem(final, 400)
+    assert "location" not in final.headers
+
+
+async def test_a_partial_removed_meanwhile_is_400_and_no_final_stays(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Two final uploads naming the same partials, or a DELETE of a partial, race a final: its
+    bytes can go between the row read and the copy (unlinked here by hand to make that order
+    certain). A 400, not a 500, and no half final upload."""
+    first = await partial_with(client, b"abc")
+    second = await partial_with(client, b"def")
+    (settings.media_root / ".incoming" / f"{uid_of(second)}.upload").unlink()
+    final = await client.post(UPLOADS, headers={**TUS, "Upload-Concat": f"final;{first} {second}"})
+    assert_problem(final, 400)
+    assert upload_files(settings.media_root) == [
+        settings.media_root / ".incoming" / f"{uid_of(first)}.upload"
+    ]
+    assert await offset_of(client, first) == 3
 
 
 # --- disk full --------------------------------------------------------------------------------
@@ -614,6 +790,37 @@ async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
     assert (await patch(client, path, 100_000, data[100_000:])).status_code == 204
     meta = await file_metadata(client, uid_of(path))
     assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_length_told_below_what_a_taken_over_request_kept_is_400(
+    client: httpx.AsyncClient,
+) -> None:
+    """The told length is checked against the offset the newer request resumes at, which it
+    knows only once the older request stopped and recorded its bytes (below it, the row once
+    held a length of 50 at offset 100: an upload that could never end)."""
+    path = await create(client, None)
+    sent = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"a" * 100
+        sent.set()
+        await never.wait()  # a client stuck on a dead connection
+        yield b"a"
+
+    async def rest() -> AsyncIterator[bytes]:  # no Content-Length: nothing to check early
+        yield b"b"
+
+    older = asyncio.create_task(
+        client.patch(path, content=stalls(), headers={**OCTETS, "Upload-Offset": "0"})
+    )
+    await asyncio.wait_for(sent.wait(), 30)
+    headers = {**OCTETS, "Upload-Offset": "100", "Upload-Length": "50"}
+    assert_problem(await client.patch(path, content=rest(), headers=headers), 400)
+    assert_problem(await asyncio.wait_for(older, 30), 409)
+    head = await client.head(path, headers=TUS)
+    assert head.headers["upload-offset"] == "100"
+    assert head.headers["upload-defer-length"] == "1"
 
 
 async def test_cleanup_sweeps_an_upload_file_no_row_claims(

@@ -138,8 +138,15 @@ def test_a_cut_keeps_what_arrived(serve: Callable[..., tuple[RunningServer, str]
         "the bytes before the cut counted",
     )
     kept = offset(server, path)
-    assert kept <= sent
-    assert patch(server, path, kept, data[kept:]).status_code == 204
+    resumed = patch(server, path, kept, data[kept:])
+    if resumed.status_code == 409:
+        # The offset seen was a checkpoint of the cut request, which had not yet recorded its
+        # last bytes: the resuming request ended it and was told where it stopped (a tus client
+        # resumes from there).
+        kept = int(resumed.headers["upload-offset"])
+        resumed = patch(server, path, kept, data[kept:])
+    assert sent - UVICORN_READ_AHEAD <= kept <= sent
+    assert resumed.status_code == 204
     assert file_sha256(server, path) == hashlib.sha256(data).hexdigest()
 
 

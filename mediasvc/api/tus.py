@@ -86,6 +86,7 @@ REQUEST_HEADERS = (
 )
 METHODS = ("POST", "HEAD", "PATCH", "DELETE", "OPTIONS")
 _NUMBER = re.compile(r"^[0-9]{1,19}$")
+_LARGEST = 2**63 - 1  # the row's BIGINT: a larger length or offset cannot be stored or reached
 
 router = APIRouter(prefix=PREFIX, tags=["tus"])
 
@@ -138,8 +139,8 @@ def _owner(caller: Any) -> str | None:
 def _number(value: str | None, header: str) -> int | None:
     if value is None:
         return None
-    if not _NUMBER.match(value.strip()):
-        raise BadRequest(f"{header} must be a non-negative whole number")
+    if not _NUMBER.match(value.strip()) or int(value.strip()) > _LARGEST:
+        raise BadRequest(f"{header} must be a whole number from 0 to {_LARGEST}")
     return int(value.strip())
 
 
@@ -194,7 +195,7 @@ def _state_headers(state: UploadState, *, with_offset: bool = True) -> dict[str,
         headers["Upload-Length"] = str(state.length)
     else:
         headers["Upload-Defer-Length"] = "1"
-    if state.complete:
+    if state.complete and state.concat != "partial":  # a finished partial is no file yet
         headers["Content-Location"] = f"/api/v1/files/{state.uid}"
     else:
         headers["Upload-Expires"] = format_datetime(state.expires_at, usegmt=True)
@@ -311,7 +312,7 @@ async def tus_create(request: Request, caller: Caller) -> Response:
     metadata = headers.get("upload-metadata")
     concat = headers.get("upload-concat")
     location = f"{base_url_of(request)}{PREFIX}"
-    if concat is not None and concat.strip().startswith("final"):
+    if concat is not None and concat.strip().startswith("final;"):
         if "upload-length" in headers or "upload-defer-length" in headers:
             raise BadRequest("a final upload's length is its parts': send no Upload-Length")
         _, _, urls = concat.partition(";")

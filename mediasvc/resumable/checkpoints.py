@@ -52,6 +52,13 @@ class RowSaver:
         await self._task
         await self._write(point)
 
+    async def settle(self) -> None:
+        """Stop once what is on its way landed or failed (an error path: the file is cut back
+        to ``saved_offset`` next, which must be what the row names); never raises."""
+        self._stopping = True
+        self._wake.set()
+        await asyncio.gather(self._task, return_exceptions=True)
+
     async def close(self) -> None:
         """Stop (on an error path: what is on its way may be dropped); never raises."""
         self._task.cancel()

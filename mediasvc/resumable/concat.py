@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mediasvc.db.models import UploadRecord
+from mediasvc.errors import BadRequest
 from mediasvc.resumable.hashing import ResumableSha256
 from mediasvc.storage.local import LocalStore
 from mediasvc.storage.part import disk_errors
@@ -47,7 +48,10 @@ def assemble(
         out = os.open(store.upload_path_for(uid), os.O_WRONLY)
         try:
             for part in parts:
-                source = os.open(store.upload_path_for(part.uid), os.O_RDONLY)
+                try:
+                    source = os.open(store.upload_path_for(part.uid), os.O_RDONLY)
+                except FileNotFoundError as exc:  # a concurrent final or DELETE took it
+                    raise BadRequest(f"partial upload {part.uid} is gone") from exc
                 try:
                     if part.hash_start == hasher.state():
                         _copy(source, out, part.offset)

@@ -223,7 +223,13 @@ class UploadEngine:
         if body is None and state.length != 0:
             return Appended(state)
         empty = Body(chunks=_nothing(), offset=0)
-        return await self.append(state.uid, new.owner, body or empty)
+        try:
+            return await self.append(state.uid, new.owner, body or empty)
+        except BaseException:
+            # The refused request never told its client the upload's URL: nobody can resume it.
+            with anyio.CancelScope(shield=True):
+                await self._remove(state.uid)
+            raise
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -264,10 +270,12 @@ class UploadEngine:
         if row.completed_at is not None:
             return self._complete_already(row, body)
         length = self._new_length(row, body.upload_length)
-        if body.length is not None and length is not None and body.offset + body.length > length:
+        # A deferred length is not known yet, but it cannot be past the largest upload allowed.
+        limit = length if length is not None else self.max_size_bytes or None
+        if body.length is not None and limit is not None and body.offset + body.length > limit:
             raise PayloadTooLarge(
                 f"{body.length} bytes at offset {body.offset} go past the upload's "
-                f"{length}-byte length"
+                f"{'' if length is not None else 'largest '}{limit}-byte length"
             )
         with self._ingestor.admission.admit(body.client):
             try:
@@ -288,6 +296,8 @@ class UploadEngine:
             return self._complete_already(row, body)
         if body.offset != row.offset:
             raise OffsetMismatch(expected=row.offset, provided=body.offset)
+        if body.upload_length is not None:  # again: a request taken over moved the offset
+            length = self._new_length(row, body.upload_length)
         if length is not None and row.length is None:
             async with self._db.session() as session:
                 await repository.set_length(session, uid, length)
@@ -321,7 +331,7 @@ class UploadEngine:
             expires_after_s=self.config.expires_after_s,
             on_generation=functools.partial(self._writers.still_holds, lease),
         )
-        limit = row.length if row.length is not None else self.max_size_bytes
+        limit = row.length if row.length is not None else self.max_size_bytes or None
         sink = ResumableSink(
             part,
             ResumableSha256(row.hash_state),
@@ -348,7 +358,9 @@ class UploadEngine:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 # A write failed (507), the body broke a rule (413) or something else: keep
-                # what the last checkpoint recorded, give the rest of the disk back.
+                # what the last checkpoint recorded, give the rest of the disk back. A row
+                # update on its way lands first: cutting below what it records loses bytes.
+                await saver.settle()
                 await anyio.to_thread.run_sync(part.cut_back, saver.saved_offset)
             raise
         finally:
@@ -505,6 +517,8 @@ class UploadEngine:
             raise BadRequest(f"Upload-Concat names {uid}, which is not a partial upload")
         if row.completed_at is None:
             raise BadRequest(f"partial upload {uid} is not finished")
+        if row.expires_at <= datetime.now(UTC):  # cleanup's now, whatever a final wants
+            raise BadRequest(f"partial upload {uid} expired")
         return row
 
     # --- ending ------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class ResumableSink:
         part: PartFile,
         hasher: ResumableSha256,
         *,
-        limit_bytes: int,
+        limit_bytes: int | None,
         checkpoint_every_bytes: int,
         on_checkpoint: Callable[[Checkpoint], None],
         checksum: BodyChecksum | None = None,
@@ -51,7 +51,7 @@ class ResumableSink:
         self.part = part
         self.start = part.size
         self._hasher = hasher
-        self._limit = limit_bytes  # the upload's length, or the largest file allowed (0: none)
+        self._limit = limit_bytes  # the upload's length (0 too), or the largest file allowed
         self._every = checkpoint_every_bytes
         self._on_checkpoint = on_checkpoint
         self._checksum = checksum
@@ -64,7 +64,7 @@ class ResumableSink:
 
     def write(self, data: memoryview | bytes) -> Future[None]:
         """Count, hash and append ``data``; it must stay intact until the future is done."""
-        if self._limit and self.part.size + len(data) > self._limit:
+        if self._limit is not None and self.part.size + len(data) > self._limit:
             raise PayloadTooLarge(f"the upload's bytes would go past its {self._limit}-byte length")
         written = self.part.append(data)
         self._hasher.update(data)
