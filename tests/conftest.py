@@ -191,7 +191,7 @@ def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> 
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited: {log.read_text()}")
+            raise RuntimeError(f"server exited: {log.read_text()}")
         try:
             if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
                 return
@@ -199,7 +199,7 @@ def wait_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> 
             time.sleep(0.05)
     stop_process(process)
     waited = f"did not answer within {SERVER_START_TIMEOUT_S} s"
-    raise RuntimeError(f"{process.args!r} {waited}: {log.read_text()}")
+    raise RuntimeError(f"server {waited}: {log.read_text()}")
 
 
 @pytest.fixture
