@@ -45,12 +45,6 @@ TUS_NODE := tests/tus-node/node_modules/tus-js-client/package.json
 $(TUS_NODE): tests/tus-node/package.json tests/tus-node/package-lock.json
 	npm ci --prefix tests/tus-node --no-audit --no-fund --loglevel=error
 	touch $(TUS_NODE)
-# tus-js-client's IETF draft modes under Node (tests/test_ietf_node.py).
-IETF_NODE := tests/ietf-node/node_modules/tus-js-client/package.json
-$(IETF_NODE): tests/ietf-node/package.json tests/ietf-node/package-lock.json
-	npm ci --prefix tests/ietf-node --no-audit --no-fund --loglevel=error
-	touch $(IETF_NODE)
-
 ## Set up and run the service on its embedded defaults (SQLite under ./data, files in ./data/media).
 ## HOST and PORT choose the address: `make run PORT=8080`, `make run HOST=0.0.0.0`.
 run:
@@ -67,8 +61,7 @@ migrate: $(RUN_STAMP)
 ## and Redis if stopped, then lint, types and pytest.
 test:
 	@bash scripts/system-packages test
-	@$(MAKE) --no-print-directory lock-check $(TEST_STAMP) $(S3RVER) $(TUS_NODE) $(IETF_NODE) \
-		services
+	@$(MAKE) --no-print-directory lock-check $(TEST_STAMP) $(S3RVER) $(TUS_NODE) services
 	$(BIN)/ruff check mediasvc tests
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from mediasvc.ietf_client import Reply
 from mediasvc.storage.local import VOLUME_ID_FILE
 from tests.conftest import free_port, stop_process
 from tests.helpers import curl, poll_until, random_bytes
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -410,90 +409,7 @@ def test_any_node_serves_any_upload(
 
 # --- tus-js-client in its IETF modes, through a proxy that cuts -------------------------------
 
-NODE_DIR = Path(__file__).parent / "ietf-node"
-
-
-class CuttingProxy:
-    """A loopback TCP proxy in a thread of its own: counts what clients send through it and,
-    once, when ``cut_at`` bytes have crossed, resets every client connection (a network that
-    broke) and ends the server's side after what was forwarded (FIN, as a real break lets the
-    server's kernel deliver what it had)."""
-
-    def __init__(self, target_port: int, cut_at: int) -> None:
-        self.target_port = target_port
-        self.cut_at: int | None = cut_at
-        self.sent = 0
-        self.cuts = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        def stop() -> None:
-            for pair in list(self._pairs):
-                for end in pair:
-                    end.transport.abort()
-            self._loop.call_later(0.1, self._loop.stop)
-
-        self._loop.call_soon_threadsafe(stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
-        self._loop.run_until_complete(server.wait_closed())
-        self._loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        pair = (writer, up_writer)
-        self._pairs.add(pair)
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                self.sent += len(data)
-                up_writer.write(data)
-                await up_writer.drain()
-                if self.cut_at is not None and self.sent >= self.cut_at:
-                    self.cut_at = None
-                    self._cut()
-                    return
-            up_writer.write_eof()
-
-        async def downstream() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        try:
-            with contextlib.suppress(OSError, ConnectionError):
-                await asyncio.gather(upstream(), downstream())
-        finally:
-            self._pairs.discard(pair)
-            for end in pair:
-                end.close()
-                with contextlib.suppress(OSError, ConnectionError):
-                    await end.wait_closed()
-
-    def _cut(self) -> None:
-        self.cuts += 1
-        for client, server in list(self._pairs):
-            client.transport.abort()  # the client sees a reset
-            with contextlib.suppress(OSError):
-                server.write_eof()  # the server sees the end, after every byte forwarded
+NODE_DIR = Path(__file__).parent / "tus-node"
 
 
 @pytest.mark.parametrize("protocol", ["ietf-draft-05"])
@@ -501,11 +417,12 @@ def test_tus_js_client_ietf_mode_resumes_through_a_cut(
     launch: Callable[..., Node], source: tuple[Path, bytes], protocol: str
 ) -> None:
     if not (NODE_DIR / "node_modules" / "tus-js-client").is_dir():
-        pytest.fail("tus-js-client is not installed: run make test (npm ci in tests/ietf-node)")
+        pytest.fail("tus-js-client is not installed: run make test (npm ci in tests/tus-node)")
     server = launch()
     path, data = source
     chunk = 2 * MiB
-    proxy = CuttingProxy(server.port, cut_at=3 * MiB)
+    proxy = TcpProxy(server.port).start()
+    proxy.cut_at = 3 * MiB
     try:
         args = {
             "endpoint": f"{proxy.url}{UPLOADS}",
@@ -514,7 +431,7 @@ def test_tus_js_client_ietf_mode_resumes_through_a_cut(
             "chunkSize": chunk,
         }
         out = subprocess.run(
-            ["node", "upload.mjs", json.dumps(args)],
+            ["node", "ietf-upload.mjs", json.dumps(args)],
             cwd=NODE_DIR,
             capture_output=True,
             timeout=120,

@@ -1,6 +1,6 @@
-// One tus-js-client upload in one of its IETF draft modes, under Node, for tests/test_ietf_node.py.
+// One tus-js-client upload in one of its IETF draft modes, under Node, for tests/test_ietf_e2e.py.
 //
-//   node upload.mjs '{"endpoint": "...", "path": "...", "protocol": "ietf-draft-05", "chunkSize": 1048576}'
+//   node ietf-upload.mjs '{"endpoint": "...", "path": "...", "protocol": "ietf-draft-05", "chunkSize": 1048576}'
 //
 // protocol: "ietf-draft-05" (interop 6) or "ietf-draft-03" (interop 5). The file is read from a
 // Buffer (tus-js-client slices it per request). Network errors are retried at once: the test
