@@ -480,7 +480,7 @@ async def test_a_sigkilled_workers_transcode_runs_again_once(
             "MEDIASVC_CLOUD_ROOT": str(settings.cloud_root),
             "MEDIASVC_PUSH_TIMEOUT_S": "40",
             "MEDIASVC_TRANSCODE_THREADS": "1",
-            "MEDIASVC_TRANSCODE_PRESET": "medium",  # still encoding when the worker is killed
+            "MEDIASVC_TRANSCODE_PRESET": "slower",  # ~4 s quiet: still encoding when killed
         }
         async with fresh_client(settings) as client:
             meta = await upload_file(client, clips.long_mkv)
