@@ -1,5 +1,5 @@
 """The IETF resumable upload draft at /api/v1/uploads, in process (real PostgreSQL, real disk):
-interop 6 (draft -05) and 8 (drafts -09..-11, the editor's copy), where their rules differ, every
+interop 6 (draft -05), 7 (-08), 8 (-11) and 9 (the text after -11), where their rules differ, every
 problem the draft names, digests, limits, the plain upload's upgrade, and one upload driven by
 tus and the draft in turn. In process there is no 104 (the ASGI transport has no informational
 extension): tests/test_ietf_e2e.py sees it from a real uvicorn."""
@@ -64,26 +64,38 @@ async def sha_of_file(client: httpx.AsyncClient, location: str) -> str:
 # --- discovery and versions -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("version", "age_key"), [(6, "expires"), (8, "max-age")])
+@pytest.mark.parametrize(
+    ("version", "age_key", "accept_patch"),
+    [
+        (6, "expires", None),
+        (7, "max-age", None),
+        (8, "max-age", "application/partial-upload"),  # -10 and -11: MUST
+        (9, "max-age", None),  # the text after -11 removed it
+    ],
+)
 async def test_options_tell_the_limits(
-    make_settings: object, client: httpx.AsyncClient, version: int, age_key: str
+    make_settings: object,
+    client: httpx.AsyncClient,
+    version: int,
+    age_key: str,
+    accept_patch: str | None,
 ) -> None:
     response = await client.options(UPLOADS, headers=v(version))
     assert response.status_code == 204
     limits = dict(item.split("=") for item in response.headers["upload-limit"].split(", "))
     assert limits[age_key] == "86400"
-    assert response.headers["accept-patch"] == "application/partial-upload"
+    assert response.headers.get("accept-patch") == accept_patch
 
 
 async def test_an_unknown_interop_version_is_refused_with_those_spoken(
     client: httpx.AsyncClient,
 ) -> None:
-    for value in ("9", "5", "x"):
+    for value in ("10", "5", "x"):
         response = await client.post(
             UPLOADS, headers=v(6, Upload_Complete="?0") | {"Upload-Draft-Interop-Version": value}
         )
         problem = assert_problem(response, 400)
-        assert problem["supported-versions"] == [6, 8]
+        assert problem["supported-versions"] == [6, 7, 8, 9]
     assert (await client.get("/api/v1/files")).json()["items"] == []
 
 
@@ -95,10 +107,40 @@ async def test_tus_requests_still_reach_tus(client: httpx.AsyncClient) -> None:
     assert (await client.post(UPLOADS, headers={"Upload-Length": "5"})).status_code == 412
 
 
+async def test_draft_answers_carry_no_tus_field_and_tus_answers_do(
+    client: httpx.AsyncClient,
+) -> None:
+    """Tus-Resumable belongs to tus: an answer to the draft (success or problem, any version,
+    a refused version too) has none; a tus answer to the same upload has it."""
+    path = await create(client, 9, DATA[:10])
+    draft_answers = [
+        await client.options(UPLOADS, headers=v(9)),
+        await client.head(path, headers=v(9)),
+        await client.get(path, headers=v(8)),
+        await append(client, path, 9, 10, DATA[10:20], False),
+        await append(client, path, 9, 5, DATA[5:20], False),  # 409
+        await client.post(UPLOADS, headers=v(10, Upload_Complete="?0")),  # 400: unknown version
+        await client.delete(path, headers=v(6)),
+        await client.head(path, headers=v(8)),  # 404: gone
+    ]
+    assert [r.status_code for r in draft_answers] == [204, 204, 204, 204, 409, 400, 204, 404]
+    for response in draft_answers:
+        assert "tus-resumable" not in response.headers, response.request
+    tus_path = await create(client, 8, DATA[:10])
+    tus_answers = [
+        await client.head(tus_path, headers=TUS),
+        await client.options(UPLOADS),
+        await client.post(UPLOADS, headers={"Upload-Length": "5"}),  # 412: no Tus-Resumable
+    ]
+    assert [r.status_code for r in tus_answers] == [200, 204, 412]
+    for response in tus_answers:
+        assert response.headers["tus-resumable"] == "1.0.0"
+
+
 # --- creation, retrieval, append, completion ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("version", "append_status"), [(6, 201), (8, 204)])
+@pytest.mark.parametrize(("version", "append_status"), [(6, 201), (7, 204), (8, 204), (9, 204)])
 async def test_an_upload_in_three_requests(
     client: httpx.AsyncClient, version: int, append_status: int
 ) -> None:
@@ -179,7 +221,13 @@ async def test_an_empty_append_completes(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "slug"), [(6, "completed-upload"), (8, "inconsistent-upload-length")]
+    ("version", "slug"),
+    [
+        (6, "completed-upload"),
+        (7, "completed-upload"),
+        (8, "inconsistent-upload-length"),
+        (9, "inconsistent-upload-length"),
+    ],
 )
 async def test_bytes_for_a_complete_upload(
     client: httpx.AsyncClient, version: int, slug: str
@@ -193,16 +241,19 @@ async def test_bytes_for_a_complete_upload(
 
 async def test_get_retrieves_the_offset_from_interop_8(client: httpx.AsyncClient) -> None:
     path = await create(client, 8, DATA[:5])
-    got = await client.get(path, headers=v(8))
-    assert got.status_code == 204
-    assert got.headers["upload-offset"] == "5"
-    assert (await client.get(path, headers=v(6))).status_code == 405
+    for version in (8, 9):
+        got = await client.get(path, headers=v(version))
+        assert got.status_code == 204
+        assert got.headers["upload-offset"] == "5"
+        assert got.headers["upload-complete"] == "?0"
+    for version in (6, 7):
+        assert (await client.get(path, headers=v(version))).status_code == 405
 
 
 # --- conflicts and problems ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [6, 8])
+@pytest.mark.parametrize("version", [6, 7, 8, 9])
 async def test_a_wrong_offset_is_409_with_the_expected_one(
     client: httpx.AsyncClient, version: int
 ) -> None:
@@ -370,7 +421,7 @@ async def test_a_plain_upload_from_an_unknown_version_stays_plain(
     client: httpx.AsyncClient,
 ) -> None:
     response = await client.post(
-        "/api/v1/files/stream", content=DATA, headers=v(9, Upload_Complete="?1")
+        "/api/v1/files/stream", content=DATA, headers=v(10, Upload_Complete="?1")
     )
     assert response.status_code == 201
     assert "upload-complete" not in response.headers

@@ -61,13 +61,15 @@ def cut_after(data: bytes, n_bytes: int) -> Iterator[bytes]:
     raise ConnectionResetError("cut on purpose")
 
 
-def head(url: str, version: int = 8) -> Reply:
+def head(url: str, version: int = ietf_client.INTEROP_VERSION) -> Reply:
     reply = ietf_client.request("HEAD", url, {"Upload-Draft-Interop-Version": str(version)})
     assert reply.status == 204, reply
     return reply
 
 
-def append(url: str, at: int, data: bytes, *, complete: bool) -> Reply:
+def append(
+    url: str, at: int, data: bytes, *, complete: bool, version: int = ietf_client.INTEROP_VERSION
+) -> Reply:
     return ietf_client.request(
         "PATCH",
         url,
@@ -78,6 +80,7 @@ def append(url: str, at: int, data: bytes, *, complete: bool) -> Reply:
             "Content-Length": str(len(data)),
         },
         pieces(data),
+        version=version,
     )
 
 
@@ -172,8 +175,9 @@ def row_offset(pg_url: str, upload_url: str) -> int:
     return asyncio.run(read())
 
 
+@pytest.mark.parametrize("version", [8, 9])
 def test_creation_cut_after_the_104_is_resumed(
-    launch: Callable[..., Node], source: tuple[Path, bytes], pg_url: str
+    launch: Callable[..., Node], source: tuple[Path, bytes], pg_url: str, version: int
 ) -> None:
     server = launch()
     path, data = source
@@ -189,12 +193,13 @@ def test_creation_cut_after_the_104_is_resumed(
             },
             cut_after(data, 2 * MiB + 12345),
             on_interim=lambda status, headers: interim.append((status, headers)),
+            version=version,
         )
     # The 104 came before the body was sent: the upload's URL, its limits, our version.
     assert len(interim) == 1
     status, fields = interim[0]
     assert status == 104
-    assert fields["upload-draft-interop-version"] == "8"
+    assert fields["upload-draft-interop-version"] == str(version)
     assert "max-age=" in fields["upload-limit"]
     url = fields["location"]
     assert url.startswith(f"{server.url}{UPLOADS}/")
@@ -202,14 +207,15 @@ def test_creation_cut_after_the_104_is_resumed(
     # sooner would end the request there, as the draft recommends, with what it had read).
     poll_until(lambda: row_offset(pg_url, url) > 0, "the cut request's bytes in the row")
     # HEAD: what reached the disk, never more than was sent; the length told by Content-Length.
-    reply = head(url)
+    reply = head(url, version)
     offset = int(reply.headers["upload-offset"])
     assert 0 < offset <= 2 * MiB + 12345
     assert reply.headers["upload-complete"] == "?0"
     assert reply.headers["upload-length"] == str(len(data))
     # A wrong offset: 409, the expected one in the problem.
-    conflict = append(url, offset + 1, data[offset + 1 :], complete=True)
+    conflict = append(url, offset + 1, data[offset + 1 :], complete=True, version=version)
     assert conflict.status == 409
+    assert conflict.headers["upload-complete"] == "?0"
     assert b'"expected-offset":%d' % offset in conflict.body
     # Resume with a Content-Digest of the request's own bytes.
     rest = data[offset:]
@@ -225,6 +231,7 @@ def test_creation_cut_after_the_104_is_resumed(
             "Content-Digest": f"sha-256=:{digest}:",
         },
         pieces(rest),
+        version=version,
     )
     assert done.status == 201, done.body
     assert done.headers["upload-complete"] == "?1"

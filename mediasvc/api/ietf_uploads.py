@@ -39,20 +39,12 @@ from mediasvc.errors import (
 from mediasvc.ingest.names import name_from_request
 from mediasvc.resumable.engine import Body
 
-_INTEROP = ietf.INTEROP_HEADER.lower().encode("latin-1")
-
-
-def speaks_ietf(scope: Scope) -> bool:
-    """The request names an interop version of the draft and is no tus request."""
-    names = {name for name, _ in scope.get("headers", ())}
-    return _INTEROP in names and b"tus-resumable" not in names
-
 
 class IetfRoute(APIRoute):
     """Matches only requests of the draft, so the same path's tus route takes the others."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or not speaks_ietf(scope):
+        if scope["type"] != "http" or not ietf.speaks_ietf(scope):
             return Match.NONE, {}
         return super().matches(scope)
 
@@ -121,10 +113,9 @@ def _refuse_upload_fields(interop: Interop, request: Request, what: str) -> None
 @router.options("/{uid}")
 async def ietf_options(request: Request, interop: InteropOf) -> Response:
     engine = services_of(request).uploads
-    headers = {
-        "Upload-Limit": ietf.upload_limit(interop, engine, None),
-        "Accept-Patch": ietf.PARTIAL_UPLOAD,
-    }
+    headers = {"Upload-Limit": ietf.upload_limit(interop, engine, None)}
+    if interop.accept_patch_on_options:
+        headers["Accept-Patch"] = ietf.PARTIAL_UPLOAD
     return Response(status_code=204, headers=headers)
 
 
