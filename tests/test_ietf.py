@@ -469,10 +469,22 @@ def test_an_internal_url_may_name_this_machine() -> None:
     """docker-compose.yml gives every API container the same MEDIASVC_INTERNAL_URL."""
     import socket
 
-    settings = Settings(_env_file=None, internal_url="http://{hostname}:8000/")  # type: ignore[call-arg]
+    secret = "s" * 32
+    settings = Settings(
+        _env_file=None, internal_url="http://{hostname}:8000/", internal_secret=secret
+    )  # type: ignore[call-arg]
     assert settings.internal_url == f"http://{socket.gethostname()}:8000"
-    ip = Settings(_env_file=None, internal_url="http://{ip}:8000").internal_url  # type: ignore[call-arg]
+    ip = Settings(
+        _env_file=None, internal_url="http://{ip}:8000", internal_secret=secret
+    ).internal_url  # type: ignore[call-arg]
     assert ip == f"http://{socket.gethostbyname(socket.gethostname())}:8000"
+
+
+@pytest.mark.parametrize("secret", [None, "", "a-secret-too-short"])
+def test_an_internal_url_needs_a_long_internal_secret(secret: str | None) -> None:
+    """Forwarded requests are signed with it: none, or one easy to guess, is refused at start."""
+    with pytest.raises(ValueError, match="MEDIASVC_INTERNAL_SECRET"):
+        Settings(_env_file=None, internal_url="http://10.0.0.5:8000", internal_secret=secret)  # type: ignore[call-arg]
 
 
 async def test_the_openapi_schema_says_the_draft_is_spoken(client: httpx.AsyncClient) -> None:
@@ -482,3 +494,30 @@ async def test_the_openapi_schema_says_the_draft_is_spoken(client: httpx.AsyncCl
             "Upload-Draft-Interop-Version"
             in schema["paths"]["/api/v1/uploads/{uid}"][method]["description"]
         )
+
+
+def test_a_forwarding_signature_holds_for_its_own_request_only() -> None:
+    """resumable/node_signature.py: what is signed is the method, target, time, node and
+    client; a change to any of them, a field twice, or no secret here is refused."""
+    from mediasvc.errors import ForwardingRefused
+    from mediasvc.resumable import node_signature as ns
+
+    key, now = b"k" * 32, 1_800_000_000.0
+    fields = ns.sign(key, method="PATCH", target="/u/1", by="http://b", client="10.1.2.3", now=now)
+    raw = [(name.encode(), value.encode()) for name, value in fields]
+    good = ns.verify(key, method="PATCH", target="/u/1", headers=raw, now=now + 10)
+    assert good == ns.Forwarded(by="http://b", client="10.1.2.3")
+    assert ns.verify(key, method="PATCH", target="/u/1", headers=[], now=now) is None
+    other_client = [(n, b"10.9.9.9" if n.endswith(b"-for") else v) for n, v in raw]
+    refused = [
+        (key, "HEAD", "/u/1", raw, now),  # another method
+        (key, "PATCH", "/u/2", raw, now),  # another target
+        (key, "PATCH", "/u/1", raw, now + ns.MAX_SKEW_S + 1),  # too late
+        (None, "PATCH", "/u/1", raw, now),  # no secret here
+        (key, "PATCH", "/u/1", [*raw, (b"x-mediasvc-forwarded-for", b"10.9.9.9")], now),  # twice
+        (key, "PATCH", "/u/1", other_client, now),  # another client
+        (key, "PATCH", "/u/1", raw[:-1], now),  # no signature
+    ]
+    for secret, method, target, headers, at in refused:
+        with pytest.raises(ForwardingRefused):
+            ns.verify(secret, method=method, target=target, headers=headers, now=at)
