@@ -487,13 +487,121 @@ def test_an_internal_url_needs_a_long_internal_secret(secret: str | None) -> Non
         Settings(_env_file=None, internal_url="http://10.0.0.5:8000", internal_secret=secret)  # type: ignore[call-arg]
 
 
-async def test_the_openapi_schema_says_the_draft_is_spoken(client: httpx.AsyncClient) -> None:
+async def test_the_openapi_schema_describes_the_draft(client: httpx.AsyncClient) -> None:
+    """Each operation of the draft is in the schema (merged into tus's on the same path and
+    method, GET on its own): its fields, statuses, response fields and problem types."""
     schema = (await client.get("/openapi.json")).json()
-    for method in ("head", "patch", "delete"):
-        assert (
-            "Upload-Draft-Interop-Version"
-            in schema["paths"]["/api/v1/uploads/{uid}"][method]["description"]
-        )
+    upload = schema["paths"][f"{UPLOADS}/{{uid}}"]
+    operations = {
+        ("options", UPLOADS): schema["paths"][UPLOADS]["options"],
+        ("post", UPLOADS): schema["paths"][UPLOADS]["post"],
+        **{(method, "upload"): upload[method] for method in ("head", "get", "patch", "delete")},
+    }
+    for (method, _), operation in operations.items():
+        assert "IETF resumable upload" in operation["tags"]
+        params = {p["name"].lower(): p for p in operation["parameters"] if p["in"] == "header"}
+        interop = params["upload-draft-interop-version"]
+        assert interop["schema"]["enum"] == ["6", "7", "8", "9"]
+        assert interop["required"] is (method == "get")  # GET is the draft's alone
+        if "tus-resumable" in params:
+            assert params["tus-resumable"]["required"] is False  # a draft request has none
+    post, patch = operations["post", UPLOADS], operations["patch", "upload"]
+    assert {"upload-complete", "upload-length", "content-digest", "repr-digest"} <= {
+        p["name"].lower() for p in post["parameters"]
+    }
+    assert set(post["responses"]["104"]["headers"]) == {"Location", "Upload-Limit"}
+    assert "application/partial-upload" in patch["requestBody"]["content"]
+    offset = next(p for p in patch["parameters"] if p["name"] == "Upload-Offset")
+    assert offset["required"] is True
+    assert IANA + "mismatching-upload-offset" in patch["responses"]["409"]["x-problem-types"]
+    problems_400 = patch["responses"]["400"]["x-problem-types"]
+    assert IANA + "inconsistent-upload-length" in problems_400
+    assert "urn:mediasvc:problem:unsupported-interop-version" in problems_400
+    assert "urn:mediasvc:problem:content-digest-mismatch" in problems_400
+    assert "uid" in {p["name"] for p in upload["get"]["parameters"] if p["in"] == "path"}
+
+
+DRAFT_FIELDS = (
+    "upload-complete",
+    "upload-offset",
+    "upload-length",
+    "upload-limit",
+    "location",
+    "content-location",
+    "repr-digest",
+    "accept-patch",
+    "x-delete-token",
+)
+
+
+async def test_what_the_draft_answers_is_what_the_schema_says(client: httpx.AsyncClient) -> None:
+    """Real answers of the draft, each held against its operation in the schema: the status is
+    declared, and so is every draft field it carries."""
+    schema = (await client.get("/openapi.json")).json()["paths"]
+    answers: list[tuple[str, httpx.Response]] = []
+
+    async def send(method: str, path: str, **kwargs: object) -> httpx.Response:
+        response = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+        answers.append((UPLOADS if path == UPLOADS else f"{UPLOADS}/{{uid}}", response))
+        return response
+
+    await send("OPTIONS", UPLOADS, headers=v(8))
+    created = await send(
+        "POST",
+        UPLOADS,
+        content=DATA[:10],
+        headers=v(9, Upload_Complete="?0", Want_Repr_Digest="sha-256=1"),
+    )
+    path = httpx.URL(created.headers["location"]).path
+    await send("OPTIONS", path, headers=v(9))
+    await send("HEAD", path, headers=v(9))
+    await send("GET", path, headers=v(8))
+    await send("GET", path, headers=v(7))  # 405
+    await send(
+        "PATCH",
+        path,
+        content=DATA[10:20],
+        headers={**PARTIAL, **v(9, Upload_Offset="10", Upload_Complete="?0")},
+    )
+    await send(
+        "PATCH", path, content=DATA[10:20], headers={**PARTIAL, **v(6, Upload_Offset="20")}
+    )  # 201
+    await send(
+        "PATCH",
+        path,
+        content=b"x",
+        headers={**PARTIAL, **v(9, Upload_Offset="5", Upload_Complete="?0")},
+    )  # 409
+    await send(
+        "PATCH", path, content=b"x", headers=v(9, Upload_Offset="30", Upload_Complete="?0")
+    )  # 415
+    await send(
+        "PATCH",
+        path,
+        content=DATA[30:40],
+        headers={**PARTIAL, **v(9, Upload_Offset="30", Upload_Complete="?1")},
+    )  # 201
+    await send(
+        "PATCH", path, headers={**PARTIAL, **v(9, Upload_Offset="40", Upload_Complete="?1")}
+    )  # 200
+    await send("HEAD", path, headers=v(8))
+    await send("POST", UPLOADS, headers=v(10, Upload_Complete="?0"))  # 400
+    other = await send("POST", UPLOADS, content=DATA[:5], headers=v(8, Upload_Complete="?1"))
+    await send("DELETE", path, headers=v(9))
+    await send("HEAD", path, headers=v(9))  # 404
+    statuses = sorted({response.status_code for _, response in answers})
+    assert statuses == [200, 201, 204, 400, 404, 405, 409, 415], statuses
+    assert other.json()["sha256"] == hashlib.sha256(DATA[:5]).hexdigest()
+    for schema_path, response in answers:
+        operation = schema[schema_path][response.request.method.lower()]
+        declared = operation["responses"].get(str(response.status_code))
+        assert declared is not None, (response.request.method, response.status_code)
+        names = {name.lower() for name in declared.get("headers", {})}
+        carried = {name for name in DRAFT_FIELDS if name in response.headers}
+        assert carried <= names, (response.request.method, response.status_code, carried)
+        if response.content:  # declared content: problem+json for a 4xx, the file's JSON
+            content_type = response.headers["content-type"].partition(";")[0]
+            assert content_type in declared.get("content", {}) or response.status_code == 201
 
 
 def test_a_forwarding_signature_holds_for_its_own_request_only() -> None:

@@ -2,24 +2,23 @@
 paths and uploads, told apart per request. A request carrying ``Upload-Draft-Interop-Version``
 and no ``Tus-Resumable`` is the draft's (``IetfRoute``); any other goes on to tus's routes.
 
-    OPTIONS /api/v1/uploads         Upload-Limit (and Accept-Patch: application/partial-upload)
+    OPTIONS /api/v1/uploads         Upload-Limit (and Accept-Patch for interop 8)
     POST    /api/v1/uploads         upload creation (Upload-Complete, Upload-Length, a body or not)
     HEAD    /api/v1/uploads/{uid}   offset retrieval (GET too, from interop 8)
     PATCH   /api/v1/uploads/{uid}   append (application/partial-upload, Upload-Offset)
     DELETE  /api/v1/uploads/{uid}   cancellation
 
-The rules per interop version, the fields and creation are in api/ietf.py. These routes are
-left out of the OpenAPI schema, which holds one operation per path and method (tus's): those
-operations say that the draft is spoken too (``describe``); its fields are listed in README.md
-and docs/design.md.
+The rules per interop version, the fields and creation are in api/ietf.py. The OpenAPI schema
+holds one operation per path and method, tus's: api/ietf_openapi.py adds the draft's to them, so
+these routes are left out of it as such.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.routing import Match
@@ -50,33 +49,6 @@ class IetfRoute(APIRoute):
 
 
 router = APIRouter(prefix=ietf.PREFIX, route_class=IetfRoute, include_in_schema=False)
-
-_NOTE = (
-    "Also the IETF draft Resumable Uploads for HTTP, interop versions 6 and 8, when the request "
-    "carries Upload-Draft-Interop-Version and no Tus-Resumable: creation (Upload-Complete, "
-    "Upload-Length), offset retrieval (HEAD, GET from 8: 204), append (PATCH of "
-    "application/partial-upload with Upload-Offset and Upload-Complete), cancellation (DELETE), "
-    "Upload-Limit; see the README. A request for an upload another node holds is forwarded "
-    "there (503 with Retry-After when it does not answer)."
-)
-
-
-def describe(app: FastAPI) -> None:
-    """Say in the OpenAPI schema's operations on /api/v1/uploads that the draft is spoken."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        for path, operations in schema.get("paths", {}).items():
-            if path.startswith(ietf.PREFIX):
-                for operation in operations.values():
-                    text = operation.get("description", "")
-                    operation["description"] = f"{text}\n\n{_NOTE}".strip()
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _interop(request: Request) -> Interop:
