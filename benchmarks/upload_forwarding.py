@@ -64,6 +64,7 @@ def node(work: Path, name: str, port: int, database_url: str) -> Iterator[Child]
         {
             "MEDIASVC_DATABASE_URL": database_url,
             "MEDIASVC_INTERNAL_URL": f"http://127.0.0.1:{port}",
+            "MEDIASVC_INTERNAL_SECRET": "benchmark-internal-secret-0123456789abcdef",
         }
     )
     with serve_mediasvc(home, port=port, env=env, ready_timeout_s=90) as server:

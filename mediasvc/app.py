@@ -18,6 +18,7 @@ from mediasvc.api import (
     files,
     health,
     ietf,
+    ietf_openapi,
     ietf_uploads,
     imports,
     metrics,
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(ietf_uploads.router)  # before tus's: it takes the draft's requests only
     app.include_router(tus.router)
-    ietf_uploads.describe(app)
+    ietf_openapi.describe(app)  # the draft's operations, merged into tus's in the schema
     app.include_router(imports.router)  # before files: /files/import is not a uid
     app.include_router(files.router)
     app.include_router(previews.router)

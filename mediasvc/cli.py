@@ -190,7 +190,7 @@ def _upload(args: argparse.Namespace) -> None:
 
 
 def _upload_ietf(args: argparse.Namespace) -> None:
-    """The IETF resumable upload draft (interop 8): a break is resumed with HEAD + PATCH."""
+    """The IETF resumable upload draft (interop 9): a break is resumed with HEAD + PATCH."""
     from mediasvc import ietf_client
     from mediasvc.progress import Progress
 
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("tus", "ietf"),
         default="tus",
         help="tus: tus 1.0.0 (resumable, --parallel, --chunk-size); ietf: the IETF resumable "
-        "upload draft (interop 8), resumed by HEAD + PATCH after a break (default: %(default)s)",
+        "upload draft (interop 9), resumed by HEAD + PATCH after a break (default: %(default)s)",
     )
     up.set_defaults(handler=_upload)
 

@@ -316,6 +316,14 @@ class Settings(BaseSettings):
         "reaching another node is forwarded here, where its bytes are. Unset: one node "
         "(nothing is forwarded).",
     )
+    internal_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of requests one API node forwards to another; the same on every "
+        "node, at least 32 bytes (e.g. `openssl rand -hex 32`); needed with internal_url. The "
+        "owner believes the client address a forwarded request carries (its per-client upload "
+        "cap counts that client) and refuses (403) a request that claims to be forwarded "
+        "without a valid signature.",
+    )
     upload_forward_connect_timeout_s: float = Field(
         default=3.0,
         gt=0,
@@ -540,20 +548,43 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("internal_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes ${MEDIASVC_INTERNAL_SECRET:-}: empty when the operator set none.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _forwarding_needs_a_secret(self) -> Settings:
+        if self.internal_url and self.internal_secret is None:
+            raise ValueError(
+                "MEDIASVC_INTERNAL_URL needs MEDIASVC_INTERNAL_SECRET (the same on every node): "
+                "requests forwarded between nodes are signed with it"
+            )
+        _long_enough(
+            "MEDIASVC_INTERNAL_SECRET",
+            self.internal_secret,
+            "signed forwarded requests need",
+            "anyone who guesses it can pass for a node",
+        )
+        return self
+
+    def internal_key(self) -> bytes | None:
+        """The internal secret as the HMAC key (None: unset)."""
+        if self.internal_secret is None:
+            return None
+        return self.internal_secret.get_secret_value().encode("utf-8")
+
     @model_validator(mode="after")
     def _signing_needs_a_secret(self) -> Settings:
         if self.require_signed_downloads and self.signing_secret is None:
             raise ValueError("require_signed_downloads needs MEDIASVC_SIGNING_SECRET")
-        if self.signing_secret is not None:
-            # Checked here, not in a field validator: a field's error line shows its value, and
-            # the secret must never be printed.
-            secret_bytes = len(self.signing_secret.get_secret_value().encode("utf-8"))
-            if secret_bytes < MIN_SIGNING_SECRET_BYTES:
-                raise ValueError(
-                    f"MEDIASVC_SIGNING_SECRET is {secret_bytes} bytes, signed links need at "
-                    f"least {MIN_SIGNING_SECRET_BYTES}: anyone who guesses it can forge a link "
-                    'to any file; set it to e.g. "$(openssl rand -hex 32)"'
-                )
+        _long_enough(
+            "MEDIASVC_SIGNING_SECRET",
+            self.signing_secret,
+            "signed links need",
+            "anyone who guesses it can forge a link to any file",
+        )
         if self.require_signed_downloads and not self.api_keys:
             # Without keys, anyone may call /link and mint a valid link for any UID: the
             # signatures would protect nothing.
@@ -566,6 +597,19 @@ class Settings(BaseSettings):
         if self.disk_low_watermark > self.disk_high_watermark:
             raise ValueError("disk_low_watermark must not exceed disk_high_watermark")
         return self
+
+
+def _long_enough(name: str, secret: SecretStr | None, needs: str, risk: str) -> None:
+    """An HMAC key of at least ``MIN_SIGNING_SECRET_BYTES``. Checked in a model validator, not a
+    field validator: a field's error line shows its value, and a secret must never be printed."""
+    if secret is None:
+        return
+    secret_bytes = len(secret.get_secret_value().encode("utf-8"))
+    if secret_bytes < MIN_SIGNING_SECRET_BYTES:
+        raise ValueError(
+            f"{name} is {secret_bytes} bytes, {needs} at least {MIN_SIGNING_SECRET_BYTES}: "
+            f'{risk}; set it to e.g. "$(openssl rand -hex 32)"'
+        )
 
 
 # --- unknown names and one-line errors -------------------------------------------------------

@@ -13,6 +13,7 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     │   └── UnsupportedInteropVersion
     ├── Unauthorized (401)
     ├── Forbidden (403)
+    │   └── ForwardingRefused
     ├── NotFound (404)
     ├── RequestTimeout (408)
     ├── Conflict (409)
@@ -125,6 +126,13 @@ class Forbidden(MediaServiceError):
     status = 403
     title = "Forbidden"
     slug = "forbidden"
+
+
+class ForwardingRefused(Forbidden):
+    """A request says it was forwarded by another API node, but its signature does not hold
+    (resumable/node_signature.py): believing it would let a client claim another address."""
+
+    slug = "forwarding-refused"
 
 
 class NotFound(MediaServiceError):

@@ -1,5 +1,7 @@
-"""A small client of the IETF resumable upload draft (interop 8), for ``mediasvc upload
---protocol ietf`` and the tests: no Python package speaks interop 8, and none shows the 104.
+"""A small client of the IETF resumable upload draft (interop 9, or 8 on request), for
+``mediasvc upload --protocol ietf`` and the tests: no Python package speaks interop 8 or newer,
+and none shows the 104. What it does is the same in both versions (interop 9 changed what
+servers send, not this client's requests: mediasvc/api/ietf.py).
 
 It is HTTP/1.1 on a plain socket through ``h11``, which hands over interim responses: the 104
 (Upload Resumption Supported) with the upload's ``Location`` arrives while the body is still
@@ -28,7 +30,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import h11
 
-INTEROP_VERSION = 8
+INTEROP_VERSION = 9  # the newest whose text we read (mediasvc/api/ietf.py)
 PARTIAL_UPLOAD = "application/partial-upload"
 CHUNK_BYTES = 1024 * 1024
 INTERIM_WAIT_S = 1.0  # how long to wait for a 104 before sending the body (the draft allows it)
@@ -155,6 +157,7 @@ def request(
     *,
     timeout_s: float = 60.0,
     on_interim: Callable[[int, dict[str, str]], None] | None = None,
+    version: int = INTEROP_VERSION,
 ) -> Reply:
     """One request with its own connection; interim responses go to ``on_interim`` as they
     arrive, before the body is sent (waiting up to ``INTERIM_WAIT_S`` for one)."""
@@ -163,7 +166,8 @@ def request(
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     try:
-        exchange.send_head(method, target, {"Upload-Draft-Interop-Version": "8", **headers})
+        fields = {"Upload-Draft-Interop-Version": str(version), **headers}
+        exchange.send_head(method, target, fields)
         if body is not None:
             exchange.wait_interim(INTERIM_WAIT_S)
             exchange.send_body(body)
@@ -197,6 +201,7 @@ def upload(
     retries: int = 5,
     stop_after: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    version: int = INTEROP_VERSION,
 ) -> IetfUpload:
     """Upload ``path`` to ``url``'s /api/v1/uploads, resuming after breaks; ``stop_after``
     (tests) breaks the first request's connection after that many body bytes."""
@@ -207,7 +212,7 @@ def upload(
     name = quote(path.name, safe="")
 
     def got_interim(status: int, headers: dict[str, str]) -> None:
-        if status == 104 and headers.get("upload-draft-interop-version") == str(INTEROP_VERSION):
+        if status == 104 and headers.get("upload-draft-interop-version") == str(version):
             state.interim_seen += 1
             if "location" in headers:
                 state.upload_url = urljoin(endpoint, headers["location"])
@@ -224,9 +229,11 @@ def upload(
                     "Content-Disposition": f"inline; filename*=UTF-8''{name}",
                 }
                 body = _read(path, 0, chunk_bytes, stop_after, on_progress)
-                reply = request("POST", endpoint, create, body, on_interim=got_interim)
+                reply = request(
+                    "POST", endpoint, create, body, on_interim=got_interim, version=version
+                )
             else:
-                offset = _offset(state.upload_url, auth)
+                offset = _offset(state.upload_url, auth, version)
                 resumes += 1
                 if on_progress is not None:
                     on_progress(offset)
@@ -238,7 +245,7 @@ def upload(
                     "Content-Length": str(size - offset),
                 }
                 body = _read(path, offset, chunk_bytes, None, on_progress)
-                reply = request("PATCH", state.upload_url, append, body)
+                reply = request("PATCH", state.upload_url, append, body, version=version)
         except (ConnectionError, OSError, h11.ProtocolError) as exc:
             failures += 1
             if failures > retries:
@@ -257,8 +264,8 @@ def upload(
     return IetfUpload(file, state.upload_url or endpoint, resumes, state.interim_seen)
 
 
-def _offset(upload_url: str, auth: dict[str, str]) -> int:
-    reply = request("HEAD", upload_url, auth)
+def _offset(upload_url: str, auth: dict[str, str], version: int) -> int:
+    reply = request("HEAD", upload_url, auth, version=version)
     if reply.status not in (200, 204) or "upload-offset" not in reply.headers:
         raise IetfUploadError(f"the upload at {upload_url} answered {reply.status}")
     return int(reply.headers["upload-offset"])

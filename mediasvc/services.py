@@ -75,13 +75,7 @@ class Services:
             access_log=AccessLog(jobs.db),
             jobs=jobs,
             send_config=SendConfig.from_settings(settings),
-            forwarder=Forwarder(
-                settings.internal_url,
-                connect_timeout_s=settings.upload_forward_connect_timeout_s,
-                retry_after_s=settings.upload_owner_retry_after_s,
-            )
-            if settings.internal_url
-            else None,
+            forwarder=_forwarder(settings),
         )
 
     async def close(self) -> None:
@@ -90,3 +84,15 @@ class Services:
         await self.queue.close()
         await self.cloud.close()
         await self.db.dispose()
+
+
+def _forwarder(settings: Settings) -> Forwarder | None:
+    key = settings.internal_key()
+    if not settings.internal_url or key is None:  # the settings allow no URL without a key
+        return None
+    return Forwarder(
+        settings.internal_url,
+        key,
+        connect_timeout_s=settings.upload_forward_connect_timeout_s,
+        retry_after_s=settings.upload_owner_retry_after_s,
+    )

@@ -1,5 +1,5 @@
 """The IETF resumable upload draft at /api/v1/uploads, in process (real PostgreSQL, real disk):
-interop 6 (draft -05) and 8 (drafts -09..-11, the editor's copy), where their rules differ, every
+interop 6 (draft -05), 7 (-08), 8 (-11) and 9 (the text after -11), where their rules differ, every
 problem the draft names, digests, limits, the plain upload's upgrade, and one upload driven by
 tus and the draft in turn. In process there is no 104 (the ASGI transport has no informational
 extension): tests/test_ietf_e2e.py sees it from a real uvicorn."""
@@ -64,26 +64,38 @@ async def sha_of_file(client: httpx.AsyncClient, location: str) -> str:
 # --- discovery and versions -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("version", "age_key"), [(6, "expires"), (8, "max-age")])
+@pytest.mark.parametrize(
+    ("version", "age_key", "accept_patch"),
+    [
+        (6, "expires", None),
+        (7, "max-age", None),
+        (8, "max-age", "application/partial-upload"),  # -10 and -11: MUST
+        (9, "max-age", None),  # the text after -11 removed it
+    ],
+)
 async def test_options_tell_the_limits(
-    make_settings: object, client: httpx.AsyncClient, version: int, age_key: str
+    make_settings: object,
+    client: httpx.AsyncClient,
+    version: int,
+    age_key: str,
+    accept_patch: str | None,
 ) -> None:
     response = await client.options(UPLOADS, headers=v(version))
     assert response.status_code == 204
     limits = dict(item.split("=") for item in response.headers["upload-limit"].split(", "))
     assert limits[age_key] == "86400"
-    assert response.headers["accept-patch"] == "application/partial-upload"
+    assert response.headers.get("accept-patch") == accept_patch
 
 
 async def test_an_unknown_interop_version_is_refused_with_those_spoken(
     client: httpx.AsyncClient,
 ) -> None:
-    for value in ("9", "5", "x"):
+    for value in ("10", "5", "x"):
         response = await client.post(
             UPLOADS, headers=v(6, Upload_Complete="?0") | {"Upload-Draft-Interop-Version": value}
         )
         problem = assert_problem(response, 400)
-        assert problem["supported-versions"] == [6, 8]
+        assert problem["supported-versions"] == [6, 7, 8, 9]
     assert (await client.get("/api/v1/files")).json()["items"] == []
 
 
@@ -95,10 +107,40 @@ async def test_tus_requests_still_reach_tus(client: httpx.AsyncClient) -> None:
     assert (await client.post(UPLOADS, headers={"Upload-Length": "5"})).status_code == 412
 
 
+async def test_draft_answers_carry_no_tus_field_and_tus_answers_do(
+    client: httpx.AsyncClient,
+) -> None:
+    """Tus-Resumable belongs to tus: an answer to the draft (success or problem, any version,
+    a refused version too) has none; a tus answer to the same upload has it."""
+    path = await create(client, 9, DATA[:10])
+    draft_answers = [
+        await client.options(UPLOADS, headers=v(9)),
+        await client.head(path, headers=v(9)),
+        await client.get(path, headers=v(8)),
+        await append(client, path, 9, 10, DATA[10:20], False),
+        await append(client, path, 9, 5, DATA[5:20], False),  # 409
+        await client.post(UPLOADS, headers=v(10, Upload_Complete="?0")),  # 400: unknown version
+        await client.delete(path, headers=v(6)),
+        await client.head(path, headers=v(8)),  # 404: gone
+    ]
+    assert [r.status_code for r in draft_answers] == [204, 204, 204, 204, 409, 400, 204, 404]
+    for response in draft_answers:
+        assert "tus-resumable" not in response.headers, response.request
+    tus_path = await create(client, 8, DATA[:10])
+    tus_answers = [
+        await client.head(tus_path, headers=TUS),
+        await client.options(UPLOADS),
+        await client.post(UPLOADS, headers={"Upload-Length": "5"}),  # 412: no Tus-Resumable
+    ]
+    assert [r.status_code for r in tus_answers] == [200, 204, 412]
+    for response in tus_answers:
+        assert response.headers["tus-resumable"] == "1.0.0"
+
+
 # --- creation, retrieval, append, completion ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("version", "append_status"), [(6, 201), (8, 204)])
+@pytest.mark.parametrize(("version", "append_status"), [(6, 201), (7, 204), (8, 204), (9, 204)])
 async def test_an_upload_in_three_requests(
     client: httpx.AsyncClient, version: int, append_status: int
 ) -> None:
@@ -179,7 +221,13 @@ async def test_an_empty_append_completes(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "slug"), [(6, "completed-upload"), (8, "inconsistent-upload-length")]
+    ("version", "slug"),
+    [
+        (6, "completed-upload"),
+        (7, "completed-upload"),
+        (8, "inconsistent-upload-length"),
+        (9, "inconsistent-upload-length"),
+    ],
 )
 async def test_bytes_for_a_complete_upload(
     client: httpx.AsyncClient, version: int, slug: str
@@ -193,16 +241,19 @@ async def test_bytes_for_a_complete_upload(
 
 async def test_get_retrieves_the_offset_from_interop_8(client: httpx.AsyncClient) -> None:
     path = await create(client, 8, DATA[:5])
-    got = await client.get(path, headers=v(8))
-    assert got.status_code == 204
-    assert got.headers["upload-offset"] == "5"
-    assert (await client.get(path, headers=v(6))).status_code == 405
+    for version in (8, 9):
+        got = await client.get(path, headers=v(version))
+        assert got.status_code == 204
+        assert got.headers["upload-offset"] == "5"
+        assert got.headers["upload-complete"] == "?0"
+    for version in (6, 7):
+        assert (await client.get(path, headers=v(version))).status_code == 405
 
 
 # --- conflicts and problems ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [6, 8])
+@pytest.mark.parametrize("version", [6, 7, 8, 9])
 async def test_a_wrong_offset_is_409_with_the_expected_one(
     client: httpx.AsyncClient, version: int
 ) -> None:
@@ -370,7 +421,7 @@ async def test_a_plain_upload_from_an_unknown_version_stays_plain(
     client: httpx.AsyncClient,
 ) -> None:
     response = await client.post(
-        "/api/v1/files/stream", content=DATA, headers=v(9, Upload_Complete="?1")
+        "/api/v1/files/stream", content=DATA, headers=v(10, Upload_Complete="?1")
     )
     assert response.status_code == 201
     assert "upload-complete" not in response.headers
@@ -418,16 +469,163 @@ def test_an_internal_url_may_name_this_machine() -> None:
     """docker-compose.yml gives every API container the same MEDIASVC_INTERNAL_URL."""
     import socket
 
-    settings = Settings(_env_file=None, internal_url="http://{hostname}:8000/")  # type: ignore[call-arg]
+    secret = "s" * 32
+    settings = Settings(
+        _env_file=None, internal_url="http://{hostname}:8000/", internal_secret=secret
+    )  # type: ignore[call-arg]
     assert settings.internal_url == f"http://{socket.gethostname()}:8000"
-    ip = Settings(_env_file=None, internal_url="http://{ip}:8000").internal_url  # type: ignore[call-arg]
+    ip = Settings(
+        _env_file=None, internal_url="http://{ip}:8000", internal_secret=secret
+    ).internal_url  # type: ignore[call-arg]
     assert ip == f"http://{socket.gethostbyname(socket.gethostname())}:8000"
 
 
-async def test_the_openapi_schema_says_the_draft_is_spoken(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("secret", [None, "", "a-secret-too-short"])
+def test_an_internal_url_needs_a_long_internal_secret(secret: str | None) -> None:
+    """Forwarded requests are signed with it: none, or one easy to guess, is refused at start."""
+    with pytest.raises(ValueError, match="MEDIASVC_INTERNAL_SECRET"):
+        Settings(_env_file=None, internal_url="http://10.0.0.5:8000", internal_secret=secret)  # type: ignore[call-arg]
+
+
+async def test_the_openapi_schema_describes_the_draft(client: httpx.AsyncClient) -> None:
+    """Each operation of the draft is in the schema (merged into tus's on the same path and
+    method, GET on its own): its fields, statuses, response fields and problem types."""
     schema = (await client.get("/openapi.json")).json()
-    for method in ("head", "patch", "delete"):
-        assert (
-            "Upload-Draft-Interop-Version"
-            in schema["paths"]["/api/v1/uploads/{uid}"][method]["description"]
-        )
+    upload = schema["paths"][f"{UPLOADS}/{{uid}}"]
+    operations = {
+        ("options", UPLOADS): schema["paths"][UPLOADS]["options"],
+        ("post", UPLOADS): schema["paths"][UPLOADS]["post"],
+        **{(method, "upload"): upload[method] for method in ("head", "get", "patch", "delete")},
+    }
+    for (method, _), operation in operations.items():
+        assert "IETF resumable upload" in operation["tags"]
+        params = {p["name"].lower(): p for p in operation["parameters"] if p["in"] == "header"}
+        interop = params["upload-draft-interop-version"]
+        assert interop["schema"]["enum"] == ["6", "7", "8", "9"]
+        assert interop["required"] is (method == "get")  # GET is the draft's alone
+        if "tus-resumable" in params:
+            assert params["tus-resumable"]["required"] is False  # a draft request has none
+    post, patch = operations["post", UPLOADS], operations["patch", "upload"]
+    assert {"upload-complete", "upload-length", "content-digest", "repr-digest"} <= {
+        p["name"].lower() for p in post["parameters"]
+    }
+    assert set(post["responses"]["104"]["headers"]) == {"Location", "Upload-Limit"}
+    assert "application/partial-upload" in patch["requestBody"]["content"]
+    offset = next(p for p in patch["parameters"] if p["name"] == "Upload-Offset")
+    assert offset["required"] is True
+    assert IANA + "mismatching-upload-offset" in patch["responses"]["409"]["x-problem-types"]
+    problems_400 = patch["responses"]["400"]["x-problem-types"]
+    assert IANA + "inconsistent-upload-length" in problems_400
+    assert "urn:mediasvc:problem:unsupported-interop-version" in problems_400
+    assert "urn:mediasvc:problem:content-digest-mismatch" in problems_400
+    assert "uid" in {p["name"] for p in upload["get"]["parameters"] if p["in"] == "path"}
+
+
+DRAFT_FIELDS = (
+    "upload-complete",
+    "upload-offset",
+    "upload-length",
+    "upload-limit",
+    "location",
+    "content-location",
+    "repr-digest",
+    "accept-patch",
+    "x-delete-token",
+)
+
+
+async def test_what_the_draft_answers_is_what_the_schema_says(client: httpx.AsyncClient) -> None:
+    """Real answers of the draft, each held against its operation in the schema: the status is
+    declared, and so is every draft field it carries."""
+    schema = (await client.get("/openapi.json")).json()["paths"]
+    answers: list[tuple[str, httpx.Response]] = []
+
+    async def send(method: str, path: str, **kwargs: object) -> httpx.Response:
+        response = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+        answers.append((UPLOADS if path == UPLOADS else f"{UPLOADS}/{{uid}}", response))
+        return response
+
+    await send("OPTIONS", UPLOADS, headers=v(8))
+    created = await send(
+        "POST",
+        UPLOADS,
+        content=DATA[:10],
+        headers=v(9, Upload_Complete="?0", Want_Repr_Digest="sha-256=1"),
+    )
+    path = httpx.URL(created.headers["location"]).path
+    await send("OPTIONS", path, headers=v(9))
+    await send("HEAD", path, headers=v(9))
+    await send("GET", path, headers=v(8))
+    await send("GET", path, headers=v(7))  # 405
+    await send(
+        "PATCH",
+        path,
+        content=DATA[10:20],
+        headers={**PARTIAL, **v(9, Upload_Offset="10", Upload_Complete="?0")},
+    )
+    await send(
+        "PATCH", path, content=DATA[10:20], headers={**PARTIAL, **v(6, Upload_Offset="20")}
+    )  # 201
+    await send(
+        "PATCH",
+        path,
+        content=b"x",
+        headers={**PARTIAL, **v(9, Upload_Offset="5", Upload_Complete="?0")},
+    )  # 409
+    await send(
+        "PATCH", path, content=b"x", headers=v(9, Upload_Offset="30", Upload_Complete="?0")
+    )  # 415
+    await send(
+        "PATCH",
+        path,
+        content=DATA[30:40],
+        headers={**PARTIAL, **v(9, Upload_Offset="30", Upload_Complete="?1")},
+    )  # 201
+    await send(
+        "PATCH", path, headers={**PARTIAL, **v(9, Upload_Offset="40", Upload_Complete="?1")}
+    )  # 200
+    await send("HEAD", path, headers=v(8))
+    await send("POST", UPLOADS, headers=v(10, Upload_Complete="?0"))  # 400
+    other = await send("POST", UPLOADS, content=DATA[:5], headers=v(8, Upload_Complete="?1"))
+    await send("DELETE", path, headers=v(9))
+    await send("HEAD", path, headers=v(9))  # 404
+    statuses = sorted({response.status_code for _, response in answers})
+    assert statuses == [200, 201, 204, 400, 404, 405, 409, 415], statuses
+    assert other.json()["sha256"] == hashlib.sha256(DATA[:5]).hexdigest()
+    for schema_path, response in answers:
+        operation = schema[schema_path][response.request.method.lower()]
+        declared = operation["responses"].get(str(response.status_code))
+        assert declared is not None, (response.request.method, response.status_code)
+        names = {name.lower() for name in declared.get("headers", {})}
+        carried = {name for name in DRAFT_FIELDS if name in response.headers}
+        assert carried <= names, (response.request.method, response.status_code, carried)
+        if response.content:  # declared content: problem+json for a 4xx, the file's JSON
+            content_type = response.headers["content-type"].partition(";")[0]
+            assert content_type in declared.get("content", {}) or response.status_code == 201
+
+
+def test_a_forwarding_signature_holds_for_its_own_request_only() -> None:
+    """resumable/node_signature.py: what is signed is the method, target, time, node and
+    client; a change to any of them, a field twice, or no secret here is refused."""
+    from mediasvc.errors import ForwardingRefused
+    from mediasvc.resumable import node_signature as ns
+
+    key, now = b"k" * 32, 1_800_000_000.0
+    fields = ns.sign(key, method="PATCH", target="/u/1", by="http://b", client="10.1.2.3", now=now)
+    raw = [(name.encode(), value.encode()) for name, value in fields]
+    good = ns.verify(key, method="PATCH", target="/u/1", headers=raw, now=now + 10)
+    assert good == ns.Forwarded(by="http://b", client="10.1.2.3")
+    assert ns.verify(key, method="PATCH", target="/u/1", headers=[], now=now) is None
+    other_client = [(n, b"10.9.9.9" if n.endswith(b"-for") else v) for n, v in raw]
+    refused = [
+        (key, "HEAD", "/u/1", raw, now),  # another method
+        (key, "PATCH", "/u/2", raw, now),  # another target
+        (key, "PATCH", "/u/1", raw, now + ns.MAX_SKEW_S + 1),  # too late
+        (None, "PATCH", "/u/1", raw, now),  # no secret here
+        (key, "PATCH", "/u/1", [*raw, (b"x-mediasvc-forwarded-for", b"10.9.9.9")], now),  # twice
+        (key, "PATCH", "/u/1", other_client, now),  # another client
+        (key, "PATCH", "/u/1", raw[:-1], now),  # no signature
+    ]
+    for secret, method, target, headers, at in refused:
+        with pytest.raises(ForwardingRefused):
+            ns.verify(secret, method=method, target=target, headers=headers, now=at)

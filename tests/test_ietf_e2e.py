@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import pytest
 
 from mediasvc import ietf_client
 from mediasvc.ietf_client import Reply
+from mediasvc.resumable import node_signature
 from mediasvc.storage.local import VOLUME_ID_FILE
 from tests.conftest import free_port, stop_process
 from tests.helpers import curl, poll_until, random_bytes
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
 UPLOADS = "/api/v1/uploads"
 START_WITHIN_S = 90  # a loaded machine takes its time to start a server
+INTERNAL_SECRET = "test-internal-secret-0123456789abcdef"  # the nodes' shared HMAC key
 FINE = {
     "MEDIASVC_IO_CHUNK_SIZE_BYTES": str(64 * 1024),
     "MEDIASVC_UPLOAD_CHECKPOINT_EVERY_BYTES": str(256 * 1024),
@@ -61,13 +64,15 @@ def cut_after(data: bytes, n_bytes: int) -> Iterator[bytes]:
     raise ConnectionResetError("cut on purpose")
 
 
-def head(url: str, version: int = 8) -> Reply:
+def head(url: str, version: int = ietf_client.INTEROP_VERSION) -> Reply:
     reply = ietf_client.request("HEAD", url, {"Upload-Draft-Interop-Version": str(version)})
     assert reply.status == 204, reply
     return reply
 
 
-def append(url: str, at: int, data: bytes, *, complete: bool) -> Reply:
+def append(
+    url: str, at: int, data: bytes, *, complete: bool, version: int = ietf_client.INTEROP_VERSION
+) -> Reply:
     return ietf_client.request(
         "PATCH",
         url,
@@ -78,6 +83,7 @@ def append(url: str, at: int, data: bytes, *, complete: bool) -> Reply:
             "Content-Length": str(len(data)),
         },
         pieces(data),
+        version=version,
     )
 
 
@@ -107,6 +113,7 @@ class Node:
             "MEDIASVC_MEDIA_ROOT": str(self.media_root),
             "MEDIASVC_CLOUD_ROOT": str(tmp_path / "bucket"),
             "MEDIASVC_INTERNAL_URL": self.url,
+            "MEDIASVC_INTERNAL_SECRET": INTERNAL_SECRET,
             "MEDIASVC_UPLOAD_FORWARD_CONNECT_TIMEOUT_S": "1",
             **env,
         }
@@ -172,8 +179,9 @@ def row_offset(pg_url: str, upload_url: str) -> int:
     return asyncio.run(read())
 
 
+@pytest.mark.parametrize("version", [8, 9])
 def test_creation_cut_after_the_104_is_resumed(
-    launch: Callable[..., Node], source: tuple[Path, bytes], pg_url: str
+    launch: Callable[..., Node], source: tuple[Path, bytes], pg_url: str, version: int
 ) -> None:
     server = launch()
     path, data = source
@@ -189,12 +197,13 @@ def test_creation_cut_after_the_104_is_resumed(
             },
             cut_after(data, 2 * MiB + 12345),
             on_interim=lambda status, headers: interim.append((status, headers)),
+            version=version,
         )
     # The 104 came before the body was sent: the upload's URL, its limits, our version.
     assert len(interim) == 1
     status, fields = interim[0]
     assert status == 104
-    assert fields["upload-draft-interop-version"] == "8"
+    assert fields["upload-draft-interop-version"] == str(version)
     assert "max-age=" in fields["upload-limit"]
     url = fields["location"]
     assert url.startswith(f"{server.url}{UPLOADS}/")
@@ -202,14 +211,15 @@ def test_creation_cut_after_the_104_is_resumed(
     # sooner would end the request there, as the draft recommends, with what it had read).
     poll_until(lambda: row_offset(pg_url, url) > 0, "the cut request's bytes in the row")
     # HEAD: what reached the disk, never more than was sent; the length told by Content-Length.
-    reply = head(url)
+    reply = head(url, version)
     offset = int(reply.headers["upload-offset"])
     assert 0 < offset <= 2 * MiB + 12345
     assert reply.headers["upload-complete"] == "?0"
     assert reply.headers["upload-length"] == str(len(data))
     # A wrong offset: 409, the expected one in the problem.
-    conflict = append(url, offset + 1, data[offset + 1 :], complete=True)
+    conflict = append(url, offset + 1, data[offset + 1 :], complete=True, version=version)
     assert conflict.status == 409
+    assert conflict.headers["upload-complete"] == "?0"
     assert b'"expected-offset":%d' % offset in conflict.body
     # Resume with a Content-Digest of the request's own bytes.
     rest = data[offset:]
@@ -225,6 +235,7 @@ def test_creation_cut_after_the_104_is_resumed(
             "Content-Digest": f"sha-256=:{digest}:",
         },
         pieces(rest),
+        version=version,
     )
     assert done.status == 201, done.body
     assert done.headers["upload-complete"] == "?1"
@@ -293,7 +304,7 @@ def test_no_104_for_a_version_we_do_not_speak(
 ) -> None:
     server = launch()
     _, data = source
-    for version in ("9", "7", None):
+    for version in ("10", "5", None):
         interim: list[tuple[int, dict[str, str]]] = []
         fields = {"Upload-Complete": "?1", "Content-Length": str(len(data))}
         if version is not None:
@@ -405,6 +416,124 @@ def test_any_node_serves_any_upload(
     assert got.content == data
     assert upload_files(a.media_root) == [] and upload_files(b.media_root) == []
     assert not any(p.is_file() for p in b.media_root.rglob("*") if p.name != VOLUME_ID_FILE)
+
+
+def create_on(node: Node, **headers: str) -> str:
+    created = ietf_client.request(
+        "POST", f"{node.url}{UPLOADS}", {"Upload-Complete": "?0", **headers}
+    )
+    assert created.status == 201, created
+    return created.headers["location"]
+
+
+def test_a_forged_forwarding_is_refused(launch: Callable[..., Node]) -> None:
+    """What marks a forwarded request is signed with the nodes' secret: a client (through any
+    proxy) that sends it without a valid signature is refused, on the owner and elsewhere; the
+    same fields signed with the secret are believed."""
+    a, b = launch("a"), launch("b")
+    url = create_on(a)
+    path = url.removeprefix(a.url)
+    forged = {
+        "Upload-Draft-Interop-Version": "9",
+        "X-Mediasvc-Forwarded-By": b.url,
+        "X-Mediasvc-Forwarded-For": "203.0.113.7",
+    }
+    now = time.time()
+    wrong_key = dict(
+        node_signature.sign(
+            b"not-the-nodes-secret-0123456789abcdef",
+            method="HEAD", target=path, by=b.url, client="203.0.113.7", now=now,
+        )
+    )  # fmt: skip
+    stale = dict(
+        node_signature.sign(
+            INTERNAL_SECRET.encode(),
+            method="HEAD", target=path, by=b.url, client="203.0.113.7", now=now - 3600,
+        )
+    )  # fmt: skip
+    for node in (a, b):
+        for headers in (forged, {**forged, **wrong_key}, {**forged, **stale}):
+            refused = httpx.head(f"{node.url}{path}", headers={**forged, **headers}, timeout=30)
+            assert refused.status_code == 403, (node.url, headers)
+        # A body shows the problem (HEAD has none).
+        got = httpx.get(f"{node.url}{path}", headers=forged, timeout=30)
+        assert got.status_code == 403
+        assert got.json()["type"] == "urn:mediasvc:problem:forwarding-refused"
+    # Signed with the nodes' secret: the owner serves it as a forwarded request.
+    signed = dict(
+        node_signature.sign(
+            INTERNAL_SECRET.encode(),
+            method="HEAD", target=path, by=b.url, client="203.0.113.7", now=time.time(),
+        )
+    )  # fmt: skip
+    ok = httpx.head(f"{a.url}{path}", headers={**signed, "Upload-Draft-Interop-Version": "9"})
+    assert ok.status_code == 204
+    assert ok.headers["upload-offset"] == "0"
+
+
+class SlowPatch:
+    """A PATCH from its own address (127.0.0.0/8 is all loopback) whose body is held back."""
+
+    def __init__(self, url: str, source: str, data: bytes, send_first: int) -> None:
+        parts = httpx.URL(url)
+        assert parts.port is not None
+        self.sock = socket.create_connection((parts.host, parts.port), source_address=(source, 0))
+        head = (
+            f"PATCH {parts.raw_path.decode()} HTTP/1.1\r\nHost: {parts.netloc.decode()}\r\n"
+            "Upload-Draft-Interop-Version: 9\r\nUpload-Offset: 0\r\nUpload-Complete: ?0\r\n"
+            f"Content-Type: application/partial-upload\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + data[:send_first])
+        self.rest = data[send_first:]
+
+    def finish(self) -> bytes:
+        self.sock.sendall(self.rest)
+        self.sock.settimeout(60)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            piece = self.sock.recv(65536)
+            assert piece, answer
+            answer += piece
+        self.sock.close()
+        return answer.split(b"\r\n", 1)[0]
+
+
+def patch_from(source: str, url: str, data: bytes) -> httpx.Response:
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=60) as client:
+        return client.patch(
+            url,
+            content=data,
+            headers={
+                "Upload-Draft-Interop-Version": "9",
+                "Upload-Offset": "0",
+                "Upload-Complete": "?0",
+                "Content-Type": "application/partial-upload",
+            },
+        )
+
+
+def test_the_owner_counts_the_real_client_of_a_forwarded_request(
+    launch: Callable[..., Node], pg_url: str
+) -> None:
+    """One upload under way per client address: a client whose upload goes through B to the
+    owner A is that client on A, not B (before, every forwarded upload counted as B's)."""
+    cap = {"MEDIASVC_MAX_UPLOADS_PER_CLIENT": "1", "MEDIASVC_UPLOAD_CHECKPOINT_EVERY_BYTES": "4096"}
+    a, b = launch("a", **cap), launch("b", **cap)
+    first, second = create_on(a), create_on(a)
+    data = random_bytes(256 * 1024, seed=4)
+    # Client 127.0.0.2's upload through B, held open on A (its first bytes checkpointed there).
+    held = SlowPatch(first.replace(a.url, b.url), "127.0.0.2", data, send_first=64 * 1024)
+    poll_until(lambda: row_offset(pg_url, first) > 0, "the held upload's first bytes on A")
+    # The same client straight to A: its one upload is under way (through B): 429.
+    direct = patch_from("127.0.0.2", second, data)
+    assert direct.status_code == 429, direct.text
+    assert direct.json()["type"] == "urn:mediasvc:problem:too-many-uploads-from-client"
+    # Another client through B: its own count, not B's: accepted.
+    other = patch_from("127.0.0.3", second.replace(a.url, b.url), data)
+    assert other.status_code == 204, other.text
+    assert held.finish() == b"HTTP/1.1 204 No Content"
+    assert head(first).headers["upload-offset"] == str(len(data))
 
 
 # --- tus-js-client in its IETF modes, through a proxy that cuts -------------------------------

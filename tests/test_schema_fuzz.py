@@ -49,8 +49,10 @@ CHECKS = [
 ]
 OPENAPI = create_app(Settings(_env_file=None)).openapi()  # type: ignore[call-arg]
 schema = schemathesis.openapi.from_dict(copy.deepcopy(OPENAPI))  # it edits what it is given
-# tus bodies (api/tus.py) are raw bytes under their own media type.
+# tus bodies (api/tus.py) and the IETF draft's appends (api/ietf_openapi.py) are raw bytes under
+# their own media type.
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+schemathesis.serializer.alias("application/partial-upload", "application/octet-stream")
 
 
 class Outcomes:

@@ -6,22 +6,34 @@ here: mediasvc/resumable/forwarding.py.
 Only when ``MEDIASVC_INTERNAL_URL`` is set (a node that does not know its own address cannot
 tell another's uploads from its own); an upload whose row names no node, or this one, is served
 here. OPTIONS and creation (``POST /api/v1/uploads``) concern no existing upload: never forwarded.
+
+A request forwarded to this node is believed only with a valid signature
+(resumable/node_signature.py): it is then served here (never forwarded again) as if from the
+client it names, whose address the per-client upload cap counts. One that claims to be forwarded
+without a valid signature is refused (403 ``forwarding-refused``) wherever it goes: a client
+could otherwise pass for another address or for a node.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mediasvc.api.problems import problem_for
 from mediasvc.errors import MediaServiceError
-from mediasvc.resumable import repository
-from mediasvc.resumable.forwarding import FORWARDED_BY
+from mediasvc.resumable import node_signature, repository
 from mediasvc.services import Services
 
 _UPLOAD = re.compile(r"^/api/v1/uploads/([a-z2-7]{26})/?$")
-_FORWARDED_BY = FORWARDED_BY.encode()
+
+
+def _target(scope: Scope) -> str:
+    """The request's path and query as the sending node signed them (as they came)."""
+    path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    return (path + b"?" + query if query else path).decode("latin-1")
 
 
 class UploadForwardingMiddleware:
@@ -29,19 +41,28 @@ class UploadForwardingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = _UPLOAD.match(scope["path"]) if scope["type"] == "http" else None
         services: Services | None = getattr(scope["app"].state, "services", None)
-        if (
-            match is None
-            or services is None
-            or services.forwarder is None
-            or scope["method"] == "OPTIONS"
-            or any(name == _FORWARDED_BY for name, _ in scope["headers"])
-        ):
+        if scope["type"] != "http" or services is None:
             await self.app(scope, receive, send)
             return
-        forwarder = services.forwarder
         try:
+            forwarded = node_signature.verify(
+                services.settings.internal_key(),
+                method=scope["method"],
+                target=_target(scope),
+                headers=scope["headers"],
+                now=time.time(),
+            )
+            if forwarded is not None:
+                # The sending node saw the client; this node only sees that node.
+                client = (forwarded.client, 0) if forwarded.client else None
+                await self.app({**scope, "client": client}, receive, send)
+                return
+            match = _UPLOAD.match(scope["path"])
+            forwarder = services.forwarder
+            if match is None or forwarder is None or scope["method"] == "OPTIONS":
+                await self.app(scope, receive, send)
+                return
             async with services.db.session() as session:
                 owner = await repository.node_url(session, match.group(1))
             if owner is None or owner == forwarder.own_url:

@@ -11,18 +11,32 @@ Interop versions spoken (a client names its own in ``Upload-Draft-Interop-Versio
 differ), each checked against the draft text in httpwg/http-extensions
 (draft-ietf-httpbis-resumable-upload.md; docs/facts.md lists the commits):
 
-- 6, drafts -04/-05 (tus-js-client's ``ietf-draft-05``): append answers ``201`` with
-  ``Upload-Offset``; HEAD and DELETE refuse ``Upload-Offset``/``Upload-Complete``/``Upload-Length``
-  (400); a PATCH may omit ``Upload-Complete`` (an incomplete append); appending to a complete
-  upload is the ``completed-upload`` problem; ``Upload-Limit``'s lifetime key is ``expires``.
-- 8, drafts -09 to -11 and the editor's copy after -11 (still 8; Apple's URLSession): append
-  answers ``204``; PATCH must carry ``Upload-Complete``; bytes for a complete upload are the
-  ``inconsistent-upload-length`` problem; GET retrieves the offset like HEAD; ``max-age``.
+- 6, drafts -04/-05 (tus-js-client's ``ietf-draft-05``; tag -05, commit 9ec3abf4): append
+  answers ``201`` with ``Upload-Offset``; HEAD and DELETE refuse ``Upload-Offset``/
+  ``Upload-Complete``/``Upload-Length`` (400); a PATCH may omit ``Upload-Complete`` (an incomplete
+  append); appending to a complete upload is the ``completed-upload`` problem; ``Upload-Limit``'s
+  lifetime key is ``expires``.
+- 7, drafts -06 to -08 (tag -08, commit 4e45dd61): as 8 but GET is not offset retrieval (405),
+  bytes for a complete upload are the ``completed-upload`` problem, and OPTIONS names no
+  ``Accept-Patch`` (-10 added it).
+- 8, drafts -09 to -11 (tag -11, commit 605dc5af; Apple's URLSession): append answers ``204``;
+  PATCH must carry ``Upload-Complete``; bytes for a complete upload are the
+  ``inconsistent-upload-length`` problem; OPTIONS carries ``Accept-Patch:
+  application/partial-upload`` (-10, -11: MUST); GET retrieves the offset like HEAD (the text
+  after -11 defines it; harmless for an 8 client, which sends HEAD); ``max-age``.
+- 9, draft -12: the editor's copy after -11 (main at commit b1b1c72f, 2026-07-01, whose
+  changelog "Since draft-ietf-httpbis-resumable-upload-11" lists what changed), which
+  httpwg/http-extensions pull request #3476 ("RESUMABLE: Bump interop version to 9", merged
+  2026-07-05: "numerous changes since release -11") declared interop 9. The -12 tag itself was
+  not in the repository snapshot read here. Against 8: OPTIONS names no ``Accept-Patch`` (removed;
+  ``Upload-Limit`` is the MUST), the ``completed-upload`` problem type is gone (bytes past a
+  complete upload's length stay ``inconsistent-upload-length``; a valid empty append to it may
+  replay the final response, which is what a repeat gets here), GET is offset retrieval, and every
+  creation and append response, 409 included, carries ``Upload-Complete`` (as here for all).
 
-Any other version (9 came with draft -12, whose text we could not read) gets no 104 (the drafts:
-"MUST NOT send a 104 ... when the interop version ... is missing or mismatching"): a plain upload
-stays plain, and a request to ``/api/v1/uploads`` is refused (400, ``unsupported-interop-version``,
-with the versions we speak).
+Any other version gets no 104 (the drafts: "MUST NOT send a 104 ... when the interop version ...
+is missing or mismatching"): a plain upload stays plain, and a request to ``/api/v1/uploads`` is
+refused (400, ``unsupported-interop-version``, with the versions we speak).
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import http_sf
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from mediasvc.api import interim
 from mediasvc.api.common import base_url_of, file_created, services_of
@@ -60,6 +75,7 @@ from mediasvc.resumable.sink import BodyChecksum
 PREFIX = "/api/v1/uploads"
 FILES = "/api/v1/files"
 INTEROP_HEADER = "Upload-Draft-Interop-Version"
+_INTEROP = INTEROP_HEADER.lower().encode("latin-1")
 PARTIAL_UPLOAD = "application/partial-upload"
 UPLOAD_RESUMPTION_SUPPORTED = 104
 # RFC 9530 algorithms a Content-Digest may use that we check (others are ignored, as allowed).
@@ -80,16 +96,18 @@ EXPOSED_HEADERS = ("Upload-Complete", "Upload-Limit", "Repr-Digest")
 
 @dataclass(frozen=True, slots=True)
 class Interop:
-    """What one interop version's draft text says where they differ."""
+    """What one interop version's draft text says where they differ; the defaults are the
+    newest's (9), each older version names what it says otherwise."""
 
     version: int
     checked_against: str
-    age_key: str  # Upload-Limit's key for the upload's remaining lifetime
-    append_status: int  # an append that leaves the upload incomplete
-    strict_fields: bool  # HEAD and DELETE refuse the upload's fields (400)
-    patch_needs_complete: bool  # a PATCH without Upload-Complete is refused (400)
-    get_retrieves_offset: bool
-    completed_problem: type[BadRequest]  # bytes for a complete upload
+    age_key: str = "max-age"  # Upload-Limit's key for the upload's remaining lifetime
+    append_status: int = 204  # an append that leaves the upload incomplete
+    strict_fields: bool = False  # HEAD and DELETE refuse the upload's fields (400)
+    patch_needs_complete: bool = True  # a PATCH without Upload-Complete is refused (400)
+    get_retrieves_offset: bool = True
+    completed_problem: type[BadRequest] = InconsistentUploadLength  # bytes for a complete upload
+    accept_patch_on_options: bool = False  # OPTIONS names application/partial-upload
 
     def problem_headers(self, exc: MediaServiceError) -> None:
         # A whole file with the wrong sha256 is the processing's answer: the upload is over.
@@ -99,8 +117,8 @@ class Interop:
 
 INTEROP_VERSIONS = {
     6: Interop(
-        version=6,
-        checked_against="draft-ietf-httpbis-resumable-upload-05",
+        6,
+        "draft-ietf-httpbis-resumable-upload-05",
         age_key="expires",
         append_status=201,
         strict_fields=True,
@@ -108,16 +126,14 @@ INTEROP_VERSIONS = {
         get_retrieves_offset=False,
         completed_problem=CompletedUpload,
     ),
-    8: Interop(
-        version=8,
-        checked_against="draft-ietf-httpbis-resumable-upload-11 and the editor's copy after it",
-        age_key="max-age",
-        append_status=204,
-        strict_fields=False,
-        patch_needs_complete=True,
-        get_retrieves_offset=True,
-        completed_problem=InconsistentUploadLength,
+    7: Interop(
+        7,
+        "draft-ietf-httpbis-resumable-upload-08",
+        get_retrieves_offset=False,
+        completed_problem=CompletedUpload,
     ),
+    8: Interop(8, "draft-ietf-httpbis-resumable-upload-11", accept_patch_on_options=True),
+    9: Interop(9, "httpwg/http-extensions main@b1b1c72f, made interop 9 by pull #3476"),
 }
 
 
@@ -153,6 +169,13 @@ def _dictionary(value: str | None, name: str) -> dict[str, Any]:
     except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError) as exc:
         raise BadRequest(f"{name} is not a structured field dictionary (RFC 9651)") from exc
     return {key: member[0] for key, member in parsed.items()}  # members without parameters
+
+
+def speaks_ietf(scope: Scope) -> bool:
+    """The request names an interop version of the draft and is no tus request (which then
+    is the draft's: its routes, and none of tus's fields on the answer)."""
+    names = {name for name, _ in scope.get("headers", ())}
+    return _INTEROP in names and b"tus-resumable" not in names
 
 
 def interop_version(headers: Headers) -> int | None:

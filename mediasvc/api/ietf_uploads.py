@@ -2,24 +2,23 @@
 paths and uploads, told apart per request. A request carrying ``Upload-Draft-Interop-Version``
 and no ``Tus-Resumable`` is the draft's (``IetfRoute``); any other goes on to tus's routes.
 
-    OPTIONS /api/v1/uploads         Upload-Limit (and Accept-Patch: application/partial-upload)
+    OPTIONS /api/v1/uploads         Upload-Limit (and Accept-Patch for interop 8)
     POST    /api/v1/uploads         upload creation (Upload-Complete, Upload-Length, a body or not)
     HEAD    /api/v1/uploads/{uid}   offset retrieval (GET too, from interop 8)
     PATCH   /api/v1/uploads/{uid}   append (application/partial-upload, Upload-Offset)
     DELETE  /api/v1/uploads/{uid}   cancellation
 
-The rules per interop version, the fields and creation are in api/ietf.py. These routes are
-left out of the OpenAPI schema, which holds one operation per path and method (tus's): those
-operations say that the draft is spoken too (``describe``); its fields are listed in README.md
-and docs/design.md.
+The rules per interop version, the fields and creation are in api/ietf.py. The OpenAPI schema
+holds one operation per path and method, tus's: api/ietf_openapi.py adds the draft's to them, so
+these routes are left out of it as such.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.routing import Match
@@ -39,52 +38,17 @@ from mediasvc.errors import (
 from mediasvc.ingest.names import name_from_request
 from mediasvc.resumable.engine import Body
 
-_INTEROP = ietf.INTEROP_HEADER.lower().encode("latin-1")
-
-
-def speaks_ietf(scope: Scope) -> bool:
-    """The request names an interop version of the draft and is no tus request."""
-    names = {name for name, _ in scope.get("headers", ())}
-    return _INTEROP in names and b"tus-resumable" not in names
-
 
 class IetfRoute(APIRoute):
     """Matches only requests of the draft, so the same path's tus route takes the others."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or not speaks_ietf(scope):
+        if scope["type"] != "http" or not ietf.speaks_ietf(scope):
             return Match.NONE, {}
         return super().matches(scope)
 
 
 router = APIRouter(prefix=ietf.PREFIX, route_class=IetfRoute, include_in_schema=False)
-
-_NOTE = (
-    "Also the IETF draft Resumable Uploads for HTTP, interop versions 6 and 8, when the request "
-    "carries Upload-Draft-Interop-Version and no Tus-Resumable: creation (Upload-Complete, "
-    "Upload-Length), offset retrieval (HEAD, GET from 8: 204), append (PATCH of "
-    "application/partial-upload with Upload-Offset and Upload-Complete), cancellation (DELETE), "
-    "Upload-Limit; see the README. A request for an upload another node holds is forwarded "
-    "there (503 with Retry-After when it does not answer)."
-)
-
-
-def describe(app: FastAPI) -> None:
-    """Say in the OpenAPI schema's operations on /api/v1/uploads that the draft is spoken."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        for path, operations in schema.get("paths", {}).items():
-            if path.startswith(ietf.PREFIX):
-                for operation in operations.values():
-                    text = operation.get("description", "")
-                    operation["description"] = f"{text}\n\n{_NOTE}".strip()
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _interop(request: Request) -> Interop:
@@ -121,10 +85,9 @@ def _refuse_upload_fields(interop: Interop, request: Request, what: str) -> None
 @router.options("/{uid}")
 async def ietf_options(request: Request, interop: InteropOf) -> Response:
     engine = services_of(request).uploads
-    headers = {
-        "Upload-Limit": ietf.upload_limit(interop, engine, None),
-        "Accept-Patch": ietf.PARTIAL_UPLOAD,
-    }
+    headers = {"Upload-Limit": ietf.upload_limit(interop, engine, None)}
+    if interop.accept_patch_on_options:
+        headers["Accept-Patch"] = ietf.PARTIAL_UPLOAD
     return Response(status_code=204, headers=headers)
 
 

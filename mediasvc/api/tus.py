@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mediasvc.api.common import Caller, base_url_of, services_of
+from mediasvc.api.ietf import speaks_ietf
 from mediasvc.api.openapi import problem_responses
 from mediasvc.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
 from mediasvc.ids import is_valid_uid
@@ -92,9 +93,9 @@ router = APIRouter(prefix=PREFIX, tags=["tus"])
 
 
 class TusMiddleware:
-    """``Tus-Resumable`` on every response under ``/api/v1/uploads`` (errors included), and
-    ``X-HTTP-Method-Override``: a request that carries it is the method it names (tus: for
-    environments that cannot send PATCH or DELETE; usually a POST)."""
+    """``Tus-Resumable`` on every tus response under ``/api/v1/uploads`` (errors included; not on
+    the IETF draft's), and ``X-HTTP-Method-Override``: a request that carries it is the method
+    it names (tus: for environments that cannot send PATCH or DELETE; usually a POST)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -108,8 +109,11 @@ class TusMiddleware:
                 scope = {**scope, "method": value.decode("latin-1").strip().upper()}
                 break
 
+        # A request of the IETF draft is answered by the draft alone: no tus field.
+        tus_answer = not speaks_ietf(scope)
+
         async def send_with_version(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and tus_answer:
                 MutableHeaders(scope=message)["Tus-Resumable"] = TUS_VERSION
             await send(message)
 

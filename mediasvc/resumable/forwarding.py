@@ -9,15 +9,17 @@ on before the next is read (httpx streams both ways), so memory stays constant w
 
 If the owner cannot be reached, the answer is 503 with ``Retry-After``: never an offset from the
 row alone, which may lag what the owner holds, and never a write here, which would fork the
-upload. The request carries ``X-Mediasvc-Forwarded-By`` so it is never forwarded twice.
+upload. The request carries this node's URL and the client's address, signed with the nodes'
+shared secret (resumable/node_signature.py): the owner never forwards it again and counts the
+client, not this node, against its per-client upload cap.
 
-The owner sees this node as the client: its per-client upload cap counts the forwarding node.
 Interim responses (a 104 of the owner) are not passed on: httpx does not expose them; they are
 hints, and the client already knows the upload's URL when it talks to the upload.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -25,8 +27,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from mediasvc.errors import UploadOwnerUnavailable
+from mediasvc.resumable import node_signature
 
-FORWARDED_BY = "x-mediasvc-forwarded-by"
 # Hop-by-hop fields (RFC 9110 7.6.1) and those httpx sets itself.
 _NOT_FORWARDED = frozenset(
     {
@@ -43,8 +45,11 @@ _NOT_FORWARDED = frozenset(
 
 
 class Forwarder:
-    def __init__(self, own_url: str, *, connect_timeout_s: float, retry_after_s: int) -> None:
+    def __init__(
+        self, own_url: str, secret: bytes, *, connect_timeout_s: float, retry_after_s: int
+    ) -> None:
         self.own_url = own_url
+        self._secret = secret
         self._retry_after_s = retry_after_s
         # Bodies take as long as they take; only reaching the owner is bounded.
         timeout = httpx.Timeout(connect_timeout_s, read=None, write=None, pool=None)
@@ -60,8 +65,11 @@ class Forwarder:
         target = owner_url + scope.get("raw_path", scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        headers = [(name, value) for name, value in scope["headers"] if name not in _NOT_FORWARDED]
-        headers.append((FORWARDED_BY.encode(), self.own_url.encode()))
+        headers = [
+            (name, value)
+            for name, value in scope["headers"]
+            if name not in _NOT_FORWARDED and name not in node_signature.FIELDS
+        ]
         has_body = any(
             (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
             for name, value in scope["headers"]
@@ -72,6 +80,16 @@ class Forwarder:
             headers=headers,
             content=_body(receive) if has_body else None,
         )
+        client = scope.get("client")
+        for name, value in node_signature.sign(
+            self._secret,
+            method=scope["method"],
+            target=request.url.raw_path.decode("ascii"),  # as the owner will see it
+            by=self.own_url,
+            client=client[0] if client else None,
+            now=time.time(),
+        ):
+            request.headers[name] = value
         try:
             response = await self._client.send(request, stream=True)
         except ClientDisconnect:
