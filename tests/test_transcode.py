@@ -279,6 +279,39 @@ async def test_audio_browsers_do_not_play_becomes_aac_in_m4a(
     assert meta["processing"]["steps"] == ["rendition"]
 
 
+async def test_the_listing_shows_uploads_and_derived_files_only_when_asked(
+    client: httpx.AsyncClient, clips: Clips
+) -> None:
+    meta = await processed(client, (await upload_file(client, clips.hevc_mkv))["uid"])
+    products = {meta["renditions"][0]["uid"], meta["processing"]["storyboard"]["uid"]}
+
+    async def listed(**params: object) -> list[str]:
+        response = await client.get("/api/v1/files", params=params)
+        assert response.status_code == 200, response.text
+        return [item["uid"] for item in response.json()["items"]]
+
+    assert await listed() == [meta["uid"]]
+    assert await listed(kind="video") == [meta["uid"]]  # the rendition is a video too
+    everything = await listed(include_derived="true")
+    assert set(everything) == {meta["uid"], *products}
+    # Paged with a cursor, the derived files come along too, each once.
+    paged, cursor = [], None
+    while True:
+        params: dict[str, object] = {"include_derived": "true", "limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/api/v1/files", params=params)).json()
+        paged += [item["uid"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert paged == everything
+    # Hidden from the list, not from anyone who has the UID.
+    for uid in products:
+        derived = (await client.get(f"/api/v1/files/{uid}/metadata")).json()
+        assert derived["derived_from"] == meta["uid"]
+    assert (await client.get("/api/v1/files", params={"include_derived": "x"})).status_code == 422
+
+
 # --- storyboard and thumbnails ------------------------------------------------------------------
 
 
