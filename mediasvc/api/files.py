@@ -135,7 +135,7 @@ async def download(
 
     async def open_file() -> ByteSource:
         path = services.store.path_for(record.uid)
-        return await open_source(path, services.cloud, partial(_cloud_copy, services, record))
+        return await open_source(path, services.cloud, partial(cloud_copy, services, record))
 
     response = await deliver(
         request,
@@ -188,7 +188,7 @@ async def _charge(
     response.headers["X-Remaining-Downloads"] = str(remaining_downloads(record, bytes_served))
 
 
-async def _cloud_copy(services: Services, record: FileRecord) -> CloudCopy:
+async def cloud_copy(services: Services, record: FileRecord) -> CloudCopy:
     """The file is not on this disk: its cloud copy, as the row says now (410, 503 if none)."""
     async with services.db.session() as session:
         current = await repository.get(session, record.uid, fresh=True)

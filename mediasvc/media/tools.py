@@ -50,12 +50,43 @@ class ToolOutputTooLarge(ToolError):
 
 
 @dataclass(frozen=True, slots=True)
+class MediaInput:
+    """What a media tool reads: a local file, or a URL of the cloud copy (a presigned GET, which
+    ffmpeg reads with Range requests, so a seek fetches only around the frame it wants).
+
+    ``protocols`` is the tool's ``-protocol_whitelist``: exactly what the URL needs, so that a
+    file cannot make the tool open anything else (a playlist naming other URLs, say).
+    ``label`` replaces the URL in error text: a presigned URL carries a signature.
+    """
+
+    url: str
+    protocols: str
+    label: str = "file"
+
+    @classmethod
+    def local(cls, path: Path) -> MediaInput:
+        return cls(f"file:{path}", "file")
+
+    @classmethod
+    def of_url(cls, url: str) -> MediaInput:
+        scheme = url.partition(":")[0]
+        protocols = {"file": "file", "http": "http,tcp", "https": "https,tls,tcp"}.get(scheme)
+        if protocols is None:
+            raise ValueError(f"no media tool input for a {scheme!r} URL")
+        return cls(url, protocols, label="the cloud copy")
+
+    def hidden(self) -> dict[Path | str, str]:
+        """For ``ToolResult.reason``: the URL, with and without its query, as ``label``."""
+        return {self.url: self.label, self.url.partition("?")[0]: self.label}
+
+
+@dataclass(frozen=True, slots=True)
 class ToolResult:
     returncode: int
     stdout: bytes
     stderr: bytes
 
-    def reason(self, hide: Mapping[Path, str] | None = None) -> str:
+    def reason(self, hide: Mapping[Path | str, str] | None = None) -> str:
         """The tool's error lines, without their ``[demuxer @ 0x…]`` prefixes, or its status.
 
         Each path in ``hide`` is replaced by its label: stored errors never show our paths.
