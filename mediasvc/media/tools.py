@@ -119,19 +119,13 @@ async def run_tool(
     Raises ``ToolMissing``, ``ToolTimeout`` (the process group was killed) or
     ``ToolOutputTooLarge`` (more than ``max_output_bytes`` on stdout; killed too).
     """
+    command = bounded_command(
+        argv,
+        max_memory_bytes=max_memory_bytes,
+        niceness=niceness,
+        tied_to_parent=on_line is not None,
+    )
     name = os.path.basename(argv[0])
-    binary = shutil.which(argv[0])
-    if binary is None:
-        raise ToolMissing(f"{name} is not installed (Debian package: ffmpeg)")
-    command = [binary, *argv[1:]]
-    prlimit = shutil.which("prlimit") if max_memory_bytes else None
-    if prlimit is not None:
-        command = [prlimit, f"--as={max_memory_bytes}", "--", *command]
-    if niceness and (nice := shutil.which("nice")) is not None:
-        command = [nice, "-n", str(niceness), *command]
-    if on_line is not None and (setpriv := shutil.which("setpriv")) is not None:
-        # Each wrapper execs the next, so ffmpeg itself dies with the thread that started it.
-        command = [setpriv, "--pdeathsig", "KILL", "--", *command]
     process = await asyncio.create_subprocess_exec(
         *command,
         stdin=asyncio.subprocess.DEVNULL,
@@ -160,6 +154,27 @@ async def run_tool(
             stderr_task.cancel()
             await asyncio.gather(stderr_task, return_exceptions=True)
     return ToolResult(returncode, stdout, stderr)
+
+
+def bounded_command(
+    argv: Sequence[str], *, max_memory_bytes: int, niceness: int, tied_to_parent: bool
+) -> list[str]:
+    """``argv`` behind the wrappers that bound it (each execs the next, so the pid is the
+    tool's): ``prlimit`` for memory, ``nice`` below the service, ``setpriv --pdeathsig`` to die
+    with the thread that started it. Raises ``ToolMissing``."""
+    binary = shutil.which(argv[0])
+    if binary is None:
+        name = os.path.basename(argv[0])
+        raise ToolMissing(f"{name} is not installed (Debian package: ffmpeg)")
+    command = [binary, *argv[1:]]
+    prlimit = shutil.which("prlimit") if max_memory_bytes else None
+    if prlimit is not None:
+        command = [prlimit, f"--as={max_memory_bytes}", "--", *command]
+    if niceness and (nice := shutil.which("nice")) is not None:
+        command = [nice, "-n", str(niceness), *command]
+    if tied_to_parent and (setpriv := shutil.which("setpriv")) is not None:
+        command = [setpriv, "--pdeathsig", "KILL", "--", *command]
+    return command
 
 
 async def _read_capped(stream: asyncio.StreamReader, limit_bytes: int, name: str) -> bytes:

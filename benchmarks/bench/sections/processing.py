@@ -2,16 +2,19 @@
 API's metadata latency during a transcode against idle, a storyboard of an hour of 1080p against
 a full decode.
 
-The clip is HEVC in Matroska made here (PROCESSING_CLIP_S seconds of 640x360: small, so the
-section takes a minute or two on two shared cores). Each round:
-- the rendition's ffmpeg command (media/rendition.py, the same argv, at the same niceness, as
-  the machine is shared) run by hand, timed;
-- the same file uploaded to mediasvc with no worker running: GET /metadata of it, one request
-  every POLL_EVERY_S for IDLE_REQUESTS, is the idle latency; then a worker starts and the same
-  loop runs until the transcode is done: the samples taken while the worker's rendition ffmpeg
-  was alive are the latency under a transcode, and that ffmpeg's life (from its start time in
-  /proc, through the wrappers the worker execs, to the last poll that saw it) is the rendition's
-  time through the job (its throughput: media seconds per wall second);
+The clip is HEVC in Matroska made here (PROCESSING_CLIP_S seconds of CLIP_SIZE: long enough
+that the rendition takes seconds, short enough for a few minutes on two shared cores). Each
+round:
+- the clip uploaded to mediasvc with no worker running: GET /metadata of it, one request every
+  POLL_EVERY_S for IDLE_REQUESTS, is the idle latency;
+- the rendition's ffmpeg command (media/rendition.py: the same argv behind the same wrappers,
+  media/tools.bounded_command) run by hand while the same loop polls, timed; again after the
+  job; the mean of the two is the time by hand;
+- then a worker starts and the same loop runs until the transcode is done: the samples taken
+  while the worker's rendition ffmpeg was alive are the latency under a transcode, and that
+  ffmpeg's life (from its start time in /proc, through the wrappers the worker execs, to the
+  last poll that saw it) is the rendition's time through the job (its throughput: media
+  seconds per wall second);
 - the storyboard command (media/storyboard.py: keyframes only) on an hour of 1080p, against a
   full decode. The hour is made cheaply: HOUR_SEGMENT_S of 1080p testsrc2 (libx264 ultrafast,
   HOUR_BIT_RATE, a keyframe every HOUR_GOP frames, x264's default), then `-stream_loop` with
@@ -42,11 +45,13 @@ from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import analyse
 from mediasvc.media.rendition import plan, rendition_command
 from mediasvc.media.storyboard import layout, storyboard_command
+from mediasvc.media.tools import bounded_command
 
-PROCESSING_CLIP_S = 40  # ~500 samples under the transcode: a p99 that is not one outlier
+PROCESSING_CLIP_S = 60
 IDLE_REQUESTS = 500
 POLL_EVERY_S = 0.02  # 50 requests a second: a busy player page, not a load test
-TITLE = f"processing: HEVC/MKV 640x360, {PROCESSING_CLIP_S} s"
+CLIP_SIZE = "1280x720"  # x264 veryfast on two cores: ~15 s by hand, ~700 samples under it
+TITLE = f"processing: HEVC/MKV {CLIP_SIZE}, {PROCESSING_CLIP_S} s"
 HOUR_SEGMENT_S = 60
 HOUR_COPIES = 60
 HOUR_GOP = 250  # frames: 10 s at 25 fps
@@ -58,7 +63,7 @@ def section_processing(r: Run) -> None:
     clip = r.tmp / "clip.mkv"
     _run([
         "ffmpeg", "-v", "error", "-nostdin", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=25:duration={PROCESSING_CLIP_S}",
+        "-f", "lavfi", "-i", f"testsrc2=size={CLIP_SIZE}:rate=25:duration={PROCESSING_CLIP_S}",
         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={PROCESSING_CLIP_S}",
         "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
         "-c:a", "aac", str(clip),
@@ -66,10 +71,14 @@ def section_processing(r: Run) -> None:
     config = MediaConfig()  # the defaults the worker runs with
     facts = asyncio.run(analyse(config, clip, expects_media=True))
     assert facts is not None and facts.duration_s and facts.width and facts.height
-    by_hand = [
-        "nice", "-n", str(config.transcode_nice),
-        *rendition_command(config, clip, r.tmp / "by-hand.mp4", plan(facts)),
-    ]  # fmt: skip
+    # Behind the very wrappers the worker puts around it (memory, niceness, parent death).
+    by_hand = bounded_command(
+        rendition_command(config, clip, r.tmp / "by-hand.mp4", plan(facts)),
+        max_memory_bytes=config.tool_max_memory_bytes,
+        niceness=config.transcode_nice,
+        tied_to_parent=True,
+    )
+    log(f"{TITLE}: by hand: {shlex.join(by_hand)}")
     segment, hour = _hour_of_1080p(r)
     hour_facts = asyncio.run(analyse(config, hour, expects_media=True))
     assert hour_facts is not None and hour_facts.duration_s
@@ -82,9 +91,8 @@ def section_processing(r: Run) -> None:
         "-i", str(segment), "-map", "0:v:0", "-f", "null", "-",
     ]  # fmt: skip
     for rnd in range(r.cfg.rounds):
-        hand_s = _timed(by_hand)
+        hand_s, job_s, idle, busy = _through_the_job(r, clip, by_hand)
         r.samples.put("processing.hand", rnd, facts.duration_s / hand_s)
-        job_s, idle, busy = _through_the_job(r, clip)
         r.samples.put("processing.job", rnd, facts.duration_s / job_s)
         r.samples.put("processing.p99", rnd, (percentile(idle, 99), percentile(busy, 99)))
         storyboard_s = _timed(storyboard)
@@ -148,14 +156,22 @@ def _hour_of_1080p(r: Run) -> tuple[Path, Path]:
     return segment, hour
 
 
-def _through_the_job(r: Run, clip: Path) -> tuple[float, list[float], list[float]]:
-    """(the rendition step's wall time, metadata latencies idle, during the rendition)."""
+def _through_the_job(
+    r: Run, clip: Path, by_hand: list[str]
+) -> tuple[float, float, list[float], list[float]]:
+    """(the rendition by hand, through the job (wall time s), metadata latencies (ms) idle, and
+    during the job's rendition).
+
+    The API is polled the same way while the command runs by hand (once before the job, once
+    after: the mean), so both runs share the machine with the same service load.
+    """
     flush_redis(r.redis_dbs[0])
     base = r.servers["mediasvc"].base
     meta = mediasvc_upload(r, clip, name="clip.mkv")
     url = f"/api/v1/files/{meta['uid']}/metadata"
     idle: list[float] = []
     busy: list[float] = []  # latencies (ms) while the rendition's ffmpeg runs
+    hand: list[float] = []
     worker = None
     rendition = _Rendition()
     try:
@@ -163,6 +179,7 @@ def _through_the_job(r: Run, clip: Path) -> tuple[float, list[float], list[float
             # Idle: the probe is queued, no worker takes it.
             for _ in range(IDLE_REQUESTS):
                 idle.append(_get_ms(client, url)[0])
+            hand.append(_by_hand(client, url, by_hand))
             worker = start_worker(r, r.env_single, r.tmp / "single", "processing-worker")
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
@@ -172,13 +189,36 @@ def _through_the_job(r: Run, clip: Path) -> tuple[float, list[float], list[float
                 processing = body.get("processing") or {}
                 if processing.get("state") in ("done", "failed", "skipped"):
                     break
+            r.children.stop(worker)
+            worker = None
+            hand.append(_by_hand(client, url, by_hand))
     finally:
         if worker is not None:
             r.children.stop(worker)
         mediasvc_delete(base, meta)
     if rendition.started_s is None or len(busy) < 2:
         raise RuntimeError(f"the rendition was seen running {len(busy)} times: too short")
-    return rendition.last_seen_s - rendition.started_s, idle, busy
+    job_s = rendition.last_seen_s - rendition.started_s
+    return sum(hand) / len(hand), job_s, idle, busy
+
+
+def _by_hand(client: httpx.Client, url: str, argv: list[str]) -> float:
+    """Run ``argv`` while polling ``url`` as during the job; its wall time."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        while process.poll() is None:
+            _get_ms(client, url)
+        took = time.perf_counter() - start
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    if process.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} exited with {process.returncode}")
+    return took
 
 
 class _Rendition:
