@@ -47,7 +47,7 @@ async def evict(settings: Settings, uid: str) -> None:
     await age_rows(settings, created_at=datetime.now(UTC) - timedelta(days=30))
     ctx = JobContext.build(settings.model_copy(update={"local_retention_s": 60}))
     try:
-        assert (await cleanup(ctx)).evicted == [uid]
+        assert uid in (await cleanup(ctx)).evicted  # (with what was derived from it, if any)
     finally:
         await ctx.db.dispose()
         await ctx.cloud.close()
@@ -157,8 +157,14 @@ async def test_the_cache_keeps_the_most_recently_used_thumbnails_of_a_file(
 
 
 async def test_expiry_and_the_audit_remove_a_files_thumbnails(
-    settings: Settings, client: httpx.AsyncClient, clip: Path
+    make_settings: Callable[..., Settings], clip: Path
 ) -> None:
+    settings = make_settings(transcode=False)  # no storyboard sheet: one file, one purge
+    async with fresh_client(settings) as client:
+        await expire_and_audit(settings, client, clip)
+
+
+async def expire_and_audit(settings: Settings, client: httpx.AsyncClient, clip: Path) -> None:
     meta = await probed(client, (await upload_file(client, clip))["uid"])
     response = await client.get(f"/api/v1/files/{meta['uid']}/thumbnail", params={"time": 1})
     assert response.status_code == 200, response.text
