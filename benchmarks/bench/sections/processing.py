@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from bench.base import log
+from bench.base import BenchError, log
 from bench.context import Run
 from bench.latency import percentile
 from bench.mediasvc_ops import mediasvc_delete, mediasvc_upload, start_worker
@@ -182,13 +182,18 @@ def _through_the_job(
             hand.append(_by_hand(client, url, by_hand))
             worker = start_worker(r, r.env_single, r.tmp / "single", "processing-worker")
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
+            while True:
                 took_ms, body = _get_ms(client, url)
                 if rendition.running(worker.pid):
                     busy.append(took_ms)
                 processing = body.get("processing") or {}
                 if processing.get("state") in ("done", "failed", "skipped"):
                     break
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"no transcode within 600 s: probe {body.get('probe_status')}, "
+                        f"processing {processing}; worker log: {worker.log_tail(1000)}"
+                    )
             r.children.stop(worker)
             worker = None
             hand.append(_by_hand(client, url, by_hand))
