@@ -30,14 +30,15 @@ then their median reported, because throughput drifts up to 2x over minutes on t
 - locust (benchmarks/locustfile.py): a realistic mix for a bounded time against the full stack
   (`mediasvc serve --workers 2`, PostgreSQL, Redis, `mediasvc worker`, s3rver), and GET /healthz
   of the same app (the framework ceiling);
-- processing (bench/sections/processing.py): a 20 s HEVC clip's rendition by `mediasvc worker`
+- processing (bench/sections/processing.py): a 60 s 720p HEVC clip's rendition by `mediasvc worker`
   against the same ffmpeg command by hand, GET /metadata p99 during that transcode against
-  idle, the keyframe-only storyboard against a full decode.
+  idle, the keyframe-only storyboard of an hour of 1080p against a full decode (estimated).
 
     .venv/bin/python benchmarks/run.py            # SIZE 4 GiB, 3 rounds (~25 min)
     .venv/bin/python benchmarks/run.py --quick    # SIZE 1 GiB, 1 round, short locust
 
 MB = 10^6 bytes. Python servers run with the GLIBC_TUNABLES that `mediasvc serve` sets itself.
+Redis: two empty databases are picked, or `BENCH_REDIS_DBS=7,8` names them (beside test runs).
 
 The pieces live in benchmarks/bench/: procfs (process probes), latency, stats, children,
 curl, servers, services, testfiles, mediasvc_ops, one module per section under sections/, and

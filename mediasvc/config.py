@@ -470,6 +470,12 @@ class Settings(BaseSettings):
     thumbnail_max_width: int = Field(
         default=1920, ge=16, le=7680, description="The widest thumbnail the API renders."
     )
+    thumbnail_cache_per_file: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Thumbnails kept on disk per file; beyond, the least recently used go.",
+    )
 
     # --- cloud ----------------------------------------------------------------------------
     cloud_backend: Literal["local", "s3"] = Field(

@@ -35,6 +35,7 @@ S3RVER_BIN = PROJECT_ROOT / "tests" / "s3rver" / "node_modules" / ".bin" / "s3rv
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 REGION = "us-east-1"
+_RANGE_HEADER = re.compile(rb"\r\nrange: *bytes=(\d+)-", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ class CountingProxy:
     ``sent_bytes``: client → server (requests and uploads); ``received_bytes``: server → client.
     ``upload_delay_s`` is slept per forwarded chunk of at most 64 KiB towards the server;
     ``cut_after_received_bytes`` drops the connection once, when that many bytes came back.
+    ``range_starts``: the first byte of each ``Range: bytes=N-…`` request header seen going up.
     """
 
     CHUNK_BYTES = 64 * 1024
@@ -182,6 +184,7 @@ class CountingProxy:
         self.cuts = 0
         self.sent_bytes = 0
         self.received_bytes = 0
+        self.range_starts: list[int] = []
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -193,6 +196,7 @@ class CountingProxy:
 
     def reset(self) -> None:
         self.sent_bytes = self.received_bytes = 0
+        self.range_starts = []
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -238,6 +242,7 @@ class CountingProxy:
             while data := await src.read(self.CHUNK_BYTES):
                 if upstream:
                     self.sent_bytes += len(data)
+                    self.range_starts += [int(m) for m in _RANGE_HEADER.findall(data)]
                     if self.upload_delay_s:
                         await asyncio.sleep(self.upload_delay_s)
                 else:

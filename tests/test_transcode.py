@@ -279,6 +279,39 @@ async def test_audio_browsers_do_not_play_becomes_aac_in_m4a(
     assert meta["processing"]["steps"] == ["rendition"]
 
 
+async def test_the_listing_shows_uploads_and_derived_files_only_when_asked(
+    client: httpx.AsyncClient, clips: Clips
+) -> None:
+    meta = await processed(client, (await upload_file(client, clips.hevc_mkv))["uid"])
+    products = {meta["renditions"][0]["uid"], meta["processing"]["storyboard"]["uid"]}
+
+    async def listed(**params: str) -> list[str]:
+        response = await client.get("/api/v1/files", params=params)
+        assert response.status_code == 200, response.text
+        return [item["uid"] for item in response.json()["items"]]
+
+    assert await listed() == [meta["uid"]]
+    assert await listed(kind="video") == [meta["uid"]]  # the rendition is a video too
+    everything = await listed(include_derived="true")
+    assert set(everything) == {meta["uid"], *products}
+    # Paged with a cursor, the derived files come along too, each once.
+    paged, cursor = [], None
+    while True:
+        params: dict[str, str | int] = {"include_derived": "true", "limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/api/v1/files", params=params)).json()
+        paged += [item["uid"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert paged == everything
+    # Hidden from the list, not from anyone who has the UID.
+    for uid in products:
+        derived = (await client.get(f"/api/v1/files/{uid}/metadata")).json()
+        assert derived["derived_from"] == meta["uid"]
+    assert (await client.get("/api/v1/files", params={"include_derived": "x"})).status_code == 422
+
+
 # --- storyboard and thumbnails ------------------------------------------------------------------
 
 
@@ -340,9 +373,9 @@ async def test_a_thumbnail_is_rendered_once_then_cached_with_a_strong_etag(
     assert picture_size(tmp_path / "t.jpg") == ("mjpeg", 100, 56)  # even, 16:9
     cached = settings.media_root / ".thumbnails" / meta["uid"] / "1000-100.jpg"
     assert cached.read_bytes() == first.content  # 1.04 s → 1.0 s, width 101 → 100
-    before = cached.stat().st_mtime_ns
+    before = cached.stat().st_ino  # a render would rename a new file into place
     same = await client.get(url, params={"time": 1.0, "width": 100})
-    assert same.content == first.content and cached.stat().st_mtime_ns == before  # not rendered
+    assert same.content == first.content and cached.stat().st_ino == before  # not rendered
     revalidated = await client.get(
         url, params={"time": 1.0, "width": 100}, headers={"If-None-Match": etag}
     )
@@ -473,15 +506,12 @@ async def test_a_sigkilled_workers_transcode_runs_again_once(
         # Every job's timeout is capped at the push's: a killed worker's job runs again once
         # its lock (the longest timeout + 10 s) expires.
         settings = make_settings(redis_url=redis_url, push_timeout_s=40, transcode_threads=1)
-        env = {
-            "MEDIASVC_DATABASE_URL": settings.database_url,
-            "MEDIASVC_REDIS_URL": redis_url,
-            "MEDIASVC_MEDIA_ROOT": str(settings.media_root),
-            "MEDIASVC_CLOUD_ROOT": str(settings.cloud_root),
-            "MEDIASVC_PUSH_TIMEOUT_S": "40",
-            "MEDIASVC_TRANSCODE_THREADS": "1",
-            "MEDIASVC_TRANSCODE_PRESET": "slower",  # ~4 s quiet: still encoding when killed
-        }
+        env = worker_env(
+            settings,
+            MEDIASVC_PUSH_TIMEOUT_S="40",
+            MEDIASVC_TRANSCODE_THREADS="1",
+            MEDIASVC_TRANSCODE_PRESET="slower",  # ~4 s quiet: still encoding when killed
+        )
         async with fresh_client(settings) as client:
             meta = await upload_file(client, clips.long_mkv)
             uid = meta["uid"]
@@ -504,7 +534,76 @@ async def test_a_sigkilled_workers_transcode_runs_again_once(
         assert len(meta["renditions"]) == 1
 
 
+async def test_a_worker_process_runs_at_most_its_configured_transcodes_at_once(
+    make_settings: Callable[..., Settings], clips: Clips, tmp_path: Path
+) -> None:
+    async with flushed_redis(REDIS_URL) as redis_url:
+        settings = make_settings(redis_url=redis_url)
+        env = worker_env(
+            settings,
+            MEDIASVC_TRANSCODE_CONCURRENCY="2",
+            MEDIASVC_TRANSCODE_THREADS="1",
+            MEDIASVC_TRANSCODE_PRESET="slow",  # a few seconds each: the runs overlap
+        )
+        async with fresh_client(settings) as client:
+            uids = [
+                (await upload_file(client, clips.long_mkv, f"{n}.mkv"))["uid"] for n in range(4)
+            ]
+            worker = start_worker(env, tmp_path / "worker.log")
+            try:
+                most_running, most_ffmpegs, states = 0, 0, dict.fromkeys(uids, "")
+                deadline = time.monotonic() + 200
+                while any(state not in ("done", "failed", "skipped") for state in states.values()):
+                    assert time.monotonic() < deadline, states
+                    assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+                    most_ffmpegs = max(most_ffmpegs, len(transcoding_ffmpegs(settings.media_root)))
+                    for uid in uids:
+                        meta = (await client.get(f"/api/v1/files/{uid}/metadata")).json()
+                        states[uid] = (meta["processing"] or {}).get("state", "")
+                    most_running = max(most_running, list(states.values()).count("running"))
+                    await asyncio.sleep(0.05)
+            finally:
+                stop_process(worker)
+    assert set(states.values()) == {"done"}
+    # Two at once (the slots were used), never three: by the rows and by the processes.
+    assert most_running == 2 and most_ffmpegs == 2, (most_running, most_ffmpegs)
+
+
 # --- helpers of the tests above -----------------------------------------------------------------
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `mediasvc worker` sharing ``settings``' database, Redis and disks."""
+    assert settings.redis_url is not None
+    return {
+        "MEDIASVC_DATABASE_URL": settings.database_url,
+        "MEDIASVC_REDIS_URL": settings.redis_url,
+        "MEDIASVC_MEDIA_ROOT": str(settings.media_root),
+        "MEDIASVC_CLOUD_ROOT": str(settings.cloud_root),
+        **extra,
+    }
+
+
+def transcoding_ffmpegs(media_root: Path) -> list[int]:
+    """The pids of the transcodes' ffmpegs (they report ``-progress``) writing under
+    ``media_root``."""
+    return [pid for pid, argv in ffmpegs_writing_into(media_root) if b"-progress" in argv]
+
+
+def ffmpegs_writing_into(media_root: Path) -> list[tuple[int, list[bytes]]]:
+    """Each ffmpeg whose output is a part file under ``media_root``: its pid and argv."""
+    incoming = str(media_root.resolve() / ".incoming").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"ffmpeg") and any(incoming in a for a in argv):
+            found.append((int(entry.name), argv))
+    return found
 
 
 def pid_alive(pid: int) -> bool:
@@ -517,17 +616,7 @@ def pid_alive(pid: int) -> bool:
 
 def ffmpeg_writing_into(media_root: Path) -> int | None:
     """The pid of an ffmpeg whose output is a part file under ``media_root``."""
-    incoming = str(media_root.resolve() / ".incoming")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"ffmpeg") and any(incoming.encode() in a for a in argv):
-            return int(entry.name)
-    return None
+    return next((pid for pid, _ in ffmpegs_writing_into(media_root)), None)
 
 
 async def wait_for_transcoding_ffmpeg(client: httpx.AsyncClient, uid: str, media_root: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from bench.base import ROOT, BenchError
@@ -17,7 +18,16 @@ def ensure_services() -> None:
 
 
 def pick_redis_dbs(count: int) -> list[int]:
-    """Redis databases nobody uses (the tests use 13), emptied again at the end."""
+    """Redis databases nobody uses (the tests use 13), emptied again at the end.
+
+    ``BENCH_REDIS_DBS`` (e.g. ``7,8``) names them instead: a database that is empty when looked
+    at may belong to a test run beside this one, whose flushes would take the bench's jobs.
+    """
+    if named := os.environ.get("BENCH_REDIS_DBS"):
+        dbs = [int(db) for db in named.split(",")]
+        if len(dbs) != count:
+            raise BenchError(f"BENCH_REDIS_DBS names {len(dbs)} databases, the bench needs {count}")
+        return dbs
     found = []
     for db in range(1, 16):
         if db == 13:

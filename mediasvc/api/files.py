@@ -49,7 +49,7 @@ router = APIRouter(prefix="/api/v1")
 @router.get(
     "/files",
     response_model=FileList,
-    summary="Live files, newest first",
+    summary="Live files, newest first (uploads; derived files with include_derived)",
     responses=problem_responses(401, 403, 422, 431, 503),
 )
 async def list_files(
@@ -64,6 +64,14 @@ async def list_files(
             "or none of these"
         ),
     ] = None,
+    include_derived: Annotated[
+        bool,
+        Query(
+            description="Also list the files made from others (renditions, storyboard sheets, "
+            "HLS rungs, faststart copies: those with `derived_from`). They are left out by "
+            "default, and always reachable by UID and from their original's metadata."
+        ),
+    ] = False,
 ) -> FileList:
     services = services_of(request)
     page_size = limit or services.settings.list_default_limit
@@ -76,6 +84,7 @@ async def list_files(
             # A key sees its own files; an admin key, and everyone when keys are off, sees all.
             owner=caller.name if caller and not caller.admin else None,
             kind=kind,
+            include_derived=include_derived,
         )
     page = records[:page_size]
     base_url = base_url_of(request)
@@ -126,7 +135,7 @@ async def download(
 
     async def open_file() -> ByteSource:
         path = services.store.path_for(record.uid)
-        return await open_source(path, services.cloud, partial(_cloud_copy, services, record))
+        return await open_source(path, services.cloud, partial(cloud_copy, services, record))
 
     response = await deliver(
         request,
@@ -179,7 +188,7 @@ async def _charge(
     response.headers["X-Remaining-Downloads"] = str(remaining_downloads(record, bytes_served))
 
 
-async def _cloud_copy(services: Services, record: FileRecord) -> CloudCopy:
+async def cloud_copy(services: Services, record: FileRecord) -> CloudCopy:
     """The file is not on this disk: its cloud copy, as the row says now (410, 503 if none)."""
     async with services.db.session() as session:
         current = await repository.get(session, record.uid, fresh=True)

@@ -13,9 +13,11 @@ the sprite sheet (a file of its own, served with Range like any) with a ``#xywh=
 taken down to a tenth of a second and clamped to the last frame (a time past the end of the
 video is a 422 that names its duration); ``width`` is 16 … ``thumbnail_max_width`` (rounded
 to an even number, never wider than the video). Each (uid, time, width) is rendered once, then
-served from the disk cache (``<media_root>/.thumbnails/<uid>/``; the file's purge removes it)
-with a strong ETag, the sha256 of the JPEG's bytes, so a revalidation is a 304. At most
-``THUMBNAIL_RENDERS`` renders run at once per process; each is bounded like a preview.
+served from the disk cache (storage/thumbnails.py: at most ``thumbnail_cache_per_file`` per
+file, least recently used out; the file's purge removes it) with a strong ETag, the sha256 of
+the JPEG's bytes, so a revalidation is a 304. At most ``THUMBNAIL_RENDERS`` renders run at once
+per process; each is bounded like a preview. A video evicted from this node's disk is read
+from its cloud copy: ffmpeg opens a presigned URL (or the bucket directory's path) and seeks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from starlette.responses import Response
 from mediasvc.api.access import ReadableFile, live_record
 from mediasvc.api.caching import file_cache_control
 from mediasvc.api.common import base_url_of, services_of
-from mediasvc.api.files import download
+from mediasvc.api.files import cloud_copy, download
 from mediasvc.api.openapi import bytes_responses, problem_responses
 from mediasvc.db.models import FileRecord, ProbeStatus
 from mediasvc.delivery import conditional
@@ -50,12 +51,15 @@ from mediasvc.media.playability import main_video
 from mediasvc.media.preview import PREVIEW_MEDIA_TYPE, render_frame
 from mediasvc.media.probe import MediaFacts
 from mediasvc.media.storyboard import Layout, vtt
+from mediasvc.media.tools import MediaInput
 from mediasvc.services import Services
+from mediasvc.storage.cloud import CloudError
 
 router = APIRouter(prefix="/api/v1")
 
 VTT_MEDIA_TYPE = "text/vtt; charset=utf-8"
 MIN_THUMBNAIL_WIDTH = 16
+URL_SPARE_S = 60.0  # a cloud copy's URL outlives the render that reads it by this much
 
 
 @router.get(
@@ -106,8 +110,9 @@ async def thumbnail(
     upright_width = (video.height if video.rotation % 180 == 90 else video.width) if video else None
     width = min(width, upright_width or width) // 2 * 2
     time_ms = round(seek_s * 1000)
-    path = services.store.thumbnail_path_for(record.uid, time_ms, width)
-    if not await anyio.to_thread.run_sync(path.is_file):
+    cache = services.store.thumbnails
+    path = cache.path_for(record.uid, time_ms, width)
+    if not await anyio.to_thread.run_sync(cache.hit, path):
         await _render(services, record, path, seek_s, width)
     digest = await anyio.to_thread.run_sync(_sha256_of, path)
 
@@ -157,21 +162,38 @@ def _clamped(facts: MediaFacts, time_s: float) -> float:
 async def _render(
     services: Services, record: FileRecord, final: Path, seek_s: float, width: int
 ) -> None:
-    source = services.store.path_for(record.uid)
-    if not await anyio.to_thread.run_sync(source.is_file):
-        raise ServiceUnavailable("the video is not on this node's disk: no thumbnail can be made")
+    source = await _media_input(services, record)
+    cache = services.store.thumbnails
     part = final.with_name(f"{final.name}.{secrets.token_hex(6)}.part")
-    await anyio.to_thread.run_sync(
-        functools.partial(final.parent.mkdir, parents=True, exist_ok=True)
-    )
+    await anyio.to_thread.run_sync(cache.prepare, final)
     try:
         async with services.thumbnail_slots:
             reason = await render_frame(services.jobs.media, source, part, seek_s, width)
         if reason is not None:
             raise NotFound(f"no frame at {seek_s:g} s could be rendered: {reason}")
-        await anyio.to_thread.run_sync(os.replace, part, final)  # readers never see half a JPEG
+        await anyio.to_thread.run_sync(cache.store, part, final)
     finally:
         await anyio.to_thread.run_sync(functools.partial(part.unlink, missing_ok=True))
+
+
+async def _media_input(services: Services, record: FileRecord) -> MediaInput:
+    """Where ffmpeg reads the video: this node's disk, else the cloud copy by URL (ffmpeg seeks
+    with Range requests, so only the index and the frames around ``time`` are fetched)."""
+    source = services.store.path_for(record.uid)
+    if await anyio.to_thread.run_sync(source.is_file):
+        return MediaInput.local(source)
+    copy = await cloud_copy(services, record)  # 410, or 503 when it is not in the cloud yet
+    try:
+        if await services.cloud.stat(copy.key) is None:
+            raise ServiceUnavailable("the video is neither on this node nor in the cloud")
+        url = await services.cloud.reader_url(
+            copy.key, expires_s=services.jobs.media.probe_timeout_s + URL_SPARE_S
+        )
+    except CloudError as exc:
+        raise ServiceUnavailable(
+            "the video is not on this node and the cloud cannot be read now"
+        ) from exc
+    return MediaInput.of_url(url)
 
 
 def _sha256_of(path: Path) -> str:

@@ -179,12 +179,17 @@ async def list_live(
     now: datetime,
     owner: str | None = None,
     kind: str | None = None,
+    include_derived: bool = False,
 ) -> list[FileRecord]:
     """Live files, newest first; ``after`` is the (created_at, uid) of the last row already seen.
 
     ``kind``: video, audio or image (the top-level type of ``format``), or other.
+    ``include_derived``: also the files made from others (renditions, storyboard sheets, HLS
+    rungs, faststart copies); without it, only what was uploaded or imported.
     """
     query = select(FileRecord).where(_LIVE)
+    if not include_derived:
+        query = query.where(FileRecord.derived_from.is_(None))
     if kind is not None:
         query = query.where(_of_kind(kind))
     query = query.where((FileRecord.expires_at.is_(None)) | (FileRecord.expires_at > now))

@@ -111,7 +111,7 @@ async def purge(ctx: JobContext, record: FileRecord) -> bool:
         return False
     await anyio.to_thread.run_sync(ctx.store.remove, record.uid)
     await anyio.to_thread.run_sync(ctx.store.remove_preview, record.uid)
-    await anyio.to_thread.run_sync(ctx.store.remove_thumbnails, record.uid)
+    await anyio.to_thread.run_sync(ctx.store.thumbnails.remove, record.uid)
     async with ctx.db.session() as session:
         derived = await repository.record_purge(session, record, datetime.now(UTC))
     for child in derived:

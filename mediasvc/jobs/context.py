@@ -43,6 +43,7 @@ class JobContext:
                 fsync=settings.fsync,
                 min_free_bytes=settings.min_free_disk_bytes,
                 direct_io=settings.direct_io,
+                thumbnails_per_file=settings.thumbnail_cache_per_file,
             ),
             cloud=make_cloud_store(settings),
             transcode_slots=asyncio.Semaphore(settings.transcode_concurrency),

@@ -19,6 +19,10 @@ Rows → files. A live row that says its local copy is on this volume (``local =
 - otherwise the bytes are lost: logged at ERROR on every run and the row is left as it is (a
   volume mounted late brings the file back). Downloads answer 503, the push ends ``failed``.
 Rows without a ``volume`` (made before it was recorded) are not judged.
+
+Thumbnails. The cache directory of a file that is gone (or has no row) goes once it has been
+left alone for ``orphan_grace_s``: the purge removed it, but a render that was under way then
+wrote into it again.
 """
 
 from __future__ import annotations
@@ -68,7 +72,23 @@ async def audit_volume(ctx: JobContext, *, now_s: float) -> VolumeReport:
         for start in range(0, len(files), AUDIT_BATCH):
             await _sweep_unclaimed(ctx, files[start : start + AUDIT_BATCH], report)
     await _audit_local_rows(ctx, report)
+    await _sweep_thumbnails(ctx, cutoff_s, report)
     return report
+
+
+async def _sweep_thumbnails(ctx: JobContext, cutoff_s: float, report: VolumeReport) -> None:
+    cache = ctx.store.thumbnails
+    uids = await anyio.to_thread.run_sync(lambda: cache.uids(settled_before_s=cutoff_s))
+    for start in range(0, len(uids), AUDIT_BATCH):
+        batch = set(uids[start : start + AUDIT_BATCH])
+        async with ctx.db.session() as session:
+            rows = await repository.claims(session, batch)
+        for uid in sorted(batch):
+            row = rows.get(uid)
+            if row is None or row.gone_reason is not None:
+                await anyio.to_thread.run_sync(cache.remove, uid)
+                logger.info("removed the thumbnails of %s: the file is gone", uid)
+                report.swept.append(cache.root / uid)
 
 
 def _shards(root: Path) -> list[Path]:

@@ -42,7 +42,7 @@ async def run_encode(
     *,
     duration_s: float | None,
     on_progress: Callable[[float], None],
-    hide: Mapping[Path, str],
+    hide: Mapping[Path | str, str],
 ) -> None:
     """Run ``command`` (built on ``input_args``); ``on_progress`` gets 0…1 as ffmpeg goes.
 

@@ -14,7 +14,7 @@ import anyio
 
 from mediasvc.media.config import MediaConfig
 from mediasvc.media.probe import FORMAT_WHITELIST, MediaFacts
-from mediasvc.media.tools import ToolError, ToolMissing, run_media_tool
+from mediasvc.media.tools import MediaInput, ToolError, ToolMissing, run_media_tool
 
 PREVIEW_MEDIA_TYPE = "image/jpeg"
 POSTER_POSITION = 0.10  # of the duration
@@ -26,7 +26,12 @@ class PreviewFailed(Exception):
 
 
 def preview_command(
-    config: MediaConfig, source: Path, target: Path, *, seek_s: float, width: int | None = None
+    config: MediaConfig,
+    source: MediaInput,
+    target: Path,
+    *,
+    seek_s: float,
+    width: int | None = None,
 ) -> list[str]:
     """One frame at ``seek_s``: fit in the preview square, or ``width`` pixels wide."""
     bound = config.preview_max_size_px
@@ -42,9 +47,9 @@ def preview_command(
         "-threads", "1",
         "-max_pixels", str(config.probe_max_pixels),
         "-format_whitelist", ",".join(FORMAT_WHITELIST),
-        "-protocol_whitelist", "file",
+        "-protocol_whitelist", source.protocols,
         *seek,
-        "-i", f"file:{source}",
+        "-i", source.url,
         "-map", "0:v:0", "-frames:v", "1", "-an", "-sn", "-dn",
         "-vf", scale,
         "-c:v", "mjpeg", "-q:v", str(JPEG_QUALITY),
@@ -78,9 +83,17 @@ async def make_preview(
 
 
 async def render_frame(
-    config: MediaConfig, source: Path, part: Path, seek_s: float, width: int | None = None
+    config: MediaConfig,
+    source: Path | MediaInput,
+    part: Path,
+    seek_s: float,
+    width: int | None = None,
 ) -> str | None:
-    """Write one frame of ``source`` as a JPEG to ``part``: None on success, else why not."""
+    """Write one frame of ``source`` (a local file, or a URL ffmpeg reads with seeks) as a JPEG to
+    ``part``: None on success, else why not. Bounded like every media tool run: memory
+    (``prlimit``), ``probe_timeout_s`` of wall time, one thread."""
+    if isinstance(source, Path):
+        source = MediaInput.local(source)
     try:
         command = preview_command(config, source, part, seek_s=seek_s, width=width)
         result = await run_media_tool(config, command, timeout_s=config.probe_timeout_s)
@@ -89,7 +102,7 @@ async def render_frame(
     except ToolError as exc:
         return str(exc)
     if result.returncode != 0:
-        return result.reason(hide={source: "file", part: "preview"})
+        return result.reason(hide={**source.hidden(), part: "preview"})
     size = await anyio.to_thread.run_sync(_size_or_zero, part)
     return None if size > 0 else "ffmpeg wrote no frame"
 

@@ -50,12 +50,43 @@ class ToolOutputTooLarge(ToolError):
 
 
 @dataclass(frozen=True, slots=True)
+class MediaInput:
+    """What a media tool reads: a local file, or a URL of the cloud copy (a presigned GET, which
+    ffmpeg reads with Range requests, so a seek fetches only around the frame it wants).
+
+    ``protocols`` is the tool's ``-protocol_whitelist``: exactly what the URL needs, so that a
+    file cannot make the tool open anything else (a playlist naming other URLs, say).
+    ``label`` replaces the URL in error text: a presigned URL carries a signature.
+    """
+
+    url: str
+    protocols: str
+    label: str = "file"
+
+    @classmethod
+    def local(cls, path: Path) -> MediaInput:
+        return cls(f"file:{path}", "file")
+
+    @classmethod
+    def of_url(cls, url: str) -> MediaInput:
+        scheme = url.partition(":")[0]
+        protocols = {"file": "file", "http": "http,tcp", "https": "https,tls,tcp"}.get(scheme)
+        if protocols is None:
+            raise ValueError(f"no media tool input for a {scheme!r} URL")
+        return cls(url, protocols, label="the cloud copy")
+
+    def hidden(self) -> dict[Path | str, str]:
+        """For ``ToolResult.reason``: the URL, with and without its query, as ``label``."""
+        return {self.url: self.label, self.url.partition("?")[0]: self.label}
+
+
+@dataclass(frozen=True, slots=True)
 class ToolResult:
     returncode: int
     stdout: bytes
     stderr: bytes
 
-    def reason(self, hide: Mapping[Path, str] | None = None) -> str:
+    def reason(self, hide: Mapping[Path | str, str] | None = None) -> str:
         """The tool's error lines, without their ``[demuxer @ 0x…]`` prefixes, or its status.
 
         Each path in ``hide`` is replaced by its label: stored errors never show our paths.
@@ -88,19 +119,13 @@ async def run_tool(
     Raises ``ToolMissing``, ``ToolTimeout`` (the process group was killed) or
     ``ToolOutputTooLarge`` (more than ``max_output_bytes`` on stdout; killed too).
     """
+    command = bounded_command(
+        argv,
+        max_memory_bytes=max_memory_bytes,
+        niceness=niceness,
+        tied_to_parent=on_line is not None,
+    )
     name = os.path.basename(argv[0])
-    binary = shutil.which(argv[0])
-    if binary is None:
-        raise ToolMissing(f"{name} is not installed (Debian package: ffmpeg)")
-    command = [binary, *argv[1:]]
-    prlimit = shutil.which("prlimit") if max_memory_bytes else None
-    if prlimit is not None:
-        command = [prlimit, f"--as={max_memory_bytes}", "--", *command]
-    if niceness and (nice := shutil.which("nice")) is not None:
-        command = [nice, "-n", str(niceness), *command]
-    if on_line is not None and (setpriv := shutil.which("setpriv")) is not None:
-        # Each wrapper execs the next, so ffmpeg itself dies with the thread that started it.
-        command = [setpriv, "--pdeathsig", "KILL", "--", *command]
     process = await asyncio.create_subprocess_exec(
         *command,
         stdin=asyncio.subprocess.DEVNULL,
@@ -129,6 +154,27 @@ async def run_tool(
             stderr_task.cancel()
             await asyncio.gather(stderr_task, return_exceptions=True)
     return ToolResult(returncode, stdout, stderr)
+
+
+def bounded_command(
+    argv: Sequence[str], *, max_memory_bytes: int, niceness: int, tied_to_parent: bool
+) -> list[str]:
+    """``argv`` behind the wrappers that bound it (each execs the next, so the pid is the
+    tool's): ``prlimit`` for memory, ``nice`` below the service, ``setpriv --pdeathsig`` to die
+    with the thread that started it. Raises ``ToolMissing``."""
+    binary = shutil.which(argv[0])
+    if binary is None:
+        name = os.path.basename(argv[0])
+        raise ToolMissing(f"{name} is not installed (Debian package: ffmpeg)")
+    command = [binary, *argv[1:]]
+    prlimit = shutil.which("prlimit") if max_memory_bytes else None
+    if prlimit is not None:
+        command = [prlimit, f"--as={max_memory_bytes}", "--", *command]
+    if niceness and (nice := shutil.which("nice")) is not None:
+        command = [nice, "-n", str(niceness), *command]
+    if tied_to_parent and (setpriv := shutil.which("setpriv")) is not None:
+        command = [setpriv, "--pdeathsig", "KILL", "--", *command]
+    return command
 
 
 async def _read_capped(stream: asyncio.StreamReader, limit_bytes: int, name: str) -> bytes:

@@ -27,9 +27,10 @@ from mediasvc.errors import InsufficientStorage
 from mediasvc.storage.cloud.base import PREVIEW_SUFFIX
 from mediasvc.storage.files import fsync_dir
 from mediasvc.storage.part import PartFile, translate_os_error
+from mediasvc.storage.thumbnails import DEFAULT_MAX_PER_FILE, ThumbnailCache
 
 INCOMING_DIR = ".incoming"
-THUMBNAILS_DIR = ".thumbnails"  # <root>/.thumbnails/<uid>/<ms>-<width>.jpg: a cache
+THUMBNAILS_DIR = ".thumbnails"  # <root>/.thumbnails/<uid>/<ms>-<width>.jpg: a bounded cache
 PART_SUFFIX = ".part"
 UPLOAD_SUFFIX = ".upload"
 VOLUME_ID_FILE = ".volume-id"
@@ -39,9 +40,19 @@ class LocalStore:
     """The media root on local disk."""
 
     def __init__(
-        self, root: Path, *, fsync: bool, min_free_bytes: int, direct_io: bool = True
+        self,
+        root: Path,
+        *,
+        fsync: bool,
+        min_free_bytes: int,
+        direct_io: bool = True,
+        thumbnails_per_file: int = DEFAULT_MAX_PER_FILE,
     ) -> None:
         self.root = root.resolve()
+        # Thumbnails rendered on request: a bounded cache per file (storage/thumbnails.py).
+        self.thumbnails = ThumbnailCache(
+            self.root / THUMBNAILS_DIR, max_per_file=thumbnails_per_file
+        )
         self.incoming = self.root / INCOMING_DIR
         self.fsync = fsync
         self.direct_io = direct_io  # part files bypass the page cache where the disk allows
@@ -79,14 +90,6 @@ class LocalStore:
     def preview_part_path_for(self, uid: str) -> Path:
         """Where a preview is written before its rename; swept like an upload's ``.part``."""
         return self.incoming / f"{uid}{PREVIEW_SUFFIX}{PART_SUFFIX}"
-
-    def thumbnail_path_for(self, uid: str, time_ms: int, width: int) -> Path:
-        """A cached thumbnail (api/processing.py); the purge of ``uid`` removes them all."""
-        return self.root / THUMBNAILS_DIR / uid / f"{time_ms}-{width}.jpg"
-
-    def remove_thumbnails(self, uid: str) -> None:
-        """Delete the cached thumbnails of ``uid`` (blocking)."""
-        shutil.rmtree(self.root / THUMBNAILS_DIR / uid, ignore_errors=True)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

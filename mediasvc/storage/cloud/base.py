@@ -47,6 +47,12 @@ class CloudStore(Protocol):
         """
         ...
 
+    async def reader_url(self, key: str, *, expires_s: float) -> str:
+        """A URL a media tool can read the object from, seeking with Range requests, for at
+        least ``expires_s``: a presigned GET for a bucket, ``file:<path>`` for a directory.
+        Made without asking the store whether the object is there (``stat`` does that)."""
+        ...
+
     async def stat(self, key: str) -> ObjectInfo | None:
         """The object's size (and sha256 if known), or None if there is no object."""
         ...

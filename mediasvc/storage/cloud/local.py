@@ -69,6 +69,9 @@ class LocalCloudStore:
             raise ValueError(f"not an object key: {key!r}")
         return self.root.joinpath(*parts)
 
+    async def reader_url(self, key: str, *, expires_s: float) -> str:
+        return f"file:{self.path_for(key)}"  # the directory is on this machine: no expiry
+
     async def put_file(self, key: str, path: Path, *, size: int, sha256: str) -> None:
         check_sha256(sha256)
         target = self.path_for(key)

@@ -40,6 +40,7 @@ What is verified (``put_file``):
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -202,6 +203,16 @@ class S3CloudStore:
             # but only after progress, so it cannot spin.
             if position == request_start:
                 raise CloudUnavailable(f"{key}: empty response for [{position}, {window_end})")
+
+    async def reader_url(self, key: str, *, expires_s: float) -> str:
+        try:
+            # Signed here with the store's credentials (no request is made): whoever holds the
+            # URL may GET this one object, with Range, until it expires.
+            return await obstore.sign_async(
+                self._store, "GET", key, timedelta(seconds=math.ceil(expires_s))
+            )
+        except BaseError as exc:
+            _raise_translated(exc, key)
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
