@@ -128,3 +128,22 @@ async def test_a_postgres_server_that_is_down_is_unavailable() -> None:
         for _ in range(2):  # the lookup tried, then stood aside: 503 both times
             with pytest.raises(DatabaseUnavailable):
                 await db.file_row("a" * 26)
+
+
+async def test_the_sqlite_lookup_holds_no_read_transaction(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta.db")
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(upgrade, url)
+    async with database(url) as db:
+        record = await add_file(db)
+        await db.engine.dispose()
+        lookup = SqliteLookup(path, db.engine.dialect)
+        checkpointer = sqlite3.connect(path, isolation_level=None)
+        try:
+            assert await lookup.file_row(record.uid) == FileRow.of(record)
+            # A reader still in its snapshot would keep the WAL from being checkpointed whole.
+            busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assert busy == 0
+        finally:
+            checkpointer.close()
+            await lookup.close()

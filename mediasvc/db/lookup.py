@@ -99,10 +99,12 @@ class SqliteLookup:
 
     async def file_row(self, uid: str) -> FileRow | None:
         try:
-            values = self._connect().execute(self._query.sql, (uid,)).fetchone()
+            # fetchall, not fetchone: the statement runs to its end, so no read transaction
+            # stays open (one would hold back the WAL's checkpoints).
+            rows = self._connect().execute(self._query.sql, (uid,)).fetchall()
         except sqlite3.Error as exc:
             raise LookupSkipped(str(exc)) from exc
-        return None if values is None else self._query.row(values)
+        return self._query.row(rows[0]) if rows else None
 
     async def close(self) -> None:
         if self._connection is not None:
