@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,14 +77,25 @@ async def test_the_lookup_reads_what_the_orm_reads(empty_db_url: str) -> None:
         assert await db.file_row("x" * 26) is None
 
 
-async def test_sqlite_lookup_does_not_wait_for_a_lock(tmp_path: Path) -> None:
+@asynccontextmanager
+async def sqlite_lookup(tmp_path: Path) -> AsyncIterator[tuple[SqliteLookup, FileRecord, str]]:
+    """A SQLite database with one file, no engine connection left open, and a lookup on it:
+    (lookup, the file's record, the database's path)."""
     path = str(tmp_path / "meta.db")
     url = f"sqlite+aiosqlite:///{path}"
     await asyncio.to_thread(upgrade, url)
     async with database(url) as db:
         record = await add_file(db)
-        await db.engine.dispose()  # its connections would keep the holder from locking
+        await db.engine.dispose()  # its connections would keep others from locking
         lookup = SqliteLookup(path, db.engine.dialect)
+        try:
+            yield lookup, record, path
+        finally:
+            await lookup.close()
+
+
+async def test_sqlite_lookup_does_not_wait_for_a_lock(tmp_path: Path) -> None:
+    async with sqlite_lookup(tmp_path) as (lookup, record, path):
         holder = sqlite3.connect(path, isolation_level=None)
         try:
             # Even WAL readers wait for a connection in exclusive locking mode that wrote.
@@ -93,10 +106,19 @@ async def test_sqlite_lookup_does_not_wait_for_a_lock(tmp_path: Path) -> None:
                 await lookup.file_row(record.uid)  # at once: busy timeout 0
         finally:
             holder.close()  # rolled back
+        assert await lookup.file_row(record.uid) == FileRow.of(record)
+
+
+async def test_the_sqlite_lookup_holds_no_read_transaction(tmp_path: Path) -> None:
+    async with sqlite_lookup(tmp_path) as (lookup, record, path):
+        checkpointer = sqlite3.connect(path, isolation_level=None)
         try:
             assert await lookup.file_row(record.uid) == FileRow.of(record)
+            # A reader still in its snapshot would keep the WAL from being checkpointed whole.
+            busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assert busy == 0
         finally:
-            await lookup.close()
+            checkpointer.close()
 
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
@@ -128,22 +150,3 @@ async def test_a_postgres_server_that_is_down_is_unavailable() -> None:
         for _ in range(2):  # the lookup tried, then stood aside: 503 both times
             with pytest.raises(DatabaseUnavailable):
                 await db.file_row("a" * 26)
-
-
-async def test_the_sqlite_lookup_holds_no_read_transaction(tmp_path: Path) -> None:
-    path = str(tmp_path / "meta.db")
-    url = f"sqlite+aiosqlite:///{path}"
-    await asyncio.to_thread(upgrade, url)
-    async with database(url) as db:
-        record = await add_file(db)
-        await db.engine.dispose()
-        lookup = SqliteLookup(path, db.engine.dialect)
-        checkpointer = sqlite3.connect(path, isolation_level=None)
-        try:
-            assert await lookup.file_row(record.uid) == FileRow.of(record)
-            # A reader still in its snapshot would keep the WAL from being checkpointed whole.
-            busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            assert busy == 0
-        finally:
-            checkpointer.close()
-            await lookup.close()

@@ -136,7 +136,7 @@ class PostgresLookup:
             async with asyncio.timeout(TIMEOUT_S):
                 pool = self._pool or await self._opened()
                 values = await pool.fetchrow(self._query.sql, uid)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _ASYNCPG_FAILURES as exc:
             self._resume_at = time.monotonic() + PAUSE_AFTER_FAILURE_S
             raise LookupSkipped(str(exc)) from exc
         return None if values is None else self._query.row(tuple(values))
@@ -145,6 +145,18 @@ class PostgresLookup:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+# What asyncpg raises for a server or connection that fails us: the server's errors, a connection
+# lost or closed (OSError, InterfaceError), and a connection whose protocol was left mid-way
+# (InternalClientError: "another operation is in progress" on one the server terminated).
+_ASYNCPG_FAILURES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
