@@ -25,6 +25,9 @@ then their median reported, because throughput drifts up to 2x over minutes on t
   the nginx edge of deploy/nginx with offload (X-Accel-Redirect) and without; SIZE full, the
   last 64 MiB and 1 MiB Ranges at random offsets (TTFB from a raw socket), an upload through
   the edge against one straight to the API;
+- first byte (issue 18): the time to the first byte of 64 KiB and 1 MiB Ranges at random offsets
+  (raw socket, keep-alive): nginx as the baseline, mediasvc on SQLite and on PostgreSQL, each
+  with the file unbudgeted (target < 1 ms) and budgeted (one UPDATE per GET);
 - concurrency: 8 parallel 512 MiB uploads, 32 parallel Range readers at random offsets (and the
   server's RSS growth meanwhile);
 - locust (benchmarks/locustfile.py): a realistic mix for a bounded time against the full stack
@@ -70,6 +73,7 @@ from bench.report import machine, table, versions, write_results
 from bench.sections.concurrency import section_concurrency
 from bench.sections.downloads import section_downloads
 from bench.sections.edge import section_edge
+from bench.sections.first_byte import section_first_byte
 from bench.sections.locust import section_locust
 from bench.sections.processing import section_processing
 from bench.sections.push import section_push
@@ -85,6 +89,7 @@ SECTIONS: dict[str, Callable[[Run], None]] = {
     "push": section_push,
     "downloads": section_downloads,
     "edge": section_edge,
+    "first_byte": section_first_byte,
     "concurrency": section_concurrency,
     "locust": section_locust,
     "processing": section_processing,

@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import re
+import secrets
 import socket
 import subprocess
 import time
@@ -22,6 +23,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from arq.worker import Worker
 from fastapi import FastAPI
@@ -30,12 +32,13 @@ from sqlalchemy import select, text, update
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
+from mediasvc.db.migrations import upgrade
 from mediasvc.db.models import EventRecord, FileRecord
 from mediasvc.db.session import Database, make_engine
 from mediasvc.ingest.checksum import repr_digest_header
 from mediasvc.jobs.context import JobContext
 from mediasvc.jobs.worker import worker_settings
-from tests.conftest import RunningServer, leftovers, truncate
+from tests.conftest import PG_SERVER, RunningServer, leftovers, truncate
 
 MiB = 1024 * 1024
 PROBLEM_JSON = "application/problem+json"
@@ -667,3 +670,28 @@ async def events_about(settings: Settings, subject: str) -> list[EventRecord]:
             return list((await session.scalars(query.order_by(EventRecord.id))).all())
     finally:
         await db.dispose()
+
+
+@asynccontextmanager
+async def database(url: str) -> AsyncIterator[Database]:
+    db = Database(url)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+@asynccontextmanager
+async def own_postgres_database() -> AsyncIterator[str]:
+    """A database of the test's own, migrated to head, so its schema may be broken and its
+    connections terminated at will."""
+    name = f"mediasvc_own_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"{PG_SERVER.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+        await asyncio.to_thread(upgrade, url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

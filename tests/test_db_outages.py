@@ -12,8 +12,7 @@ import asyncio
 import logging
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +24,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from mediasvc.config import Settings
 from mediasvc.db.migrations import upgrade
-from mediasvc.db.session import Database
 from mediasvc.errors import DatabaseUnavailable
 from tests.conftest import PG_SERVER, free_port, leftovers
-from tests.helpers import client_for
+from tests.helpers import client_for, database, own_postgres_database
 
 DUPLICATE_ROW = """
     INSERT INTO files (uid, format, size, sha256, created_at, delete_token_hash)
     VALUES (:uid, 'application/octet-stream', 1, :digest, CURRENT_TIMESTAMP, :digest)
 """
-
-
-@asynccontextmanager
-async def database(url: str) -> AsyncIterator[Database]:
-    db = Database(url)
-    try:
-        yield db
-    finally:
-        await db.dispose()
-
-
-@asynccontextmanager
-async def own_postgres_database() -> AsyncIterator[str]:
-    """A database of this test's own, migrated to head, so its schema may be broken at will."""
-    name = f"mediasvc_outage_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(f"{PG_SERVER}/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"{PG_SERVER.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
-        await asyncio.to_thread(upgrade, url)
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def execute(url: str, *statements: str) -> None:

@@ -31,6 +31,7 @@ class Config:
         "push",
         "downloads",
         "edge",
+        "first_byte",
         "concurrency",
         "locust",
         "processing",

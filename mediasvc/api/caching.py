@@ -18,6 +18,7 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mediasvc.db.file_row import FileRow
 from mediasvc.db.models import FileRecord
 
 CACHE_PRIVATE_DAY = "private, max-age=86400"
@@ -26,7 +27,7 @@ JSON_CACHE_CONTROL = "no-store"
 SCHEMA_CACHE_CONTROL = "no-cache"
 
 
-def file_cache_control(record: FileRecord) -> str:
+def file_cache_control(record: FileRecord | FileRow) -> str:
     """For a file's bytes and everything derived from them (its preview)."""
     limited = record.max_downloads is not None or record.expires_at is not None
     return CACHE_NO_STORE if limited else CACHE_PRIVATE_DAY

@@ -13,12 +13,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from mediasvc.api.access import ReadableFile, check_owner, live_record
+from mediasvc.api.access import ReadableFile, ReadableRow, check_owner, live_record
 from mediasvc.api.caching import file_cache_control
 from mediasvc.api.common import Caller, base_url_of, services_of
 from mediasvc.api.openapi import bytes_responses, problem_responses
 from mediasvc.api.schemas import FileList, FileMetadata, SignedLink
 from mediasvc.db import repository
+from mediasvc.db.file_row import FileRow
 from mediasvc.db.models import CloudStatus, FileRecord, GoneReason
 from mediasvc.delivery import signing
 from mediasvc.delivery.budget import budget_bytes, is_prefetch, remaining_downloads
@@ -125,7 +126,7 @@ _DOWNLOAD_RESPONSES = bytes_responses("*/*")  # the file's own type (its `format
 async def download(
     request: Request,
     uid: str,
-    record: ReadableFile,
+    record: ReadableRow,
     inline: Annotated[bool, Query(description="Content-Disposition: inline")] = False,
 ) -> Response:
     services = services_of(request)
@@ -168,7 +169,7 @@ async def download(
 
 async def _charge(
     services: Services,
-    record: FileRecord,
+    record: FileRow,
     response: SourceResponse,
     request: Request,
     budget: int,
@@ -188,7 +189,7 @@ async def _charge(
     response.headers["X-Remaining-Downloads"] = str(remaining_downloads(record, bytes_served))
 
 
-async def cloud_copy(services: Services, record: FileRecord) -> CloudCopy:
+async def cloud_copy(services: Services, record: FileRecord | FileRow) -> CloudCopy:
     """The file is not on this disk: its cloud copy, as the row says now (410, 503 if none)."""
     async with services.db.session() as session:
         current = await repository.get(session, record.uid, fresh=True)
@@ -267,7 +268,7 @@ async def signed_link(
     )
 
 
-def _representation(record: FileRecord, *, inline: bool) -> Representation:
+def _representation(record: FileRow, *, inline: bool) -> Representation:
     return Representation(
         etag=f'"{record.sha256}"',
         # created_at, not a file's mtime: every node and the cloud path agree.

@@ -34,7 +34,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from mediasvc.api.access import ReadableFile, live_record
+from mediasvc.api.access import ReadableFile, live_row
 from mediasvc.api.caching import file_cache_control
 from mediasvc.api.common import base_url_of, services_of
 from mediasvc.api.files import cloud_copy, download
@@ -264,7 +264,7 @@ async def hls_variant(request: Request, record: ReadableFile, height: int) -> Re
 async def hls_media(request: Request, record: ReadableFile, height: int) -> Response:
     # Players (ffmpeg's hls demuxer among them) want segment URLs that end in a media
     # extension: this names the rung's file so, and serves it as its own download does.
-    rung = await live_record(request, _rung(record, height)["uid"])
+    rung = await live_row(request, _rung(record, height)["uid"])
     return await download(request, rung.uid, rung)
 
 

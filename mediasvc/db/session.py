@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,6 +16,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from mediasvc.db.commit_window import CommitWindow
+from mediasvc.db.file_row import FileRow
+from mediasvc.db.lookup import LookupSkipped, lookup_for
+from mediasvc.db.models import FileRecord
 from mediasvc.db.outages import is_outage
 from mediasvc.db.outbox import PENDING_EVENTS_KEY
 from mediasvc.errors import DatabaseUnavailable
@@ -72,6 +75,8 @@ class Database:
         # autocommit). SQLite begins nothing for a read: its engine serves both.
         self._read_engine = make_read_engine(url) if url.startswith("postgresql") else None
         self._reads = async_sessionmaker(self._read_engine or self.engine, expire_on_commit=False)
+        # A download's row, read without SQLAlchemy where it can be (db/lookup.py).
+        self._lookup = lookup_for(make_url(url), self.engine.dialect, pool_size=READ_POOL_SIZE)
         self.on_events: OnEvents | None = None
         # A Session class of this Database's own, so its commit hooks see only its sessions.
         session_class = type("MediasvcSession", (Session,), {})
@@ -93,6 +98,18 @@ class Database:
         """A session for one read outside any transaction (it must not write)."""
         async with self._translated(self._reads) as session:
             yield session
+
+    async def file_row(self, uid: str) -> FileRow | None:
+        """What a download needs of the file's row (None: no row), read in one step where the
+        lookup can, else through a read session (whose errors are the ones raised)."""
+        if self._lookup is not None:
+            try:
+                return await self._lookup.file_row(uid)
+            except LookupSkipped:
+                pass
+        async with self.read() as session:
+            record = await session.get(FileRecord, uid)
+        return None if record is None else FileRow.of(record)
 
     @staticmethod
     @asynccontextmanager
@@ -116,6 +133,8 @@ class Database:
         session.info.pop(PENDING_EVENTS_KEY, None)  # rolled back with the change
 
     async def dispose(self) -> None:
+        if self._lookup is not None:
+            await self._lookup.close()
         if self._read_engine is not None:
             await self._read_engine.dispose()
         await self.engine.dispose()

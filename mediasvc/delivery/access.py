@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import anyio
 
 from mediasvc.db import repository
-from mediasvc.db.models import FileRecord
+from mediasvc.db.file_row import FileRow
 from mediasvc.db.session import Database
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class AccessLog:
         self._db = db
         self._pending: dict[str, datetime] = {}
 
-    def record(self, record: FileRecord, now: datetime) -> None:
+    def record(self, record: FileRow, now: datetime) -> None:
         if record.last_accessed_at and now - record.last_accessed_at < RESOLUTION:
             return
         if len(self._pending) < MAX_PENDING_FILES or record.uid in self._pending:

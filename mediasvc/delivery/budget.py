@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from starlette.datastructures import Headers
 
+from mediasvc.db.file_row import FileRow
 from mediasvc.db.models import FileRecord
 
 MiB = 1024 * 1024
@@ -21,7 +22,7 @@ def unit_bytes(size: int) -> int:
     return max(size, 1)
 
 
-def budget_bytes(record: FileRecord) -> int | None:
+def budget_bytes(record: FileRecord | FileRow) -> int | None:
     if record.max_downloads is None:
         return None
     allowance = min(record.size // 2, MAX_SEEK_ALLOWANCE_BYTES)
@@ -39,12 +40,12 @@ def downloads_settled(record: FileRecord) -> int:
     return downloads_used(max(0, sent), record.size)
 
 
-def remaining_downloads(record: FileRecord, bytes_served: int) -> int:
+def remaining_downloads(record: FileRecord | FileRow, bytes_served: int) -> int:
     assert record.max_downloads is not None
     return max(0, record.max_downloads - downloads_used(bytes_served, record.size))
 
 
-def is_exhausted(record: FileRecord, bytes_served: int) -> bool:
+def is_exhausted(record: FileRecord | FileRow, bytes_served: int) -> bool:
     """Every full download is used: what is left is only the seek allowance."""
     assert record.max_downloads is not None
     return bytes_served >= record.max_downloads * unit_bytes(record.size)

@@ -20,7 +20,8 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mediasvc.db import repository
-from mediasvc.db.models import FileRecord, GoneReason
+from mediasvc.db.file_row import FileRow
+from mediasvc.db.models import GoneReason
 from mediasvc.db.session import Database
 from mediasvc.delivery.budget import is_exhausted
 from mediasvc.errors import DatabaseUnavailable, DownloadsInProgress, Gone
@@ -70,7 +71,7 @@ class Reservation:
 
 async def reserve(
     db: Database,
-    record: FileRecord,
+    record: FileRow,
     n: int,
     budget: int,
     *,
@@ -116,7 +117,7 @@ async def reserve(
         pause_s = min(pause_s * 2, POLL_MAX_S)
 
 
-async def _retire_if_exhausted(session: AsyncSession, record: FileRecord, used: int) -> None:
+async def _retire_if_exhausted(session: AsyncSession, record: FileRow, used: int) -> None:
     """Make the row a tombstone when finished downloads used every full download.
 
     ``used`` leaves out open reservations, which can only add to it: this holds whatever they do.

@@ -190,6 +190,15 @@ class SourceResponse(Response):
             await self._timed_send(send, {"type": "http.response.body", "body": b""})
             return
 
+        zerocopy = ZEROCOPY_EXTENSION in scope.get("extensions", {})
+        self._zerocopy_fd = self.source.descriptor() if zerocopy else None
+        if self._zerocopy_fd is not None:
+            # The server itself says when the client went away: a zero-copy send ends early,
+            # and the file's position tells how far it got. Nothing to listen for, so no
+            # second task (whose task group cost a fifth of a small Range's CPU time).
+            await self._send_body(send)
+            return
+
         timed_out = False
         async with anyio.create_task_group() as task_group:
 
@@ -202,8 +211,6 @@ class SourceResponse(Response):
                 finally:
                     task_group.cancel_scope.cancel()
 
-            zerocopy = ZEROCOPY_EXTENSION in scope.get("extensions", {})
-            self._zerocopy_fd = self.source.descriptor() if zerocopy else None
             task_group.start_soon(stream)
             # Servers on ASGI < 2.4 (uvicorn) drop sends after a disconnect without a word:
             # listen for it, or the rest of the file would be read for nobody.

@@ -1,0 +1,152 @@
+"""A download's row read in one step (mediasvc/db/lookup.py): the same values the ORM reads, on
+SQLite and PostgreSQL, and the usual path whenever the lookup cannot read (a lock held, a
+connection PostgreSQL terminated, a server that is down)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import make_url
+
+from mediasvc.db.file_row import FileRow
+from mediasvc.db.lookup import LookupSkipped, SqliteLookup, lookup_for
+from mediasvc.db.migrations import upgrade
+from mediasvc.db.models import FileRecord
+from mediasvc.db.session import Database
+from mediasvc.errors import DatabaseUnavailable
+from tests.conftest import PG_SERVER, free_port
+from tests.helpers import database, own_postgres_database
+
+
+async def add_file(db: Database, **values: object) -> FileRecord:
+    now = datetime.now(UTC)
+    record = FileRecord(
+        uid=secrets.token_hex(13),
+        original_name="clip.mp4",
+        format="video/mp4",
+        size=1234,
+        sha256="ab" * 32,
+        created_at=now,
+        delete_token_hash="cd" * 32,
+        **values,
+    )
+    async with db.session() as session:
+        session.add(record)
+        await session.commit()
+    async with db.session() as session:
+        stored = await session.get(FileRecord, record.uid)
+    assert stored is not None
+    return stored
+
+
+async def test_the_lookup_reads_what_the_orm_reads(empty_db_url: str) -> None:
+    async with database(empty_db_url) as db:
+        now = datetime.now(UTC)
+        plain = await add_file(db)
+        limited = await add_file(
+            db,
+            expires_at=now + timedelta(days=1),
+            max_downloads=3,
+            bytes_served=999,
+            bytes_reserved=123,
+            owner="alice",
+            gone_reason=None,
+            last_accessed_at=now - timedelta(hours=2),
+        )
+        gone = await add_file(db, gone_reason="deleted", gone_at=now)
+        lookup = lookup_for(make_url(empty_db_url), db.engine.dialect, pool_size=2)
+        assert lookup is not None
+        try:
+            for record in (plain, limited, gone):
+                row = await lookup.file_row(record.uid)
+                assert row == FileRow.of(record)
+                assert row is not None and row.created_at.tzinfo is not None
+            assert await lookup.file_row("x" * 26) is None
+        finally:
+            await lookup.close()
+        # And through the Database, which the download route asks.
+        assert await db.file_row(limited.uid) == FileRow.of(limited)
+        assert await db.file_row("x" * 26) is None
+
+
+@asynccontextmanager
+async def sqlite_lookup(tmp_path: Path) -> AsyncIterator[tuple[SqliteLookup, FileRecord, str]]:
+    """A SQLite database with one file, no engine connection left open, and a lookup on it:
+    (lookup, the file's record, the database's path)."""
+    path = str(tmp_path / "meta.db")
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(upgrade, url)
+    async with database(url) as db:
+        record = await add_file(db)
+        await db.engine.dispose()  # its connections would keep others from locking
+        lookup = SqliteLookup(path, db.engine.dialect)
+        try:
+            yield lookup, record, path
+        finally:
+            await lookup.close()
+
+
+async def test_sqlite_lookup_does_not_wait_for_a_lock(tmp_path: Path) -> None:
+    async with sqlite_lookup(tmp_path) as (lookup, record, path):
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            # Even WAL readers wait for a connection in exclusive locking mode that wrote.
+            holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+            holder.execute("BEGIN EXCLUSIVE")
+            holder.execute("UPDATE files SET owner = 'x'")
+            with pytest.raises(LookupSkipped, match="locked"):
+                await lookup.file_row(record.uid)  # at once: busy timeout 0
+        finally:
+            holder.close()  # rolled back
+        assert await lookup.file_row(record.uid) == FileRow.of(record)
+
+
+async def test_the_sqlite_lookup_holds_no_read_transaction(tmp_path: Path) -> None:
+    async with sqlite_lookup(tmp_path) as (lookup, record, path):
+        checkpointer = sqlite3.connect(path, isolation_level=None)
+        try:
+            assert await lookup.file_row(record.uid) == FileRow.of(record)
+            # A reader still in its snapshot would keep the WAL from being checkpointed whole.
+            busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assert busy == 0
+        finally:
+            checkpointer.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
+def test_no_lookup_for_a_database_only_the_engine_sees(url: str) -> None:
+    # A separate connection would open another, empty, in-memory database.
+    assert lookup_for(make_url(url), Database(url).engine.dialect, pool_size=1) is None
+
+
+async def test_a_terminated_lookup_connection_reads_the_usual_way() -> None:
+    async with own_postgres_database() as url, database(url) as db:
+        record = await add_file(db)
+        assert await db.file_row(record.uid) == FileRow.of(record)  # the lookup's pool is open
+        admin = await asyncpg.connect(f"{PG_SERVER}/postgres")
+        try:
+            terminated = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+                url.rsplit("/", 1)[1],
+            )
+        finally:
+            await admin.close()
+        assert terminated >= 1
+        assert await db.file_row(record.uid) == FileRow.of(record)  # the ORM's read
+        assert await db.file_row(record.uid) == FileRow.of(record)  # while the lookup waits
+
+
+async def test_a_postgres_server_that_is_down_is_unavailable() -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing_listens"
+    async with database(url) as db:
+        for _ in range(2):  # the lookup tried, then stood aside: 503 both times
+            with pytest.raises(DatabaseUnavailable):
+                await db.file_row("a" * 26)
