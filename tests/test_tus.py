@@ -762,24 +762,33 @@ async def test_a_patch_that_does_not_fit_is_507_and_the_upload_stays(
 # --- one writer per upload --------------------------------------------------------------------
 
 
-async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
-    client: httpx.AsyncClient,
-) -> None:
-    data = random_bytes(500_000, seed=3)
-    path = await create(client, len(data))
+async def stalled_patch(
+    client: httpx.AsyncClient, path: str, data: bytes, split: int
+) -> asyncio.Task[httpx.Response]:
+    """A PATCH from 0 that sends ``data[:split]`` and then nothing (a client stuck on a dead
+    connection), once the app holds the upload and has those bytes; the request's task."""
     sent = asyncio.Event()
     never = asyncio.Event()
 
     async def stalls() -> AsyncIterator[bytes]:
-        yield data[:100_000]
-        sent.set()
-        await never.wait()  # a client stuck on a dead connection
-        yield data[100_000:]
+        yield data[:split]
+        sent.set()  # the app asks for more: it has the first piece
+        await never.wait()
+        yield data[split:]
 
     older = asyncio.create_task(
         client.patch(path, content=stalls(), headers={**OCTETS, "Upload-Offset": "0"})
     )
     await asyncio.wait_for(sent.wait(), 30)
+    return older
+
+
+async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
+    client: httpx.AsyncClient,
+) -> None:
+    data = random_bytes(500_000, seed=3)
+    path = await create(client, len(data))
+    older = await stalled_patch(client, path, data, 100_000)
     newer = await patch(client, path, 0, b"")
     # The older request ended, its 100,000 bytes kept: the newer one is told where it stopped.
     assert_problem(newer, 409)
@@ -787,6 +796,23 @@ async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
     old = await asyncio.wait_for(older, 30)
     assert_problem(old, 409)
     assert old.json()["type"] == "urn:mediasvc:problem:upload-taken-over"
+    assert (await patch(client, path, 100_000, data[100_000:])).status_code == 204
+    meta = await file_metadata(client, uid_of(path))
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_head_ends_a_running_patch_and_tells_its_bytes(client: httpx.AsyncClient) -> None:
+    """A client whose PATCH hangs on a dead connection asks where to go on: the HEAD ends that
+    request and counts its bytes, none of which a checkpoint had recorded yet, so the PATCH
+    from the offset it tells is the right one (the last checkpoint would have told 0, and
+    that PATCH would have met 409 after sending its whole body)."""
+    data = random_bytes(500_000, seed=4)
+    path = await create(client, len(data))
+    older = await stalled_patch(client, path, data, 100_000)
+    head = await client.head(path, headers=TUS)
+    assert head.status_code == 200
+    assert head.headers["upload-offset"] == "100000"
+    assert_problem(await asyncio.wait_for(older, 30), 409)
     assert (await patch(client, path, 100_000, data[100_000:])).status_code == 204
     meta = await file_metadata(client, uid_of(path))
     assert meta["sha256"] == hashlib.sha256(data).hexdigest()

@@ -351,12 +351,16 @@ async def tus_create(request: Request, caller: Caller) -> Response:
                 "Upload-Metadata": _header("As created"),
             },
         },
-        **problem_responses(401, 403, 404, 410, 412, 431, 503),
+        **problem_responses(401, 403, 404, 410, 412, 423, 431, 503),
     },
     openapi_extra={"parameters": [_UID_PARAM, _TUS_RESUMABLE_PARAM]},
 )
 async def tus_head(request: Request, uid: str, caller: Caller) -> Response:
-    state = await _engine(request).state(uid, _owner(caller))
+    # Settled: a PATCH still running for the upload (a client that gave up on its connection
+    # and now asks where to go on) is ended and its bytes counted first. The last checkpoint
+    # would be behind what that request still records, and the client's next PATCH from
+    # there would meet 409 after its whole chunk crossed the network (tusd ends it too).
+    state = await _engine(request).settled_state(uid, _owner(caller))
     headers = _state_headers(state, with_offset=True)
     if state.metadata_header:
         headers["Upload-Metadata"] = state.metadata_header

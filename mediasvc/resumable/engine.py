@@ -249,7 +249,7 @@ class UploadEngine:
     async def settled_state(self, uid: str, owner: str | None) -> UploadState:
         """The state once no request writes the upload: one still writing it (a client that
         gave up on it) is ended first and its bytes counted, so the offset told is the one the
-        next append must use (the IETF draft's offset retrieval; tus's HEAD uses ``state``)."""
+        next append must use (the IETF draft's offset retrieval, tus's HEAD)."""
         row = await self._live(uid, owner)
         if row.completed_at is not None:
             return UploadState.of(row)
