@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from sqlalchemy import func, select, update
 
 from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
+from mediasvc.db.migrations import upgrade
 from mediasvc.db.models import UploadRecord
 from mediasvc.db.session import Database
 from mediasvc.ids import hash_token
@@ -104,6 +106,31 @@ async def test_a_tus_version_we_do_not_speak_is_412_with_ours(
         assert response.headers["tus-version"] == "1.0.0"
         assert response.headers["tus-resumable"] == "1.0.0"
     assert await offset_of(client, path) == 0  # nothing was processed
+
+
+async def test_an_unexpected_error_is_a_500_problem_that_still_speaks_tus(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """An exception nobody maps (here the uploads table gone from under the app) is answered
+    outside our middlewares, by Starlette: a tus client must still see Tus-Resumable on it,
+    an IETF draft client must not."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/meta.db"
+    await asyncio.to_thread(upgrade, url)
+    async with client_for(make_settings(database_url=url), raise_app_exceptions=False) as http:
+        path = await create(http, 10)
+        with sqlite3.connect(tmp_path / "meta.db") as db:
+            db.execute("ALTER TABLE uploads RENAME TO uploads_elsewhere")
+        responses = [
+            await http.head(path, headers=TUS),
+            await http.post(UPLOADS, headers={**TUS, "Upload-Length": "5"}),
+        ]
+        ietf = await http.head(path, headers={"Upload-Draft-Interop-Version": "8"})
+    for response in responses:
+        problem = assert_problem(response, 500)
+        assert response.headers["tus-resumable"] == "1.0.0"
+        assert "Traceback" not in response.text and "uploads" not in problem.get("detail", "")
+    assert_problem(ietf, 500)
+    assert "tus-resumable" not in ietf.headers
 
 
 # --- creation ---------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mediasvc.api.common import Caller, base_url_of, services_of
+from mediasvc.api.ietf_uploads import speaks_ietf
 from mediasvc.api.openapi import problem_responses
+from mediasvc.api.problems import internal_error
 from mediasvc.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
 from mediasvc.ids import is_valid_uid
 from mediasvc.resumable.engine import Appended, Body, NewUpload, UploadEngine, UploadState
@@ -92,7 +94,8 @@ router = APIRouter(prefix=PREFIX, tags=["tus"])
 
 
 class TusMiddleware:
-    """``Tus-Resumable`` on every response under ``/api/v1/uploads`` (errors included), and
+    """``Tus-Resumable`` on every response under ``/api/v1/uploads`` (errors included, an
+    unexpected exception's 500 too, but for a request of the IETF draft's layer), and
     ``X-HTTP-Method-Override``: a request that carries it is the method it names (tus: for
     environments that cannot send PATCH or DELETE; usually a POST)."""
 
@@ -108,12 +111,30 @@ class TusMiddleware:
                 scope = {**scope, "method": value.decode("latin-1").strip().upper()}
                 break
 
+        started = False
+
         async def send_with_version(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)["Tus-Resumable"] = TUS_VERSION
             await send(message)
 
-        await self.app(scope, receive, send_with_version)
+        try:
+            await self.app(scope, receive, send_with_version)
+        except Exception:
+            if not started and not speaks_ietf(scope):
+                await _answer_unexpected(scope, receive, send_with_version)
+            raise
+
+
+async def _answer_unexpected(scope: Scope, receive: Receive, send: Send) -> None:
+    """A tus request's 500, from inside ``TusMiddleware`` so that it carries ``Tus-Resumable``.
+
+    Starlette answers an unhandled exception in ``ServerErrorMiddleware``, outside every
+    middleware of ours. The exception is raised on after this answer: that middleware still
+    logs it (problems.py) and, seeing a response begun, sends none of its own."""
+    await internal_error()(scope, receive, send)
 
 
 def require_tus(tus_resumable: Annotated[str | None, Header()] = None) -> None:
