@@ -758,6 +758,34 @@ async def test_a_partial_removed_meanwhile_is_400_and_no_final_stays(
     assert await offset_of(client, first) == 3
 
 
+async def test_two_final_uploads_of_the_same_partials_at_once_make_one_file(
+    make_settings: Callable[..., Settings], empty_db_url: str
+) -> None:
+    """The partials go into the file of the final upload that joins them: of two naming the
+    same ones at the same moment, exactly one succeeds, the other is 400 and leaves nothing."""
+    settings = make_settings(database_url=empty_db_url)
+    pieces = [random_bytes(2_000_000, seed=seed) for seed in (31, 32, 33)]
+    async with client_for(settings) as client:
+        paths = [await create(client, len(p), {"Upload-Concat": "partial"}) for p in pieces]
+        for index in (2, 1, 0):  # out of order: the final upload rereads two of them
+            assert (await patch(client, paths[index], 0, pieces[index])).status_code == 204
+        headers = {**TUS, "Upload-Concat": "final;" + " ".join(paths)}
+        finals = await asyncio.gather(
+            client.post(UPLOADS, headers=headers), client.post(UPLOADS, headers=headers)
+        )
+        assert sorted(f.status_code for f in finals) == [201, 400], [f.text for f in finals]
+        won = next(f for f in finals if f.status_code == 201)
+        assert_problem(next(f for f in finals if f.status_code == 400), 400)
+        uid = uid_of(httpx.URL(won.headers["location"]).path)
+        listed = (await client.get("/api/v1/files")).json()["items"]
+        assert [item["uid"] for item in listed] == [uid]
+        assert (await client.get(f"/api/v1/files/{uid}")).content == b"".join(pieces)
+        for partial in paths:
+            assert_problem(await client.head(partial, headers=TUS), 404)
+    assert await upload_rows(settings) == 1  # the final upload's row: no half final stays
+    assert upload_files(settings.media_root) == []
+
+
 # --- disk full --------------------------------------------------------------------------------
 
 

@@ -477,9 +477,25 @@ class UploadEngine:
         once (resumable/concat.py says when that rereads the parts)."""
         if not parts:
             raise BadRequest("Upload-Concat: final names no partial upload")
-        async with self._db.session() as session:
-            found = await repository.get_many(session, parts)
-        rows = [self._partial(found.get(uid), uid, owner) for uid in parts]
+        await self._partials(parts, owner)  # refused before waiting for any lock
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                held = self._writers.holding_finished(parts, self._store.upload_path_for)
+                await stack.enter_async_context(held)
+            except NotFound as exc:  # its file went meanwhile (another final, a DELETE)
+                raise BadRequest(f"a partial upload is gone: {exc.detail}") from exc
+            # Read again under the locks: a final upload naming the same partials that held
+            # them before us took them (their rows and bytes are gone), or failed and left them
+            # as they were. So of two at once, exactly one joins them; the other is 400.
+            rows = await self._partials(parts, owner, again=True)
+            return await self._join(rows, metadata_header=metadata_header, owner=owner)
+        raise AssertionError("unreachable: the block returns or raises")
+
+    async def _join(
+        self, rows: list[UploadRecord], *, metadata_header: str | None, owner: str | None
+    ) -> Appended:
+        """Make the final upload of these finished partials (held) and remove them."""
+        parts = [row.uid for row in rows]
         length = sum(row.offset for row in rows)
         self._check_length(length)
         new = NewUpload(
@@ -509,6 +525,21 @@ class UploadEngine:
         for partial in rows:  # used: their bytes are in the final file now
             await self._remove(partial.uid)
         return result
+
+    async def _partials(
+        self, parts: list[str], owner: str | None, *, again: bool = False
+    ) -> list[UploadRecord]:
+        """The rows of a final upload's partials, in its order; 400 unless each is usable.
+        ``again``: they were all there a moment ago (one missing now was taken meanwhile)."""
+        async with self._db.session() as session:
+            found = await repository.get_many(session, parts)
+        for uid in parts:
+            if again and uid not in found:
+                raise BadRequest(
+                    f"partial upload {uid} is gone: another final upload took it, or it was "
+                    "terminated"
+                )
+        return [self._partial(found.get(uid), uid, owner) for uid in parts]
 
     def _partial(self, row: UploadRecord | None, uid: str, owner: str | None) -> UploadRecord:
         if row is None or row.owner != owner:

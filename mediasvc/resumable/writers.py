@@ -86,6 +86,24 @@ class Writers:
                 del self._running[uid]
             os.close(fd)  # lets go of the flock
 
+    @contextlib.asynccontextmanager
+    async def holding_finished(
+        self, uids: list[str], path_for: Callable[[str], Path]
+    ) -> AsyncIterator[None]:
+        """Hold the locks of finished uploads (a final upload's partials) while the block runs,
+        ending nobody: no request writes a finished upload, and one that holds it (another final
+        naming it, a DELETE) is waited for (``wait_s``, then 423). Taken in uid order, so two
+        final uploads naming the same partials never wait on each other in a circle. 404 for an
+        upload whose file is gone."""
+        fds: list[int] = []
+        try:
+            for uid in sorted(set(uids)):
+                fds.append(await self._lock(uid, path_for(uid)))
+            yield
+        finally:
+            for fd in fds:
+                os.close(fd)  # lets go of the flock
+
     def still_holds(self, lease: Lease, generation: int | None) -> None:
         """A checkpoint read ``generation`` from the row: end the lease if it moved on."""
         if generation != lease.generation:
