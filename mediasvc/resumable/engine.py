@@ -62,7 +62,7 @@ from mediasvc.resumable.expiry import remove_upload
 from mediasvc.resumable.hashing import ResumableSha256, fresh_state
 from mediasvc.resumable.metadata import FileOptions, file_options, parse_metadata
 from mediasvc.resumable.sink import BodyChecksum, Checkpoint, ResumableSink
-from mediasvc.resumable.writers import Lease, Writers
+from mediasvc.resumable.writers import Arrival, Lease, Writers
 from mediasvc.storage.local import LocalStore
 from mediasvc.storage.part import PartFile
 
@@ -253,7 +253,10 @@ class UploadEngine:
         row = await self._live(uid, owner)
         if row.completed_at is not None:
             return UploadState.of(row)
-        # Holding it ends the writer, whose last checkpoint lands before the lock is ours.
+        # A request that came first holds it first (its client may have been cut off already,
+        # and a retry asks right away); holding it then ends that writer, whose last checkpoint
+        # lands before the lock is ours.
+        await self._writers.after_arrivals(uid)
         with contextlib.suppress(NotFound):  # completed meanwhile: its file moved away
             async with self._writers.hold(uid, self._store.upload_path_for(uid)):
                 pass
@@ -264,6 +267,13 @@ class UploadEngine:
     async def append(self, uid: str, owner: str | None, body: Body) -> Appended:
         """Append ``body`` at its offset (409 if the upload is elsewhere); takes the upload over
         from a request still writing it. Completes the upload when its last byte arrives."""
+        arrival = self._writers.arrive(uid)  # before any await: a HEAD after it waits for it
+        try:
+            return await self._append(uid, owner, body, arrival)
+        finally:
+            arrival.done()
+
+    async def _append(self, uid: str, owner: str | None, body: Body, arrival: Arrival) -> Appended:
         row = await self._live(uid, owner)
         if row.concat == UploadConcat.FINAL.value:
             raise Forbidden("a final (concatenated) upload takes no bytes of its own")
@@ -279,7 +289,8 @@ class UploadEngine:
             )
         with self._ingestor.admission.admit(body.client):
             try:
-                async with self._writers.hold(uid, self._store.upload_path_for(uid)) as lease:
+                path = self._store.upload_path_for(uid)
+                async with self._writers.hold(uid, path, arrival) as lease:
                     return await self._append_held(uid, owner, body, length, lease)
             except NotFound:
                 # The request we took over may have completed it (its file moved away).
