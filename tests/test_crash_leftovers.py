@@ -39,6 +39,7 @@ MiB = 1024 * KiB
 GRACE_S = 1  # orphan_grace_s in these tests: the shortest the setting allows
 # The key of a test-only advisory lock that gates INSERTs on files (see insert_gate).
 GATE_KEY = 744_221
+TUS_PATCH = {"Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
 
 
 def plain_dsn(pg_url: str) -> str:
@@ -97,18 +98,52 @@ async def inserts_waiting(connection: asyncpg.Connection) -> int:
     )
 
 
-def upload_in_thread(base_url: str, body: bytes) -> tuple[threading.Thread, list[Any]]:
+def upload_in_thread(
+    base_url: str, body: bytes, *, tus_path: str | None = None
+) -> tuple[threading.Thread, list[Any]]:
+    """A plain upload of ``body`` in a thread, or with ``tus_path`` the tus PATCH of all of it."""
     outcome: list[Any] = []
 
     def run() -> None:
         try:
-            outcome.append(httpx.post(f"{base_url}/api/v1/files/stream", content=body, timeout=60))
+            if tus_path is None:
+                response = httpx.post(f"{base_url}/api/v1/files/stream", content=body, timeout=60)
+            else:
+                headers = {**TUS_PATCH, "Upload-Offset": "0"}
+                response = httpx.patch(
+                    base_url + tus_path, content=body, headers=headers, timeout=60
+                )
+            outcome.append(response)
         except httpx.TransportError as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, outcome
+
+
+async def kill_inside_the_commit_window(
+    server: RunningServer, pg_url: str, body: bytes, *, tus_path: str | None = None
+) -> None:
+    """Upload ``body`` (as ``upload_in_thread``) and SIGKILL the server once its file is in
+    place and the INSERT of its row waits: a lock on the table holds it there."""
+    media_root = server.media_root
+    locker = await asyncpg.connect(plain_dsn(pg_url))
+    try:
+        locker_tx = locker.transaction()
+        await locker_tx.start()
+        await locker.execute("LOCK TABLE files IN SHARE MODE")
+        thread, outcome = upload_in_thread(server.base_url, body, tus_path=tus_path)
+        await poll(lambda: files_in_shards(media_root))
+        await poll(lambda: inserts_waiting(locker))
+
+        server.process.kill()  # SIGKILL, inside the window
+        assert server.process.wait(timeout=15) == -9
+        thread.join(timeout=30)
+        assert isinstance(outcome[0], httpx.TransportError)  # no answer was ever sent
+        await locker_tx.rollback()
+    finally:
+        await locker.close()
 
 
 @pytest.fixture
@@ -157,23 +192,7 @@ async def test_server_killed_between_rename_and_insert_leaves_an_orphan_that_cle
 ) -> None:
     server = start_server(crash_env)
     media_root = Path(crash_env["MEDIASVC_MEDIA_ROOT"])
-    locker = await asyncpg.connect(plain_dsn(pg_url))
-    try:
-        # A lock on the table holds the server's INSERT: the file is renamed, its row is not.
-        locker_tx = locker.transaction()
-        await locker_tx.start()
-        await locker.execute("LOCK TABLE files IN SHARE MODE")
-        thread, outcome = upload_in_thread(server.base_url, os.urandom(256 * KiB))
-        await poll(lambda: files_in_shards(media_root))
-        await poll(lambda: inserts_waiting(locker))
-
-        server.process.kill()  # SIGKILL, inside the window
-        assert server.process.wait(timeout=15) == -9
-        thread.join(timeout=30)
-        assert isinstance(outcome[0], httpx.TransportError)  # no 201 was ever sent
-        await locker_tx.rollback()
-    finally:
-        await locker.close()
+    await kill_inside_the_commit_window(server, pg_url, os.urandom(256 * KiB))
 
     [orphan] = files_in_shards(media_root)
     uid = orphan.name
@@ -241,6 +260,99 @@ async def test_a_file_whose_insert_is_slow_is_never_swept_and_its_upload_succeed
         download = await http.get(f"/api/v1/files/{uid}")
     assert download.status_code == 200
     assert hashlib.sha256(download.content).hexdigest() == hashlib.sha256(body).hexdigest()
+
+
+# --- a tus upload's completion: killed between the file's placing and its row ----------------
+
+
+def tus_upload(base_url: str, length: int) -> str:
+    response = httpx.post(
+        f"{base_url}/api/v1/uploads",
+        headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(length)},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return httpx.URL(response.headers["location"]).path
+
+
+async def test_server_killed_while_completing_a_tus_upload_loses_none_of_it(
+    start_server: Callable[..., RunningServer],
+    crash_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    pg_url: str,
+) -> None:
+    """The last PATCH brought the last byte; the file is in place, its row (which completes
+    the upload in the same transaction) is not committed when the server dies. The upload
+    keeps all its bytes: the next HEAD completes it, even after the sweep took the rowless
+    file at the final path."""
+    server = start_server(crash_env)
+    media_root = Path(crash_env["MEDIASVC_MEDIA_ROOT"])
+    body = os.urandom(256 * KiB)
+    path = tus_upload(server.base_url, len(body))
+    uid = path.rsplit("/", 1)[1]
+    await kill_inside_the_commit_window(server, pg_url, body, tus_path=path)
+
+    upload_file = media_root / ".incoming" / f"{uid}.upload"
+    assert upload_file.read_bytes() == body  # the upload still has every byte
+    # The file at the final path has no row: the sweep takes it (the upload stays).
+    short = make_settings(
+        media_root=media_root,
+        cloud_root=Path(crash_env["MEDIASVC_CLOUD_ROOT"]),
+        orphan_grace_s=GRACE_S,
+    )
+
+    async def swept() -> bool:
+        await run_cleanup(short)
+        return not files_in_shards(media_root)
+
+    await poll(swept)
+    assert upload_file.exists()
+
+    restarted = start_server(crash_env)
+    async with httpx.AsyncClient(base_url=restarted.base_url, timeout=30) as http:
+        head = await http.head(path, headers={"Tus-Resumable": "1.0.0"})
+        assert head.status_code == 200
+        assert head.headers["upload-offset"] == str(len(body))
+        assert head.headers["content-location"] == f"/api/v1/files/{uid}"
+        download = await http.get(f"/api/v1/files/{uid}")
+    assert download.status_code == 200 and download.content == body
+    assert await get_row(short, uid) is not None
+    assert [p.name for p in leftovers(media_root)] == [uid]  # its .upload name is gone
+
+
+async def test_the_upload_name_a_completion_killed_after_its_commit_left_is_swept(
+    start_server: Callable[..., RunningServer],
+    crash_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Killed right after the commit, before the ``.upload`` name of the file went: the file
+    and its row are whole; the name (a second link to the same bytes) is the sweep's."""
+    server = start_server(crash_env)
+    media_root = Path(crash_env["MEDIASVC_MEDIA_ROOT"])
+    body = os.urandom(100 * KiB)
+    path = tus_upload(server.base_url, len(body))
+    uid = path.rsplit("/", 1)[1]
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        done = await http.patch(path, content=body, headers={**TUS_PATCH, "Upload-Offset": "0"})
+    assert done.status_code == 204, done.text
+    [final] = files_in_shards(media_root)
+    upload_file = media_root / ".incoming" / f"{uid}.upload"
+    os.link(final, upload_file)  # what such a crash leaves
+    short = make_settings(
+        media_root=media_root,
+        cloud_root=Path(crash_env["MEDIASVC_CLOUD_ROOT"]),
+        orphan_grace_s=GRACE_S,
+        part_grace_s=60,  # the shortest allowed: the crash happened two minutes ago
+    )
+    then = time.time() - 120
+    os.utime(upload_file, (then, then))
+    report = await run_cleanup(short)
+    assert report["swept_uploads"] == 1 and report["swept_orphans"] == 0
+    assert not upload_file.exists()
+    assert final.read_bytes() == body
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        head = await http.head(path, headers={"Tus-Resumable": "1.0.0"})
+    assert head.headers["upload-offset"] == str(len(body))
 
 
 # --- item 4: rows marked local whose file is gone ---------------------------------------------

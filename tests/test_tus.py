@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from sqlalchemy import func, select, update
 
 from mediasvc.auth import ApiKey
 from mediasvc.config import Settings
+from mediasvc.db.migrations import upgrade
 from mediasvc.db.models import UploadRecord
 from mediasvc.db.session import Database
 from mediasvc.ids import hash_token
@@ -104,6 +106,31 @@ async def test_a_tus_version_we_do_not_speak_is_412_with_ours(
         assert response.headers["tus-version"] == "1.0.0"
         assert response.headers["tus-resumable"] == "1.0.0"
     assert await offset_of(client, path) == 0  # nothing was processed
+
+
+async def test_an_unexpected_error_is_a_500_problem_that_still_speaks_tus(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """An exception nobody maps (here the uploads table gone from under the app) is answered
+    outside our middlewares, by Starlette: a tus client must still see Tus-Resumable on it,
+    an IETF draft client must not."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/meta.db"
+    await asyncio.to_thread(upgrade, url)
+    async with client_for(make_settings(database_url=url), raise_app_exceptions=False) as http:
+        path = await create(http, 10)
+        with sqlite3.connect(tmp_path / "meta.db") as db:
+            db.execute("ALTER TABLE uploads RENAME TO uploads_elsewhere")
+        responses = [
+            await http.head(path, headers=TUS),
+            await http.post(UPLOADS, headers={**TUS, "Upload-Length": "5"}),
+        ]
+        ietf = await http.head(path, headers={"Upload-Draft-Interop-Version": "8"})
+    for response in responses:
+        problem = assert_problem(response, 500)
+        assert response.headers["tus-resumable"] == "1.0.0"
+        assert "Traceback" not in response.text and "uploads" not in problem.get("detail", "")
+    assert_problem(ietf, 500)
+    assert "tus-resumable" not in ietf.headers
 
 
 # --- creation ---------------------------------------------------------------------------------
@@ -731,6 +758,34 @@ async def test_a_partial_removed_meanwhile_is_400_and_no_final_stays(
     assert await offset_of(client, first) == 3
 
 
+async def test_two_final_uploads_of_the_same_partials_at_once_make_one_file(
+    make_settings: Callable[..., Settings], empty_db_url: str
+) -> None:
+    """The partials go into the file of the final upload that joins them: of two naming the
+    same ones at the same moment, exactly one succeeds, the other is 400 and leaves nothing."""
+    settings = make_settings(database_url=empty_db_url)
+    pieces = [random_bytes(2_000_000, seed=seed) for seed in (31, 32, 33)]
+    async with client_for(settings) as client:
+        paths = [await create(client, len(p), {"Upload-Concat": "partial"}) for p in pieces]
+        for index in (2, 1, 0):  # out of order: the final upload rereads two of them
+            assert (await patch(client, paths[index], 0, pieces[index])).status_code == 204
+        headers = {**TUS, "Upload-Concat": "final;" + " ".join(paths)}
+        finals = await asyncio.gather(
+            client.post(UPLOADS, headers=headers), client.post(UPLOADS, headers=headers)
+        )
+        assert sorted(f.status_code for f in finals) == [201, 400], [f.text for f in finals]
+        won = next(f for f in finals if f.status_code == 201)
+        assert_problem(next(f for f in finals if f.status_code == 400), 400)
+        uid = uid_of(httpx.URL(won.headers["location"]).path)
+        listed = (await client.get("/api/v1/files")).json()["items"]
+        assert [item["uid"] for item in listed] == [uid]
+        assert (await client.get(f"/api/v1/files/{uid}")).content == b"".join(pieces)
+        for partial in paths:
+            assert_problem(await client.head(partial, headers=TUS), 404)
+    assert await upload_rows(settings) == 1  # the final upload's row: no half final stays
+    assert upload_files(settings.media_root) == []
+
+
 # --- disk full --------------------------------------------------------------------------------
 
 
@@ -762,24 +817,33 @@ async def test_a_patch_that_does_not_fit_is_507_and_the_upload_stays(
 # --- one writer per upload --------------------------------------------------------------------
 
 
-async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
-    client: httpx.AsyncClient,
-) -> None:
-    data = random_bytes(500_000, seed=3)
-    path = await create(client, len(data))
+async def stalled_patch(
+    client: httpx.AsyncClient, path: str, data: bytes, split: int
+) -> asyncio.Task[httpx.Response]:
+    """A PATCH from 0 that sends ``data[:split]`` and then nothing (a client stuck on a dead
+    connection), once the app holds the upload and has those bytes; the request's task."""
     sent = asyncio.Event()
     never = asyncio.Event()
 
     async def stalls() -> AsyncIterator[bytes]:
-        yield data[:100_000]
-        sent.set()
-        await never.wait()  # a client stuck on a dead connection
-        yield data[100_000:]
+        yield data[:split]
+        sent.set()  # the app asks for more: it has the first piece
+        await never.wait()
+        yield data[split:]
 
     older = asyncio.create_task(
         client.patch(path, content=stalls(), headers={**OCTETS, "Upload-Offset": "0"})
     )
     await asyncio.wait_for(sent.wait(), 30)
+    return older
+
+
+async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
+    client: httpx.AsyncClient,
+) -> None:
+    data = random_bytes(500_000, seed=3)
+    path = await create(client, len(data))
+    older = await stalled_patch(client, path, data, 100_000)
     newer = await patch(client, path, 0, b"")
     # The older request ended, its 100,000 bytes kept: the newer one is told where it stopped.
     assert_problem(newer, 409)
@@ -787,6 +851,23 @@ async def test_a_newer_patch_ends_the_older_one_and_keeps_its_bytes(
     old = await asyncio.wait_for(older, 30)
     assert_problem(old, 409)
     assert old.json()["type"] == "urn:mediasvc:problem:upload-taken-over"
+    assert (await patch(client, path, 100_000, data[100_000:])).status_code == 204
+    meta = await file_metadata(client, uid_of(path))
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_head_ends_a_running_patch_and_tells_its_bytes(client: httpx.AsyncClient) -> None:
+    """A client whose PATCH hangs on a dead connection asks where to go on: the HEAD ends that
+    request and counts its bytes, none of which a checkpoint had recorded yet, so the PATCH
+    from the offset it tells is the right one (the last checkpoint would have told 0, and
+    that PATCH would have met 409 after sending its whole body)."""
+    data = random_bytes(500_000, seed=4)
+    path = await create(client, len(data))
+    older = await stalled_patch(client, path, data, 100_000)
+    head = await client.head(path, headers=TUS)
+    assert head.status_code == 200
+    assert head.headers["upload-offset"] == "100000"
+    assert_problem(await asyncio.wait_for(older, 30), 409)
     assert (await patch(client, path, 100_000, data[100_000:])).status_code == 204
     meta = await file_metadata(client, uid_of(path))
     assert meta["sha256"] == hashlib.sha256(data).hexdigest()

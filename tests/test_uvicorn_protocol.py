@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import pickle
 import socket
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from mediasvc.server import ABORT_EXTENSION
 from mediasvc.server.uvicorn_protocol import HeaderLimits, MediasvcHttpProtocol, protocol_factory
@@ -299,6 +301,55 @@ async def test_the_abort_extension_resets_a_connection_whose_client_reads_nothin
                         pass
         finally:
             writer.close()
+
+
+# --- the body read ahead of a lost connection ---------------------------------------------------
+
+
+async def test_the_body_received_before_the_connection_was_lost_reaches_the_app() -> None:
+    """uvicorn answers ``http.disconnect`` once the connection is lost, even with body bytes it
+    received and still holds for the app: those come first (``KeptReadAhead``)."""
+    messages: list[dict[str, Any]] = []
+    first, release, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()
+        messages.append(message)
+        first.set()
+        await release.wait()  # the rest of the body and the end arrive meanwhile
+        while message.get("more_body"):
+            message = await receive()
+            messages.append(message)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        done.set()
+
+    async with running(app) as (host, port):  # type: ignore[arg-type]
+        reader, writer = await asyncio.open_connection(host, port)
+        head = b"PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+        writer.write(head + b"a" * 1000)
+        async with asyncio.timeout(BOUND_S):
+            await first.wait()
+        # Less than uvicorn's 64 KiB before it pauses reading: all of it is read, then the end.
+        writer.write(b"b" * 30000)
+        writer.write_eof()  # the client goes away mid-body
+        assert await closed_by_server(reader) == b""  # the server saw the connection end
+        writer.close()
+        release.set()
+        async with asyncio.timeout(BOUND_S):
+            await done.wait()
+    assert b"".join(m.get("body", b"") for m in messages) == b"a" * 1000 + b"b" * 30000
+    assert [m["type"] for m in messages][-2:] == ["http.request", "http.disconnect"]
+    assert messages[-2]["more_body"] is True
+
+
+def test_the_cycle_internals_kept_read_ahead_uses_are_there() -> None:
+    """Fails loudly on an uvicorn that renamed what ``KeptReadAhead`` reads or replaces."""
+    assert inspect.iscoroutinefunction(RequestResponseCycle.receive)
+    assert "receive" in RequestResponseCycle.run_asgi.__code__.co_names  # looked up per request
+    assigned = RequestResponseCycle.__init__.__code__.co_names
+    for attribute in ("body", "more_body", "disconnected", "response_complete", "scope"):
+        assert attribute in assigned, attribute
 
 
 # --- a chunked body's framing: trailers and chunk-size lines -------------------------------------

@@ -125,11 +125,16 @@ async def _client_disconnect(_request: Request, _exc: Exception) -> Response:
     )
 
 
-async def _unexpected(_request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error", exc_info=exc)
+def internal_error() -> Response:
+    """The answer to an unexpected exception (its traceback is logged, never sent)."""
     return problem_response(
         status=500, title="Internal Server Error", detail="an unexpected error occurred"
     )
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", exc_info=exc)
+    return internal_error()
 
 
 def install(app: FastAPI) -> None:

@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mediasvc.api.common import Caller, base_url_of, services_of
 from mediasvc.api.ietf import speaks_ietf
 from mediasvc.api.openapi import problem_responses
+from mediasvc.api.problems import internal_error
 from mediasvc.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
 from mediasvc.ids import is_valid_uid
 from mediasvc.resumable.engine import Appended, Body, NewUpload, UploadEngine, UploadState
@@ -93,9 +94,10 @@ router = APIRouter(prefix=PREFIX, tags=["tus"])
 
 
 class TusMiddleware:
-    """``Tus-Resumable`` on every tus response under ``/api/v1/uploads`` (errors included; not on
-    the IETF draft's), and ``X-HTTP-Method-Override``: a request that carries it is the method
-    it names (tus: for environments that cannot send PATCH or DELETE; usually a POST)."""
+    """``Tus-Resumable`` on every tus response under ``/api/v1/uploads`` (errors included, an
+    unexpected exception's 500 too; not on the IETF draft's), and ``X-HTTP-Method-Override``: a
+    request that carries it is the method it names (tus: for environments that cannot send PATCH
+    or DELETE; usually a POST)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -111,13 +113,31 @@ class TusMiddleware:
 
         # A request of the IETF draft is answered by the draft alone: no tus field.
         tus_answer = not speaks_ietf(scope)
+        started = False
 
         async def send_with_version(message: Message) -> None:
-            if message["type"] == "http.response.start" and tus_answer:
-                MutableHeaders(scope=message)["Tus-Resumable"] = TUS_VERSION
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if tus_answer:
+                    MutableHeaders(scope=message)["Tus-Resumable"] = TUS_VERSION
             await send(message)
 
-        await self.app(scope, receive, send_with_version)
+        try:
+            await self.app(scope, receive, send_with_version)
+        except Exception:
+            if not started and tus_answer:
+                await _answer_unexpected(scope, receive, send_with_version)
+            raise
+
+
+async def _answer_unexpected(scope: Scope, receive: Receive, send: Send) -> None:
+    """A tus request's 500, from inside ``TusMiddleware`` so that it carries ``Tus-Resumable``.
+
+    Starlette answers an unhandled exception in ``ServerErrorMiddleware``, outside every
+    middleware of ours. The exception is raised on after this answer: that middleware still
+    logs it (problems.py) and, seeing a response begun, sends none of its own."""
+    await internal_error()(scope, receive, send)
 
 
 def require_tus(tus_resumable: Annotated[str | None, Header()] = None) -> None:
@@ -355,12 +375,16 @@ async def tus_create(request: Request, caller: Caller) -> Response:
                 "Upload-Metadata": _header("As created"),
             },
         },
-        **problem_responses(401, 403, 404, 410, 412, 431, 503),
+        **problem_responses(401, 403, 404, 410, 412, 423, 431, 503),
     },
     openapi_extra={"parameters": [_UID_PARAM, _TUS_RESUMABLE_PARAM]},
 )
 async def tus_head(request: Request, uid: str, caller: Caller) -> Response:
-    state = await _engine(request).state(uid, _owner(caller))
+    # Settled: a PATCH still running for the upload (a client that gave up on its connection
+    # and now asks where to go on) is ended and its bytes counted first. The last checkpoint
+    # would be behind what that request still records, and the client's next PATCH from
+    # there would meet 409 after its whole chunk crossed the network (tusd ends it too).
+    state = await _engine(request).settled_state(uid, _owner(caller))
     headers = _state_headers(state, with_offset=True)
     if state.metadata_header:
         headers["Upload-Metadata"] = state.metadata_header

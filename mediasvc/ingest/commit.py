@@ -78,7 +78,10 @@ async def commit_part(
     transaction ends, so the sweep of rowless files never takes a file whose row is still on
     its way, however long the INSERT waits (db/commit_window.py). On any failure, or a no,
     nothing of the file is left; if the process dies in between, the file has no row and the
-    sweep removes it.
+    sweep removes it. A resumable upload's file is linked, not renamed, and keeps its
+    ``.upload`` name until the commit: a death in between leaves the upload whole (its next
+    request completes it again), and one right after the commit leaves only that name, which
+    the cleanup removes (resumable/expiry.py).
     """
     try:
         async with db.session() as session, db.commit_window.committing(session, record.uid):
@@ -97,4 +100,7 @@ async def commit_part(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(part.discard)
         raise
+    # Committed: a resumable upload's file, linked into place, drops its ``.upload`` name only
+    # now (until the row was committed, the upload could still complete again from it).
+    await anyio.to_thread.run_sync(part.forget_source)
     return True

@@ -47,7 +47,7 @@ class CleanupReport:
     purged: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
     swept_parts: int = 0
-    swept_uploads: int = 0  # .upload files no resumable upload's row claims
+    swept_uploads: int = 0  # .upload files no unfinished (or partial) upload's row claims
     volume: VolumeReport = field(default_factory=VolumeReport)
     swept_bucket_temps: int = 0
 

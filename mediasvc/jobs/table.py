@@ -153,6 +153,8 @@ async def cleanup_cron(ctx: JobContext, enqueue: Enqueue) -> dict[str, int]:
         "purged": len(report.purged),
         "evicted": len(report.evicted),
         "swept_parts": report.swept_parts,
+        "expired_uploads": report.expired_uploads,
+        "swept_uploads": report.swept_uploads,
         "swept_orphans": len(report.volume.swept),
         "relocated": len(report.volume.relocated),
         "lost": len(report.volume.lost),

@@ -62,7 +62,7 @@ from mediasvc.resumable.expiry import remove_upload
 from mediasvc.resumable.hashing import ResumableSha256, fresh_state
 from mediasvc.resumable.metadata import FileOptions, file_options, parse_metadata
 from mediasvc.resumable.sink import BodyChecksum, Checkpoint, ResumableSink
-from mediasvc.resumable.writers import Lease, Writers
+from mediasvc.resumable.writers import Arrival, Lease, Writers
 from mediasvc.storage.local import LocalStore
 from mediasvc.storage.part import PartFile
 
@@ -249,11 +249,14 @@ class UploadEngine:
     async def settled_state(self, uid: str, owner: str | None) -> UploadState:
         """The state once no request writes the upload: one still writing it (a client that
         gave up on it) is ended first and its bytes counted, so the offset told is the one the
-        next append must use (the IETF draft's offset retrieval; tus's HEAD uses ``state``)."""
+        next append must use (the IETF draft's offset retrieval, tus's HEAD)."""
         row = await self._live(uid, owner)
         if row.completed_at is not None:
             return UploadState.of(row)
-        # Holding it ends the writer, whose last checkpoint lands before the lock is ours.
+        # A request that came first holds it first (its client may have been cut off already,
+        # and a retry asks right away); holding it then ends that writer, whose last checkpoint
+        # lands before the lock is ours.
+        await self._writers.after_arrivals(uid)
         with contextlib.suppress(NotFound):  # completed meanwhile: its file moved away
             async with self._writers.hold(uid, self._store.upload_path_for(uid)):
                 pass
@@ -264,6 +267,13 @@ class UploadEngine:
     async def append(self, uid: str, owner: str | None, body: Body) -> Appended:
         """Append ``body`` at its offset (409 if the upload is elsewhere); takes the upload over
         from a request still writing it. Completes the upload when its last byte arrives."""
+        arrival = self._writers.arrive(uid)  # before any await: a HEAD after it waits for it
+        try:
+            return await self._append(uid, owner, body, arrival)
+        finally:
+            arrival.done()
+
+    async def _append(self, uid: str, owner: str | None, body: Body, arrival: Arrival) -> Appended:
         row = await self._live(uid, owner)
         if row.concat == UploadConcat.FINAL.value:
             raise Forbidden("a final (concatenated) upload takes no bytes of its own")
@@ -279,7 +289,8 @@ class UploadEngine:
             )
         with self._ingestor.admission.admit(body.client):
             try:
-                async with self._writers.hold(uid, self._store.upload_path_for(uid)) as lease:
+                path = self._store.upload_path_for(uid)
+                async with self._writers.hold(uid, path, arrival) as lease:
                     return await self._append_held(uid, owner, body, length, lease)
             except NotFound:
                 # The request we took over may have completed it (its file moved away).
@@ -477,9 +488,25 @@ class UploadEngine:
         once (resumable/concat.py says when that rereads the parts)."""
         if not parts:
             raise BadRequest("Upload-Concat: final names no partial upload")
-        async with self._db.session() as session:
-            found = await repository.get_many(session, parts)
-        rows = [self._partial(found.get(uid), uid, owner) for uid in parts]
+        await self._partials(parts, owner)  # refused before waiting for any lock
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                held = self._writers.holding_finished(parts, self._store.upload_path_for)
+                await stack.enter_async_context(held)
+            except NotFound as exc:  # its file went meanwhile (another final, a DELETE)
+                raise BadRequest(f"a partial upload is gone: {exc.detail}") from exc
+            # Read again under the locks: a final upload naming the same partials that held
+            # them before us took them (their rows and bytes are gone), or failed and left them
+            # as they were. So of two at once, exactly one joins them; the other is 400.
+            rows = await self._partials(parts, owner, again=True)
+            return await self._join(rows, metadata_header=metadata_header, owner=owner)
+        raise AssertionError("unreachable: the block returns or raises")
+
+    async def _join(
+        self, rows: list[UploadRecord], *, metadata_header: str | None, owner: str | None
+    ) -> Appended:
+        """Make the final upload of these finished partials (held) and remove them."""
+        parts = [row.uid for row in rows]
         length = sum(row.offset for row in rows)
         self._check_length(length)
         new = NewUpload(
@@ -509,6 +536,21 @@ class UploadEngine:
         for partial in rows:  # used: their bytes are in the final file now
             await self._remove(partial.uid)
         return result
+
+    async def _partials(
+        self, parts: list[str], owner: str | None, *, again: bool = False
+    ) -> list[UploadRecord]:
+        """The rows of a final upload's partials, in its order; 400 unless each is usable.
+        ``again``: they were all there a moment ago (one missing now was taken meanwhile)."""
+        async with self._db.session() as session:
+            found = await repository.get_many(session, parts)
+        for uid in parts:
+            if again and uid not in found:
+                raise BadRequest(
+                    f"partial upload {uid} is gone: another final upload took it, or it was "
+                    "terminated"
+                )
+        return [self._partial(found.get(uid), uid, owner) for uid in parts]
 
     def _partial(self, row: UploadRecord | None, uid: str, owner: str | None) -> UploadRecord:
         if row is None or row.owner != owner:

@@ -1,6 +1,8 @@
 """What the cleanup job does for resumable uploads: those past their expiry go (an unfinished
 one's bytes and row, a finished one's row: its file lives on under its own rules), and so do
-``.upload`` files that no row claims (a process killed between creating the file and its row)."""
+``.upload`` files that no row claims (a process killed between creating the file and its row)
+or whose upload is a file now (a process killed between committing the file's row and removing
+the ``.upload`` name it was linked from: storage/local.py ``link_into_place``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from mediasvc.db.models import UploadRecord
+from mediasvc.db.models import UploadConcat, UploadRecord
 from mediasvc.db.session import Database
 from mediasvc.errors import MediaServiceError
 from mediasvc.resumable import repository
@@ -60,17 +62,27 @@ async def remove_upload(db: Database, store: LocalStore, uid: str) -> None:
 async def sweep_orphan_uploads(
     db: Database, store: LocalStore, *, now_s: float, grace_s: float
 ) -> int:
-    """Delete ``.upload`` files untouched for ``grace_s`` whose upload has no row; the count."""
+    """Delete ``.upload`` files untouched for ``grace_s`` whose upload has no row, or is a file
+    now (a finished partial's bytes wait for a final upload); the count."""
     old = await anyio.to_thread.run_sync(_old_upload_files, store.incoming, now_s - grace_s)
     if not old:
         return 0
     async with db.session() as session:
-        claimed = await repository.get_many(session, list(old))
+        rows = await repository.get_many(session, list(old))
     swept = 0
     for uid in old:
-        if uid not in claimed and await anyio.to_thread.run_sync(store.remove_upload, uid):
+        row = rows.get(uid)
+        if (row is None or _is_a_file(row)) and await anyio.to_thread.run_sync(
+            store.remove_upload, uid
+        ):
             swept += 1
     return swept
+
+
+def _is_a_file(row: UploadRecord) -> bool:
+    """The upload is complete and became a file (its file's row committed with this mark), so
+    its ``.upload`` name is a second link to that file's bytes, no longer needed."""
+    return row.completed_at is not None and row.concat != UploadConcat.PARTIAL.value
 
 
 def _old_upload_files(incoming: Path, before_s: float) -> dict[str, Path]:

@@ -56,16 +56,54 @@ class Lease:
             self._on_end()
 
 
+class Arrival:
+    """A request that will write an upload, from its first step until it holds the upload (or
+    gave up before): ``Writers.after_arrivals`` waits for it."""
+
+    def __init__(self, arriving: dict[str, set[Arrival]], uid: str) -> None:
+        self._arriving = arriving
+        self._uid = uid
+        self.held = asyncio.Event()  # set once it holds the upload, or gave up
+        arriving.setdefault(uid, set()).add(self)
+
+    def done(self) -> None:
+        if self.held.is_set():
+            return
+        self.held.set()
+        others = self._arriving[self._uid]
+        others.discard(self)
+        if not others:
+            del self._arriving[self._uid]
+
+
 class Writers:
     def __init__(self, db: Database, *, wait_s: float, check_s: float) -> None:
         self._db = db
         self._wait_s = wait_s
         self._check_s = check_s
         self._running: dict[str, Lease] = {}
+        self._arriving: dict[str, set[Arrival]] = {}  # per upload: requests on their way to it
+
+    def arrive(self, uid: str) -> Arrival:
+        """Count a request that will write the upload from now (no await before this), until
+        ``hold`` has it or it calls ``done()``."""
+        return Arrival(self._arriving, uid)
+
+    async def after_arrivals(self, uid: str) -> None:
+        """Until no request of this process that came earlier is still on its way to hold the
+        upload (``wait_s`` at most). Its client may be gone already (a PATCH cut mid-body while
+        its handler was still reading the row): an answer about the upload given before it
+        holds the upload would miss the bytes it then records."""
+        with anyio.move_on_after(self._wait_s):
+            for earlier in list(self._arriving.get(uid, ())):
+                await earlier.held.wait()
 
     @contextlib.asynccontextmanager
-    async def hold(self, uid: str, path: Path) -> AsyncIterator[Lease]:
-        """Take the upload over (404 if it is gone) and hold it while the block runs."""
+    async def hold(
+        self, uid: str, path: Path, arrival: Arrival | None = None
+    ) -> AsyncIterator[Lease]:
+        """Take the upload over (404 if it is gone) and hold it while the block runs;
+        ``arrival`` is done once it is held."""
         async with self._db.session() as session:
             generation = await repository.take_over(session, uid)
         if generation is None:
@@ -75,6 +113,8 @@ class Writers:
         fd = await self._lock(uid, path)
         lease = Lease(uid, generation)
         self._running[uid] = lease
+        if arrival is not None:
+            arrival.done()
         watcher = asyncio.create_task(self._watch(lease), name=f"mediasvc-lease-{uid}")
         try:
             yield lease
@@ -85,6 +125,24 @@ class Writers:
             if self._running.get(uid) is lease:
                 del self._running[uid]
             os.close(fd)  # lets go of the flock
+
+    @contextlib.asynccontextmanager
+    async def holding_finished(
+        self, uids: list[str], path_for: Callable[[str], Path]
+    ) -> AsyncIterator[None]:
+        """Hold the locks of finished uploads (a final upload's partials) while the block runs,
+        ending nobody: no request writes a finished upload, and one that holds it (another final
+        naming it, a DELETE) is waited for (``wait_s``, then 423). Taken in uid order, so two
+        final uploads naming the same partials never wait on each other in a circle. 404 for an
+        upload whose file is gone."""
+        fds: list[int] = []
+        try:
+            for uid in sorted(set(uids)):
+                fds.append(await self._lock(uid, path_for(uid)))
+            yield
+        finally:
+            for fd in fds:
+                os.close(fd)  # lets go of the flock
 
     def still_holds(self, lease: Lease, generation: int | None) -> None:
         """A checkpoint read ``generation`` from the row: end the lease if it moved on."""

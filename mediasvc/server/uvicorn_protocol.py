@@ -53,6 +53,11 @@ And the ``INFORMATIONAL_EXTENSION``: an interim (1xx) response before the final 
 cannot express (the IETF resumable upload draft's 104 Upload Resumption Supported; the section
 "informational responses" below, class ``InformationalSender``).
 
+And a request's body read ahead is not lost when its client goes: uvicorn's ``receive()`` answers
+``http.disconnect`` as soon as the connection is lost, dropping the body bytes it had already
+received for the app (up to a few hundred KiB). A resumable upload keeps every byte that reached
+the server, so the app gets them first (the section "body read ahead" below, ``KeptReadAhead``).
+
 What it overrides or touches of ``HttpToolsProtocol``, all pinned by the tests: ``data_received``
 (what reaches the parser), the parser callbacks ``on_message_begin``, ``on_header`` (drops
 trailers), ``on_headers_complete``, ``on_body``, ``on_chunk_header``, ``on_chunk_complete``,
@@ -61,7 +66,9 @@ trailers), ``on_headers_complete``, ``on_body``, ``on_chunk_header``, ``on_chunk
 ``message_event``), ``pipeline``, ``flow``, ``headers``, ``_unset_keepalive_if_required``;
 for the zero-copy send, ``_start_asgi_task`` (to wrap the app's ``send``), the cycle's ``send``,
 ``scope``, ``chunked_encoding``, ``expected_content_length`` and ``flow.write_paused``/``drain``;
-for informational responses, the ``scope`` and ``cycle`` that ``on_headers_complete`` builds.
+for informational responses, the ``scope`` and ``cycle`` that ``on_headers_complete`` builds;
+for the body read ahead, the cycle's ``receive``, ``body``, ``more_body``, ``disconnected`` and
+``response_complete``.
 
 uvicorn instantiates the protocol itself, so the limits ride in a ``functools.partial``
 (:func:`protocol_factory`); unlike a class built at run time, it survives the pickling that
@@ -224,6 +231,7 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
         self._cancel_timer()
         super().on_headers_complete()
         InformationalSender.offer(self)
+        KeptReadAhead.install(self)
 
     def on_body(self, body: bytes) -> None:
         self._piece_body_bytes += len(body)
@@ -604,6 +612,47 @@ _INFORMATIONAL_REASONS = {
     103: b"Early Hints",
     104: b"Upload Resumption Supported",
 }
+
+
+# --- body read ahead ---------------------------------------------------------------------------
+#
+# uvicorn appends each body piece the parser gives it to ``cycle.body`` (pausing the socket's reads
+# past 64 KiB held; one read brings up to 256 KiB), and ``receive()`` hands that over. When the
+# connection is lost, ``connection_lost`` sets ``cycle.disconnected``, and from then on
+# ``receive()`` answers ``http.disconnect`` and never the bytes still in ``cycle.body``: they had
+# crossed the network and were received, yet an app that keeps what arrived (a cut resumable
+# upload) never sees them, and its client sends them again. So those bytes come first, as one more
+# ``http.request``, then the disconnect. Nothing changes once the response is complete (uvicorn
+# then discards the body too), nor for a connection still open.
+
+
+class KeptReadAhead:
+    """The ``receive`` of one request (uvicorn's ``RequestResponseCycle``) that hands over the
+    body bytes already received before it reports a disconnect."""
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._receive = cycle.receive  # uvicorn's own, bound to the cycle
+
+    @classmethod
+    def install(cls, protocol: MediasvcHttpProtocol) -> None:
+        """Give the cycle whose headers just completed this ``receive``. uvicorn's
+        ``run_asgi`` passes ``self.receive`` to the app when the task runs, which has not
+        happened yet (it was only scheduled, or queued behind a pipelined response)."""
+        cycle = protocol.cycle
+        if cycle is None or cycle.scope is not protocol.scope:
+            return  # an upgrade took the connection (no cycle was built)
+        cycle.receive = cls(cycle).receive  # type: ignore[method-assign]
+
+    async def receive(self) -> Any:
+        message = await self._receive()
+        cycle = self._cycle
+        if message["type"] == "http.disconnect" and cycle.body and not cycle.response_complete:
+            body, cycle.body = bytes(cycle.body), bytearray()
+            # more_body as the parser left it: False if the whole body arrived before the loss.
+            # The next call answers the disconnect (uvicorn's, as ``disconnected`` stays set).
+            return {"type": "http.request", "body": body, "more_body": cycle.more_body}
+        return message
 
 
 def protocol_factory(limits: HeaderLimits) -> type[asyncio.Protocol]:

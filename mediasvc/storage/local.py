@@ -6,6 +6,9 @@ owns writing, reserving, fsync, the rename and the 507 for a full disk).
 A resumable upload's bytes wait in ``<root>/.incoming/<uid>.upload`` between its requests
 (``create_upload``, ``open_upload``): not ``.part``, which the cleanup's sweep of crashed
 uploads would take from an upload whose client comes back after a day; its row's expiry decides.
+A complete one is linked into place, not renamed (``link_into_place``): its ``.upload`` name
+goes only once the file's row is committed, so a crash in between leaves an upload that can
+still complete, never a file whose upload lost its bytes.
 
 A file's preview image, once the probe job made it, is ``<root>/<uid[:2]>/<uid>.preview.jpg``;
 thumbnails the API rendered on request are cached under ``<root>/.thumbnails/<uid>/``.
@@ -136,6 +139,7 @@ class LocalStore:
             store=self,
             uid=uid,
             resume_at=offset,
+            link_on_commit=True,
         )
 
     def remove_upload(self, uid: str) -> bool:
@@ -145,19 +149,35 @@ class LocalStore:
     def commit(self, part_path: Path, uid: str) -> Path:
         """Atomically move a finished, fsynced ``.part`` file to its UID path (blocking);
         ``PartFile.commit`` calls it."""
+        return self._place(part_path, uid, keep_source=False)
+
+    def link_into_place(self, upload_path: Path, uid: str) -> Path:
+        """Give a complete resumable upload's finished file its UID path too, durably, keeping
+        its ``.upload`` name until the row is committed (``PartFile.commit`` calls it; then
+        ``PartFile.forget_source``). A file already at that path is the link of a completion
+        whose process died before its row was committed (nothing else makes that uid's file
+        while the upload's writer lock is held): it is replaced."""
+        return self._place(upload_path, uid, keep_source=True)
+
+    def _place(self, source: Path, uid: str, *, keep_source: bool) -> Path:
         final = self.path_for(uid)
         try:
             created = not final.parent.is_dir()
             final.parent.mkdir(exist_ok=True)  # a full disk (or one out of inodes) fails here
-            os.replace(part_path, final)
+            if keep_source:
+                final.unlink(missing_ok=True)
+                os.link(source, final)
+            else:
+                os.replace(source, final)
             try:
                 if self.fsync:
                     if created:  # a new shard directory's own entry must be durable too
                         fsync_dir(self.root)
                     fsync_dir(final.parent)
-                    fsync_dir(part_path.parent)
+                    if not keep_source:
+                        fsync_dir(source.parent)
             except BaseException:
-                final.unlink(missing_ok=True)  # renamed but no row will follow: no orphan file
+                final.unlink(missing_ok=True)  # placed but no row will follow: no orphan file
                 raise
         except OSError as exc:
             raise translate_os_error(exc) from exc

@@ -15,7 +15,9 @@ remux, later a resumable upload's PATCHes) never touches paths, fsync, renames o
   upload records its offset only after this, and reopens its part later with ``resume_at``
   (what a crash left past the recorded offset is cut off).
 - ``finish()``: the bytes are durable (flush, fsync) and the file is closed.
-- ``commit()``: atomic rename into ``<root>/<uid[:2]>/<uid>``, directories fsynced.
+- ``commit()``: atomic rename into ``<root>/<uid[:2]>/<uid>``, directories fsynced. A resumable
+  upload's file (``link_on_commit``) is linked there instead, and ``forget_source()`` removes its
+  own name once the row is committed (storage/local.py ``link_into_place``).
 - ``discard()``: whatever of it is on disk goes, before or after ``commit()``; safe to repeat.
 
 ENOSPC and EDQUOT, from any of these (a disk out of inodes fails at create), are 507. Methods
@@ -57,18 +59,21 @@ class PartFile:
         uid: str | None = None,
         written_by_tool: bool = False,
         resume_at: int | None = None,
+        link_on_commit: bool = False,
     ) -> None:
         """Create ``path`` (never overwriting a file), or with ``resume_at``, reopen it to append
         at that offset (a resumable upload's next request). ``store`` and ``uid``: where it is
         committed, and whose free space it keeps (without them, a scratch file that only
         ``finish()`` and ``discard()`` apply to). ``written_by_tool``: another program (ffmpeg)
         writes it by its path; there are no appends, ``finish()`` makes what it wrote durable.
+        ``link_on_commit``: ``commit()`` links rather than renames (``forget_source()``).
         """
         self.path = path
         self.uid = uid
         self.size = resume_at or 0  # the file's bytes: appended, and before, resumed from
         self._fsync = fsync
         self._store = store
+        self._link_on_commit = link_on_commit
         self._reserved = 0
         self._unflushed = 0
         self._writer: ThreadPoolExecutor | None = None
@@ -165,10 +170,20 @@ class PartFile:
         return self.size
 
     def commit(self) -> Path:
-        """Rename the finished file into place (atomic, durable); its final path."""
+        """Rename (or link) the finished file into place (atomic, durable); its final path."""
         assert self._store is not None and self.uid is not None
-        self._committed = self._store.commit(self.path, self.uid)
+        if self._link_on_commit:
+            self._committed = self._store.link_into_place(self.path, self.uid)
+        else:
+            self._committed = self._store.commit(self.path, self.uid)
         return self._committed
+
+    def forget_source(self) -> None:
+        """The row of the committed file is committed too: a file linked into place drops its
+        own name (a crash before this leaves that name to the cleanup, storage/local.py)."""
+        if self._link_on_commit and self._committed is not None:
+            with contextlib.suppress(OSError):  # the file is committed whatever happens here
+                self.path.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Close and delete what is on disk: the ``.part`` file, or the committed file."""
