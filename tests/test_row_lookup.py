@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -119,6 +121,40 @@ async def test_the_sqlite_lookup_holds_no_read_transaction(tmp_path: Path) -> No
             assert busy == 0
         finally:
             checkpointer.close()
+
+
+async def test_the_sqlite_lookup_reads_in_one_thread_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that blocks (a page-cache miss is a disk read; here, an event) holds the lookup's
+    thread, not the event loop; reads queue behind it in that one thread, which opened the
+    connection (sqlite3 refuses another thread's use of it), and ``close`` ends that thread."""
+    entered, release = threading.Event(), threading.Event()
+    threads: list[threading.Thread] = []
+    read = SqliteLookup._read
+
+    def held_read(lookup: SqliteLookup, uid: str) -> list[Any]:
+        threads.append(threading.current_thread())
+        entered.set()
+        release.wait(timeout=60)
+        return read(lookup, uid)
+
+    monkeypatch.setattr(SqliteLookup, "_read", held_read)
+    async with sqlite_lookup(tmp_path) as (lookup, record, _):
+        first = asyncio.ensure_future(lookup.file_row(record.uid))
+        await asyncio.to_thread(entered.wait, 60)  # held in its thread; the loop runs on
+        second = asyncio.ensure_future(lookup.file_row(record.uid))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not first.done() and not second.done()  # one thread: the second waits its turn
+        release.set()
+        assert await first == await second == FileRow.of(record)
+        assert threads[0] is threads[1] is not threading.main_thread()
+        await lookup.close()
+        assert not threads[0].is_alive()
+        # A read after close opens the lookup again, in a thread of its own.
+        assert await lookup.file_row(record.uid) == FileRow.of(record)
+        assert threads[2] is not threads[0]
 
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])

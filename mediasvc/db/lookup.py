@@ -5,9 +5,12 @@ byte"): on SQLite, aiosqlite runs each of cursor, execute, fetch, close and the 
 rollback in its thread, five thread hops; on PostgreSQL the pool's ping and the SELECT are two
 round trips, with SQLAlchemy's greenlet and pool work around each. Here:
 
-- SQLite: a connection of our own, read on the event loop itself. A primary-key lookup is
-  microseconds, and in WAL mode a reader never waits for the writer; it never waits at all
-  (busy timeout 0): whatever it cannot read at once goes the usual way (below).
+- SQLite: a connection of our own, in a thread of our own (one worker, which opens the
+  connection and alone uses it): one thread hop per read. Not on the event loop: a primary-key
+  lookup is microseconds from the page cache, but a miss (or the WAL index rebuilt after a
+  crash) is a disk read, which would stall every connection of the worker. In WAL mode a reader
+  never waits for the writer, and this one never waits at all (busy timeout 0): whatever it
+  cannot read at once goes the usual way (below).
 - PostgreSQL: an asyncpg pool of our own: the prepared SELECT, one round trip. Its connections
   only ever run that SELECT outside a transaction, so there is nothing to reset on release
   (asyncpg's default reset is a round trip of its own). No ping: a connection that died is
@@ -27,6 +30,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -78,38 +82,51 @@ class SqliteLookup:
     def __init__(self, path: str, dialect: Dialect) -> None:
         self._path = os.path.abspath(path)
         self._query = _Query(dialect)
-        self._connection: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None  # used in the executor's thread only
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
             # mode=rw: never create the file (a missing database is the usual path's error);
             # no implicit BEGIN (isolation_level None), and nothing but reads (query_only).
-            # Used on the event loop's thread only; check_same_thread would refuse a test
-            # client whose loop runs in another thread than the one that opened it.
+            # Made in the executor's one thread, the only one that uses it.
             connection = sqlite3.connect(
-                f"file:{quote(self._path)}?mode=rw",
-                uri=True,
-                timeout=0,
-                isolation_level=None,
-                check_same_thread=False,
+                f"file:{quote(self._path)}?mode=rw", uri=True, timeout=0, isolation_level=None
             )
             connection.execute("PRAGMA query_only = ON")
             self._connection = connection
         return self._connection
 
+    def _read(self, uid: str) -> list[Any]:
+        # fetchall, not fetchone: the statement runs to its end, so no read transaction stays
+        # open (one would hold back the WAL's checkpoints).
+        return self._connect().execute(self._query.sql, (uid,)).fetchall()
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
     async def file_row(self, uid: str) -> FileRow | None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="mediasvc-row-lookup")
         try:
-            # fetchall, not fetchone: the statement runs to its end, so no read transaction
-            # stays open (one would hold back the WAL's checkpoints).
-            rows = self._connect().execute(self._query.sql, (uid,)).fetchall()
+            rows = await asyncio.get_running_loop().run_in_executor(self._executor, self._read, uid)
         except sqlite3.Error as exc:
             raise LookupSkipped(str(exc)) from exc
         return self._query.row(rows[0]) if rows else None
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # The connection is closed in its own thread, after any read still queued; the
+            # thread is idle then, so joining it is immediate.
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+            except BaseException:
+                executor.shutdown(wait=False)  # the queued close still runs, then it ends
+                raise
+            executor.shutdown()
 
 
 class PostgresLookup:
