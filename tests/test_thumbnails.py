@@ -7,18 +7,31 @@ the index up front, so a seek near the end needs only the index and a second of 
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
+import http.server
 import os
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 
+from mediasvc.api import processing
 from mediasvc.config import Settings
 from mediasvc.jobs.cleanup import cleanup
 from mediasvc.jobs.context import JobContext
+from mediasvc.media.config import MediaConfig
+from mediasvc.media.preview import preview_command, render_frame
+from mediasvc.media.tools import MediaInput
+from mediasvc.storage.thumbnails import ThumbnailCache
 from tests.helpers import age_rows, assert_problem, fresh_client, probed, row, upload_file, wait_for
 from tests.mediafiles import ffmpeg
 from tests.s3servers import S3Bucket, counting_proxy
@@ -191,3 +204,131 @@ async def expire_and_audit(settings: Settings, client: httpx.AsyncClient, clip: 
     finally:
         await ctx.db.dispose()
         await ctx.cloud.close()
+
+
+async def test_a_thumbnail_pruned_by_another_request_is_still_served(
+    make_settings: Callable[..., Settings], clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One entry per file: each request's render prunes the other's entry. A request that found
+    (or stored) its entry is held there, in its worker thread, until another request has pruned
+    it; it then hashes and serves what it opened, as before the prune."""
+    settings = make_settings(thumbnail_cache_per_file=1, transcode=False)
+    reached, release = threading.Event(), threading.Event()
+    held = {"hit": "0-64.jpg", "store": "20000-64.jpg"}
+    originals = {name: getattr(ThumbnailCache, name) for name in held}
+
+    def holding(name: str) -> Callable[..., int | None]:
+        def held_call(cache: ThumbnailCache, *args: Path) -> int | None:
+            fd: int | None = originals[name](cache, *args)
+            if args[-1].name == held[name] and not release.is_set():
+                reached.set()
+                release.wait(timeout=60)
+            return fd
+
+        return held_call
+
+    for name in held:
+        monkeypatch.setattr(ThumbnailCache, name, holding(name))
+    async with fresh_client(settings) as client:
+        meta = await probed(client, (await upload_file(client, clip))["uid"])
+        url = f"/api/v1/files/{meta['uid']}/thumbnail"
+
+        async def thumbnail(time_s: float) -> httpx.Response:
+            response = await client.get(url, params={"time": time_s, "width": 64})
+            assert response.status_code == 200, response.text
+            assert response.headers["etag"] == f'"{hashlib.sha256(response.content).hexdigest()}"'
+            return response
+
+        release.set()
+        first = await thumbnail(0)
+        for time_s, held_at, other_s in ((0, "a hit", 10), (20, "a store", 5)):
+            reached.clear()
+            release.clear()
+            waiting = asyncio.ensure_future(thumbnail(time_s))
+            await anyio.to_thread.run_sync(reached.wait, 60)  # holding its entry: held_at
+            other = await thumbnail(other_s)  # renders, and prunes the entry held
+            assert cached_names(settings, meta["uid"]) == {f"{other_s * 1000}-64.jpg"}, held_at
+            release.set()
+            response = await waiting
+            if time_s == 0:
+                assert response.content == first.content, held_at
+            assert response.content != other.content, held_at
+            assert response.content.startswith(b"\xff\xd8"), held_at
+
+
+async def test_a_purge_during_a_render_answers_as_for_a_gone_file(
+    make_settings: Callable[..., Settings], clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file expires and is purged (its cache directory with it) while ffmpeg renders; the
+    render's output is then gone: a 410 as for any expired file, not a 500."""
+    settings = make_settings(transcode=False)
+
+    async def purged_meanwhile(*args: Any, **kwargs: Any) -> str | None:
+        reason = await render_frame(*args, **kwargs)
+        await age_rows(settings, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        ctx = JobContext.build(settings)
+        try:
+            assert (await cleanup(ctx)).purged == [uid]
+        finally:
+            await ctx.db.dispose()
+            await ctx.cloud.close()
+        return reason
+
+    async with fresh_client(settings) as client:
+        uid = (await probed(client, (await upload_file(client, clip))["uid"]))["uid"]
+        monkeypatch.setattr(processing, "render_frame", purged_meanwhile)
+        response = await client.get(f"/api/v1/files/{uid}/thumbnail", params={"time": 1})
+        assert "expired" in assert_problem(response, 410)["detail"]
+        assert not (settings.media_root / ".thumbnails" / uid).exists()
+
+
+# --- the cloud copy's URL over https --------------------------------------------------------------
+
+
+def test_an_https_url_is_read_with_the_certificate_checked() -> None:
+    """The command built for an https URL checks the server's certificate against the system's
+    CA bundle (ffmpeg's tls_verify defaults to 0). A unit test of the command: the tests' S3
+    servers speak plain http on loopback (below, a real TLS server shows ffmpeg refusing)."""
+    ca_file = ssl.get_default_verify_paths().cafile
+    assert ca_file and os.path.isfile(ca_file)
+    source = MediaInput.of_url("https://bucket.example/clip.mp4?X-Amz-Signature=abc")
+    argv = preview_command(MediaConfig(), source, Path("/tmp/out.jpg"), seek_s=1.0)
+    options = argv[: argv.index("-i")]
+    assert options[options.index("-tls_verify") + 1] == "1"
+    assert options[options.index("-ca_file") + 1] == ca_file
+    assert source.protocols == "https,tls,tcp"
+    # http (the loopback test servers) has no TLS options: ffmpeg would refuse them.
+    plain = MediaInput.of_url("http://127.0.0.1:9000/clip.mp4")
+    argv = preview_command(MediaConfig(), plain, Path("/tmp/out.jpg"), seek_s=1.0)
+    assert "-tls_verify" not in argv and "-ca_file" not in argv
+
+
+async def test_ffmpeg_refuses_a_server_whose_certificate_it_cannot_verify(
+    clip: Path, tls_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    handler = functools.partial(QuietHandler, directory=str(clip.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/{clip.name}"
+        checked = MediaInput.of_url(url)
+        reason = await render_frame(MediaConfig(), checked, tmp_path / "checked.jpg", 0.0, 64)
+        assert reason is not None  # a self-signed certificate: no bytes read
+        assert not (tmp_path / "checked.jpg").exists()
+        # The same server read without the check (ffmpeg's default): it serves the clip.
+        unchecked = MediaInput(url, checked.protocols, checked.label)
+        assert await render_frame(MediaConfig(), unchecked, tmp_path / "plain.jpg", 0.0, 64) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

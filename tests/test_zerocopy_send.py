@@ -10,7 +10,6 @@ import contextlib
 import os
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -43,20 +42,6 @@ def data_file(tmp_path: Path) -> Path:
     path = tmp_path / "data.bin"
     path.write_bytes(DATA)
     return path
-
-
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 @contextlib.contextmanager

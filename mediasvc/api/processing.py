@@ -17,7 +17,10 @@ served from the disk cache (storage/thumbnails.py: at most ``thumbnail_cache_per
 file, least recently used out; the file's purge removes it) with a strong ETag, the sha256 of
 the JPEG's bytes, so a revalidation is a 304. At most ``THUMBNAIL_RENDERS`` renders run at once
 per process; each is bounded like a preview. A video evicted from this node's disk is read
-from its cloud copy: ffmpeg opens a presigned URL (or the bucket directory's path) and seeks.
+from its cloud copy: ffmpeg opens a presigned URL (or the bucket directory's path) and seeks;
+over https it checks the certificate (media/tools.py). The URL stands in ffmpeg's argv, readable
+by any user of the node, so it is made once a render slot is ours and expires with the run
+(``probe_timeout_s`` + ``URL_SPARE_S``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,12 +58,15 @@ from mediasvc.media.storyboard import Layout, vtt
 from mediasvc.media.tools import MediaInput
 from mediasvc.services import Services
 from mediasvc.storage.cloud import CloudError
+from mediasvc.storage.thumbnails import ThumbnailGone
 
 router = APIRouter(prefix="/api/v1")
 
 VTT_MEDIA_TYPE = "text/vtt; charset=utf-8"
 MIN_THUMBNAIL_WIDTH = 16
-URL_SPARE_S = 60.0  # a cloud copy's URL outlives the render that reads it by this much
+# A cloud copy's URL outlives the render that reads it by this much (clock skew with the store).
+URL_SPARE_S = 60.0
+READ_BYTES = 64 * 1024
 
 
 @router.get(
@@ -112,15 +119,20 @@ async def thumbnail(
     time_ms = round(seek_s * 1000)
     cache = services.store.thumbnails
     path = cache.path_for(record.uid, time_ms, width)
-    if not await anyio.to_thread.run_sync(cache.hit, path):
-        await _render(services, record, path, seek_s, width)
-    digest = await anyio.to_thread.run_sync(_sha256_of, path)
+    # From here on the entry is read through this descriptor only: another request's prune, or
+    # the file's purge, may unlink it at any moment (storage/thumbnails.py).
+    fd = await anyio.to_thread.run_sync(cache.hit, path)
+    if fd is None:
+        fd = await _render(request, services, record, path, seek_s, width)
+    try:
+        digest = await anyio.to_thread.run_sync(_sha256_of, fd)
+        entry = LocalFile(fd, os.fstat(fd), str(path))
+    except BaseException:
+        os.close(fd)
+        raise
 
     async def open_thumbnail() -> ByteSource:
-        try:
-            return await LocalFile.open(path)
-        except FileNotFoundError as exc:  # the file was purged a moment ago
-            raise NotFound("the file is gone") from exc
+        return entry
 
     representation = Representation(
         etag=f'"{digest}"',
@@ -134,7 +146,11 @@ async def thumbnail(
             ),
         },
     )
-    return await deliver(request, representation, open_thumbnail, services.send_config)
+    try:
+        return await deliver(request, representation, open_thumbnail, services.send_config)
+    except BaseException:
+        await entry.aclose()  # idempotent: deliver may have closed it already
+        raise
 
 
 def _video_facts(record: FileRecord) -> MediaFacts:
@@ -160,18 +176,32 @@ def _clamped(facts: MediaFacts, time_s: float) -> float:
 
 
 async def _render(
-    services: Services, record: FileRecord, final: Path, seek_s: float, width: int
-) -> None:
-    source = await _media_input(services, record)
+    request: Request,
+    services: Services,
+    record: FileRecord,
+    final: Path,
+    seek_s: float,
+    width: int,
+) -> int:
+    """Render into the cache; an open descriptor of the entry made. A file purged under the
+    render (its cache directory gone) is answered as the file is: 410, or 404."""
     cache = services.store.thumbnails
     part = final.with_name(f"{final.name}.{secrets.token_hex(6)}.part")
-    await anyio.to_thread.run_sync(cache.prepare, final)
     try:
         async with services.thumbnail_slots:
+            # The cloud copy's URL is made once a slot is ours: it lives for the run, not the
+            # wait for a slot, and no longer (it is in ffmpeg's argv: docs/design.md).
+            source = await _media_input(services, record)
+            await anyio.to_thread.run_sync(cache.prepare, final)
             reason = await render_frame(services.jobs.media, source, part, seek_s, width)
         if reason is not None:
+            if not await anyio.to_thread.run_sync(final.parent.is_dir):
+                raise ThumbnailGone(reason)  # ffmpeg's output went with the directory
             raise NotFound(f"no frame at {seek_s:g} s could be rendered: {reason}")
-        await anyio.to_thread.run_sync(cache.store, part, final)
+        return await anyio.to_thread.run_sync(cache.store, part, final)
+    except ThumbnailGone:
+        await live_row(request, record.uid)  # 410 (or 404) for the file purged meanwhile
+        raise NotFound("the file is gone") from None  # its cache removed by hand: as if purged
     finally:
         await anyio.to_thread.run_sync(functools.partial(part.unlink, missing_ok=True))
 
@@ -196,9 +226,13 @@ async def _media_input(services: Services, record: FileRecord) -> MediaInput:
     return MediaInput.of_url(url)
 
 
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+def _sha256_of(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, READ_BYTES, offset):  # pread: the descriptor's offset is unused
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 def _not_modified(request: Request, etag: str, last_modified: datetime) -> bool:

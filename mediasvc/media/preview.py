@@ -49,6 +49,7 @@ def preview_command(
         "-format_whitelist", ",".join(FORMAT_WHITELIST),
         "-protocol_whitelist", source.protocols,
         *seek,
+        *source.options,
         "-i", source.url,
         "-map", "0:v:0", "-frames:v", "1", "-an", "-sn", "-dn",
         "-vf", scale,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import shutil
 import signal
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +58,15 @@ class MediaInput:
 
     ``protocols`` is the tool's ``-protocol_whitelist``: exactly what the URL needs, so that a
     file cannot make the tool open anything else (a playlist naming other URLs, say).
+    ``options`` go before ``-i``: for https, certificate checks (ffmpeg's ``tls_verify``
+    defaults to 0, which would hand a signed URL and the bytes read to whoever answers).
     ``label`` replaces the URL in error text: a presigned URL carries a signature.
     """
 
     url: str
     protocols: str
     label: str = "file"
+    options: tuple[str, ...] = ()
 
     @classmethod
     def local(cls, path: Path) -> MediaInput:
@@ -73,11 +78,30 @@ class MediaInput:
         protocols = {"file": "file", "http": "http,tcp", "https": "https,tls,tcp"}.get(scheme)
         if protocols is None:
             raise ValueError(f"no media tool input for a {scheme!r} URL")
-        return cls(url, protocols, label="the cloud copy")
+        options = tls_verify_options() if scheme == "https" else ()
+        return cls(url, protocols, label="the cloud copy", options=options)
 
     def hidden(self) -> dict[Path | str, str]:
         """For ``ToolResult.reason``: the URL, with and without its query, as ``label``."""
         return {self.url: self.label, self.url.partition("?")[0]: self.label}
+
+
+def tls_verify_options() -> tuple[str, ...]:
+    """ffmpeg's input options that make its TLS check the server's certificate and name against
+    the system's CA bundle (Debian: /etc/ssl/certs/ca-certificates.crt, as Python's ``ssl``
+    finds it). Without a bundle found, ``-tls_verify 1`` alone: ffmpeg's TLS library then uses
+    its own default trust, or fails the handshake; never an unchecked connection."""
+    ca_file = _system_ca_file()
+    return ("-tls_verify", "1", *(("-ca_file", ca_file) if ca_file else ()))
+
+
+@functools.cache
+def _system_ca_file() -> str | None:
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,10 @@ removes the oldest beyond the bound. The whole directory goes with the file's pu
 expiry), and the volume audit sweeps the directories of files that are gone (a render that
 finished just after its file's purge made one again).
 
+A request holds its entry open from ``hit`` or ``store`` on: it hashes and serves that
+descriptor, never the path again, so another request's prune (or the purge) that unlinks the
+entry meanwhile leaves it readable, as a download of a file deleted mid-way is.
+
 All methods block (file system calls): run them in a worker thread.
 """
 
@@ -20,6 +24,12 @@ from pathlib import Path
 from mediasvc.ids import is_valid_uid
 
 DEFAULT_MAX_PER_FILE = 64
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+
+
+class ThumbnailGone(Exception):
+    """A render's output vanished before it was stored: its file's cache directory was removed
+    (the file's purge, or the volume audit's sweep of a file that is gone)."""
 
 
 class ThumbnailCache:
@@ -30,23 +40,43 @@ class ThumbnailCache:
     def path_for(self, uid: str, time_ms: int, width: int) -> Path:
         return self.root / uid / f"{time_ms}-{width}.jpg"
 
-    def hit(self, path: Path) -> bool:
-        """Whether ``path`` is cached; if so, it becomes the most recently used."""
+    def hit(self, path: Path) -> int | None:
+        """An open descriptor of ``path`` (now the most recently used), or None if not cached.
+        The caller closes it."""
         try:
-            os.utime(path)
+            fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError:
-            return False
-        return True
+            return None
+        try:
+            os.utime(fd)  # through the descriptor: the entry may be unlinked by now
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def prepare(self, path: Path) -> None:
         """Make the directory a new entry is written into."""
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def store(self, part: Path, path: Path) -> None:
+    def store(self, part: Path, path: Path) -> int:
         """Rename a finished ``part`` into place (readers never see half a JPEG), then drop the
-        least recently used entries of its file beyond ``max_per_file``."""
-        os.replace(part, path)
-        self._prune(path.parent, keep=path)
+        least recently used entries of its file beyond ``max_per_file``. Returns an open
+        descriptor of the entry (the caller closes it); ``ThumbnailGone`` if ``part`` or its
+        directory was removed first."""
+        try:
+            fd = os.open(part, _OPEN_FLAGS)
+        except FileNotFoundError as exc:
+            raise ThumbnailGone(str(part)) from exc
+        try:
+            os.replace(part, path)
+            self._prune(path.parent, keep=path)
+        except FileNotFoundError as exc:
+            os.close(fd)
+            raise ThumbnailGone(str(part)) from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def remove(self, uid: str) -> None:
         shutil.rmtree(self.root / uid, ignore_errors=True)
