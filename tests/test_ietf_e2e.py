@@ -263,6 +263,15 @@ def test_the_client_resumes_by_itself(
     ).stdout.decode()  # fmt: skip
     assert f"sha256:       {openssl_sha256(path)} (verified)" in out
     assert "resumed:      0 time(s)" in out
+    assert "interop:      9" in out
+    # Told interop 8 (a server that does not know 9 yet).
+    out = subprocess.run(
+        [sys.executable, "-m", "mediasvc", "upload", "--protocol", "ietf", "--interop-version",
+         "8", "--url", server.url, str(path)],
+        capture_output=True, timeout=120, check=True,
+    ).stdout.decode()  # fmt: skip
+    assert f"sha256:       {openssl_sha256(path)} (verified)" in out
+    assert "interop:      8" in out
 
 
 def test_limits_cancellation_and_interop_6(
