@@ -519,7 +519,8 @@ def test_a_forwarded_request_for_another_nodes_upload_is_misdirected(
             }
         got = httpx.request(method, f"{b.url}{path}", headers=headers, content=b"x", timeout=30)
         assert got.status_code == 421, (method, got.text)
-        assert got.json()["type"] == "urn:mediasvc:problem:misdirected-request"
+        if method != "HEAD":  # which has no body
+            assert got.json()["type"] == "urn:mediasvc:problem:misdirected-request"
     # Untouched on its owner.
     assert head(url).headers["upload-offset"] == "0"
     assert len(upload_files(a.media_root)) == 1 and upload_files(b.media_root) == []

@@ -191,7 +191,7 @@ async def test_a_url_without_a_statement_cache_reads_with_unnamed_statements() -
                 await lookup.close()
             assert await db.file_row(record.uid) == FileRow.of(record)
             sql = str(row_query().compile(dialect=dialect))
-            for cache_url, named in ((url, 0), (plain_url, 1)):
+            for cache_url, cached in ((url, False), (plain_url, True)):
                 kwargs = asyncpg_connect_kwargs(make_url(cache_url), dialect)
                 connection = await asyncpg.connect(**kwargs)
                 try:
@@ -199,6 +199,6 @@ async def test_a_url_without_a_statement_cache_reads_with_unnamed_statements() -
                     statements = await connection.fetchval(
                         "SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql"
                     )
-                    assert statements == named, cache_url
+                    assert (statements > 0) == cached, (cache_url, statements)
                 finally:
                     await connection.close()
