@@ -171,6 +171,8 @@ def _upload(args: argparse.Namespace) -> None:
     if args.protocol == "ietf":
         _upload_ietf(args)
         return
+    if args.interop_version is not None:
+        raise SystemExit("mediasvc: --interop-version goes with --protocol ietf")
     try:
         uploaded = upload(
             args.file,
@@ -190,13 +192,15 @@ def _upload(args: argparse.Namespace) -> None:
 
 
 def _upload_ietf(args: argparse.Namespace) -> None:
-    """The IETF resumable upload draft (interop 9): a break is resumed with HEAD + PATCH."""
+    """The IETF resumable upload draft (interop 9, or 8 when told): a break is resumed with
+    HEAD + PATCH."""
     from mediasvc import ietf_client
     from mediasvc.progress import Progress
 
     path: Path = args.file
     if args.max_downloads is not None or args.expires_in is not None:
         raise SystemExit("mediasvc: --max-downloads and --expires-in go with --protocol tus")
+    version: int = args.interop_version or ietf_client.INTEROP_VERSION
     try:
         expected = ietf_client.sha256_of(path)
         with Progress(path.name, path.stat().st_size) as bar:
@@ -205,7 +209,7 @@ def _upload_ietf(args: argparse.Namespace) -> None:
                 bar.update(done - bar.done_bytes)
 
             result = ietf_client.upload(
-                path, url=args.url, api_key=args.api_key, on_progress=progress
+                path, url=args.url, api_key=args.api_key, on_progress=progress, version=version
             )
     except (ietf_client.IetfUploadError, OSError) as exc:
         raise SystemExit(f"mediasvc: upload failed: {exc}") from None
@@ -217,6 +221,7 @@ def _upload_ietf(args: argparse.Namespace) -> None:
     print(f"sha256:       {file['sha256']} (verified)")
     print(f"delete_token: {file['delete_token']}")
     print(f"resumed:      {result.resumes} time(s), upload {result.upload_url}")
+    print(f"interop:      {version}")
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -418,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="tus",
         help="tus: tus 1.0.0 (resumable, --parallel, --chunk-size); ietf: the IETF resumable "
         "upload draft (interop 9), resumed by HEAD + PATCH after a break (default: %(default)s)",
+    )
+    up.add_argument(
+        "--interop-version",
+        type=int,
+        choices=(8, 9),
+        help="with --protocol ietf: the draft's interop version to speak (default: 9; 8 for a "
+        "server that does not know 9 yet)",
     )
     up.set_defaults(handler=_upload)
 

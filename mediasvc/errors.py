@@ -22,6 +22,7 @@ Routes and services raise these; ``mediasvc.api.problems`` turns them into
     ├── Gone (410)
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
+    ├── MisdirectedRequest (421)
     ├── TooManyRequests (429)
     │   └── TooManyUploadsFromClient
     ├── HeadersTooLarge (431)
@@ -203,6 +204,16 @@ class UnsupportedMediaType(MediaServiceError):
     status = 415
     title = "Unsupported Media Type"
     slug = "unsupported-media-type"
+
+
+class MisdirectedRequest(MediaServiceError):
+    """A request another node forwarded here for an upload this node does not hold (a node's
+    URL reused, a replay): serving it would disturb the owner's writer; forwarding it again
+    could loop. The forwarding node passes this answer on to its client."""
+
+    status = 421
+    title = "Misdirected Request"
+    slug = "misdirected-request"
 
 
 class TooManyRequests(MediaServiceError):

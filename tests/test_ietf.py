@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
 import httpx
 import pytest
@@ -605,27 +606,122 @@ async def test_what_the_draft_answers_is_what_the_schema_says(client: httpx.Asyn
 
 
 def test_a_forwarding_signature_holds_for_its_own_request_only() -> None:
-    """resumable/node_signature.py: what is signed is the method, target, time, node and
-    client; a change to any of them, a field twice, or no secret here is refused."""
+    """resumable/node_signature.py: what is signed is the method, target, time, both nodes and
+    the client; a change to any of them, a field twice, or no secret or URL here is refused."""
     from mediasvc.errors import ForwardingRefused
     from mediasvc.resumable import node_signature as ns
 
     key, now = b"k" * 32, 1_800_000_000.0
-    fields = ns.sign(key, method="PATCH", target="/u/1", by="http://b", client="10.1.2.3", now=now)
+    fields = ns.sign(
+        key, method="PATCH", target="/u/1", by="http://b", to="http://a", client="10.1.2.3", now=now
+    )
     raw = [(name.encode(), value.encode()) for name, value in fields]
-    good = ns.verify(key, method="PATCH", target="/u/1", headers=raw, now=now + 10)
-    assert good == ns.Forwarded(by="http://b", client="10.1.2.3")
-    assert ns.verify(key, method="PATCH", target="/u/1", headers=[], now=now) is None
+
+    def verify(
+        headers: list[tuple[bytes, bytes]],
+        *,
+        secret: bytes | None = key,
+        own_url: str | None = "http://a",
+        method: str = "PATCH",
+        path: bytes = b"/u/1",
+        at: float = now,
+    ) -> ns.Forwarded | None:
+        return ns.verify(
+            secret, own_url=own_url, method=method, raw_path=path, query=b"", headers=headers,
+            now=at,
+        )  # fmt: skip
+
+    assert verify(raw, at=now + 10) == ns.Forwarded(by="http://b", client="10.1.2.3")
+    assert verify([]) is None
     other_client = [(n, b"10.9.9.9" if n.endswith(b"-for") else v) for n, v in raw]
-    refused = [
-        (key, "HEAD", "/u/1", raw, now),  # another method
-        (key, "PATCH", "/u/2", raw, now),  # another target
-        (key, "PATCH", "/u/1", raw, now + ns.MAX_SKEW_S + 1),  # too late
-        (None, "PATCH", "/u/1", raw, now),  # no secret here
-        (key, "PATCH", "/u/1", [*raw, (b"x-mediasvc-forwarded-for", b"10.9.9.9")], now),  # twice
-        (key, "PATCH", "/u/1", other_client, now),  # another client
-        (key, "PATCH", "/u/1", raw[:-1], now),  # no signature
+    refused: list[dict[str, Any]] = [
+        {"method": "HEAD"},  # another method
+        {"path": b"/u/2"},  # another target
+        {"own_url": "http://c"},  # another node than the one it was sent to (a replay there)
+        {"at": now + ns.MAX_SKEW_S + 1},  # too late
+        {"secret": None},  # no secret here
+        {"own_url": None},  # no URL here
+        {"headers": [*raw, (b"x-mediasvc-forwarded-for", b"10.9.9.9")]},  # twice
+        {"headers": other_client},  # another client
+        {"headers": raw[:-1]},  # no signature
     ]
-    for secret, method, target, headers, at in refused:
+    for change in refused:
         with pytest.raises(ForwardingRefused):
-            ns.verify(secret, method=method, target=target, headers=headers, now=at)
+            verify(**{"headers": raw, **change})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("at", "\u00b2"),  # "²".isdigit(), but int() refuses it
+        ("at", "180000000\u00b3"),
+        ("at", ""),
+        ("at", "-1800000000"),
+        ("at", "9" * 400),
+        ("at", " 1800000000"),
+        ("signature", "\u00e9" * 64),  # compare_digest refuses a str with other than ASCII
+        ("signature", "\u00e9"),
+        ("signature", ""),
+        ("signature", "0" * 10_000),
+        ("signature", "Z" * 64),
+    ],
+)
+def test_a_malformed_forwarding_field_is_refused_not_an_error(field: str, value: str) -> None:
+    """Headers come as latin-1: whatever a client puts in them is a 403, never a 500."""
+    from mediasvc.errors import ForwardingRefused
+    from mediasvc.resumable import node_signature as ns
+
+    key, now = b"k" * 32, 1_800_000_000.0
+    fields = dict(
+        ns.sign(key, method="GET", target="/u", by="http://b", to="http://a", client="", now=now)
+    )
+    fields[ns.FORWARDED_AT if field == "at" else ns.SIGNATURE] = value
+    headers = [(name.encode(), v.encode("latin-1")) for name, v in fields.items()]
+    with pytest.raises(ForwardingRefused):
+        ns.verify(
+            key, own_url="http://a", method="GET", raw_path=b"/u", query=b"", headers=headers,
+            now=now,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "query"),
+    [
+        (b"/api/v1/uploads/%61bc", b"x=1&y=%zz"),
+        (b"/api/v1/uploads/abc/", b"q=caf\xc3\xa9&r=a%20b"),
+        (b"/a%2Fb/c{d}", b""),
+        (b"/a", b'x="<>"&z=%'),
+    ],
+)
+def test_the_signed_target_is_what_the_receiver_sees(raw_path: bytes, query: bytes) -> None:
+    """One form of the target on both sides: the sender signs ``target()`` of what its client
+    sent and sends that (httpx leaves it as it is); the receiver's ``target()`` of it is the
+    same, so percent-escapes and queries verify."""
+    from mediasvc.resumable import node_signature as ns
+
+    sent = ns.target(raw_path, query)
+    request = httpx.Request("PATCH", "http://a:8000" + sent)
+    assert request.url.raw_path.decode("ascii") == sent
+    path, _, got_query = request.url.raw_path.partition(b"?")
+    key, now = b"k" * 32, 1_800_000_000.0
+    fields = ns.sign(
+        key, method="PATCH", target=sent, by="http://b", to="http://a:8000", client=None, now=now
+    )
+    assert ns.verify(
+        key,
+        own_url="http://a:8000",
+        method="PATCH",
+        raw_path=path,
+        query=got_query,
+        headers=[(name.encode(), value.encode()) for name, value in fields],
+        now=now,
+    ) == ns.Forwarded(by="http://b", client=None)
+
+
+def test_a_target_no_url_carries_is_refused() -> None:
+    from mediasvc.errors import ForwardingRefused
+    from mediasvc.resumable import node_signature as ns
+
+    for raw_path in (b"*", b"/a\x7f", b"/a\x01b"):
+        with pytest.raises(ForwardingRefused):
+            ns.target(raw_path, b"")

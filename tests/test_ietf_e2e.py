@@ -263,6 +263,15 @@ def test_the_client_resumes_by_itself(
     ).stdout.decode()  # fmt: skip
     assert f"sha256:       {openssl_sha256(path)} (verified)" in out
     assert "resumed:      0 time(s)" in out
+    assert "interop:      9" in out
+    # Told interop 8 (a server that does not know 9 yet).
+    out = subprocess.run(
+        [sys.executable, "-m", "mediasvc", "upload", "--protocol", "ietf", "--interop-version",
+         "8", "--url", server.url, str(path)],
+        capture_output=True, timeout=120, check=True,
+    ).stdout.decode()  # fmt: skip
+    assert f"sha256:       {openssl_sha256(path)} (verified)" in out
+    assert "interop:      8" in out
 
 
 def test_limits_cancellation_and_interop_6(
@@ -442,19 +451,32 @@ def test_a_forged_forwarding_is_refused(launch: Callable[..., Node]) -> None:
     wrong_key = dict(
         node_signature.sign(
             b"not-the-nodes-secret-0123456789abcdef",
-            method="HEAD", target=path, by=b.url, client="203.0.113.7", now=now,
+            method="HEAD", target=path, by=b.url, to=a.url, client="203.0.113.7", now=now,
         )
     )  # fmt: skip
     stale = dict(
         node_signature.sign(
             INTERNAL_SECRET.encode(),
-            method="HEAD", target=path, by=b.url, client="203.0.113.7", now=now - 3600,
+            method="HEAD", target=path, by=b.url, to=a.url, client="203.0.113.7",
+            now=now - 3600,
         )
     )  # fmt: skip
+    # Malformed fields (headers come as latin-1): 403 as well, never a 500.
+    at, signature = node_signature.FORWARDED_AT.encode(), node_signature.SIGNATURE.encode()
+    stale_bytes = {name.encode(): value.encode() for name, value in stale.items()}
+    malformed = [
+        {**stale_bytes, at: value}
+        for value in (b"\xb2", b"", b"-5", b"9" * 300)  # "\xb2" is "²": isdigit() but not int
+    ] + [{**stale_bytes, signature: value} for value in (b"\xe9" * 64, b"\xe9", b"")]
+    forged_bytes = {name.encode(): value.encode() for name, value in forged.items()}
     for node in (a, b):
         for headers in (forged, {**forged, **wrong_key}, {**forged, **stale}):
             refused = httpx.head(f"{node.url}{path}", headers={**forged, **headers}, timeout=30)
             assert refused.status_code == 403, (node.url, headers)
+        for fields in malformed:
+            headers_bytes = {**forged_bytes, **fields}
+            refused = httpx.head(f"{node.url}{path}", headers=headers_bytes, timeout=30)
+            assert refused.status_code == 403, (node.url, fields)
         # A body shows the problem (HEAD has none).
         got = httpx.get(f"{node.url}{path}", headers=forged, timeout=30)
         assert got.status_code == 403
@@ -463,12 +485,58 @@ def test_a_forged_forwarding_is_refused(launch: Callable[..., Node]) -> None:
     signed = dict(
         node_signature.sign(
             INTERNAL_SECRET.encode(),
-            method="HEAD", target=path, by=b.url, client="203.0.113.7", now=time.time(),
+            method="HEAD", target=path, by=b.url, to=a.url, client="203.0.113.7",
+            now=time.time(),
         )
     )  # fmt: skip
     ok = httpx.head(f"{a.url}{path}", headers={**signed, "Upload-Draft-Interop-Version": "9"})
     assert ok.status_code == 204
     assert ok.headers["upload-offset"] == "0"
+    # The same signed request replayed to another node: signed for A only.
+    replayed = httpx.head(f"{b.url}{path}", headers={**signed, "Upload-Draft-Interop-Version": "9"})
+    assert replayed.status_code == 403
+
+
+def test_a_forwarded_request_for_another_nodes_upload_is_misdirected(
+    launch: Callable[..., Node],
+) -> None:
+    """A request signed for B about an upload A holds (a node's URL reused, a bug): B neither
+    serves it (its writer would end A's PATCH) nor forwards it again (a loop): 421."""
+    a, b = launch("a"), launch("b")
+    url = create_on(a)
+    path = url.removeprefix(a.url)
+    for method in ("HEAD", "PATCH", "DELETE"):
+        signed = node_signature.sign(
+            INTERNAL_SECRET.encode(),
+            method=method, target=path, by=a.url, to=b.url, client=None, now=time.time(),
+        )  # fmt: skip
+        headers = {**dict(signed), "Upload-Draft-Interop-Version": "9"}
+        if method == "PATCH":
+            headers |= {
+                "Upload-Offset": "0",
+                "Upload-Complete": "?0",
+                "Content-Type": "application/partial-upload",
+            }
+        got = httpx.request(method, f"{b.url}{path}", headers=headers, content=b"x", timeout=30)
+        assert got.status_code == 421, (method, got.text)
+        if method != "HEAD":  # which has no body
+            assert got.json()["type"] == "urn:mediasvc:problem:misdirected-request"
+    # Untouched on its owner.
+    assert head(url).headers["upload-offset"] == "0"
+    assert len(upload_files(a.media_root)) == 1 and upload_files(b.media_root) == []
+
+
+def test_a_target_with_escapes_and_a_query_is_forwarded(launch: Callable[..., Node]) -> None:
+    """What the forwarding node signs is what the owner verifies, percent-escapes, a query and
+    characters httpx escapes itself included."""
+    a, b = launch("a"), launch("b")
+    url = create_on(a)
+    uid = url.rsplit("/", 1)[1]
+    escaped = f'{b.url}{UPLOADS}/%{ord(uid[0]):02X}{uid[1:]}?x=1&y=a%20b&z=%zz&q="<>"'
+    got = ietf_client.request("HEAD", escaped, {"Upload-Draft-Interop-Version": "9"})
+    assert got.status == 204, got
+    assert got.headers["upload-offset"] == "0"
+    assert upload_files(b.media_root) == []
 
 
 class SlowPatch:

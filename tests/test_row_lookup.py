@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -18,8 +19,13 @@ import asyncpg
 import pytest
 from sqlalchemy import make_url
 
-from mediasvc.db.file_row import FileRow
-from mediasvc.db.lookup import LookupSkipped, SqliteLookup, lookup_for
+from mediasvc.db.file_row import FileRow, row_query
+from mediasvc.db.lookup import (
+    LookupSkipped,
+    SqliteLookup,
+    asyncpg_connect_kwargs,
+    lookup_for,
+)
 from mediasvc.db.migrations import upgrade
 from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
@@ -186,3 +192,49 @@ async def test_a_postgres_server_that_is_down_is_unavailable() -> None:
         for _ in range(2):  # the lookup tried, then stood aside: 503 both times
             with pytest.raises(DatabaseUnavailable):
                 await db.file_row("a" * 26)
+
+
+async def test_a_postgres_server_that_does_not_answer_is_left_to_the_usual_path() -> None:
+    """A server that takes the connection and says nothing: the lookup gives up after its own
+    short wait (TIMEOUT_S, a second: the usual path then waits its own), then stands aside."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
+        port = silent.getsockname()[1]
+        url = make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/silent")
+        lookup = lookup_for(url, Database(str(url)).engine.dialect, pool_size=1)
+        assert lookup is not None
+        try:
+            with pytest.raises(LookupSkipped):
+                await lookup.file_row("a" * 26)
+            with pytest.raises(LookupSkipped, match="paused"):
+                await lookup.file_row("a" * 26)
+        finally:
+            await lookup.close()
+
+
+async def test_a_url_without_a_statement_cache_reads_with_unnamed_statements() -> None:
+    """``prepared_statement_cache_size=0`` (pgbouncer in transaction mode) reaches asyncpg as
+    its ``statement_cache_size``: the lookup reads, and leaves no named statement behind."""
+    async with own_postgres_database() as plain_url:
+        url = f"{plain_url}?prepared_statement_cache_size=0"
+        async with database(url) as db:
+            record = await add_file(db)
+            dialect = db.engine.dialect
+            lookup = lookup_for(make_url(url), dialect, pool_size=1)
+            assert lookup is not None
+            try:
+                assert await lookup.file_row(record.uid) == FileRow.of(record)
+            finally:
+                await lookup.close()
+            assert await db.file_row(record.uid) == FileRow.of(record)
+            sql = str(row_query().compile(dialect=dialect))
+            for cache_url, cached in ((url, False), (plain_url, True)):
+                kwargs = asyncpg_connect_kwargs(make_url(cache_url), dialect)
+                connection = await asyncpg.connect(**kwargs)
+                try:
+                    assert (await connection.fetchrow(sql, record.uid)) is not None
+                    statements = await connection.fetchval(
+                        "SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql"
+                    )
+                    assert (statements > 0) == cached, (cache_url, statements)
+                finally:
+                    await connection.close()

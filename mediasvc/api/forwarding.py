@@ -7,11 +7,14 @@ Only when ``MEDIASVC_INTERNAL_URL`` is set (a node that does not know its own ad
 tell another's uploads from its own); an upload whose row names no node, or this one, is served
 here. OPTIONS and creation (``POST /api/v1/uploads``) concern no existing upload: never forwarded.
 
-A request forwarded to this node is believed only with a valid signature
+A request forwarded to this node is believed only with a valid signature for this node
 (resumable/node_signature.py): it is then served here (never forwarded again) as if from the
-client it names, whose address the per-client upload cap counts. One that claims to be forwarded
-without a valid signature is refused (403 ``forwarding-refused``) wherever it goes: a client
-could otherwise pass for another address or for a node.
+client it names, whose address the per-client upload cap counts; if the upload's row names
+another node (a misroute), it is refused (421 ``misdirected-request``) before the upload is
+touched: taking it here would end the owner's running PATCH, and forwarding it on could loop.
+One that claims to be forwarded without a valid signature is refused (403
+``forwarding-refused``) wherever it goes: a client could otherwise pass for another address or
+for a node.
 """
 
 from __future__ import annotations
@@ -22,18 +25,11 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mediasvc.api.problems import problem_for
-from mediasvc.errors import MediaServiceError
+from mediasvc.errors import MediaServiceError, MisdirectedRequest
 from mediasvc.resumable import node_signature, repository
 from mediasvc.services import Services
 
 _UPLOAD = re.compile(r"^/api/v1/uploads/([a-z2-7]{26})/?$")
-
-
-def _target(scope: Scope) -> str:
-    """The request's path and query as the sending node signed them (as they came)."""
-    path: bytes = scope.get("raw_path") or scope["path"].encode()
-    query: bytes = scope.get("query_string", b"")
-    return (path + b"?" + query if query else path).decode("latin-1")
 
 
 class UploadForwardingMiddleware:
@@ -46,28 +42,42 @@ class UploadForwardingMiddleware:
             await self.app(scope, receive, send)
             return
         try:
+            own_url = services.settings.internal_url
             forwarded = node_signature.verify(
                 services.settings.internal_key(),
+                own_url=own_url,
                 method=scope["method"],
-                target=_target(scope),
+                raw_path=scope.get("raw_path") or scope["path"].encode(),
+                query=scope.get("query_string", b""),
                 headers=scope["headers"],
                 now=time.time(),
             )
+            match = _UPLOAD.match(scope["path"])
             if forwarded is not None:
+                if match is not None:
+                    owner = await _owner(services, match.group(1))
+                    if owner is not None and owner != own_url:
+                        raise MisdirectedRequest(
+                            f"{forwarded.by} forwarded this request here, but the upload is "
+                            f"held by another node ({owner})"
+                        )
                 # The sending node saw the client; this node only sees that node.
                 client = (forwarded.client, 0) if forwarded.client else None
                 await self.app({**scope, "client": client}, receive, send)
                 return
-            match = _UPLOAD.match(scope["path"])
             forwarder = services.forwarder
             if match is None or forwarder is None or scope["method"] == "OPTIONS":
                 await self.app(scope, receive, send)
                 return
-            async with services.db.session() as session:
-                owner = await repository.node_url(session, match.group(1))
+            owner = await _owner(services, match.group(1))
             if owner is None or owner == forwarder.own_url:
                 await self.app(scope, receive, send)
                 return
             await forwarder.forward(owner, scope, receive, send)
         except MediaServiceError as exc:  # outside the app's handlers: answer it here
             await problem_for(exc)(scope, receive, send)
+
+
+async def _owner(services: Services, uid: str) -> str | None:
+    async with services.db.session() as session:
+        return await repository.node_url(session, uid)

@@ -86,6 +86,7 @@ _PROBLEMS: dict[int, list[str]] = {
     403: [f"{_OURS}forwarding-refused", f"{_OURS}forbidden"],
     409: [f"{IANA_PROBLEM_TYPES}mismatching-upload-offset", f"{_OURS}upload-taken-over"],
     413: [f"{_OURS}too-large"],  # IETF: with Upload-Limit
+    421: [f"{_OURS}misdirected-request"],  # forwarded to a node that does not hold it
     422: [f"{_OURS}checksum-mismatch", f"{_OURS}invalid-input"],  # IETF: Upload-Complete: ?1
     503: [f"{_OURS}upload-owner-unavailable"],
 }
@@ -225,10 +226,10 @@ _LABELS = {
 _ERRORS_BY_METHOD = {
     "options": (400, 431),
     "post": (400, 401, 403, 413, 415, 422, 429, 431, 503, 507),
-    "head": (400, 401, 403, 404, 410, 423, 431, 503),
-    "get": (400, 401, 403, 404, 410, 423, 431, 503),
-    "patch": (400, 401, 403, 404, 409, 410, 413, 415, 422, 423, 429, 431, 503, 507),
-    "delete": (400, 401, 403, 404, 410, 423, 431, 503),
+    "head": (400, 401, 403, 404, 410, 421, 423, 431, 503),
+    "get": (400, 401, 403, 404, 410, 421, 423, 431, 503),
+    "patch": (400, 401, 403, 404, 409, 410, 413, 415, 421, 422, 423, 429, 431, 503, 507),
+    "delete": (400, 401, 403, 404, 410, 421, 423, 431, 503),
 }
 
 

@@ -40,9 +40,10 @@ from sqlalchemy.engine import URL, Dialect
 from mediasvc.db.file_row import COLUMNS, FileRow, row_query
 
 PAUSE_AFTER_FAILURE_S = 5.0
-# As long as the usual path's pools wait for a connection (db/session.py): a database that
-# does not answer at all is then left to that path, not waited on twice as long.
-TIMEOUT_S = 10.0
+# The lookup's whole wait: a connection (opening one included) and the SELECT. Short, since
+# giving up costs only the usual path, which waits for the database as long as it must
+# (db/session.py): a database that does not answer is waited on about once, not twice.
+TIMEOUT_S = 1.0
 # Keyword arguments SQLAlchemy's asyncpg dialect takes for itself (not asyncpg.connect's).
 _SQLALCHEMY_ONLY = frozenset(
     {"async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func"}
@@ -189,7 +190,17 @@ def lookup_for(url: URL, dialect: Dialect, *, pool_size: int) -> RowLookup | Non
         assert url.database is not None
         return SqliteLookup(url.database, dialect)
     if url.get_driver_name() == "asyncpg":
-        _, kwargs = dialect.create_connect_args(url)
-        connect_kwargs = {k: v for k, v in kwargs.items() if k not in _SQLALCHEMY_ONLY}
-        return PostgresLookup(connect_kwargs, dialect, size=pool_size)
+        return PostgresLookup(asyncpg_connect_kwargs(url, dialect), dialect, size=pool_size)
     return None
+
+
+def asyncpg_connect_kwargs(url: URL, dialect: Dialect) -> dict[str, Any]:
+    """asyncpg's arguments for the database at ``url``, as SQLAlchemy's dialect reads it."""
+    _, kwargs = dialect.create_connect_args(url)
+    connect_kwargs = {k: v for k, v in kwargs.items() if k not in _SQLALCHEMY_ONLY}
+    if "prepared_statement_cache_size" in kwargs:
+        # SQLAlchemy's name for asyncpg's statement cache. 0 is how a deployment behind
+        # pgbouncer (transaction pooling) says no named statements: asyncpg then prepares
+        # each SELECT unnamed, which a pooled server connection does not need to keep.
+        connect_kwargs["statement_cache_size"] = int(kwargs["prepared_statement_cache_size"])
+    return connect_kwargs

@@ -62,9 +62,8 @@ class Forwarder:
         """Send the request to ``owner_url`` and its response back to the client; 503
         (``UploadOwnerUnavailable``) if the owner cannot be reached or breaks off before its
         response began."""
-        target = owner_url + scope.get("raw_path", scope["path"].encode()).decode("latin-1")
-        if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        target = node_signature.target(raw_path, scope.get("query_string", b""))
         headers = [
             (name, value)
             for name, value in scope["headers"]
@@ -76,7 +75,7 @@ class Forwarder:
         )
         request = self._client.build_request(
             scope["method"],
-            target,
+            owner_url + target,
             headers=headers,
             content=_body(receive) if has_body else None,
         )
@@ -84,8 +83,9 @@ class Forwarder:
         for name, value in node_signature.sign(
             self._secret,
             method=scope["method"],
-            target=request.url.raw_path.decode("ascii"),  # as the owner will see it
+            target=target,
             by=self.own_url,
+            to=owner_url,
             client=client[0] if client else None,
             now=time.time(),
         ):
