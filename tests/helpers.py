@@ -16,7 +16,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -695,3 +695,38 @@ async def own_postgres_database() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def with_file_insert_cut_off(url: str, request: Awaitable[httpx.Response]) -> httpx.Response:
+    """``request``'s answer when the database goes away under the INSERT of a new file's row
+    (an outage, or a failover, mid-commit) in database ``url`` (own_postgres_database): the
+    table is locked, the backend that waits for it is terminated, then the lock is let go."""
+    name = url.rsplit("/", 1)[1]
+    locker = await asyncpg.connect(f"{PG_SERVER}/{name}")
+    # Another connection watches: pg_stat_activity is a snapshot within a transaction.
+    watcher = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    locked = locker.transaction()
+    await locked.start()
+    await locker.execute("LOCK TABLE files IN ACCESS EXCLUSIVE MODE")
+    task = asyncio.ensure_future(request)
+    try:
+        deadline = time.monotonic() + POLL_TIMEOUT_S
+        while True:
+            assert not task.done(), "the request ended before it inserted a file's row"
+            waiting = await watcher.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 "
+                "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO files%'",
+                name,
+            )
+            if waiting:
+                break
+            assert time.monotonic() < deadline, "no INSERT into files waited for the lock"
+            await asyncio.sleep(0.02)
+        for row in waiting:
+            assert await watcher.fetchval("SELECT pg_terminate_backend($1)", row["pid"])
+        await locked.rollback()
+        return await task
+    finally:
+        task.cancel()  # a no-op once it answered
+        await locker.close()
+        await watcher.close()

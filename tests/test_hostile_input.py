@@ -25,7 +25,7 @@ from mediasvc.app import create_app
 from mediasvc.config import Settings
 from mediasvc.db.session import make_engine
 from mediasvc.ingest.feeder import DEFAULT_DEPTH
-from tests.conftest import RunningServer, truncate
+from tests.conftest import RunningServer, leftovers, truncate
 from tests.helpers import (
     BOUNDARY,
     POLL_TIMEOUT_S,
@@ -39,6 +39,7 @@ from tests.helpers import (
     poll_until,
     read_head,
     request_head,
+    samples,
 )
 
 MiB = 1024 * 1024
@@ -272,6 +273,30 @@ def test_truncated_body_leaves_nothing(
     poll_until(lambda: part_files(incoming) == [], "the .part file is removed")
     assert listing(server) == []
     assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+
+
+def uploads_answered(server: RunningServer) -> float:
+    """How many upload requests the server has answered (whoever was left to read it)."""
+    found = samples(httpx.get(f"{server.base_url}/metrics", timeout=POLL_TIMEOUT_S).text)
+    return sum(v for (name, _), v in found.items() if name == "mediasvc_uploads_total")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("method", "url"), [UPLOAD_ENDPOINTS[0], UPLOAD_ENDPOINTS[3]])
+def test_a_whole_body_whose_client_left_before_the_answer_leaves_nothing(
+    pg_server: Callable[..., RunningServer], method: str, url: str
+) -> None:
+    """The client sends its whole body and closes at once, before the server read it all: the
+    201 and its one-time delete token would reach nobody, so no file is kept (its retry would
+    make a duplicate)."""
+    server = pg_server()
+    body = upload_body(url, random.Random(4).randbytes(40_000))
+    headers = {"Content-Length": str(len(body)), **upload_headers(url)}
+    with connect(server) as sock:
+        sock.sendall(request_head(method, url, headers) + body)
+    poll_until(lambda: uploads_answered(server) == 1, "the server is done with the upload")
+    assert leftovers(server.media_root) == []
+    assert listing(server) == []
 
 
 @pytest.mark.e2e

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,7 +16,16 @@ import pytest
 
 from mediasvc.config import Settings
 from tests.conftest import leftovers
-from tests.helpers import OCTETS, TUS, UPLOADS, assert_problem, random_bytes
+from tests.helpers import (
+    OCTETS,
+    TUS,
+    UPLOADS,
+    assert_problem,
+    client_for,
+    own_postgres_database,
+    random_bytes,
+    with_file_insert_cut_off,
+)
 
 DATA = random_bytes(300_000, seed=15)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -372,6 +382,37 @@ async def test_a_wrong_repr_digest_fails_the_completed_upload(
 
 
 # --- limits and cancellation --------------------------------------------------------------------
+
+
+async def test_a_database_outage_at_completion_keeps_the_upload(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The draft's completing append meets a database outage mid-commit: 503 with
+    ``Upload-Complete: ?0`` (not over), every byte kept; the next offset retrieval completes it."""
+    async with own_postgres_database() as url:
+        settings = make_settings(database_url=url)
+        async with client_for(settings, raise_app_exceptions=False) as http:
+            path = await create(
+                http,
+                8,
+                DATA[:100_000],
+                Upload_Length=str(len(DATA)),
+                Repr_Digest=f"sha-256=:{digest(DATA)}:",
+            )
+            last = append(http, path, 8, 100_000, DATA[100_000:], True)
+            response = await with_file_insert_cut_off(url, last)
+            assert_problem(response, 503)
+            assert response.headers["upload-complete"] == "?0"
+            assert [p.suffix for p in leftovers(settings.media_root)] == [".upload"]
+            head = await http.head(path, headers=v(8))
+            assert head.status_code == 204, head.text
+            assert head.headers["upload-complete"] == "?1"
+            assert head.headers["upload-offset"] == str(len(DATA))
+            location = head.headers["content-location"]
+            assert await sha_of_file(http, location) == SHA
+        uid = location.rsplit("/", 1)[1]
+        root = settings.media_root.resolve()
+        assert leftovers(root) == [root / uid[:2] / uid]
 
 
 async def test_over_max_size_is_413_with_the_limit(

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
+from mediasvc.server import DISCONNECTED_KEY
 from mediasvc.storage import part as part_module
 from tests.conftest import leftovers
 from tests.helpers import (
@@ -862,12 +863,16 @@ def http_scope(method: str, path: str, headers: dict[str, str]) -> dict[str, Any
 
 
 class ScriptedClient:
-    """ASGI ``receive``/``send`` for a client that sends ``chunks`` and then goes away."""
+    """ASGI ``receive``/``send`` for a client that sends ``chunks`` and then goes away.
+    ``whole``: the last chunk ends the body, but it is the server's read ahead, handed over
+    after the client went (our uvicorn protocol's ``DISCONNECTED_KEY``)."""
 
-    def __init__(self, chunks: list[bytes], incoming: Path) -> None:
+    def __init__(self, chunks: list[bytes], incoming: Path, *, whole: bool = False) -> None:
         self._messages: list[dict[str, Any]] = [
             {"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks
         ]
+        if whole:
+            self._messages[-1].update({"more_body": False, DISCONNECTED_KEY: True})
         self._incoming = incoming
         self.parts_at_disconnect: list[Path] | None = None
         self.sent: list[dict[str, Any]] = []
@@ -882,6 +887,21 @@ class ScriptedClient:
     async def send(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
 
+    async def request(
+        self, app: FastAPI, method: str, path: str, headers: dict[str, str]
+    ) -> list[int]:
+        """Play the request to ``app``: the statuses of the responses it began."""
+        await app(http_scope(method, path, headers), self.receive, self.send)
+        return [m["status"] for m in self.sent if m["type"] == "http.response.start"]
+
+
+def scripted_upload(data: bytes, multipart: bool) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a raw or multipart upload of ``data`` (no length yet)."""
+    headers = {"host": "testserver"}
+    if multipart:
+        headers.update({k.lower(): v for k, v in multipart_headers().items()})
+    return (as_multipart(data) if multipart else data), headers
+
 
 @pytest.mark.parametrize(
     ("method", "path", "multipart", "declared_length"),
@@ -894,7 +914,8 @@ class ScriptedClient:
     ],
     ids=["raw-length", "raw-chunked", "put-named", "multipart-length", "multipart-chunked"],
 )
-async def test_client_disconnect_mid_body_leaves_nothing(
+@pytest.mark.parametrize("whole", [False, True], ids=["mid-body", "whole-body"])
+async def test_client_disconnect_leaves_nothing(
     app: FastAPI,
     client: httpx.AsyncClient,
     settings: Settings,
@@ -902,7 +923,10 @@ async def test_client_disconnect_mid_body_leaves_nothing(
     path: str,
     multipart: bool,
     declared_length: bool,
+    whole: bool,
 ) -> None:
+    """A client that goes mid-body, or after its last byte but before the app read it (``whole``:
+    nobody would get the 201 and its delete token, and a retry would duplicate the file)."""
     data = random_bytes(10 * BATCH)
     payload = as_multipart(data) if multipart else data
     headers = {"host": "testserver"}
@@ -913,14 +937,43 @@ async def test_client_disconnect_mid_body_leaves_nothing(
     else:
         headers["transfer-encoding"] = "chunked"
     # Three chunks, more than one batch: bytes reach the .part file before the client leaves.
-    chunks = [payload[i : i + 50_000] for i in range(0, 150_000, 50_000)]
-    peer = ScriptedClient(chunks, settings.media_root.resolve() / ".incoming")
-    await app(http_scope(method, path, headers), peer.receive, peer.send)
-    # The upload was under way (its .part file existed) when the client went away.
-    assert peer.parts_at_disconnect is not None and len(peer.parts_at_disconnect) == 1
-    starts = [m for m in peer.sent if m["type"] == "http.response.start"]
-    assert all(m["status"] != 201 for m in starts)
+    end = len(payload) if whole else 150_000
+    chunks = [payload[i : i + 50_000] for i in range(0, end, 50_000)]
+    peer = ScriptedClient(chunks, settings.media_root.resolve() / ".incoming", whole=whole)
+    statuses = await peer.request(app, method, path, headers)
+    if whole:
+        assert statuses == [400]
+    else:
+        # The upload was under way (its .part file existed) when the client went away.
+        assert peer.parts_at_disconnect is not None and len(peer.parts_at_disconnect) == 1
+        assert 201 not in statuses
     await assert_nothing_left(client, settings.media_root)
+
+
+async def test_a_resumable_upload_keeps_a_whole_body_whose_client_left_first(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The same body to a tus PATCH: what arrived counts, whoever waits; the upload is done."""
+    data = random_bytes(3 * BATCH)
+    created = await client.post(
+        "/api/v1/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(len(data))}
+    )
+    assert created.status_code == 201, created.text
+    path = httpx.URL(created.headers["location"]).path
+    headers = {
+        "host": "testserver",
+        "tus-resumable": "1.0.0",
+        "content-type": "application/offset+octet-stream",
+        "upload-offset": "0",
+        "content-length": str(len(data)),
+    }
+    chunks = [data[i : i + 50_000] for i in range(0, len(data), 50_000)]
+    peer = ScriptedClient(chunks, settings.media_root.resolve() / ".incoming", whole=True)
+    assert await peer.request(app, "PATCH", path, headers) == [204]
+    uid = path.rsplit("/", 1)[1]
+    assert (await client.get(f"/api/v1/files/{uid}/metadata")).json()["sha256"] == (
+        hashlib.sha256(data).hexdigest()
+    )
 
 
 async def test_cancelled_upload_task_leaves_nothing(

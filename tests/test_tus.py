@@ -36,14 +36,17 @@ from tests.helpers import (
     TUS,
     UPLOADS,
     assert_problem,
+    assert_stored_at_uid_path,
     checksum,
     client_for,
     create,
     metadata,
     offset_of,
+    own_postgres_database,
     patch,
     random_bytes,
     send_in_pieces,
+    with_file_insert_cut_off,
 )
 
 DATA = random_bytes(300_000, seed=14)
@@ -1003,3 +1006,32 @@ async def test_an_upload_stranded_at_its_length_is_completed_by_head(
     assert head.headers["content-location"] == f"/api/v1/files/{uid_of(path)}"
     meta = await file_metadata(client, uid_of(path))
     assert meta["sha256"] == hashlib.sha256(b"0123456789").hexdigest()
+
+
+async def test_a_database_outage_at_completion_keeps_the_upload_for_the_next_head(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The database goes away while the last PATCH commits the file: 503, and the upload keeps
+    its bytes and row (only the link to the final path goes); the next HEAD completes it."""
+    async with own_postgres_database() as url:
+        settings = make_settings(database_url=url)
+        async with client_for(settings, raise_app_exceptions=False) as http:
+            sha = hashlib.sha256(DATA).hexdigest()
+            path = await create(http, len(DATA), {"Upload-Metadata": metadata(sha256=sha)})
+            half = len(DATA) // 2
+            assert (await patch(http, path, 0, DATA[:half])).status_code == 204
+            last = patch(http, path, half, DATA[half:])
+            response = await with_file_insert_cut_off(url, last)
+            problem = assert_problem(response, 503)
+            assert problem["type"].endswith("database-unavailable")
+            assert response.headers["tus-resumable"] == "1.0.0"
+            (kept,) = upload_files(settings.media_root)
+            assert kept.read_bytes() == DATA
+            assert leftovers(settings.media_root) == [kept]  # no link without a row
+            head = await http.head(path, headers=TUS)
+            assert head.status_code == 200, head.status_code
+            assert head.headers["upload-offset"] == str(len(DATA))
+            assert head.headers["content-location"] == f"/api/v1/files/{uid_of(path)}"
+            assert (await file_metadata(http, uid_of(path)))["sha256"] == sha
+        # The file, and nothing else: neither the .upload name nor a second link.
+        assert_stored_at_uid_path(settings.media_root, uid_of(path), DATA)

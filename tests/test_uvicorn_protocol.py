@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from mediasvc.server import ABORT_EXTENSION
+from mediasvc.server import ABORT_EXTENSION, DISCONNECTED_KEY
 from mediasvc.server.uvicorn_protocol import HeaderLimits, MediasvcHttpProtocol, protocol_factory
 
 LIMIT_BYTES = 4096
@@ -306,9 +306,9 @@ async def test_the_abort_extension_resets_a_connection_whose_client_reads_nothin
 # --- the body read ahead of a lost connection ---------------------------------------------------
 
 
-async def test_the_body_received_before_the_connection_was_lost_reaches_the_app() -> None:
-    """uvicorn answers ``http.disconnect`` once the connection is lost, even with body bytes it
-    received and still holds for the app: those come first (``KeptReadAhead``)."""
+async def read_ahead_of_a_lost_connection(declared: int) -> list[dict[str, Any]]:
+    """What an app receives that reads a body's first message, then waits while the client
+    sends 31000 bytes of a ``declared``-byte body in all and goes away."""
     messages: list[dict[str, Any]] = []
     first, release, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -326,21 +326,39 @@ async def test_the_body_received_before_the_connection_was_lost_reaches_the_app(
 
     async with running(app) as (host, port):  # type: ignore[arg-type]
         reader, writer = await asyncio.open_connection(host, port)
-        head = b"PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
-        writer.write(head + b"a" * 1000)
+        head = f"PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: {declared}\r\n\r\n"
+        writer.write(head.encode() + b"a" * 1000)
         async with asyncio.timeout(BOUND_S):
             await first.wait()
         # Less than uvicorn's 64 KiB before it pauses reading: all of it is read, then the end.
         writer.write(b"b" * 30000)
-        writer.write_eof()  # the client goes away mid-body
+        writer.write_eof()  # the client goes away
         assert await closed_by_server(reader) == b""  # the server saw the connection end
         writer.close()
         release.set()
         async with asyncio.timeout(BOUND_S):
             await done.wait()
     assert b"".join(m.get("body", b"") for m in messages) == b"a" * 1000 + b"b" * 30000
+    return messages
+
+
+async def test_the_body_received_before_the_connection_was_lost_reaches_the_app() -> None:
+    """uvicorn answers ``http.disconnect`` once the connection is lost, even with body bytes it
+    received and still holds for the app: those come first (``KeptReadAhead``)."""
+    messages = await read_ahead_of_a_lost_connection(100_000)  # the client goes mid-body
     assert [m["type"] for m in messages][-2:] == ["http.request", "http.disconnect"]
     assert messages[-2]["more_body"] is True
+    # Handed over after the loss, and marked so; what came while the client was there is not.
+    assert [m.get(DISCONNECTED_KEY, False) for m in messages] == [False, True, False]
+
+
+async def test_a_whole_body_received_before_the_connection_was_lost_is_marked() -> None:
+    """Its last byte arrived, then the client went before the app read it: the body ends
+    (``more_body`` False), marked ``DISCONNECTED_KEY``, as nobody reads the answer."""
+    messages = await read_ahead_of_a_lost_connection(31_000)
+    assert [m["type"] for m in messages] == ["http.request", "http.request"]
+    assert [m["more_body"] for m in messages] == [True, False]
+    assert [m.get(DISCONNECTED_KEY, False) for m in messages] == [False, True]
 
 
 def test_the_cycle_internals_kept_read_ahead_uses_are_there() -> None:

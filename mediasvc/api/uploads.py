@@ -1,9 +1,9 @@
 """Upload routes: raw bodies (``--data-binary``, ``-T``) and multipart forms.
 
 They declare no body parameter (FastAPI would buffer it): each turns its request into plain
-facts (name, type, length, digests, client address) and hands them with ``request.stream()`` to
-the ingestor (ingest/pipeline.py); they describe their body in ``openapi_extra``. The API key is
-checked by a dependency, before any body byte is read.
+facts (name, type, length, digests, client address) and hands them with the body (api/plain_body.py:
+cut if its client is gone) to the ingestor (ingest/pipeline.py); they describe their body in
+``openapi_extra``. The API key is checked by a dependency, before any body byte is read.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from starlette.responses import Response
 from mediasvc.api import ietf
 from mediasvc.api.common import Caller, file_created, services_of
 from mediasvc.api.openapi import problem_responses
+from mediasvc.api.plain_body import plain_body
 from mediasvc.api.schemas import UploadedFile
 from mediasvc.errors import UnsupportedMediaType
 from mediasvc.events.metadata import parse_metadata
@@ -212,7 +213,7 @@ async def _ingest_raw(request: Request, raw_path: bytes | None, options: UploadO
         interop, complete = upgrade
         return await ietf.create(request, interop, name=name, options=options, complete=complete)
     stored = await services_of(request).ingestor.ingest(
-        request.stream(),
+        plain_body(request),
         _facts(request, name=name),
         options,
     )
@@ -244,6 +245,6 @@ async def upload_multipart(request: Request, options: Options) -> Response:
             "this endpoint takes multipart/form-data; send raw bodies to /api/v1/files/stream"
         )
     stored = await services_of(request).ingestor.ingest_form(
-        request.stream(), _facts(request, name=None), options
+        plain_body(request), _facts(request, name=None), options
     )
     return file_created(request, stored)

@@ -81,7 +81,8 @@ async def commit_part(
     sweep removes it. A resumable upload's file is linked, not renamed, and keeps its
     ``.upload`` name until the commit: a death in between leaves the upload whole (its next
     request completes it again), and one right after the commit leaves only that name, which
-    the cleanup removes (resumable/expiry.py).
+    the cleanup removes (resumable/expiry.py). A failure (the database down at the last
+    PATCH) likewise removes only the link: the upload stays whole, to be completed again.
     """
     try:
         async with db.session() as session, db.commit_window.committing(session, record.uid):

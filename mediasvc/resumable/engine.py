@@ -432,24 +432,24 @@ class UploadEngine:
             raise
         head = await anyio.to_thread.run_sync(_read_head, part)
         now = datetime.now(UTC)
-        try:
-            stored = await self._ingestor.commit_file(
-                part,
-                sha256=sha256,
-                name=options.filename,
-                declared_type=options.filetype,
-                head=head,
-                options=_upload_options(options, row.owner),
-                completes_upload=UploadCompletion(
-                    completed_at=now,
-                    expires_at=now + timedelta(seconds=self.config.expires_after_s),
-                    hash_state=end.hash_state,
-                ),
-            )
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._remove(row.uid)  # commit_file removed the bytes already
-            raise
+        # Whole and right: should the commit fail (the database down or failing over, the
+        # request cancelled), commit_file removes only the link it made, and the upload stays
+        # as its last checkpoint left it, all its bytes in. Its next request (a HEAD too:
+        # state()) completes it again; removing it would lose a whole upload to an outage its
+        # client is told to retry (503).
+        stored = await self._ingestor.commit_file(
+            part,
+            sha256=sha256,
+            name=options.filename,
+            declared_type=options.filetype,
+            head=head,
+            options=_upload_options(options, row.owner),
+            completes_upload=UploadCompletion(
+                completed_at=now,
+                expires_at=now + timedelta(seconds=self.config.expires_after_s),
+                hash_state=end.hash_state,
+            ),
+        )
         async with self._db.session() as session:
             done = await repository.get(session, row.uid)
         assert done is not None

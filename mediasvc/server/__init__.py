@@ -15,3 +15,10 @@ ZEROCOPY_EXTENSION = "http.response.zerocopysend"
 # has no message for it. ``fn`` returns False when it cannot any more (the final response has
 # begun, the connection is gone); a server without the extension sends no 1xx (api/interim.py).
 INFORMATIONAL_EXTENSION = "mediasvc.http.informational"
+# A key our uvicorn protocol sets, True, in an ``http.request`` message whose body bytes it had
+# received before the client's connection was lost and hands over only after (uvicorn would drop
+# them: ``KeptReadAhead``); the next message is ``http.disconnect``. Such a message may end the
+# body (``more_body`` False), yet nobody reads the answer: an app that keeps what arrived (a
+# resumable upload) takes the bytes, one whose answer is the point (a plain upload's 201 with its
+# one-time delete token) takes the body as cut (api/plain_body.py). Other servers never set it.
+DISCONNECTED_KEY = "mediasvc.disconnected"

@@ -56,7 +56,9 @@ cannot express (the IETF resumable upload draft's 104 Upload Resumption Supporte
 And a request's body read ahead is not lost when its client goes: uvicorn's ``receive()`` answers
 ``http.disconnect`` as soon as the connection is lost, dropping the body bytes it had already
 received for the app (up to a few hundred KiB). A resumable upload keeps every byte that reached
-the server, so the app gets them first (the section "body read ahead" below, ``KeptReadAhead``).
+the server, so the app gets them first (the section "body read ahead" below, ``KeptReadAhead``),
+in a message marked ``DISCONNECTED_KEY`` (``mediasvc.server``): part of the extension, so an app
+whose answer matters (a plain upload) can tell a body whose client is gone from a whole one.
 
 What it overrides or touches of ``HttpToolsProtocol``, all pinned by the tests: ``data_received``
 (what reaches the parser), the parser callbacks ``on_message_begin``, ``on_header`` (drops
@@ -91,7 +93,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from mediasvc.api.problems import problem_for
 from mediasvc.errors import HeadersTooLarge, MediaServiceError, RequestTimeout
-from mediasvc.server import ABORT_EXTENSION, INFORMATIONAL_EXTENSION, ZEROCOPY_EXTENSION
+from mediasvc.server import (
+    ABORT_EXTENSION,
+    DISCONNECTED_KEY,
+    INFORMATIONAL_EXTENSION,
+    ZEROCOPY_EXTENSION,
+)
 
 if TYPE_CHECKING:
     from mediasvc.config import Settings
@@ -622,8 +629,9 @@ _INFORMATIONAL_REASONS = {
 # ``receive()`` answers ``http.disconnect`` and never the bytes still in ``cycle.body``: they had
 # crossed the network and were received, yet an app that keeps what arrived (a cut resumable
 # upload) never sees them, and its client sends them again. So those bytes come first, as one more
-# ``http.request``, then the disconnect. Nothing changes once the response is complete (uvicorn
-# then discards the body too), nor for a connection still open.
+# ``http.request`` marked ``DISCONNECTED_KEY`` (its client reads no answer, even when it ends the
+# body), then the disconnect. Nothing changes once the response is complete (uvicorn then
+# discards the body too), nor for a connection still open.
 
 
 class KeptReadAhead:
@@ -648,10 +656,16 @@ class KeptReadAhead:
         message = await self._receive()
         cycle = self._cycle
         if message["type"] == "http.disconnect" and cycle.body and not cycle.response_complete:
+            # Reset as uvicorn's own receive() does (0.54: a bytearray, its declared type).
             body, cycle.body = bytes(cycle.body), bytearray()
             # more_body as the parser left it: False if the whole body arrived before the loss.
             # The next call answers the disconnect (uvicorn's, as ``disconnected`` stays set).
-            return {"type": "http.request", "body": body, "more_body": cycle.more_body}
+            return {
+                "type": "http.request",
+                "body": body,
+                "more_body": cycle.more_body,
+                DISCONNECTED_KEY: True,
+            }
         return message
 
 

@@ -19,6 +19,9 @@ remux, later a resumable upload's PATCHes) never touches paths, fsync, renames o
   upload's file (``link_on_commit``) is linked there instead, and ``forget_source()`` removes its
   own name once the row is committed (storage/local.py ``link_into_place``).
 - ``discard()``: whatever of it is on disk goes, before or after ``commit()``; safe to repeat.
+  A resumable upload's file is its upload's, not the part's: only the link ``commit()`` made
+  goes, the ``.upload`` file stays (a completion that failed in the database is completed
+  again from it; the upload's own removal deletes it, resumable/expiry.py).
 
 ENOSPC and EDQUOT, from any of these (a disk out of inodes fails at create), are 507. Methods
 block: call them from a worker thread, never on the event loop.
@@ -186,9 +189,11 @@ class PartFile:
                 self.path.unlink(missing_ok=True)
 
     def discard(self) -> None:
-        """Close and delete what is on disk: the ``.part`` file, or the committed file."""
+        """Close and delete what is on disk: the ``.part`` file, or the committed file; of a
+        resumable upload's file (``link_on_commit``), only the committed link."""
         self._close()
-        self.path.unlink(missing_ok=True)
+        if not self._link_on_commit:
+            self.path.unlink(missing_ok=True)
         if self._committed is not None:
             self._committed.unlink(missing_ok=True)
             self._committed = None
