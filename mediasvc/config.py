@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 from mediasvc.auth import ApiKey
 from mediasvc.events.endpoints import WebhookEndpoint
+from mediasvc.media.config import threads_beside_the_api
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -429,7 +430,10 @@ class Settings(BaseSettings):
         default=1, ge=1, le=64, description="Transcode jobs at once per worker (or API process)."
     )
     transcode_threads: int = Field(
-        default=2, ge=1, le=64, description="Threads of each ffmpeg transcode (decode, encode)."
+        default_factory=threads_beside_the_api,
+        ge=1,
+        le=64,
+        description="Threads of each ffmpeg transcode (decode, encode); default: cores but one.",
     )
     transcode_nice: int = Field(
         default=10, ge=0, le=19, description="Niceness of ffmpeg transcodes (0: as the service)."
