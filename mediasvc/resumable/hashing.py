@@ -1,28 +1,125 @@
 """The whole file's SHA-256, carried across requests: a hash whose state can be saved.
 
-hashlib's objects cannot be pickled or exported, so ``rehashes`` (PySha256, Rust) does it: its
-``serialize()`` is 104 bytes, saved in the upload's row with every durable offset. Measured here
-(docs/facts.md): the same ~1.3–1.9 GB/s as hashlib, but it holds the GIL during ``update`` and
-takes only ``bytes``. So it is fed slices of ``SLICE_BYTES`` copied out of the batch: the event
-loop gets the GIL back between two slices (a 4 MiB update would stall it ~3 ms) and the copy
-costs a memcpy.
+hashlib's objects cannot be exported, so the state is kept by one of two hashes that write the
+same saved form (below), and either reads what the other wrote:
+
+- OpenSSL's low-level SHA-256 (openssl_sha256.py), where libcrypto offers it: it releases the
+  GIL and hashes an upload's batch in place, in one call, beside the event loop;
+- ``rehashes`` (PySha256, Rust) elsewhere: as fast, but it holds the GIL during ``update`` and
+  takes only ``bytes``, so it is fed ``SLICE_BYTES`` slices copied out of the batch and the event
+  loop gets the GIL back between two of them (docs/facts.md has both measured).
+
+The saved state, 104 bytes, is the serialized form of the RustCrypto ``sha2`` crate that
+``rehashes`` writes, so the states already in the rows stay readable: the eight chaining words
+(little-endian u32), the number of whole 64-byte blocks compressed (little-endian u64), the count
+of bytes in the block not yet compressed (one byte, 0-63), and those bytes padded with zeros to
+63. The same bytes hashed give the same state, whichever hash made it (concat.py compares them).
 """
 
 from __future__ import annotations
 
+import ctypes
+import struct
+from typing import Protocol
+
 from rehashes import PySha256
 
+from mediasvc.resumable import openssl_sha256
+from mediasvc.resumable.openssl_sha256 import BLOCK_BYTES, DIGEST_BYTES, LibCrypto, Sha256Ctx
+
 SLICE_BYTES = 256 * 1024
+STATE_BYTES = 104
+_STATE = struct.Struct("<8IQB63s")
+
+
+class Sha256State(Protocol):
+    def update(self, data: memoryview | bytes) -> None: ...
+    def state(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
 
 
 def fresh_state() -> bytes:
     """The state of a hash that has seen nothing."""
-    state: bytes = PySha256().serialize()
-    return state
+    return ResumableSha256().state()
 
 
 class ResumableSha256:
     def __init__(self, state: bytes | None = None) -> None:
+        """Continue from ``state`` (fresh without one)."""
+        lib = openssl_sha256.load()
+        self._hash: Sha256State = OpenSslSha256(lib, state) if lib else RehashesSha256(state)
+
+    def update(self, data: memoryview | bytes) -> None:
+        self._hash.update(data)
+
+    def state(self) -> bytes:
+        return self._hash.state()
+
+    def hexdigest(self) -> str:
+        """The digest of what was hashed so far; hashing may go on."""
+        return self._hash.hexdigest()
+
+
+class OpenSslSha256:
+    def __init__(self, lib: LibCrypto, state: bytes | None) -> None:
+        self._lib = lib
+        self._context = Sha256Ctx()
+        if state is None:
+            lib.init(ctypes.byref(self._context))
+        else:
+            _load(self._context, state)
+
+    def update(self, data: memoryview | bytes) -> None:
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        if isinstance(data, bytes):
+            self._lib.update(ctypes.byref(self._context), data, len(data))
+        elif view.readonly:  # ctypes takes a pointer to no other read-only buffer: a copy
+            self._lib.update(ctypes.byref(self._context), bytes(view), view.nbytes)
+        else:
+            in_place = (ctypes.c_char * view.nbytes).from_buffer(view)
+            try:
+                self._lib.update(ctypes.byref(self._context), in_place, view.nbytes)
+            finally:
+                del in_place  # release the buffer's export at once (an mmap must stay closable)
+
+    def state(self) -> bytes:
+        context = self._context
+        length = ((context.bits_high << 32) | context.bits_low) // 8
+        pending = context.block_bytes
+        if pending != length % BLOCK_BYTES:
+            raise ValueError("libcrypto's SHA-256 context is not in the layout expected")
+        return _STATE.pack(
+            *context.h, length // BLOCK_BYTES, pending, bytes(context.block)[:pending]
+        )
+
+    def hexdigest(self) -> str:
+        copy = Sha256Ctx.from_buffer_copy(self._context)  # Final ends the context it is given
+        out = ctypes.create_string_buffer(DIGEST_BYTES)
+        self._lib.final(out, ctypes.byref(copy))
+        return out.raw.hex()
+
+
+def _load(context: Sha256Ctx, state: bytes) -> None:
+    """Fill ``context`` from a saved state; ValueError if it is not one."""
+    if len(state) != STATE_BYTES:
+        raise ValueError(f"a saved SHA-256 state has {STATE_BYTES} bytes, not {len(state)}")
+    *words, blocks, pending, block = _STATE.unpack(state)
+    if pending >= BLOCK_BYTES or any(block[pending:]):
+        raise ValueError("a saved SHA-256 state with a malformed pending block")
+    bits = (blocks * BLOCK_BYTES + pending) * 8
+    if bits >> 64:
+        raise ValueError("a saved SHA-256 state past the 2**64-bit length SHA-256 allows")
+    context.h[:] = words
+    context.bits_low, context.bits_high = bits & 0xFFFFFFFF, bits >> 32
+    ctypes.memmove(context.block, block, pending)
+    context.block_bytes = pending
+    context.digest_bytes = DIGEST_BYTES
+
+
+class RehashesSha256:
+    def __init__(self, state: bytes | None) -> None:
         self._hash = PySha256.deserialize(state) if state is not None else PySha256()
 
     def update(self, data: memoryview | bytes) -> None:
@@ -35,6 +132,5 @@ class ResumableSha256:
         return state
 
     def hexdigest(self) -> str:
-        """The digest of what was hashed so far; hashing may go on."""
         digest: str = PySha256.deserialize(self._hash.serialize()).finalize()
         return digest

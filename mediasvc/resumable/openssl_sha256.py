@@ -1,0 +1,81 @@
+"""OpenSSL's low-level SHA-256 (``SHA256_Init``/``Update``/``Final``) through ctypes.
+
+Written by hand because no library offers a SHA-256 whose state can be saved and that releases
+the GIL: hashlib's objects cannot be exported, and ``rehashes`` holds the GIL for the whole
+``update``, which starved the event loop beside an upload's hashing (docs/facts.md). ctypes
+releases the GIL around every foreign call, and takes a writable buffer without a copy, so an
+upload's batch is hashed in one call while the event loop runs beside it.
+
+The state lives in ``SHA256_CTX``, a public struct of ``openssl/sha.h``; these functions are
+deprecated since OpenSSL 3.0 but still exported by its ``libcrypto.so.3``. ``load()`` answers
+None where they are missing (another OpenSSL, another system), and hashing.py then falls back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+DIGEST_BYTES = 32
+BLOCK_BYTES = 64
+
+
+class Sha256Ctx(ctypes.Structure):
+    """``SHA256_CTX``: the chaining words, the bit count, and the block not yet compressed."""
+
+    _fields_ = (
+        ("h", ctypes.c_uint32 * 8),
+        ("bits_low", ctypes.c_uint32),  # Nl
+        ("bits_high", ctypes.c_uint32),  # Nh
+        ("block", ctypes.c_uint8 * BLOCK_BYTES),  # data[16], used as bytes in order
+        ("block_bytes", ctypes.c_uint32),  # num: how many bytes of ``block`` are filled
+        ("digest_bytes", ctypes.c_uint32),  # md_len: 32 for SHA-256 (28 would be SHA-224)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LibCrypto:
+    library: ctypes.CDLL  # a CDLL, not a PyDLL: ctypes releases the GIL around each call
+    init: Any
+    update: Any
+    final: Any
+
+
+@functools.cache
+def load() -> LibCrypto | None:
+    """libcrypto's three functions, typed; None where they cannot be had."""
+    if sys.platform != "linux":
+        # macOS refuses (aborts the process) to load an unversioned libcrypto; only the
+        # versioned soname of Linux distributions is asked for.
+        return None
+    try:
+        library = ctypes.CDLL("libcrypto.so.3")
+        init, update, final = library.SHA256_Init, library.SHA256_Update, library.SHA256_Final
+    except (OSError, AttributeError):
+        return None
+    context = ctypes.POINTER(Sha256Ctx)
+    init.argtypes, init.restype = [context], ctypes.c_int
+    update.argtypes, update.restype = [context, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int
+    final.argtypes, final.restype = [ctypes.c_char_p, context], ctypes.c_int
+    found = LibCrypto(library, init, update, final)
+    if not _agrees_with_hashlib(found):
+        return None
+    return found
+
+
+def _agrees_with_hashlib(lib: LibCrypto) -> bool:
+    """The struct's layout is checked once against a known digest before any upload uses it."""
+    import hashlib
+
+    sample = bytes(range(256)) * 3
+    context = Sha256Ctx()
+    lib.init(ctypes.byref(context))
+    lib.update(ctypes.byref(context), sample, len(sample))
+    if context.block_bytes != len(sample) % BLOCK_BYTES or context.digest_bytes != DIGEST_BYTES:
+        return False
+    out = ctypes.create_string_buffer(DIGEST_BYTES)
+    lib.final(out, ctypes.byref(context))
+    return out.raw == hashlib.sha256(sample).digest()
