@@ -60,10 +60,18 @@ def load() -> LibCrypto | None:
     init.argtypes, init.restype = [context], ctypes.c_int
     update.argtypes, update.restype = [context, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int
     final.argtypes, final.restype = [ctypes.c_char_p, context], ctypes.c_int
+    for function in (init, update, final):
+        function.errcheck = _succeeded
     found = LibCrypto(library, init, update, final)
     if not _agrees_with_hashlib(found):
         return None
     return found
+
+
+def _succeeded(result: Any, function: Any, arguments: Any) -> Any:
+    if result != 1:  # each answers 1 on success, 0 on failure
+        raise RuntimeError(f"libcrypto's {function.__name__} failed")
+    return result
 
 
 def _agrees_with_hashlib(lib: LibCrypto) -> bool:
