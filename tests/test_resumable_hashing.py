@@ -4,16 +4,19 @@ other's, finish as hashlib does, and OpenSSL's leaves the GIL to other threads w
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import mmap
 import os
 import random
+import sys
+import threading
 from collections.abc import Callable
 
 import pytest
 from rehashes import PySha256
 
-from mediasvc.resumable import openssl_sha256
+from mediasvc.resumable import hashing, openssl_sha256
 from mediasvc.resumable.hashing import (
     OpenSslSha256,
     RehashesSha256,
@@ -69,6 +72,37 @@ def test_both_hashes_keep_the_same_state_and_continue_each_others(seed: int) -> 
     assert a.hexdigest() == b.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+# rehashes 0.3's state after b"mediasvc" * 100, as rows written before OpenSSL's hash hold it.
+REHASHES_0_3_STATE = bytes.fromhex(
+    "ee75084f0ec3488166e310d108fa2db325bed6ef5c7a85ab19b90df74830058a0c00000000000000206d6564"
+    "69617376636d656469617376636d656469617376636d656469617376630000000000000000000000000000"
+    "0000000000000000000000000000000000"
+)
+
+
+@pytest.mark.parametrize("name", HASHES)
+def test_a_state_written_by_rehashes_0_3_goes_on(name: str) -> None:
+    hasher = HASHES[name](REHASHES_0_3_STATE)
+    hasher.update(b"!")
+    assert hasher.hexdigest() == hashlib.sha256(b"mediasvc" * 100 + b"!").hexdigest()
+
+
+@pytest.mark.parametrize("blocks", [2**23 - 2, 2**23 - 1, 2**26, 2**26 + 5, 2**40])
+@pytest.mark.parametrize("pending", [0, 1, 63])
+def test_states_of_large_uploads_agree(blocks: int, pending: int) -> None:
+    """Past 512 MiB the bit count's low word wraps (2**23 blocks): states built by hand there,
+    continued by both hashes, stay equal."""
+    words = random.Random(blocks + pending).getrandbits(256).to_bytes(32, "little")
+    tail = bytes(range(1, pending + 1))
+    state = words + blocks.to_bytes(8, "little") + bytes([pending]) + tail.ljust(63, b"\0")
+    for extra in (b"", b"x", b"y" * (64 - pending), b"z" * 200):
+        ours, theirs = make_openssl(state), RehashesSha256(state)
+        ours.update(extra)
+        theirs.update(extra)
+        assert ours.state() == theirs.state()
+        assert ours.hexdigest() == theirs.hexdigest()
+
+
 @pytest.mark.parametrize("name", HASHES)
 def test_hexdigest_lets_hashing_go_on(name: str) -> None:
     hasher = HASHES[name](None)
@@ -114,7 +148,7 @@ def test_without_libcrypto_rehashes_keeps_the_same_states(
 
     by_openssl = make_openssl(None)
     by_openssl.update(b"x" * 1000)
-    openssl_sha256.load.cache_clear()
+    forget_the_choice()
     monkeypatch.setattr(ctypes, "CDLL", missing)
     try:
         hasher = ResumableSha256()
@@ -122,7 +156,76 @@ def test_without_libcrypto_rehashes_keeps_the_same_states(
         hasher.update(memoryview(b"x" * 1000))
         assert hasher.state() == by_openssl.state()
     finally:
-        openssl_sha256.load.cache_clear()
+        forget_the_choice()
+
+
+def forget_the_choice() -> None:
+    openssl_sha256.load.cache_clear()
+    hashing._openssl.cache_clear()
+
+
+@pytest.mark.parametrize("failure", ["raises", "wrong state"])
+def test_a_libcrypto_that_fails_its_check_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    def broken_update(*args: object) -> int:
+        if failure == "raises":
+            raise RuntimeError("SHA256_Update failed")
+        return 1  # hashes nothing: the state stays fresh
+
+    lib = openssl()
+    forget_the_choice()
+    monkeypatch.setattr(
+        openssl_sha256, "load", lambda: dataclasses.replace(lib, update=broken_update)
+    )
+    try:
+        assert isinstance(ResumableSha256()._hash, RehashesSha256)
+    finally:
+        monkeypatch.undo()
+        forget_the_choice()
+
+
+class GilWitness:
+    """A thread hashes one big buffer in one call while this thread asks for the GIL.
+
+    The switch interval is made longer than the call, so a hash that keeps the GIL runs to its
+    end before this thread gets it; one that releases it lets this thread mark ``ran`` first."""
+
+    def __init__(self, update: Callable[[memoryview], None], size: int) -> None:
+        self._update, self._size = update, size
+        self.started, self.ran, self.ran_during = threading.Event(), threading.Event(), False
+
+    def _hash(self) -> None:
+        buffer = mmap.mmap(-1, self._size)  # untouched pages: all zeros, nothing resident
+        view = memoryview(buffer)
+        self.started.set()
+        self._update(view)
+        self.ran_during = self.ran.is_set()
+        view.release()
+        buffer.close()
+
+    def run(self) -> bool:
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(30.0)
+        try:
+            worker = threading.Thread(target=self._hash)
+            worker.start()
+            self.started.wait()
+            self.ran.set()  # needs the GIL: only while the worker's call does not hold it
+            worker.join()
+        finally:
+            sys.setswitchinterval(interval)
+        return self.ran_during
+
+
+def test_openssl_leaves_the_gil_while_it_hashes_a_batch() -> None:
+    assert GilWitness(make_openssl(None).update, 256 * MiB).run()
+
+
+def test_the_gil_witness_sees_a_hash_that_keeps_the_gil() -> None:
+    """The witness's control: rehashes' own update holds the GIL for its whole call."""
+    hasher = PySha256()
+    assert not GilWitness(lambda view: hasher.update(bytes(view)), 64 * MiB).run()
 
 
 def test_openssl_is_called_without_the_gil() -> None:

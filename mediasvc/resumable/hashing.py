@@ -14,11 +14,19 @@ The saved state, 104 bytes, is the serialized form of the RustCrypto ``sha2`` cr
 (little-endian u32), the number of whole 64-byte blocks compressed (little-endian u64), the count
 of bytes in the block not yet compressed (one byte, 0-63), and those bytes padded with zeros to
 63. The same bytes hashed give the same state, whichever hash made it (concat.py compares them).
+
+OpenSSL's is used only once it has passed a check against rehashes and hashlib (``_openssl``);
+which one runs is logged once. Neither goes through OpenSSL's providers, so a FIPS-only
+configuration does not apply to this digest (it did not with rehashes either). A hash is used by
+one thread at a time (the upload's worker thread).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
+import logging
 import struct
 from typing import Protocol
 
@@ -26,6 +34,8 @@ from rehashes import PySha256
 
 from mediasvc.resumable import openssl_sha256
 from mediasvc.resumable.openssl_sha256 import BLOCK_BYTES, DIGEST_BYTES, LibCrypto, Sha256Ctx
+
+logger = logging.getLogger(__name__)
 
 SLICE_BYTES = 256 * 1024
 STATE_BYTES = 104
@@ -46,7 +56,7 @@ def fresh_state() -> bytes:
 class ResumableSha256:
     def __init__(self, state: bytes | None = None) -> None:
         """Continue from ``state`` (fresh without one)."""
-        lib = openssl_sha256.load()
+        lib = _openssl()
         self._hash: Sha256State = OpenSslSha256(lib, state) if lib else RehashesSha256(state)
 
     def update(self, data: memoryview | bytes) -> None:
@@ -70,15 +80,16 @@ class OpenSslSha256:
             _load(self._context, state)
 
     def update(self, data: memoryview | bytes) -> None:
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
         if not view.nbytes:
             return
         if isinstance(data, bytes):
             self._lib.update(ctypes.byref(self._context), data, len(data))
-        elif view.readonly:  # ctypes takes a pointer to no other read-only buffer: a copy
-            self._lib.update(ctypes.byref(self._context), bytes(view), view.nbytes)
+        elif view.readonly or not view.c_contiguous:
+            # ctypes takes a pointer to no other read-only buffer: a copy (no caller sends one).
+            self._lib.update(ctypes.byref(self._context), view.tobytes(), view.nbytes)
         else:
-            in_place = (ctypes.c_char * view.nbytes).from_buffer(view)
+            in_place = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
             try:
                 self._lib.update(ctypes.byref(self._context), in_place, view.nbytes)
             finally:
@@ -86,6 +97,7 @@ class OpenSslSha256:
 
     def state(self) -> bytes:
         context = self._context
+        # The bit count wraps past 2**64 bits (2 EiB), where SHA-256 itself ends.
         length = ((context.bits_high << 32) | context.bits_low) // 8
         pending = context.block_bytes
         if pending != length % BLOCK_BYTES:
@@ -116,6 +128,46 @@ def _load(context: Sha256Ctx, state: bytes) -> None:
     ctypes.memmove(context.block, block, pending)
     context.block_bytes = pending
     context.digest_bytes = DIGEST_BYTES
+
+
+@functools.cache
+def _openssl() -> LibCrypto | None:
+    """libcrypto's SHA-256, if it keeps the layout this module reads and writes."""
+    lib = openssl_sha256.load()
+    if lib is None:
+        logger.warning(
+            "libcrypto.so.3 with SHA256_Init is not here: resumable uploads hash with rehashes, "
+            "which holds the GIL (slower uploads beside a busy event loop)"
+        )
+        return None
+    try:
+        agrees = _agrees_with_rehashes(lib)
+    except Exception:
+        logger.exception("libcrypto's SHA-256 failed its check")
+        agrees = False
+    if not agrees:
+        logger.warning("libcrypto's SHA-256 context is not as expected: hashing with rehashes")
+        return None
+    logger.info("resumable uploads hash with libcrypto's SHA-256 (the GIL released)")
+    return lib
+
+
+def _agrees_with_rehashes(lib: LibCrypto) -> bool:
+    """Both ways on a sample that ends inside a block: the saved states, a state continued by
+    the other hash, and the digests against hashlib's."""
+    head, tail = bytes(range(256)) * 3 + b"mid-block", b"and the rest" * 11
+    ours, theirs = OpenSslSha256(lib, None), RehashesSha256(None)
+    ours.update(memoryview(bytearray(head)))
+    theirs.update(head)
+    if ours.state() != theirs.state():
+        return False
+    continued = OpenSslSha256(lib, theirs.state())
+    continued.update(tail)
+    theirs.update(tail)
+    whole = hashlib.sha256(head + tail).hexdigest()
+    return continued.state() == theirs.state() and continued.hexdigest() == whole == (
+        theirs.hexdigest()
+    )
 
 
 class RehashesSha256:
