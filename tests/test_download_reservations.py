@@ -64,6 +64,15 @@ async def reservation_opened(database_url: str, uid: str) -> None:
     )
 
 
+async def reservations_settled(database_url: str, uid: str) -> None:
+    """Wait (bounded) until no download of ``uid`` holds a reservation."""
+    await anyio.to_thread.run_sync(
+        lambda: wait_until(
+            lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
+        )
+    )
+
+
 async def limited_file(http: httpx.AsyncClient, data: bytes, max_downloads: int) -> tuple[str, str]:
     """Upload ``data`` with a download limit: its (uid, download path)."""
     meta = await upload_data(http, data, max_downloads=max_downloads)
@@ -104,11 +113,7 @@ async def test_a_refusal_due_to_a_running_download_is_503_and_the_file_stays(
             assert (await budget_row(database_url, uid))[2] is None
         finally:
             first.close()  # the first client gives up: what it did not take comes back
-        await anyio.to_thread.run_sync(
-            lambda: wait_until(
-                lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
-            )
-        )
+        await reservations_settled(database_url, uid)
         served, _, gone = await budget_row(database_url, uid)
         assert gone is None
         assert served < len(data) // 2
@@ -134,6 +139,8 @@ async def test_metadata_counts_what_was_sent_not_what_running_downloads_hold(
         uid, url = await limited_file(http, data, 1)
         short = await http.get(url, headers={"Range": "bytes=0-65999"})
         assert short.status_code == 206
+        # Its settlement runs after its last byte: let it land before the next one reserves.
+        await reservations_settled(database_url, uid)
         reader = stalled_reader(server.base_url, url)
         try:
             read_some(reader, 66_000)
@@ -163,11 +170,7 @@ async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
                 await reservation_opened(database_url, uid)
             finally:
                 reader.close()
-            await anyio.to_thread.run_sync(
-                lambda: wait_until(
-                    lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
-                )
-            )
+            await reservations_settled(database_url, uid)
             charged = (await budget_row(database_url, uid))[0] - total_charged
             total_charged += charged
             # What went to the kernel (our socket's send buffer and the client's receive

@@ -9,7 +9,7 @@ import secrets
 import socket
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,11 +139,11 @@ async def test_the_sqlite_lookup_reads_in_one_thread_of_its_own(
     threads: list[threading.Thread] = []
     read = SqliteLookup._read
 
-    def held_read(lookup: SqliteLookup, uid: str) -> list[Any]:
+    def held_read(lookup: SqliteLookup, sql: str, args: Sequence[Any]) -> list[Any]:
         threads.append(threading.current_thread())
         entered.set()
         release.wait(timeout=60)
-        return read(lookup, uid)
+        return read(lookup, sql, args)
 
     monkeypatch.setattr(SqliteLookup, "_read", held_read)
     async with sqlite_lookup(tmp_path) as (lookup, record, _):

@@ -15,8 +15,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, func, not_, or_, select, tuple_, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    case,
+    func,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from mediasvc.db import outbox
 from mediasvc.db.models import (
@@ -239,7 +253,7 @@ async def touch_many(session: AsyncSession, accessed_at: dict[str, datetime]) ->
     await session.commit()
 
 
-def _live_reserved(now: datetime) -> ColumnElement[int]:
+def _live_reserved(now: datetime | BindParameter[datetime]) -> ColumnElement[int]:
     """The open reservations that still hold: none once their lease has lapsed."""
     return case(
         (FileRecord.reservations_expire_at > now, FileRecord.bytes_reserved),
@@ -247,20 +261,23 @@ def _live_reserved(now: datetime) -> ColumnElement[int]:
     )
 
 
-async def reserve_bytes(
-    session: AsyncSession, uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
-) -> int | None:
-    """Reserve ``n`` bytes if they fit in ``budget``, in one atomic UPDATE; the new total.
-
-    Reservations whose lease lapsed (their process died) are dropped in the same statement.
-    """
+def reservation_update() -> ReturningUpdate[int]:
+    """The one atomic UPDATE that reserves ``:n`` bytes of the row ``:file_uid`` if they fit in
+    ``:budget``, dropping the reservations whose lease lapsed by ``:now`` (their process died)
+    and holding the rest until ``:lease_until`` at least; it returns the new ``bytes_served``,
+    and no row if they do not fit. Built once with parameters, so the download's reservation
+    (db/lookup.py) and ``reserve_bytes`` run the same statement."""
+    now = bindparam("now", type_=FileRecord.reservations_expire_at.type)
+    lease_until = bindparam("lease_until", type_=FileRecord.reservations_expire_at.type)
+    n = bindparam("n", type_=FileRecord.bytes_served.type)
     lapsed = FileRecord.bytes_reserved - _live_reserved(now)
-    result = await session.execute(
+    return (
         update(FileRecord)
         .where(
-            FileRecord.uid == uid,
+            FileRecord.uid == bindparam("file_uid"),
             _LIVE,
-            FileRecord.bytes_served - lapsed + n <= budget,
+            FileRecord.bytes_served - lapsed + n
+            <= bindparam("budget", type_=FileRecord.bytes_served.type),
         )
         .values(
             bytes_served=FileRecord.bytes_served - lapsed + n,
@@ -275,6 +292,26 @@ async def reserve_bytes(
         )
         .returning(FileRecord.bytes_served)
     )
+
+
+def reservation_params(
+    uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
+) -> dict[str, Any]:
+    """``reservation_update``'s parameters."""
+    return {"file_uid": uid, "n": n, "budget": budget, "now": now, "lease_until": lease_until}
+
+
+async def reserve_bytes(
+    session: AsyncSession, uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
+) -> int | None:
+    """Reserve ``n`` bytes if they fit in ``budget``, in one atomic UPDATE
+    (``reservation_update``), and commit; the new total, None if they do not fit.
+
+    A download's reservation runs this statement without the ORM where it can
+    (``Database.reserve_bytes``); this is its usual way.
+    """
+    params = reservation_params(uid, n, budget, now=now, lease_until=lease_until)
+    result = await session.execute(reservation_update(), params)
     await session.commit()
     return result.scalar_one_or_none()
 

@@ -87,17 +87,15 @@ async def reserve(
     pause_s = POLL_FIRST_S
     while True:
         now = datetime.now(UTC)
+        # One UPDATE, without the ORM where it can be (Database.reserve_bytes): the first byte
+        # waits on it.
+        total = await db.reserve_bytes(
+            record.uid, n, budget, now=now, lease_until=now + timedelta(seconds=lease_s)
+        )
+        if total is not None:
+            return Reservation(db, record.uid, n, lease_s=lease_s), total
+        # Refused: why, and the file retired if it is used up, the usual way (no hurry).
         async with db.session() as session:
-            total = await repository.reserve_bytes(
-                session,
-                record.uid,
-                n,
-                budget,
-                now=now,
-                lease_until=now + timedelta(seconds=lease_s),
-            )
-            if total is not None:
-                return Reservation(db, record.uid, n, lease_s=lease_s), total
             state = await repository.budget_state(session, record.uid, now)
             if state is None:
                 raise Gone("the file is gone")
