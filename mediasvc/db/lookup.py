@@ -1,22 +1,24 @@
-"""A download's ``FileRow`` in one step, and a budgeted download's reservation in one
-statement: the first byte of a Range waits on both.
+"""A download's ``FileRow`` in one step, and a budgeted download's reservation and settlement
+in one statement each: the first byte of a Range waits on the row and the reservation, and on a
+keep-alive connection on the settlement of the response before it too (which holds the row).
 
 Through SQLAlchemy each was most of that wait (docs/performance.md, "Cheaper first byte"): on
 SQLite, aiosqlite runs each of cursor, execute, fetch, close and the pool's rollback in its
-thread, five thread hops (a write holds the database's write lock across those of its
-transaction); on PostgreSQL the pool's ping and the statement are two round trips (a write:
-ping, UPDATE, COMMIT), with SQLAlchemy's greenlet and pool work around each. Here:
+thread, five thread hops, and a write holds the database's write lock across those of its
+transaction; on PostgreSQL the pool's ping and the statement are two round trips (a write:
+ping, UPDATE, COMMIT, the row locked from the UPDATE to the COMMIT), with SQLAlchemy's greenlet
+and pool work around each. Here:
 
 - SQLite: connections of our own, in a thread of our own (one worker, which opens them and
   alone uses them): one thread hop per statement. Not on the event loop: a primary-key lookup is
   microseconds from the page cache, but a miss (or the WAL index rebuilt after a crash) is a
   disk read, which would stall every connection of the worker. Reads go through a read-only
   connection: in WAL mode a reader never waits for the writer, and this one never waits at all
-  (busy timeout 0). The reservation goes through a second connection, in autocommit, so the
-  UPDATE is its own transaction, committed when it has run; it waits for another writer at most
-  ``SQLITE_WRITE_WAIT_S`` (the settlement of the download before it on the same connection
-  usually holds the lock for a moment), which reads queued behind it in the thread wait too.
-- PostgreSQL: an asyncpg pool of our own: the prepared statement, one round trip; outside a
+  (busy timeout 0). Writes go through a second connection in autocommit, so an UPDATE is its
+  own transaction, committed when it has run; in one thread, this process's reservations and
+  settlements never wait for each other, and another writer (another process, a job) is waited
+  for at most ``SQLITE_WRITE_WAIT_S``, which statements queued behind it in the thread wait too.
+- PostgreSQL: an asyncpg pool of our own: the prepared statement, one round trip, outside a
   transaction, so an UPDATE commits by itself. Its connections only ever run such single
   statements, so there is nothing to reset on release (asyncpg's default reset is a round trip
   of its own). No ping: a connection that died is found by the statement, and the request goes
@@ -28,13 +30,14 @@ does, whose errors (503 for an outage) are the ones a client sees. After a Postg
 the lookup stands aside for ``PAUSE_AFTER_FAILURE_S``, so an outage costs requests one attempt
 at connecting, not two each.
 
-A reservation skipped here is made again the usual way. Nothing was written when SQLite or
-PostgreSQL refused the UPDATE (a statement outside a transaction that fails is undone whole).
-Only a PostgreSQL connection lost, or the wait run out, after the UPDATE was sent leaves it
-unknown: if it was written all the same, the download holds its bytes twice, and the copy that
-nothing settles lapses with its lease, as a crashed process's does (delivery/reservation.py).
-That errs against the client, never over the budget. (A settlement could not be retried so:
-applied twice, it would give back bytes that were sent. It stays the usual way.)
+A write is done again the usual way only where it surely was not done here: SQLite and
+PostgreSQL refused it (a statement outside a transaction that fails is undone whole), or it was
+never sent. A PostgreSQL connection lost, or the wait run out, once the UPDATE was sent leaves
+its outcome unknown (``OutcomeUnknown``). A reservation is made again all the same: if the first
+was written too, the download holds its bytes twice, and the copy that nothing settles lapses
+with its lease, as a crashed process's does (delivery/reservation.py), which errs against the
+client and never over the budget. A settlement is not: applied twice, it would give back bytes
+that were sent. It is then left to the lease, as one whose database is unavailable already was.
 """
 
 from __future__ import annotations
@@ -55,16 +58,24 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
 
 from mediasvc.db.file_row import COLUMNS, FileRow, row_query
-from mediasvc.db.repository import reservation_params, reservation_update
+from mediasvc.db.repository import (
+    reservation_params,
+    reservation_update,
+    settlement_params,
+    settlement_update,
+)
 
 PAUSE_AFTER_FAILURE_S = 5.0
-# The lookup's whole wait: a connection (opening one included) and the SELECT. Short, since
+# The lookup's whole wait: a connection (opening one included) and the statement. Short, since
 # giving up costs only the usual path, which waits for the database as long as it must
 # (db/session.py): a database that does not answer is waited on about once, not twice.
 TIMEOUT_S = 1.0
-# How long the SQLite reservation waits for another writer (a settlement usually holds the lock
-# well under a millisecond): short, since reads queued in the lookup's thread wait as long.
+# How long a SQLite write waits for another writer (one UPDATE holds the lock well under a
+# millisecond): short, since the statements queued in the lookup's thread wait as long.
 SQLITE_WRITE_WAIT_S = 0.05
+# How long a PostgreSQL settlement, once sent, waits for its row and its answer: past it, it is
+# left to the lease (its outcome unknown), so as long as the usual path would reasonably wait.
+SETTLEMENT_WAIT_S = 30.0
 # Keyword arguments SQLAlchemy's asyncpg dialect takes for itself (not asyncpg.connect's).
 _SQLALCHEMY_ONLY = frozenset(
     {"async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func"}
@@ -72,8 +83,12 @@ _SQLALCHEMY_ONLY = frozenset(
 
 
 class LookupSkipped(Exception):
-    """It could not be done this way (nothing was written, or see the module docstring): do it
-    the usual way."""
+    """It could not be done this way: do it the usual way (but see ``OutcomeUnknown``)."""
+
+
+class OutcomeUnknown(LookupSkipped):
+    """The statement was sent, and what became of it is unknown (a connection lost, the wait
+    over): a read or a reservation may be done again the usual way, a settlement may not."""
 
 
 class RowLookup(Protocol):
@@ -83,6 +98,11 @@ class RowLookup(Protocol):
         self, uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
     ) -> int | None:
         """``repository.reserve_bytes``: ``repository.reservation_update`` run and committed."""
+        ...
+
+    async def settle_reservation(self, uid: str, reserved: int, sent: int) -> None:
+        """``repository.settle_reservation``: ``repository.settlement_update`` run and
+        committed; ``OutcomeUnknown`` when it may have been."""
         ...
 
     async def close(self) -> None: ...
@@ -127,6 +147,7 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         self.row = _Statement(row_query(), dialect)
         self.reservation = _Statement(reservation_update(), dialect)
+        self.settlement = _Statement(settlement_update(), dialect)
 
     def file_row(self, values: Sequence[Any]) -> FileRow:
         return FileRow(**dict(zip(COLUMNS, self.row.values(values), strict=True)))
@@ -206,6 +227,11 @@ class SqliteLookup:
         rows = await self._run(self._write, reservation.sql, reservation.args(params))
         return _reserved_total(rows)
 
+    async def settle_reservation(self, uid: str, reserved: int, sent: int) -> None:
+        settlement = self._statements.settlement
+        args = settlement.args(settlement_params(uid, reserved, sent))
+        await self._run(self._write, settlement.sql, args)
+
     async def close(self) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
@@ -236,16 +262,27 @@ class PostgresLookup:
                 )
         return self._pool
 
-    async def _fetchrow(self, sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
-        """The statement's one row (None: no row), run outside a transaction."""
+    async def _fetchrow(
+        self, sql: str, args: Sequence[Any], *, settles: bool = False
+    ) -> asyncpg.Record | None:
+        """The statement's one row (None: no row), run outside a transaction, the whole of it
+        within ``TIMEOUT_S``; a settlement's statement, once sent, within
+        ``SETTLEMENT_WAIT_S``."""
         if time.monotonic() < self._resume_at:
             raise LookupSkipped("paused after a failure")
+        sent = False
         try:
-            async with asyncio.timeout(TIMEOUT_S):
+            async with asyncio.timeout(TIMEOUT_S) as wait:
                 pool = self._pool or await self._opened()
-                return await pool.fetchrow(sql, *args)
+                async with pool.acquire() as connection:
+                    sent = True  # from here on, the server may have run it
+                    if settles:
+                        wait.reschedule(asyncio.get_running_loop().time() + SETTLEMENT_WAIT_S)
+                    return await connection.fetchrow(sql, *args)
         except _ASYNCPG_FAILURES as exc:
             self._resume_at = time.monotonic() + PAUSE_AFTER_FAILURE_S
+            if sent and not isinstance(exc, asyncpg.PostgresError):
+                raise OutcomeUnknown(str(exc)) from exc
             raise LookupSkipped(str(exc)) from exc
 
     async def file_row(self, uid: str) -> FileRow | None:
@@ -260,6 +297,11 @@ class PostgresLookup:
         params = reservation_params(uid, n, budget, now=now, lease_until=lease_until)
         values = await self._fetchrow(reservation.sql, reservation.args(params))
         return _reserved_total([] if values is None else [tuple(values)])
+
+    async def settle_reservation(self, uid: str, reserved: int, sent: int) -> None:
+        settlement = self._statements.settlement
+        args = settlement.args(settlement_params(uid, reserved, sent))
+        await self._fetchrow(settlement.sql, args, settles=True)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -285,7 +327,7 @@ async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
 
 def lookup_for(url: URL, dialect: Dialect, *, pool_size: int) -> RowLookup | None:
     """The lookup for the database at ``url``; None where there is none (an in-memory or
-    URI-configured SQLite database: the usual path reads and reserves)."""
+    URI-configured SQLite database: the usual path reads and writes it)."""
     if url.get_backend_name() == "sqlite":
         if url.query or url.database in (None, "", ":memory:"):
             return None

@@ -30,7 +30,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.dml import ReturningUpdate, Update
 
 from mediasvc.db import outbox
 from mediasvc.db.models import (
@@ -342,21 +343,34 @@ async def renew_reservations(session: AsyncSession, uid: str, lease_until: datet
     await session.commit()
 
 
-async def settle_reservation(session: AsyncSession, uid: str, reserved: int, sent: int) -> None:
-    """Close a reservation of ``reserved`` bytes, ``sent`` of them sent: the rest is given back."""
-    unsent = reserved - min(sent, reserved)
+def settlement_update() -> Update:
+    """The UPDATE that closes a reservation of ``:reserved`` bytes of the row ``:file_uid``,
+    giving back the ``:unsent`` of them (``settlement_params``). Built once with parameters, so
+    a download's settlement (db/lookup.py) and ``settle_reservation`` run the same statement."""
 
-    def minus(column: ColumnElement[int], n: int) -> ColumnElement[int]:
+    def minus(column: InstrumentedAttribute[int], name: str) -> ColumnElement[int]:
+        n = bindparam(name, type_=column.type)
         return case((column > n, column - n), else_=0)
 
-    await session.execute(
+    return (
         update(FileRecord)
-        .where(FileRecord.uid == uid)
+        .where(FileRecord.uid == bindparam("file_uid"))
         .values(
-            bytes_served=minus(FileRecord.bytes_served, unsent),  # type: ignore[arg-type]
-            bytes_reserved=minus(FileRecord.bytes_reserved, reserved),  # type: ignore[arg-type]
+            bytes_served=minus(FileRecord.bytes_served, "unsent"),
+            bytes_reserved=minus(FileRecord.bytes_reserved, "reserved"),
         )
     )
+
+
+def settlement_params(uid: str, reserved: int, sent: int) -> dict[str, Any]:
+    """``settlement_update``'s parameters: ``sent`` of ``reserved`` bytes were sent."""
+    return {"file_uid": uid, "reserved": reserved, "unsent": reserved - min(sent, reserved)}
+
+
+async def settle_reservation(session: AsyncSession, uid: str, reserved: int, sent: int) -> None:
+    """Close a reservation of ``reserved`` bytes, ``sent`` of them sent: the rest is given back
+    (``settlement_update``), and commit."""
+    await session.execute(settlement_update(), settlement_params(uid, reserved, sent))
     await session.commit()
 
 

@@ -60,10 +60,9 @@ class Reservation:
             return
         self._settled = True
         try:
-            async with self._db.session() as session:
-                await repository.settle_reservation(
-                    session, self._uid, self.reserved_bytes, sent_bytes
-                )
+            # One UPDATE where it can be (Database.settle_reservation): on a keep-alive
+            # connection, the next request's reservation waits for this one's row.
+            await self._db.settle_reservation(self._uid, self.reserved_bytes, sent_bytes)
         except DatabaseUnavailable:
             # The lease lapses and the next reservation drops it (in the client's favour).
             logger.warning("could not settle a download reservation of %s", self._uid)
