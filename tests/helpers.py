@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -679,6 +680,28 @@ async def database(url: str) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.dispose()
+
+
+async def add_file(db: Database, **values: object) -> FileRecord:
+    """A row of a 1234-byte video (``values`` set on it), as the ORM reads it back."""
+    now = datetime.now(UTC)
+    record = FileRecord(
+        uid=secrets.token_hex(13),
+        original_name="clip.mp4",
+        format="video/mp4",
+        size=1234,
+        sha256="ab" * 32,
+        created_at=now,
+        delete_token_hash="cd" * 32,
+        **values,
+    )
+    async with db.session() as session:
+        session.add(record)
+        await session.commit()
+    async with db.session() as session:
+        stored = await session.get(FileRecord, record.uid)
+    assert stored is not None
+    return stored
 
 
 @asynccontextmanager

@@ -10,22 +10,39 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
+import asyncpg
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import make_url, select, update
 
 from mediasvc.app import create_app
 from mediasvc.config import Settings
+from mediasvc.db import repository
+from mediasvc.db.lookup import (
+    TIMEOUT_S,
+    LookupSkipped,
+    OutcomeUnknown,
+    PostgresLookup,
+    RowLookup,
+    SqliteLookup,
+)
 from mediasvc.db.models import FileRecord
-from mediasvc.db.session import make_engine
+from mediasvc.db.session import Database, make_engine
+from mediasvc.delivery.reservation import Reservation
 from tests.conftest import RunningServer
 from tests.helpers import (
+    add_file,
     assert_gone,
+    database,
     random_bytes,
     stalled_reader,
     upload_data,
@@ -61,6 +78,15 @@ async def reservation_opened(database_url: str, uid: str) -> None:
     """Wait (bounded) until a download of ``uid`` holds a reservation."""
     await anyio.to_thread.run_sync(
         lambda: wait_until(lambda: budget_row_now(database_url, uid)[1] > 0, "the reservation")
+    )
+
+
+async def reservations_settled(database_url: str, uid: str) -> None:
+    """Wait (bounded) until no download of ``uid`` holds a reservation."""
+    await anyio.to_thread.run_sync(
+        lambda: wait_until(
+            lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
+        )
     )
 
 
@@ -104,11 +130,7 @@ async def test_a_refusal_due_to_a_running_download_is_503_and_the_file_stays(
             assert (await budget_row(database_url, uid))[2] is None
         finally:
             first.close()  # the first client gives up: what it did not take comes back
-        await anyio.to_thread.run_sync(
-            lambda: wait_until(
-                lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
-            )
-        )
+        await reservations_settled(database_url, uid)
         served, _, gone = await budget_row(database_url, uid)
         assert gone is None
         assert served < len(data) // 2
@@ -134,6 +156,8 @@ async def test_metadata_counts_what_was_sent_not_what_running_downloads_hold(
         uid, url = await limited_file(http, data, 1)
         short = await http.get(url, headers={"Range": "bytes=0-65999"})
         assert short.status_code == 206
+        # Its settlement runs after its last byte: let it land before the next one reserves.
+        await reservations_settled(database_url, uid)
         reader = stalled_reader(server.base_url, url)
         try:
             read_some(reader, 66_000)
@@ -163,11 +187,7 @@ async def test_aborted_downloads_are_charged_what_was_sent_not_what_was_read(
                 await reservation_opened(database_url, uid)
             finally:
                 reader.close()
-            await anyio.to_thread.run_sync(
-                lambda: wait_until(
-                    lambda: budget_row_now(database_url, uid)[1] == 0, "the reservation settled"
-                )
-            )
+            await reservations_settled(database_url, uid)
             charged = (await budget_row(database_url, uid))[0] - total_charged
             total_charged += charged
             # What went to the kernel (our socket's send buffer and the client's receive
@@ -256,3 +276,150 @@ async def test_concurrent_ranges_wait_for_each_other_then_fit_exactly(
     assert statuses[:5] == [206] * 5
     assert statuses[5] in (410, 503)  # refused: used up, or held by the others
     assert (await budget_row(settings.database_url, meta["uid"]))[:2] == (1500, 0)
+
+
+# --- the reservation and the settlement in one statement each (db/lookup.py) ---------------------
+
+# A file of 1234 bytes (tests.helpers.add_file) with 3 downloads: 3 × 1234 + 617 bytes.
+BUDGET = 3 * 1234 + 617
+ASK = 300  # 14 of these fit (4200 bytes), a 15th does not
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def the_usual_way(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many reservations and settlements went the usual (ORM) way."""
+    calls: Counter[str] = Counter()
+    for name in ("reserve_bytes", "settle_reservation"):
+        original = getattr(repository, name)
+
+        monkeypatch.setattr(repository, name, _counting(calls, name, original))
+    return calls
+
+
+def _counting(calls: Counter[str], name: str, original: Any) -> Any:
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[name] += 1
+        return await original(*args, **kwargs)
+
+    return counted
+
+
+async def reserve(db: Database, uid: str, n: int = ASK) -> int | None:
+    now = datetime.now(UTC)
+    return await db.reserve_bytes(uid, n, BUDGET, now=now, lease_until=now + LEASE)
+
+
+async def test_concurrent_reservations_in_one_statement_grant_exactly_the_budget(
+    empty_db_url: str, the_usual_way: Counter[str]
+) -> None:
+    """Forty downloads reserve at once, through two workers' lookups: exactly the 14 that fit are
+    granted, each one statement; what they did not send comes back (a client that went away)."""
+    async with database(empty_db_url) as one, database(empty_db_url) as other:
+        record = await add_file(one, max_downloads=3)
+        workers = (one, other)
+        totals = await asyncio.gather(*(reserve(workers[i % 2], record.uid) for i in range(40)))
+        granted = sorted(total for total in totals if total is not None)
+        assert granted == [ASK * i for i in range(1, 15)]
+        assert await budget_row(empty_db_url, record.uid) == (14 * ASK, 14 * ASK, None)
+        # Half of them sent everything, the others 100 bytes before their client left.
+        await asyncio.gather(
+            *(
+                Reservation(workers[i % 2], record.uid, ASK, lease_s=60).settle(
+                    ASK if i % 2 else 100
+                )
+                for i in range(14)
+            )
+        )
+        assert await budget_row(empty_db_url, record.uid) == (7 * ASK + 7 * 100, 0, None)
+    assert the_usual_way == {}  # neither lookup had to step aside
+
+
+async def test_reservations_beside_the_usual_way_grant_exactly_the_budget(
+    empty_db_url: str,
+) -> None:
+    """The lean UPDATE and the ORM's transaction at once, as in a worker whose lookup stepped
+    aside beside one whose did not: the database, not the process, keeps the budget."""
+    async with database(empty_db_url) as db:
+        record = await add_file(db, max_downloads=3)
+
+        async def the_usual(uid: str) -> int | None:
+            now = datetime.now(UTC)
+            async with db.session() as session:
+                return await repository.reserve_bytes(
+                    session, uid, ASK, BUDGET, now=now, lease_until=now + LEASE
+                )
+
+        totals = await asyncio.gather(
+            *((reserve(db, record.uid) if i % 2 else the_usual(record.uid)) for i in range(40))
+        )
+        granted = sorted(total for total in totals if total is not None)
+        assert granted == [ASK * i for i in range(1, 15)]
+        assert await budget_row(empty_db_url, record.uid) == (14 * ASK, 14 * ASK, None)
+
+
+@asynccontextmanager
+async def row_locked(database_url: str, uid: str) -> AsyncIterator[None]:
+    """Another writer holds the file's row (SQLite: the database's write lock) in a transaction."""
+    if database_url.startswith("sqlite"):
+        holder = sqlite3.connect(make_url(database_url).database or "", isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            holder.close()  # rolled back
+        return
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        async with connection.transaction():
+            await connection.execute("SELECT 1 FROM files WHERE uid = $1 FOR UPDATE", uid)
+            yield
+    finally:
+        await connection.close()
+
+
+async def test_a_reservation_the_lookup_cannot_make_is_made_the_usual_way(
+    empty_db_url: str, the_usual_way: Counter[str]
+) -> None:
+    """The row held longer than the lookup waits (SQLITE_WRITE_WAIT_S, TIMEOUT_S): the ORM's
+    transaction waits for it, and the reservation is made once."""
+    async with database(empty_db_url) as db:
+        record = await add_file(db, max_downloads=3)
+        async with row_locked(empty_db_url, record.uid):
+            reserving = asyncio.ensure_future(reserve(db, record.uid))
+            await asyncio.sleep(TIMEOUT_S + 0.5)
+            assert not reserving.done()
+        assert await reserving == ASK
+        assert the_usual_way["reserve_bytes"] == 1
+        assert await budget_row(empty_db_url, record.uid) == (ASK, ASK, None)
+
+
+async def test_a_settlement_is_done_the_usual_way_only_if_it_surely_was_not_done(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, the_usual_way: Counter[str]
+) -> None:
+    """Skipped (nothing written): the ORM settles. Its outcome unknown (a connection lost after
+    the UPDATE was sent, and the server had run it): not again, or the refund would be
+    given twice; the download's warning says so, as for a database that is down."""
+    lookup_class = SqliteLookup if empty_db_url.startswith("sqlite") else PostgresLookup
+    settle = lookup_class.settle_reservation
+    async with database(empty_db_url) as db:
+        record = await add_file(db, max_downloads=3)
+        for _ in range(3):
+            assert await reserve(db, record.uid) is not None
+
+        async def skipped(*_args: Any) -> None:
+            raise LookupSkipped("locked")
+
+        monkeypatch.setattr(lookup_class, "settle_reservation", skipped)
+        await Reservation(db, record.uid, ASK, lease_s=60).settle(100)
+        assert the_usual_way["settle_reservation"] == 1
+        assert await budget_row(empty_db_url, record.uid) == (2 * ASK + 100, 2 * ASK, None)
+
+        async def done_then_lost(lookup: RowLookup, *args: Any) -> None:
+            await settle(lookup, *args)  # type: ignore[arg-type]
+            raise OutcomeUnknown("connection was closed in the middle of operation")
+
+        monkeypatch.setattr(lookup_class, "settle_reservation", done_then_lost)
+        await Reservation(db, record.uid, ASK, lease_s=60).settle(50)
+        assert the_usual_way["settle_reservation"] == 1
+        assert await budget_row(empty_db_url, record.uid) == (ASK + 150, ASK, None)

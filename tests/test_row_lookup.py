@@ -5,11 +5,10 @@ connection PostgreSQL terminated, a server that is down)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ import asyncpg
 import pytest
 from sqlalchemy import make_url
 
+from mediasvc.db import repository
 from mediasvc.db.file_row import FileRow, row_query
 from mediasvc.db.lookup import (
     LookupSkipped,
@@ -31,28 +31,7 @@ from mediasvc.db.models import FileRecord
 from mediasvc.db.session import Database
 from mediasvc.errors import DatabaseUnavailable
 from tests.conftest import PG_SERVER, free_port
-from tests.helpers import database, own_postgres_database
-
-
-async def add_file(db: Database, **values: object) -> FileRecord:
-    now = datetime.now(UTC)
-    record = FileRecord(
-        uid=secrets.token_hex(13),
-        original_name="clip.mp4",
-        format="video/mp4",
-        size=1234,
-        sha256="ab" * 32,
-        created_at=now,
-        delete_token_hash="cd" * 32,
-        **values,
-    )
-    async with db.session() as session:
-        session.add(record)
-        await session.commit()
-    async with db.session() as session:
-        stored = await session.get(FileRecord, record.uid)
-    assert stored is not None
-    return stored
+from tests.helpers import add_file, database, own_postgres_database
 
 
 async def test_the_lookup_reads_what_the_orm_reads(empty_db_url: str) -> None:
@@ -83,6 +62,54 @@ async def test_the_lookup_reads_what_the_orm_reads(empty_db_url: str) -> None:
         # And through the Database, which the download route asks.
         assert await db.file_row(limited.uid) == FileRow.of(limited)
         assert await db.file_row("x" * 26) is None
+
+
+async def test_the_lookup_writes_what_the_orm_writes(empty_db_url: str) -> None:
+    """The reservation (dropping a lapsed one, refusing past the budget or on a tombstone) and
+    the settlement leave the row as ``repository``'s do: they are the same statements."""
+    async with database(empty_db_url) as db:
+        now = datetime.now(UTC)
+        lapsed = {
+            "max_downloads": 1,  # budget 1234 + 617
+            "bytes_served": 1500,
+            "bytes_reserved": 1000,  # its process died: 500 bytes were sent before
+            "reservations_expire_at": now - timedelta(seconds=1),
+        }
+        lease_until = now + timedelta(minutes=5)
+        lookup = lookup_for(make_url(empty_db_url), db.engine.dialect, pool_size=2)
+        assert lookup is not None
+        rows: list[tuple[object, ...]] = []
+        try:
+            for lean in (True, False):
+                record = await add_file(db, **lapsed)
+                gone = await add_file(db, max_downloads=1, gone_reason="deleted", gone_at=now)
+                async with db.session() as session:
+
+                    async def reserve(uid: str, n: int, lean: bool = lean) -> int | None:
+                        if lean:
+                            return await lookup.reserve_bytes(
+                                uid, n, 1851, now=now, lease_until=lease_until
+                            )
+                        return await repository.reserve_bytes(
+                            session, uid, n, 1851, now=now, lease_until=lease_until
+                        )
+
+                    assert await reserve(record.uid, 1000) == 1500
+                    assert await reserve(record.uid, 352) is None  # 1852 > 1851
+                    assert await reserve(gone.uid, 1) is None
+                    if lean:
+                        await lookup.settle_reservation(record.uid, 1000, 400)
+                    else:
+                        await repository.settle_reservation(session, record.uid, 1000, 400)
+                async with db.session() as session:
+                    stored = await session.get(FileRecord, record.uid)
+                assert stored is not None
+                rows.append(
+                    (stored.bytes_served, stored.bytes_reserved, stored.reservations_expire_at)
+                )
+        finally:
+            await lookup.close()
+        assert rows[0] == rows[1] == (900, 0, lease_until)
 
 
 @asynccontextmanager
@@ -139,11 +166,11 @@ async def test_the_sqlite_lookup_reads_in_one_thread_of_its_own(
     threads: list[threading.Thread] = []
     read = SqliteLookup._read
 
-    def held_read(lookup: SqliteLookup, uid: str) -> list[Any]:
+    def held_read(lookup: SqliteLookup, sql: str, args: Sequence[Any]) -> list[Any]:
         threads.append(threading.current_thread())
         entered.set()
         release.wait(timeout=60)
-        return read(lookup, uid)
+        return read(lookup, sql, args)
 
     monkeypatch.setattr(SqliteLookup, "_read", held_read)
     async with sqlite_lookup(tmp_path) as (lookup, record, _):

@@ -15,8 +15,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, func, not_, or_, select, tuple_, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    case,
+    func,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.dml import ReturningUpdate, Update
 
 from mediasvc.db import outbox
 from mediasvc.db.models import (
@@ -239,7 +254,7 @@ async def touch_many(session: AsyncSession, accessed_at: dict[str, datetime]) ->
     await session.commit()
 
 
-def _live_reserved(now: datetime) -> ColumnElement[int]:
+def _live_reserved(now: datetime | BindParameter[datetime]) -> ColumnElement[int]:
     """The open reservations that still hold: none once their lease has lapsed."""
     return case(
         (FileRecord.reservations_expire_at > now, FileRecord.bytes_reserved),
@@ -247,20 +262,23 @@ def _live_reserved(now: datetime) -> ColumnElement[int]:
     )
 
 
-async def reserve_bytes(
-    session: AsyncSession, uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
-) -> int | None:
-    """Reserve ``n`` bytes if they fit in ``budget``, in one atomic UPDATE; the new total.
-
-    Reservations whose lease lapsed (their process died) are dropped in the same statement.
-    """
+def reservation_update() -> ReturningUpdate[int]:
+    """The one atomic UPDATE that reserves ``:n`` bytes of the row ``:file_uid`` if they fit in
+    ``:budget``, dropping the reservations whose lease lapsed by ``:now`` (their process died)
+    and holding the rest until ``:lease_until`` at least; it returns the new ``bytes_served``,
+    and no row if they do not fit. Built once with parameters, so the download's reservation
+    (db/lookup.py) and ``reserve_bytes`` run the same statement."""
+    now = bindparam("now", type_=FileRecord.reservations_expire_at.type)
+    lease_until = bindparam("lease_until", type_=FileRecord.reservations_expire_at.type)
+    n = bindparam("n", type_=FileRecord.bytes_served.type)
     lapsed = FileRecord.bytes_reserved - _live_reserved(now)
-    result = await session.execute(
+    return (
         update(FileRecord)
         .where(
-            FileRecord.uid == uid,
+            FileRecord.uid == bindparam("file_uid"),
             _LIVE,
-            FileRecord.bytes_served - lapsed + n <= budget,
+            FileRecord.bytes_served - lapsed + n
+            <= bindparam("budget", type_=FileRecord.bytes_served.type),
         )
         .values(
             bytes_served=FileRecord.bytes_served - lapsed + n,
@@ -275,6 +293,26 @@ async def reserve_bytes(
         )
         .returning(FileRecord.bytes_served)
     )
+
+
+def reservation_params(
+    uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
+) -> dict[str, Any]:
+    """``reservation_update``'s parameters."""
+    return {"file_uid": uid, "n": n, "budget": budget, "now": now, "lease_until": lease_until}
+
+
+async def reserve_bytes(
+    session: AsyncSession, uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
+) -> int | None:
+    """Reserve ``n`` bytes if they fit in ``budget``, in one atomic UPDATE
+    (``reservation_update``), and commit; the new total, None if they do not fit.
+
+    A download's reservation runs this statement without the ORM where it can
+    (``Database.reserve_bytes``); this is its usual way.
+    """
+    params = reservation_params(uid, n, budget, now=now, lease_until=lease_until)
+    result = await session.execute(reservation_update(), params)
     await session.commit()
     return result.scalar_one_or_none()
 
@@ -305,21 +343,34 @@ async def renew_reservations(session: AsyncSession, uid: str, lease_until: datet
     await session.commit()
 
 
-async def settle_reservation(session: AsyncSession, uid: str, reserved: int, sent: int) -> None:
-    """Close a reservation of ``reserved`` bytes, ``sent`` of them sent: the rest is given back."""
-    unsent = reserved - min(sent, reserved)
+def settlement_update() -> Update:
+    """The UPDATE that closes a reservation of ``:reserved`` bytes of the row ``:file_uid``,
+    giving back the ``:unsent`` of them (``settlement_params``). Built once with parameters, so
+    a download's settlement (db/lookup.py) and ``settle_reservation`` run the same statement."""
 
-    def minus(column: ColumnElement[int], n: int) -> ColumnElement[int]:
+    def minus(column: InstrumentedAttribute[int], name: str) -> ColumnElement[int]:
+        n = bindparam(name, type_=column.type)
         return case((column > n, column - n), else_=0)
 
-    await session.execute(
+    return (
         update(FileRecord)
-        .where(FileRecord.uid == uid)
+        .where(FileRecord.uid == bindparam("file_uid"))
         .values(
-            bytes_served=minus(FileRecord.bytes_served, unsent),  # type: ignore[arg-type]
-            bytes_reserved=minus(FileRecord.bytes_reserved, reserved),  # type: ignore[arg-type]
+            bytes_served=minus(FileRecord.bytes_served, "unsent"),
+            bytes_reserved=minus(FileRecord.bytes_reserved, "reserved"),
         )
     )
+
+
+def settlement_params(uid: str, reserved: int, sent: int) -> dict[str, Any]:
+    """``settlement_update``'s parameters: ``sent`` of ``reserved`` bytes were sent."""
+    return {"file_uid": uid, "reserved": reserved, "unsent": reserved - min(sent, reserved)}
+
+
+async def settle_reservation(session: AsyncSession, uid: str, reserved: int, sent: int) -> None:
+    """Close a reservation of ``reserved`` bytes, ``sent`` of them sent: the rest is given back
+    (``settlement_update``), and commit."""
+    await session.execute(settlement_update(), settlement_params(uid, reserved, sent))
     await session.commit()
 
 

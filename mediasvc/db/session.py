@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event, make_url
@@ -15,9 +16,10 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
+from mediasvc.db import repository
 from mediasvc.db.commit_window import CommitWindow
 from mediasvc.db.file_row import FileRow
-from mediasvc.db.lookup import LookupSkipped, lookup_for
+from mediasvc.db.lookup import LookupSkipped, OutcomeUnknown, lookup_for
 from mediasvc.db.models import FileRecord
 from mediasvc.db.outages import is_outage
 from mediasvc.db.outbox import PENDING_EVENTS_KEY
@@ -75,7 +77,8 @@ class Database:
         # autocommit). SQLite begins nothing for a read: its engine serves both.
         self._read_engine = make_read_engine(url) if url.startswith("postgresql") else None
         self._reads = async_sessionmaker(self._read_engine or self.engine, expire_on_commit=False)
-        # A download's row, read without SQLAlchemy where it can be (db/lookup.py).
+        # A download's row, and its budget's reservation and settlement, without SQLAlchemy
+        # where they can be (db/lookup.py).
         self._lookup = lookup_for(make_url(url), self.engine.dialect, pool_size=READ_POOL_SIZE)
         self.on_events: OnEvents | None = None
         # A Session class of this Database's own, so its commit hooks see only its sessions.
@@ -110,6 +113,38 @@ class Database:
         async with self.read() as session:
             record = await session.get(FileRecord, uid)
         return None if record is None else FileRow.of(record)
+
+    async def reserve_bytes(
+        self, uid: str, n: int, budget: int, *, now: datetime, lease_until: datetime
+    ) -> int | None:
+        """``repository.reserve_bytes`` (the new total, None if ``n`` does not fit), in one
+        statement where the lookup can, else through a session (whose errors are raised)."""
+        if self._lookup is not None:
+            try:
+                return await self._lookup.reserve_bytes(
+                    uid, n, budget, now=now, lease_until=lease_until
+                )
+            except LookupSkipped:
+                pass
+        async with self.session() as session:
+            return await repository.reserve_bytes(
+                session, uid, n, budget, now=now, lease_until=lease_until
+            )
+
+    async def settle_reservation(self, uid: str, reserved: int, sent: int) -> None:
+        """``repository.settle_reservation``, in one statement where the lookup can, else
+        through a session; ``DatabaseUnavailable`` if it cannot be done (or may have been done:
+        done twice, it would give back what was sent)."""
+        if self._lookup is not None:
+            try:
+                await self._lookup.settle_reservation(uid, reserved, sent)
+                return
+            except OutcomeUnknown as exc:
+                raise DatabaseUnavailable("a settlement's outcome is unknown") from exc
+            except LookupSkipped:
+                pass
+        async with self.session() as session:
+            await repository.settle_reservation(session, uid, reserved, sent)
 
     @staticmethod
     @asynccontextmanager

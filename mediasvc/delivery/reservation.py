@@ -60,10 +60,9 @@ class Reservation:
             return
         self._settled = True
         try:
-            async with self._db.session() as session:
-                await repository.settle_reservation(
-                    session, self._uid, self.reserved_bytes, sent_bytes
-                )
+            # One UPDATE where it can be (Database.settle_reservation): on a keep-alive
+            # connection, the next request's reservation waits for this one's row.
+            await self._db.settle_reservation(self._uid, self.reserved_bytes, sent_bytes)
         except DatabaseUnavailable:
             # The lease lapses and the next reservation drops it (in the client's favour).
             logger.warning("could not settle a download reservation of %s", self._uid)
@@ -87,17 +86,15 @@ async def reserve(
     pause_s = POLL_FIRST_S
     while True:
         now = datetime.now(UTC)
+        # One UPDATE, without the ORM where it can be (Database.reserve_bytes): the first byte
+        # waits on it.
+        total = await db.reserve_bytes(
+            record.uid, n, budget, now=now, lease_until=now + timedelta(seconds=lease_s)
+        )
+        if total is not None:
+            return Reservation(db, record.uid, n, lease_s=lease_s), total
+        # Refused: why, and the file retired if it is used up, the usual way (no hurry).
         async with db.session() as session:
-            total = await repository.reserve_bytes(
-                session,
-                record.uid,
-                n,
-                budget,
-                now=now,
-                lease_until=now + timedelta(seconds=lease_s),
-            )
-            if total is not None:
-                return Reservation(db, record.uid, n, lease_s=lease_s), total
             state = await repository.budget_state(session, record.uid, now)
             if state is None:
                 raise Gone("the file is gone")
