@@ -186,3 +186,32 @@ def test_descriptors_unchanged_after_a_thousand_downloads_some_cut_mid_body(
     # Not more than before: the baseline may still hold a connection of the upload or the
     # database pool that has since closed; a leak would be one descriptor per download.
     assert descriptors(server.pid) <= before
+
+
+def test_a_slow_reader_that_keeps_reading_outlasts_the_send_timeout(
+    pg_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """A whole Range goes in one zero-copy message: the send timeout is on the client taking
+    nothing (the file's position not moving), not on the message, so a slow, steady reader
+    gets everything even though the body takes several timeouts."""
+    server = pg_server(download_send_timeout_s=1)
+    size = 8 * MiB
+    data = random_bytes(size, seed=185)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    uid = upload(server, path)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # little held by us
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        request = f"GET /api/v1/files/{uid} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        sock.sendall(request.encode())
+        raw = b""
+        started = time.monotonic()
+        while piece := sock.recv(128 * 1024):
+            raw += piece
+            time.sleep(0.05)  # at most 2.6 MB/s: over three seconds for the whole body
+        took = time.monotonic() - started
+    assert raw.partition(b"\r\n\r\n")[2] == data
+    assert took > 2.0  # the body took twice the timeout and more, and was not cut

@@ -428,8 +428,11 @@ class MediasvcHttpProtocol(HttpToolsProtocol):
 # It is offered on plain-TCP connections only (with TLS the kernel cannot see the plaintext).
 # Neither uvloop nor asyncio's ``loop.sendfile`` fits: uvloop has none, and both refuse a watcher
 # on a transport's descriptor. So the bytes go with ``os.sendfile`` on the socket, non-blocking;
-# when the kernel's buffer is full we wait for writability on a duplicate of the descriptor (held
-# only while waiting, so an abort's reset is never delayed by it). Order is kept: what uvicorn
+# when the kernel's buffer is full we wait for writability on a duplicate of the descriptor,
+# watched from the message's first full buffer to its end (one watcher per message, not per
+# wait: a 64 MiB Range fills the buffer ~20 times) and closed then, so an abort's reset is never
+# delayed by it. Without ``offset`` the kernel moves the file's position as it sends, so the app
+# can watch a long send progress (the download's send timeout). Order is kept: what uvicorn
 # buffered (the head, earlier body messages) is flushed first; flow control is honoured (a paused
 # transport is drained first, a full socket waited on); a client that went away ends the send
 # with what the kernel took (the connection is aborted, the app sees ``http.disconnect``), as
@@ -465,6 +468,7 @@ class ZeroCopySender:
         self._loop = loop
         self._socket_fd = socket_fd
         self._waiter: asyncio.Future[None] | None = None
+        self._watched_fd: int | None = None  # a duplicate of the socket, while a send waits
 
     @classmethod
     def for_transport(
@@ -508,10 +512,9 @@ class ZeroCopySender:
             if count:
                 if chunked:
                     self._transport.write(b"%x\r\n" % count)
-                sent = await self._sendfile(cycle, fd, offset, count)
+                # From the file's position, the kernel moves it as it sends.
+                sent = await self._sendfile(cycle, fd, None if from_position else offset, count)
         finally:
-            if from_position:
-                os.lseek(fd, offset + sent, os.SEEK_SET)
             if not chunked:
                 cycle.expected_content_length -= sent
         if sent < count:
@@ -522,28 +525,35 @@ class ZeroCopySender:
             # uvicorn completes the response: the last chunk, keep-alive or close, the pipeline.
             await cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _sendfile(self, cycle: RequestResponseCycle, fd: int, offset: int, count: int) -> int:
+    async def _sendfile(
+        self, cycle: RequestResponseCycle, fd: int, offset: int | None, count: int
+    ) -> int:
         """Bytes of ``fd`` the kernel took for the socket: ``count``, or fewer if the client went
-        away. Raises RuntimeError if the file ends first."""
-        while self._transport.get_write_buffer_size() and not self._gone(cycle):
-            await self._writable()  # what uvicorn buffered goes first
+        away. From ``offset``, or the file's position (moved as it goes) when None. Raises
+        RuntimeError if the file ends first."""
         sent = 0
-        while sent < count and not self._gone(cycle):
-            try:
-                sent += self._sendfile_once(fd, offset + sent, count - sent)
-            except BlockingIOError:
-                await self._writable()
-            except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                    raise
-                self._transport.abort()  # uvicorn sees the loss; the app a disconnect
-                break
+        try:
+            while self._transport.get_write_buffer_size() and not self._gone(cycle):
+                await self._writable()  # what uvicorn buffered goes first
+            while sent < count and not self._gone(cycle):
+                try:
+                    at = None if offset is None else offset + sent
+                    sent += self._sendfile_once(fd, at, count - sent)
+                except BlockingIOError:
+                    await self._writable()
+                except OSError as exc:
+                    if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                        raise
+                    self._transport.abort()  # uvicorn sees the loss; the app a disconnect
+                    break
+        finally:
+            self._unwatch()
         # A client that takes everything at once never makes us wait: one loop turn per message
         # all the same, or a whole file's messages would starve every other connection.
         await asyncio.sleep(0)
         return sent
 
-    def _sendfile_once(self, fd: int, offset: int, count: int) -> int:
+    def _sendfile_once(self, fd: int, offset: int | None, count: int) -> int:
         sent = os.sendfile(self._socket_fd, fd, offset, count)
         if sent == 0:
             raise RuntimeError(f"the file ended {count} bytes before the range sent from it")
@@ -554,15 +564,21 @@ class ZeroCopySender:
 
     async def _writable(self) -> None:
         """Until the socket takes more (or the connection is lost)."""
-        fd = os.dup(self._socket_fd)  # the loop refuses a watcher on the transport's own
+        if self._watched_fd is None:
+            fd = os.dup(self._socket_fd)  # the loop refuses a watcher on the transport's own
+            self._loop.add_writer(fd, self._wake)
+            self._watched_fd = fd
         waiter = self._waiter = self._loop.create_future()
-        self._loop.add_writer(fd, self._wake)
         try:
             await waiter
         finally:
+            self._waiter = None
+
+    def _unwatch(self) -> None:
+        fd, self._watched_fd = self._watched_fd, None
+        if fd is not None:
             self._loop.remove_writer(fd)
             os.close(fd)
-            self._waiter = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
