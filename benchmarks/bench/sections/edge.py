@@ -2,19 +2,22 @@
 alone (sendfile), mediasvc direct (zero-copy send), mediasvc through the nginx edge with
 offload (X-Accel-Redirect) and without; the full file, the last 64 MiB, and 1 MiB Ranges at
 random offsets (a player's seek, where the first byte dominates: TTFB from a raw socket);
-and an upload through the edge against one straight to the API."""
+and an upload through the edge against one straight to the API, with the CPU per GiB of each
+process it crosses and how many cores were busy."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Callable
 
-from bench.base import MB, BenchError, log
+from bench.base import MB, BenchError, GiB, log
 from bench.context import Run
 from bench.curl import curl
 from bench.edge import start_edges
 from bench.mediasvc_ops import ensure_download_files, mediasvc_delete
+from bench.procfs import descendants_of, machine_busy, total_cpu_seconds
 from bench.stats import round_order
 from bench.ttfb import range_ttfb_ms
 
@@ -68,14 +71,35 @@ def section_edge(r: Run) -> None:
 
 
 def upload_round(r: Run, rnd: int) -> None:
-    """512 MiB with curl -T, straight to the API and through the edge (the offloading node)."""
-    targets = [("direct", r.servers["mediasvc"].base), ("edge", r.servers["edge"].base)]
-    for key, base in round_order(targets, rnd):
+    """512 MiB with curl -T, straight to the API and through the edge (the offloading node),
+    with the CPU each process spent on it: on 2 cores the edge's share is what limits it."""
+    edge, direct, node = r.servers["edge"], r.servers["mediasvc"], r.servers["mediasvc_offload"]
+    nginx = [edge.pid, *descendants_of(edge.pid)]
+    targets = [("direct", direct.base, [direct.pid], []), ("edge", edge.base, [node.pid], nginx)]
+    gib = r.cfg.small / GiB
+    for key, base, api, proxy in round_order(targets, rnd):
         body = r.tmp / f"edge-up-{key}.json"
+        api_s, proxy_s, clients_s = total_cpu_seconds(api), total_cpu_seconds(proxy), _children_s()
+        busy = machine_busy()
         info = curl(["-X", "POST", "-T", str(r.files["small"]), f"{base}/api/v1/files/stream"],
                     body_out=str(body))  # fmt: skip
+        busy_after = machine_busy()
+        cpu = (
+            total_cpu_seconds(api) - api_s,
+            total_cpu_seconds(proxy) - proxy_s,
+            _children_s() - clients_s,
+        )
+        r.samples.put(f"edge.up.{key}.cpu", rnd, tuple(seconds / gib for seconds in cpu))
+        cores = (os.cpu_count() or 1) * (busy_after[0] - busy[0]) / (busy_after[1] - busy[1])
+        r.samples.put(f"edge.up.{key}.busy", rnd, cores)
         r.samples.put(f"edge.up.{key}.mbps", rnd, r.cfg.small / float(info["time_total"]) / MB)
         mediasvc_delete(r.servers["mediasvc"].base, json.loads(body.read_text()))
+
+
+def _children_s() -> float:
+    """CPU seconds of this process's children that have ended (curl)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def report(r: Run, title: str, contenders: list[tuple[str, str, str]]) -> None:
@@ -110,3 +134,8 @@ def report(r: Run, title: str, contenders: list[tuple[str, str, str]]) -> None:
     r.derived(up, "edge / direct",
               lambda rnd: r.v("edge.up.edge.mbps", rnd) / r.v("edge.up.direct.mbps", rnd),
               target="≥ 0.9", check=lambda x: x >= 0.9)  # fmt: skip
+    for key, label in (("direct", "straight to the API"), ("edge", "through the edge")):
+        r.metric(up, f"{label}: CPU per GiB, API / nginx / curl", f"edge.up.{key}.cpu",
+                 "s / s / s", digits=2)  # fmt: skip
+        r.metric(up, f"{label}: cores busy (of {os.cpu_count()})", f"edge.up.{key}.busy",
+                 "cores", digits=2)  # fmt: skip
