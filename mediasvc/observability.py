@@ -182,16 +182,24 @@ class ObservabilityMiddleware:
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             elif kind == "download" and status < 300 and message["type"] in BODY_MESSAGES:
-                # A zero-copy send's count: what it asks the server to send (cut short only by
-                # a client that went away).
                 if message["type"] == ZEROCOPY_EXTENSION:
-                    sent += message["count"]
-                    metrics.bytes_out_zerocopy.inc(message["count"])  # a chunk: not too often
+                    # A whole range per message: count what the server took (the file's
+                    # position moved), not what was asked, which a client that went away cut
+                    # short.
+                    start = _file_position(message)
+                    try:
+                        await send(message)
+                    finally:
+                        took = _taken(message, start)
+                        sent += took
+                        metrics.bytes_out_zerocopy.inc(took)
                 else:
+                    await send(message)
                     sent += len(message.get("body", b""))
                 if sent - counted_out >= COUNTER_FLUSH_BYTES:
                     metrics.bytes_out.inc(sent - counted_out)
                     counted_out = sent
+                return
             await send(message)
 
         if kind == "upload":
@@ -290,3 +298,23 @@ def log_config(level: str) -> dict[str, Any]:
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def _file_position(message: Message) -> int | None:
+    """A zero-copy message's file position before it is sent (None when it gives an offset)."""
+    if message.get("offset") is not None:
+        return None
+    file = message["file"]
+    return os.lseek(file if isinstance(file, int) else file.fileno(), 0, os.SEEK_CUR)
+
+
+def _taken(message: Message, start: int | None) -> int:
+    """What the server took of a zero-copy message: how far the file's position moved, or, sent
+    from an offset (which says nothing of a cut), what was asked."""
+    if start is None:
+        return int(message.get("count") or 0)
+    file = message["file"]
+    try:
+        return os.lseek(file if isinstance(file, int) else file.fileno(), 0, os.SEEK_CUR) - start
+    except (OSError, ValueError):  # closed on an error path: the error is what matters
+        return 0

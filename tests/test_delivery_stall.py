@@ -32,7 +32,7 @@ async def sending(fd: int, steps: int, pause_s: float) -> None:
 
 async def test_a_send_that_keeps_moving_outlasts_the_timeout(fd: int) -> None:
     started = time.monotonic()
-    await send_while_moving(sending(fd, steps=20, pause_s=0.05), fd, timeout_s=0.2)
+    await send_while_moving(lambda: sending(fd, steps=20, pause_s=0.05), fd, timeout_s=0.2)
     assert time.monotonic() - started >= 1.0  # five timeouts long, never stalled
     assert os.lseek(fd, 0, os.SEEK_CUR) == 2000
 
@@ -40,7 +40,7 @@ async def test_a_send_that_keeps_moving_outlasts_the_timeout(fd: int) -> None:
 async def test_a_send_that_stops_moving_ends_after_the_timeout(fd: int) -> None:
     started = time.monotonic()
     with pytest.raises(Stalled):
-        await send_while_moving(sending(fd, steps=1, pause_s=60), fd, timeout_s=0.2)
+        await send_while_moving(lambda: sending(fd, steps=1, pause_s=60), fd, timeout_s=0.2)
     waited = time.monotonic() - started
     assert 0.2 <= waited < 30  # at the timeout (a quarter more at most on a quiet machine)
 
@@ -52,6 +52,6 @@ async def test_a_send_that_moves_then_stalls_ends_a_timeout_after_its_last_move(
 
     started = time.monotonic()
     with pytest.raises(Stalled):
-        await send_while_moving(moves_then_stalls(), fd, timeout_s=0.3)
+        await send_while_moving(moves_then_stalls, fd, timeout_s=0.3)
     assert time.monotonic() - started >= 0.5 + 0.3
     assert os.lseek(fd, 0, os.SEEK_CUR) == 500

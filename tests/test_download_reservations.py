@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -423,3 +424,58 @@ async def test_a_settlement_is_done_the_usual_way_only_if_it_surely_was_not_done
         await Reservation(db, record.uid, ASK, lease_s=60).settle(50)
         assert the_usual_way["settle_reservation"] == 1
         assert await budget_row(empty_db_url, record.uid) == (ASK + 150, ASK, None)
+
+
+async def reservation_lease(database_url: str, uid: str) -> datetime | None:
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            return (
+                await connection.execute(
+                    select(FileRecord.reservations_expire_at).where(FileRecord.uid == uid)
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.e2e
+async def test_a_slow_readers_reservation_is_renewed_while_one_long_send_runs(
+    serve: Callable[..., tuple[RunningServer, str]],
+) -> None:
+    """A zero-copy range is one message, however slowly the client reads it: the lease is
+    renewed beside the send, by time, not between messages (else a slow player's reservation
+    lapsed mid-range and the next download could overspend the budget)."""
+    server, database_url = serve(MEDIASVC_DOWNLOAD_RESERVATION_LEASE_S="10")
+    data = random_bytes(16 * MiB, seed=24)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
+        uid, url = await limited_file(http, data, 2)
+    reader = stalled_reader(server.base_url, url)
+    reader.settimeout(60)
+    received = [0]
+
+    def read_slowly() -> None:
+        """~1.3 MB/s: the 16 MiB take ~12 s, the server's last byte leaves ~3 s before that."""
+        while received[0] < len(data):
+            piece = reader.recv(65536)
+            assert piece, "the server closed the connection"
+            received[0] += len(piece)
+            time.sleep(0.05)
+
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(anyio.to_thread.run_sync, read_slowly)
+            await reservation_opened(database_url, uid)
+            first = await reservation_lease(database_url, uid)
+            assert first is not None
+            renewed = first
+            with anyio.fail_after(60):
+                while renewed is not None and renewed <= first:  # a third of the lease: ~3.3 s
+                    await anyio.sleep(0.5)
+                    renewed = await reservation_lease(database_url, uid)
+            # Renewed while the range was still going out (the kernel holds a few MiB of it).
+            assert received[0] < len(data) - 4 * MiB, received[0]
+    finally:
+        reader.close()
+    await reservations_settled(database_url, uid)
+    assert (await budget_row(database_url, uid))[:2] == (len(data), 0)

@@ -215,3 +215,27 @@ def test_a_slow_reader_that_keeps_reading_outlasts_the_send_timeout(
         took = time.monotonic() - started
     assert raw.partition(b"\r\n\r\n")[2] == data
     assert took > 2.0  # the body took twice the timeout and more, and was not cut
+
+
+def test_a_download_cut_short_counts_what_was_sent_not_what_was_asked(
+    pg_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The whole range goes in one message; the sent-bytes metrics count how far the file's
+    position moved, not the message's count (a player's probe that hangs up after 1 MiB of a
+    32 MiB file is not 32 MiB sent)."""
+    server = pg_server()
+    size = 32 * MiB
+    path = tmp_path / "data.bin"
+    path.write_bytes(random_bytes(size, seed=186))
+    uid = upload(server, path)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    sent_before, zerocopy_before = sent_counters(server)
+    assert raw_get(port, f"/api/v1/files/{uid}", range_=None, cut_after=MiB) < size
+    deadline = time.monotonic() + 30
+    while sent_counters(server)[1] == zerocopy_before:  # counted once the send has ended
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    sent_after, zerocopy_after = sent_counters(server)
+    # What the client read plus what the kernel's buffers held (a few MiB on loopback).
+    assert MiB <= zerocopy_after - zerocopy_before <= 12 * MiB
+    assert sent_after - sent_before <= 12 * MiB  # published every few MiB: at most what was sent

@@ -9,15 +9,16 @@ transaction; on PostgreSQL the pool's ping and the statement are two round trips
 ping, UPDATE, COMMIT, the row locked from the UPDATE to the COMMIT), with SQLAlchemy's greenlet
 and pool work around each. Here:
 
-- SQLite: connections of our own, in a thread of our own (one worker, which opens them and
-  alone uses them): one thread hop per statement. Not on the event loop: a primary-key lookup is
-  microseconds from the page cache, but a miss (or the WAL index rebuilt after a crash) is a
-  disk read, which would stall every connection of the worker. Reads go through a read-only
-  connection: in WAL mode a reader never waits for the writer, and this one never waits at all
-  (busy timeout 0). Writes go through a second connection in autocommit, so an UPDATE is its
-  own transaction, committed when it has run; in one thread, this process's reservations and
-  settlements never wait for each other, and another writer (another process, a job) is waited
-  for at most ``SQLITE_WRITE_WAIT_S``, which statements queued behind it in the thread wait too.
+- SQLite: connections of our own, each in a thread of our own (one for reads, one for writes;
+  each thread opens its connection and alone uses it): one thread hop per statement. Not on
+  the event loop: a primary-key lookup is microseconds from the page cache, but a miss (or the
+  WAL index rebuilt after a crash) is a disk read, which would stall every connection of the
+  worker. Reads go through a read-only connection: in WAL mode a reader never waits for the
+  writer, and this one never waits at all (busy timeout 0), nor queues behind a write. Writes go
+  through a second connection in autocommit, so an UPDATE is its own transaction, committed
+  when it has run; in their thread, this process's reservations and settlements never wait for
+  each other, and another writer (another process, a job) is waited for at most
+  ``SQLITE_WRITE_WAIT_S``, which writes queued behind it in the thread wait too.
 - PostgreSQL: an asyncpg pool of our own: the prepared statement, one round trip, outside a
   transaction, so an UPDATE commits by itself. Its connections only ever run such single
   statements, so there is nothing to reset on release (asyncpg's default reset is a round trip
@@ -35,8 +36,11 @@ PostgreSQL refused it (a statement outside a transaction that fails is undone wh
 never sent. A PostgreSQL connection lost, or the wait run out, once the UPDATE was sent leaves
 its outcome unknown (``OutcomeUnknown``). A reservation is made again all the same: if the first
 was written too, the download holds its bytes twice, and the copy that nothing settles lapses
-with its lease, as a crashed process's does (delivery/reservation.py), which errs against the
-client and never over the budget. A settlement is not: applied twice, it would give back bytes
+with the lease, as a crashed process's does (delivery/reservation.py), which errs against the
+client and never over the budget. The lease is the file's, not the download's: it lapses once
+the file has gone ``download_reservation_lease_s`` without a reservation or a renewal, so on a
+file downloaded without pause the copy is held until the downloads pause (meanwhile the last
+bytes of its budget may answer 503). A settlement is not: applied twice, it would give back bytes
 that were sent. It is then left to the lease, as one whose database is unavailable already was.
 """
 
@@ -71,7 +75,7 @@ PAUSE_AFTER_FAILURE_S = 5.0
 # (db/session.py): a database that does not answer is waited on about once, not twice.
 TIMEOUT_S = 1.0
 # How long a SQLite write waits for another writer (one UPDATE holds the lock well under a
-# millisecond): short, since the statements queued in the lookup's thread wait as long.
+# millisecond): short, since the writes queued in the writer's thread wait as long.
 SQLITE_WRITE_WAIT_S = 0.05
 # How long a PostgreSQL settlement, once sent, waits for its row and its answer: past it, it is
 # left to the lease (its outcome unknown), so as long as the usual path would reasonably wait.
@@ -161,15 +165,16 @@ class SqliteLookup:
     def __init__(self, path: str, dialect: Dialect) -> None:
         self._path = os.path.abspath(path)
         self._statements = _Statements(dialect)
-        self._executor: ThreadPoolExecutor | None = None
-        # Used in the executor's thread only.
+        # One thread for reads and one for writes, so that a read never queues behind a write
+        # waiting for another writer's lock; each connection is used in its own thread only.
+        self._executors: dict[str, ThreadPoolExecutor] = {}
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
 
     def _open(self, *pragmas: str, busy_timeout_s: float) -> sqlite3.Connection:
         # mode=rw: never create the file (a missing database is the usual path's error); no
         # implicit BEGIN (isolation_level None): each statement is its own transaction. Made in
-        # the executor's one thread, the only one that uses it.
+        # its executor's one thread, the only one that uses it.
         connection = sqlite3.connect(
             f"file:{quote(self._path)}?mode=rw",
             uri=True,
@@ -197,19 +202,26 @@ class SqliteLookup:
         # fetchall: the UPDATE runs to its end, and its transaction commits, before we return.
         return self._writer.execute(sql, args).fetchall()
 
-    def _disconnect(self) -> None:
-        for connection in (self._reader, self._writer):
-            if connection is not None:
-                connection.close()
-        self._reader = self._writer = None
+    def _disconnect_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = None
+
+    def _disconnect_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
 
     async def _run(
         self, run: Callable[[str, Sequence[Any]], list[Any]], sql: str, args: Sequence[Any]
     ) -> list[Any]:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="mediasvc-row-lookup")
+        kind = "write" if run == self._write else "read"
+        executor = self._executors.get(kind)
+        if executor is None:
+            executor = ThreadPoolExecutor(1, thread_name_prefix=f"mediasvc-row-{kind}")
+            self._executors[kind] = executor
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, run, sql, args)
+            return await asyncio.get_running_loop().run_in_executor(executor, run, sql, args)
         except sqlite3.Error as exc:
             # Nothing written: a statement outside a transaction that fails is rolled back.
             raise LookupSkipped(str(exc)) from exc
@@ -233,16 +245,26 @@ class SqliteLookup:
         await self._run(self._write, settlement.sql, args)
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # The connections are closed in their own thread, after any statement still
-            # queued; the thread is idle then, so joining it is immediate.
+        executors, self._executors = self._executors, {}
+        disconnects = {"read": self._disconnect_reader, "write": self._disconnect_writer}
+        for kind, executor in executors.items():
+            # A connection is closed in its own thread, after any statement still queued; the
+            # thread is idle then, so joining it is immediate.
             try:
-                await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+                await asyncio.get_running_loop().run_in_executor(executor, disconnects[kind])
             except BaseException:
                 executor.shutdown(wait=False)  # the queued close still runs, then it ends
                 raise
             executor.shutdown()
+
+
+def _outcome_unknown(exc: BaseException) -> bool:
+    """Whether a statement sent may have run: anything but the server refusing it. A connection
+    error (class 08) or a shutdown (57P0x) reported by the server may come after its commit."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return True
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    return sqlstate.startswith(("08", "57P"))
 
 
 class PostgresLookup:
@@ -281,7 +303,7 @@ class PostgresLookup:
                     return await connection.fetchrow(sql, *args)
         except _ASYNCPG_FAILURES as exc:
             self._resume_at = time.monotonic() + PAUSE_AFTER_FAILURE_S
-            if sent and not isinstance(exc, asyncpg.PostgresError):
+            if sent and _outcome_unknown(exc):
                 raise OutcomeUnknown(str(exc)) from exc
             raise LookupSkipped(str(exc)) from exc
 

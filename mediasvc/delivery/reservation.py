@@ -43,6 +43,13 @@ class Reservation:
         self._renew_at = time.monotonic() + lease_s / 3
         self._settled = False
 
+    async def keep_renewed(self) -> None:
+        """Renew the lease a third of the way into it, again and again, until cancelled: beside
+        a send, however long one message of it takes (a slow reader's range)."""
+        while True:
+            await anyio.sleep(max(0.0, self._renew_at - time.monotonic()))
+            await self.keep_alive()
+
     async def keep_alive(self) -> None:
         """Renew the lease a third of the way into it; best effort (a failed write is logged)."""
         if time.monotonic() < self._renew_at:

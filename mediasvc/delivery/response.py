@@ -14,8 +14,8 @@ Built, not inherited (as ``starlette/staticfiles.py`` builds its responses): it 
   sent (the server's write buffer and the kernel's hold at most one part more).
 
 A local file under a server that offers ASGI's Zero Copy Send (our uvicorn protocol, plain TCP)
-goes with it instead: a ``http.response.zerocopysend`` message without an offset per range (per
-chunk when a budget reservation must be renewed as it goes), so the server sends it from the
+goes with it instead: a ``http.response.zerocopysend`` message without an offset per range
+(a budget reservation's lease is renewed beside it, by time), so the server sends it from the
 file's position and moves the position past what the kernel took; that position is what is
 counted, exact even when the client goes away mid-range, and what the send timeout watches
 (``delivery.stall``): one message per range, because each costs a trip through the middleware
@@ -25,6 +25,7 @@ the extension (granian, TLS, an in-process test client) the bytes are read and s
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import deque
@@ -196,15 +197,30 @@ class SourceResponse(Response):
 
         zerocopy = ZEROCOPY_EXTENSION in scope.get("extensions", {})
         self._zerocopy_fd = self.source.descriptor() if zerocopy else None
-        if self._zerocopy_fd is not None:
+        if self._zerocopy_fd is not None and self._reservation is None:
             # The server itself says when the client went away: a zero-copy send ends early,
             # and the file's position tells how far it got. Nothing to listen for, so no
             # second task (whose task group cost a fifth of a small Range's CPU time).
             await self._send_body(send)
             return
-
         timed_out = False
+        if self._zerocopy_fd is not None:
+            # A reservation's lease is renewed beside the send, by time: one message may take
+            # a slow reader longer than the lease.
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._keep_renewed)
+                try:
+                    await self._send_body(send)
+                except SendTimeout:
+                    timed_out = True  # raised below, not wrapped in an ExceptionGroup
+                finally:
+                    task_group.cancel_scope.cancel()
+            if timed_out:
+                raise SendTimeout
+            return
+
         async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._keep_renewed)
 
             async def stream() -> None:
                 nonlocal timed_out
@@ -239,6 +255,10 @@ class SourceResponse(Response):
         await self._timed_send(send, {"type": "http.response.body", "body": b""})
         self._completed = not self._disconnected
 
+    async def _keep_renewed(self) -> None:
+        if self._reservation is not None:
+            await self._reservation.keep_renewed()
+
     async def _send_bytes(self, send: Send, body: bytes) -> None:
         message = {"type": "http.response.body", "body": body, "more_body": True}
         await self._timed_send(send, message)
@@ -267,19 +287,15 @@ class SourceResponse(Response):
                     self.sent_bytes += len(part)
                 position += len(part)
                 del part  # sent: let it go now, not when the chunk is done
-            if self._reservation is not None:
-                await self._reservation.keep_alive()
 
     async def _sendfile_range(self, send: Send, fd: int, start: int, end: int) -> None:
-        """The server sends the range from ``fd``: in one message, or a chunk per message when a
-        reservation is renewed between them; the file's position says how far it got, however
-        the range ends, and must move at least once per send timeout."""
+        """The server sends the range from ``fd`` in one message; the file's position says how
+        far it got, however the range ends, and must move at least once per send timeout."""
         os.lseek(fd, start, os.SEEK_SET)
-        step = self._config.chunk_size_bytes if self._reservation is not None else end - start
         try:
             position = start
             while position < end:
-                count = min(step, end - position)
+                count = end - position
                 message = {
                     "type": ZEROCOPY_EXTENSION,
                     "file": fd,
@@ -287,7 +303,9 @@ class SourceResponse(Response):
                     "more_body": True,
                 }
                 try:
-                    await send_while_moving(send(message), fd, self._config.send_timeout_s)
+                    await send_while_moving(
+                        functools.partial(send, message), fd, self._config.send_timeout_s
+                    )
                 except Stalled as exc:
                     raise SendTimeout from exc
                 moved = os.lseek(fd, 0, os.SEEK_CUR)
@@ -295,8 +313,6 @@ class SourceResponse(Response):
                     self._disconnected = True  # the server sent what the kernel took, no more
                     return
                 position = moved
-                if self._reservation is not None:
-                    await self._reservation.keep_alive()
         finally:
             self.sent_bytes += os.lseek(fd, 0, os.SEEK_CUR) - start
 

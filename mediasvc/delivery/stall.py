@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -23,14 +23,18 @@ class Stalled(Exception):
     """The file's position did not move for the timeout."""
 
 
-async def send_while_moving(sending: Awaitable[None], fd: int, timeout_s: float) -> None:
-    """Await ``sending`` (a zero-copy send from ``fd``'s position); raise Stalled if the
-    position stands still for ``timeout_s``."""
+async def send_while_moving(
+    sending: Callable[[], Awaitable[None]], fd: int, timeout_s: float
+) -> None:
+    """Await ``sending()`` (a zero-copy send from ``fd``'s position); raise Stalled if the
+    position stands still for ``timeout_s`` (between that and a quarter more: it is looked at
+    every quarter). A send that moves only in the very loop turn the watch gives up is ended
+    all the same: its client took nothing for the timeout."""
     loop = asyncio.get_running_loop()
     with anyio.CancelScope() as scope:
         watch = _Watch(loop, scope, fd, timeout_s)
         try:
-            await sending
+            await sending()
         finally:
             watch.stop()
     if scope.cancelled_caught:

@@ -565,9 +565,10 @@ class ZeroCopySender:
     async def _writable(self) -> None:
         """Until the socket takes more (or the connection is lost)."""
         if self._watched_fd is None:
-            fd = os.dup(self._socket_fd)  # the loop refuses a watcher on the transport's own
-            self._loop.add_writer(fd, self._wake)
-            self._watched_fd = fd
+            # The loop refuses a watcher on the transport's own descriptor; kept before it is
+            # watched, so that _unwatch closes it whatever happens next.
+            self._watched_fd = os.dup(self._socket_fd)
+            self._loop.add_writer(self._watched_fd, self._wake)
         waiter = self._waiter = self._loop.create_future()
         try:
             await waiter
@@ -577,8 +578,10 @@ class ZeroCopySender:
     def _unwatch(self) -> None:
         fd, self._watched_fd = self._watched_fd, None
         if fd is not None:
-            self._loop.remove_writer(fd)
-            os.close(fd)
+            try:
+                self._loop.remove_writer(fd)
+            finally:
+                os.close(fd)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
