@@ -204,22 +204,9 @@ class SourceResponse(Response):
             await self._send_body(send)
             return
         timed_out = False
-        if self._zerocopy_fd is not None:
-            # A reservation's lease is renewed beside the send, by time: one message may take
-            # a slow reader longer than the lease.
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self._keep_renewed)
-                try:
-                    await self._send_body(send)
-                except SendTimeout:
-                    timed_out = True  # raised below, not wrapped in an ExceptionGroup
-                finally:
-                    task_group.cancel_scope.cancel()
-            if timed_out:
-                raise SendTimeout
-            return
-
         async with anyio.create_task_group() as task_group:
+            # A reservation's lease is renewed beside the send, by time: one message (a range
+            # sent zero-copy) or one part may take a slow reader longer than the lease.
             task_group.start_soon(self._keep_renewed)
 
             async def stream() -> None:
@@ -231,14 +218,17 @@ class SourceResponse(Response):
                 finally:
                     task_group.cancel_scope.cancel()
 
-            task_group.start_soon(stream)
-            # Servers on ASGI < 2.4 (uvicorn) drop sends after a disconnect without a word:
-            # listen for it, or the rest of the file would be read for nobody.
-            while True:
-                if (await receive())["type"] == "http.disconnect":
-                    self._disconnected = True
-                    task_group.cancel_scope.cancel()
-                    break
+            if self._zerocopy_fd is not None:
+                await stream()  # the server itself says when the client went away
+            else:
+                task_group.start_soon(stream)
+                # Servers on ASGI < 2.4 (uvicorn) drop sends after a disconnect without a word:
+                # listen for it, or the rest of the file would be read for nobody.
+                while True:
+                    if (await receive())["type"] == "http.disconnect":
+                        self._disconnected = True
+                        task_group.cancel_scope.cancel()
+                        break
         if timed_out:
             raise SendTimeout
 
