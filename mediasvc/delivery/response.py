@@ -282,27 +282,16 @@ class SourceResponse(Response):
         """The server sends the range from ``fd`` in one message; the file's position says how
         far it got, however the range ends, and must move at least once per send timeout."""
         os.lseek(fd, start, os.SEEK_SET)
+        message = {"type": ZEROCOPY_EXTENSION, "file": fd, "count": end - start, "more_body": True}
         try:
-            position = start
-            while position < end:
-                count = end - position
-                message = {
-                    "type": ZEROCOPY_EXTENSION,
-                    "file": fd,
-                    "count": count,
-                    "more_body": True,
-                }
-                try:
-                    await send_while_moving(
-                        functools.partial(send, message), fd, self._config.send_timeout_s
-                    )
-                except Stalled as exc:
-                    raise SendTimeout from exc
-                moved = os.lseek(fd, 0, os.SEEK_CUR)
-                if moved - position < count:
-                    self._disconnected = True  # the server sent what the kernel took, no more
-                    return
-                position = moved
+            try:
+                await send_while_moving(
+                    functools.partial(send, message), fd, self._config.send_timeout_s
+                )
+            except Stalled as exc:
+                raise SendTimeout from exc
+            if os.lseek(fd, 0, os.SEEK_CUR) < end:
+                self._disconnected = True  # the server sent what the kernel took, no more
         finally:
             self.sent_bytes += os.lseek(fd, 0, os.SEEK_CUR) - start
 
