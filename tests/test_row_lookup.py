@@ -23,6 +23,7 @@ from mediasvc.db.file_row import FileRow, row_query
 from mediasvc.db.lookup import (
     LookupSkipped,
     SqliteLookup,
+    _SqliteConnection,
     asyncpg_connect_kwargs,
     lookup_for,
 )
@@ -164,15 +165,15 @@ async def test_the_sqlite_lookup_reads_in_one_thread_of_its_own(
     connection (sqlite3 refuses another thread's use of it), and ``close`` ends that thread."""
     entered, release = threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
-    read = SqliteLookup._read
+    execute = _SqliteConnection._execute
 
-    def held_read(lookup: SqliteLookup, sql: str, args: Sequence[Any]) -> list[Any]:
+    def held_read(connection: _SqliteConnection, sql: str, args: Sequence[Any]) -> list[Any]:
         threads.append(threading.current_thread())
         entered.set()
         release.wait(timeout=60)
-        return read(lookup, sql, args)
+        return execute(connection, sql, args)
 
-    monkeypatch.setattr(SqliteLookup, "_read", held_read)
+    monkeypatch.setattr(_SqliteConnection, "_execute", held_read)
     async with sqlite_lookup(tmp_path) as (lookup, record, _):
         first = asyncio.ensure_future(lookup.file_row(record.uid))
         await asyncio.to_thread(entered.wait, 60)  # held in its thread; the loop runs on

@@ -157,78 +157,81 @@ class _Statements:
         return FileRow(**dict(zip(COLUMNS, self.row.values(values), strict=True)))
 
 
-def _reserved_total(rows: Sequence[Sequence[Any]]) -> int | None:
-    return int(rows[0][0]) if rows else None
+def _reserved_total(row: Sequence[Any] | None) -> int | None:
+    return None if row is None else int(row[0])
 
 
-class SqliteLookup:
-    def __init__(self, path: str, dialect: Dialect) -> None:
-        self._path = os.path.abspath(path)
-        self._statements = _Statements(dialect)
-        # One thread for reads and one for writes, so that a read never queues behind a write
-        # waiting for another writer's lock; each connection is used in its own thread only.
-        self._executors: dict[str, ThreadPoolExecutor] = {}
-        self._reader: sqlite3.Connection | None = None
-        self._writer: sqlite3.Connection | None = None
+class _SqliteConnection:
+    """One connection of our own to the database, opened and used in one thread of its own."""
 
-    def _open(self, *pragmas: str, busy_timeout_s: float) -> sqlite3.Connection:
-        # mode=rw: never create the file (a missing database is the usual path's error); no
-        # implicit BEGIN (isolation_level None): each statement is its own transaction. Made in
-        # its executor's one thread, the only one that uses it.
-        connection = sqlite3.connect(
-            f"file:{quote(self._path)}?mode=rw",
-            uri=True,
-            timeout=busy_timeout_s,
-            isolation_level=None,
-        )
-        for pragma in pragmas:
-            connection.execute(pragma)
-        return connection
+    def __init__(self, path: str, name: str, *pragmas: str, busy_timeout_s: float) -> None:
+        self._path, self._name, self._pragmas = path, name, pragmas
+        self._busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None  # in the executor's thread only
 
-    def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        if self._reader is None:
-            self._reader = self._open("PRAGMA query_only = ON", busy_timeout_s=0)
-        # fetchall, not fetchone: the statement runs to its end, so no read transaction stays
-        # open (one would hold back the WAL's checkpoints).
-        return self._reader.execute(sql, args).fetchall()
-
-    def _write(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        if self._writer is None:
-            # As the engine's connections (db/session.py): a commit does not wait for an fsync
-            # (WAL with synchronous NORMAL: durable at the next checkpoint, never corrupt).
-            self._writer = self._open(
-                "PRAGMA synchronous = NORMAL", busy_timeout_s=SQLITE_WRITE_WAIT_S
+    def _execute(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        if self._connection is None:
+            # mode=rw: never create the file (a missing database is the usual path's error); no
+            # implicit BEGIN (isolation_level None): each statement is its own transaction.
+            self._connection = sqlite3.connect(
+                f"file:{quote(self._path)}?mode=rw",
+                uri=True,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
             )
-        # fetchall: the UPDATE runs to its end, and its transaction commits, before we return.
-        return self._writer.execute(sql, args).fetchall()
+            for pragma in self._pragmas:
+                self._connection.execute(pragma)
+        # fetchall, not fetchone: the statement runs to its end (a read keeps no transaction
+        # open, which would hold back the WAL's checkpoints; an UPDATE has committed).
+        return self._connection.execute(sql, args).fetchall()
 
-    def _disconnect_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-        self._reader = None
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
 
-    def _disconnect_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = None
-
-    async def _run(
-        self, run: Callable[[str, Sequence[Any]], list[Any]], sql: str, args: Sequence[Any]
-    ) -> list[Any]:
-        kind = "write" if run == self._write else "read"
-        executor = self._executors.get(kind)
-        if executor is None:
-            executor = ThreadPoolExecutor(1, thread_name_prefix=f"mediasvc-row-{kind}")
-            self._executors[kind] = executor
+    async def run(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mediasvc-row-{self._name}")
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, run, sql, args)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._execute, sql, args
+            )
         except sqlite3.Error as exc:
             # Nothing written: a statement outside a transaction that fails is rolled back.
             raise LookupSkipped(str(exc)) from exc
 
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # The connection is closed in its own thread, after any statement still queued; the
+        # thread is idle then, so joining it is immediate.
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        except BaseException:
+            executor.shutdown(wait=False)  # the queued close still runs, then it ends
+            raise
+        executor.shutdown()
+
+
+class SqliteLookup:
+    def __init__(self, path: str, dialect: Dialect) -> None:
+        path = os.path.abspath(path)
+        self._statements = _Statements(dialect)
+        # A read never queues behind a write waiting for another writer's lock: each has its
+        # own connection and thread. The reader never waits at all (busy timeout 0).
+        self._reader = _SqliteConnection(path, "read", "PRAGMA query_only = ON", busy_timeout_s=0)
+        # As the engine's connections (db/session.py): a commit does not wait for an fsync
+        # (WAL with synchronous NORMAL: durable at the next checkpoint, never corrupt).
+        self._writer = _SqliteConnection(
+            path, "write", "PRAGMA synchronous = NORMAL", busy_timeout_s=SQLITE_WRITE_WAIT_S
+        )
+
     async def file_row(self, uid: str) -> FileRow | None:
         row = self._statements.row
-        rows = await self._run(self._read, row.sql, row.args({"uid": uid}))
+        rows = await self._reader.run(row.sql, row.args({"uid": uid}))
         return self._statements.file_row(rows[0]) if rows else None
 
     async def reserve_bytes(
@@ -236,26 +239,17 @@ class SqliteLookup:
     ) -> int | None:
         reservation = self._statements.reservation
         params = reservation_params(uid, n, budget, now=now, lease_until=lease_until)
-        rows = await self._run(self._write, reservation.sql, reservation.args(params))
-        return _reserved_total(rows)
+        rows = await self._writer.run(reservation.sql, reservation.args(params))
+        return _reserved_total(rows[0] if rows else None)
 
     async def settle_reservation(self, uid: str, reserved: int, sent: int) -> None:
         settlement = self._statements.settlement
         args = settlement.args(settlement_params(uid, reserved, sent))
-        await self._run(self._write, settlement.sql, args)
+        await self._writer.run(settlement.sql, args)
 
     async def close(self) -> None:
-        executors, self._executors = self._executors, {}
-        disconnects = {"read": self._disconnect_reader, "write": self._disconnect_writer}
-        for kind, executor in executors.items():
-            # A connection is closed in its own thread, after any statement still queued; the
-            # thread is idle then, so joining it is immediate.
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, disconnects[kind])
-            except BaseException:
-                executor.shutdown(wait=False)  # the queued close still runs, then it ends
-                raise
-            executor.shutdown()
+        await self._reader.close()
+        await self._writer.close()
 
 
 def _outcome_unknown(exc: BaseException) -> bool:
@@ -318,7 +312,7 @@ class PostgresLookup:
         reservation = self._statements.reservation
         params = reservation_params(uid, n, budget, now=now, lease_until=lease_until)
         values = await self._fetchrow(reservation.sql, reservation.args(params))
-        return _reserved_total([] if values is None else [tuple(values)])
+        return _reserved_total(values)
 
     async def settle_reservation(self, uid: str, reserved: int, sent: int) -> None:
         settlement = self._statements.settlement
