@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mediasvc.server import ZEROCOPY_EXTENSION
+from mediasvc.server import ZEROCOPY_EXTENSION, zerocopy_descriptor
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -304,8 +304,7 @@ def _file_position(message: Message) -> int | None:
     """A zero-copy message's file position before it is sent (None when it gives an offset)."""
     if message.get("offset") is not None:
         return None
-    file = message["file"]
-    return os.lseek(file if isinstance(file, int) else file.fileno(), 0, os.SEEK_CUR)
+    return os.lseek(zerocopy_descriptor(message), 0, os.SEEK_CUR)
 
 
 def _taken(message: Message, start: int | None) -> int:
@@ -313,8 +312,7 @@ def _taken(message: Message, start: int | None) -> int:
     from an offset (which says nothing of a cut), what was asked."""
     if start is None:
         return int(message.get("count") or 0)
-    file = message["file"]
     try:
-        return os.lseek(file if isinstance(file, int) else file.fileno(), 0, os.SEEK_CUR) - start
+        return os.lseek(zerocopy_descriptor(message), 0, os.SEEK_CUR) - start
     except (OSError, ValueError):  # closed on an error path: the error is what matters
         return 0

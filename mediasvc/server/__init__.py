@@ -1,5 +1,10 @@
 """What the HTTP server needs from us beyond the ASGI app (see ``uvicorn_protocol``)."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
 # An ASGI extension our uvicorn protocol offers in ``scope["extensions"]``: ``{"abort": fn}``,
 # where ``fn()`` drops the connection at once (TCP reset), whatever is still buffered for it.
 # ASGI has no message for that, and a server's graceful close waits for its write buffer to
@@ -9,6 +14,14 @@ ABORT_EXTENSION = "mediasvc.connection.abort"
 # ASGI's "Zero Copy Send" extension (``http.response.zerocopysend``), which our uvicorn protocol
 # offers on plain-TCP connections: its name in ``scope["extensions"]`` and its message type.
 ZEROCOPY_EXTENSION = "http.response.zerocopysend"
+
+
+def zerocopy_descriptor(message: Mapping[str, Any]) -> int:
+    """A zero-copy message's file: a descriptor, or an object with ``fileno()``."""
+    file = message["file"]
+    return file if isinstance(file, int) else int(file.fileno())
+
+
 # An ASGI extension our uvicorn protocol offers to HTTP/1.1 requests in ``scope["extensions"]``:
 # ``{"send": fn}``, where ``fn(status, headers)`` writes an informational (1xx) response at once,
 # before the final one (the IETF resumable upload draft's 104, with the upload's Location). ASGI

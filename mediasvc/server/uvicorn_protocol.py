@@ -98,6 +98,7 @@ from mediasvc.server import (
     DISCONNECTED_KEY,
     INFORMATIONAL_EXTENSION,
     ZEROCOPY_EXTENSION,
+    zerocopy_descriptor,
 )
 
 if TYPE_CHECKING:
@@ -492,8 +493,7 @@ class ZeroCopySender:
             return  # as uvicorn drops a body message after a disconnect
         if not cycle.response_started or cycle.response_complete:
             raise RuntimeError(f"Unexpected ASGI message {ZEROCOPY_EXTENSION!r} at this point.")
-        file = message["file"]
-        fd = file if isinstance(file, int) else file.fileno()
+        fd = zerocopy_descriptor(message)
         more_body = bool(message.get("more_body", False))
         offset = message.get("offset")
         from_position = offset is None
